@@ -1,0 +1,88 @@
+//! The admin listener (SPEC §5): `/healthz`, `/readyz`, `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::outbox::sqlite::now_micros;
+
+/// Shared state of the admin handlers.
+pub struct Admin {
+    /// The outbox, for readiness and gauges.
+    pub outbox: Arc<dyn Outbox>,
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The admin router.
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(admin)
+}
+
+/// Ready means the outbox takes writes; a broker outage does not make the relay
+/// unready, because the outbox absorbs it (SPEC §5).
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let writable =
+        tokio::time::timeout(Duration::from_secs(2), admin.outbox.check_writable()).await;
+    let outbox_error = match writable {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("the outbox did not answer within 2 s".to_owned()),
+    };
+    let stats = admin.outbox.stats().await.ok();
+    let body = serde_json::json!({
+        "ready": outbox_error.is_none(),
+        "outbox": {
+            "writable": outbox_error.is_none(),
+            "error": outbox_error,
+            "pending": stats.map(|s| s.pending),
+            "dead": stats.map(|s| s.dead),
+        },
+        "broker": { "connected": admin.metrics.broker_connected.get() == 1 },
+    });
+    let status = if outbox_error.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+    // Outbox gauges are read at scrape time so they are never stale.
+    match admin.outbox.stats().await {
+        Ok(stats) => {
+            let gauges = &admin.metrics.outbox_events;
+            gauges
+                .with_label_values(&["pending"])
+                .set(i64::try_from(stats.pending).unwrap_or(i64::MAX));
+            gauges
+                .with_label_values(&["dead"])
+                .set(i64::try_from(stats.dead).unwrap_or(i64::MAX));
+            let age = stats
+                .oldest_pending_us
+                .map_or(0.0, |oldest| (now_micros() - oldest).max(0) as f64 / 1e6);
+            admin.metrics.outbox_oldest_pending.set(age);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read outbox stats for /metrics"),
+    }
+    match admin.metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render metrics: {e}\n"),
+        )
+            .into_response(),
+    }
+}

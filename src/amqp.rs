@@ -1,0 +1,224 @@
+//! The RabbitMQ link: connection, topology, and a confirm-mode channel that is
+//! re-established whenever it breaks.
+//!
+//! Two layers of recovery. lapin's own automatic recovery reconnects after a network
+//! failure and replays topology and confirm mode on the same [`Channel`]; the
+//! publisher waits for it with [`BrokerLink::recover`]. When that does not succeed
+//! within a bound (a long outage, or an error lapin cannot recover), the link drops
+//! the connection and builds a new one, retrying with `backon` for as long as it
+//! takes. Either way nothing is lost: unconfirmed rows simply stay pending.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// How long the publisher waits for lapin's automatic recovery before it replaces
+/// the connection itself.
+const RECOVERY_WAIT: Duration = Duration::from_secs(15);
+
+/// The alternate exchange (and its queue) of an exchange: where messages that no
+/// binding matches are kept.
+pub fn unrouted_name(exchange: &str) -> String {
+    format!("{exchange}.unrouted")
+}
+
+/// Declares the topic exchange with its alternate exchange `{exchange}.unrouted`
+/// (fanout) and the durable queue of the same name bound to it. Idempotent; tests
+/// and consumers call it too, so everyone declares with identical arguments.
+pub async fn declare_topology(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
+    let unrouted = unrouted_name(exchange);
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            unrouted.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(unrouted.as_str().into()),
+    );
+    channel
+        .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, args)
+        .await?;
+    channel
+        .queue_declare(
+            unrouted.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            unrouted.as_str().into(),
+            unrouted.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The broker URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A self-healing connection with one confirm-mode channel.
+pub struct BrokerLink {
+    url: String,
+    exchange: String,
+    metrics: Arc<Metrics>,
+    connection: Option<(Connection, Channel)>,
+}
+
+impl BrokerLink {
+    /// A link that connects on first use.
+    pub fn new(url: String, exchange: String, metrics: Arc<Metrics>) -> Self {
+        Self {
+            url,
+            exchange,
+            metrics,
+            connection: None,
+        }
+    }
+
+    /// A ready confirm-mode channel, connecting (and retrying with backoff) as long
+    /// as needed. `None` once shutdown is signalled.
+    pub async fn channel(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Channel> {
+        if let Some((conn, channel)) = &self.connection {
+            if conn.status().connected() && channel.status().connected() {
+                return Some(channel.clone());
+            }
+            self.disconnect().await;
+        }
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            if *shutdown.borrow() {
+                return None;
+            }
+            match self.connect().await {
+                Ok((conn, channel)) => {
+                    tracing::info!(broker = %redact_url(&self.url), exchange = %self.exchange, "broker connected");
+                    self.metrics.broker_connected.set(1);
+                    self.connection = Some((conn, channel.clone()));
+                    return Some(channel);
+                }
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(broker = %redact_url(&self.url), error = %e, retry_in = ?delay,
+                        "cannot reach the broker; webhooks are still accepted into the outbox");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name("hookrelay".into())
+            .enable_auto_recover()
+            .with_backoff(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(8),
+            );
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            Connection::connect(&self.url, properties),
+        )
+        .await
+        .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+        let channel = conn.create_channel().await?;
+        declare_topology(&channel, &self.exchange).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok((conn, channel))
+    }
+
+    /// Called after a publish failed with `error`: waits (bounded) for lapin to
+    /// recover the channel, or else drops the connection so the next
+    /// [`channel`](Self::channel) call builds a fresh one.
+    pub async fn recover(&mut self, error: Option<lapin::Error>) {
+        self.metrics.broker_connected.set(0);
+        let Some((_, channel)) = &self.connection else {
+            return;
+        };
+        if let Some(error) = error {
+            let channel = channel.clone();
+            if let Ok(Ok(())) =
+                tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(error)).await
+            {
+                if channel.status().connected() {
+                    tracing::info!("broker connection recovered");
+                    self.metrics.broker_connected.set(1);
+                    return;
+                }
+            }
+        }
+        tracing::warn!("replacing the broker connection");
+        self.disconnect().await;
+    }
+
+    /// Closes the connection (bounded), e.g. at shutdown.
+    pub async fn disconnect(&mut self) {
+        self.metrics.broker_connected.set(0);
+        if let Some((conn, _)) = self.connection.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                conn.close(200, "hookrelay closing".into()),
+            )
+            .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_passwords_are_not_logged() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

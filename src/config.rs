@@ -1,0 +1,566 @@
+//! Configuration: defaults, an optional TOML file, and `HOOKRELAY_*` environment
+//! variables on top (SPEC §2).
+//!
+//! The loader is deliberately small: every setting is read as text and parsed by the
+//! crate that owns its format (`humantime` for durations, `bytesize` for sizes,
+//! `ipnet` for CIDRs), so a value reads the same whether it came from the file or
+//! from the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+const ENV_PREFIX: &str = "HOOKRELAY_";
+const SOURCES_ENV_PREFIX: &str = "HOOKRELAY_SOURCES__";
+
+/// Top-level keys, as written in the TOML file (lower case) and, upper-cased with
+/// the `HOOKRELAY_` prefix, in the environment.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "amqp_url",
+    "exchange",
+    "outbox_url",
+    "retention",
+    "max_body",
+    "trusted_proxies",
+    "log_format",
+];
+
+/// Environment variables with the prefix that are not settings keys.
+const NON_SETTING_ENV: &[&str] = &["HOOKRELAY_CONFIG"];
+
+/// A configuration problem, worded for the operator who has to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `--config` or `HOOKRELAY_CONFIG`.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// A key the relay does not know: almost always a typo.
+    #[error("unknown setting `{0}`: see the configuration table in the README")]
+    UnknownKey(String),
+    /// A value that does not parse.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The setting, as the operator wrote it.
+        key: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Log output format (`HOOKRELAY_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the outbox lives (`HOOKRELAY_OUTBOX_URL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxUrl {
+    /// Embedded SQLite database file.
+    Sqlite(PathBuf),
+    /// PostgreSQL connection string, shared by several replicas.
+    Postgres(String),
+}
+
+impl OutboxUrl {
+    fn parse(key: &str, value: &str) -> Result<Self, ConfigError> {
+        if let Some(path) = value.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(invalid(
+                    key,
+                    "sqlite:// needs a file path, e.g. sqlite://data/outbox.db",
+                ));
+            }
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Ok(Self::Postgres(value.to_owned()))
+        } else {
+            Err(invalid(key, "expected sqlite://PATH or postgres://…"))
+        }
+    }
+}
+
+/// The whole relay configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Webhook ingress address.
+    pub listen: SocketAddr,
+    /// Admin listener address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// RabbitMQ URL (may hold a password: never log it whole).
+    pub amqp_url: String,
+    /// Topic exchange the relay publishes to.
+    pub exchange: String,
+    /// Outbox location.
+    pub outbox_url: OutboxUrl,
+    /// How long published rows are kept.
+    pub retention: Duration,
+    /// Largest accepted body in bytes.
+    pub max_body: usize,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Sources by name (the URL path segment).
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// One source: a URL path segment bound to one provider and its credentials.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Name, `[a-z0-9_]+`, served at `/webhooks/{name}`.
+    pub name: String,
+    /// Provider whose rules apply.
+    pub provider: String,
+    /// Accept webhooks without verification.
+    pub allow_unsigned: bool,
+    /// Override of the provider's timestamp window.
+    pub timestamp_tolerance: Option<Duration>,
+    /// Client networks allowed to post; empty means any.
+    pub allow_ips: Vec<IpNet>,
+    /// JSON paths redacted in published payloads; `None` means the provider default.
+    pub redact: Option<Vec<String>>,
+    /// Every key of the source as text (lists comma-joined), for the provider to read
+    /// its own credential keys from.
+    pub settings: BTreeMap<String, String>,
+}
+
+impl SourceConfig {
+    /// A setting's text, if set and not blank.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.settings
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// A comma-separated setting as a list of non-empty, trimmed items.
+    pub fn get_list(&self, key: &str) -> Vec<String> {
+        self.get(key).map(split_list).unwrap_or_default()
+    }
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Keys every source may set, whatever its provider (SPEC §6).
+const COMMON_SOURCE_KEYS: &[&str] = &[
+    "provider",
+    "allow_unsigned",
+    "timestamp_tolerance",
+    "allow_ips",
+    "redact",
+];
+
+impl Config {
+    /// Loads the configuration from an optional file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// Loads from an optional file and the given environment (tests pass their own).
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let (top, mut sources) = match file {
+            Some(path) => read_file(path)?,
+            None => (BTreeMap::new(), BTreeMap::new()),
+        };
+        let mut top = top;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if NON_SETTING_ENV.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some(path) = name.strip_prefix(SOURCES_ENV_PREFIX) {
+                let Some((source, key)) = path.split_once("__") else {
+                    return Err(invalid(
+                        name.clone(),
+                        "expected HOOKRELAY_SOURCES__NAME__KEY (two underscores around NAME)",
+                    ));
+                };
+                sources
+                    .entry(source.to_ascii_lowercase())
+                    .or_default()
+                    .insert(key.to_ascii_lowercase(), value.clone());
+            } else {
+                let key = rest.to_ascii_lowercase();
+                if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                    return Err(ConfigError::UnknownKey(name.clone()));
+                }
+                top.insert(key, value.clone());
+            }
+        }
+        Self::from_maps(&top, sources)
+    }
+
+    fn from_maps(
+        top: &BTreeMap<String, String>,
+        raw_sources: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let get = |key: &str, default: &str| -> String {
+            top.get(key).cloned().unwrap_or_else(|| default.to_owned())
+        };
+        let listen = parse_addr("listen", &get("listen", "0.0.0.0:8080"))?;
+        let admin_listen = parse_addr("admin_listen", &get("admin_listen", "127.0.0.1:9090"))?;
+        let amqp_url = get("amqp_url", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(invalid("amqp_url", "expected amqp://… or amqps://…"));
+        }
+        let exchange = get("exchange", "webhooks");
+        if exchange.is_empty() || exchange.len() > 200 {
+            return Err(invalid("exchange", "must be 1 to 200 characters"));
+        }
+        let outbox_url =
+            OutboxUrl::parse("outbox_url", &get("outbox_url", "sqlite://data/outbox.db"))?;
+        let retention = parse_duration("retention", &get("retention", "7d"))?;
+        let max_body = parse_size("max_body", &get("max_body", "1MiB"))?;
+        let trusted_proxies = parse_cidrs("trusted_proxies", &get("trusted_proxies", ""))?;
+        let log_format = match get("log_format", "text").as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("`{other}`: expected text or json"),
+                ));
+            }
+        };
+        let mut sources = BTreeMap::new();
+        for (name, settings) in raw_sources {
+            let source = build_source(&name, settings)?;
+            sources.insert(name, source);
+        }
+        if sources.is_empty() {
+            for spec in crate::providers::REGISTRY {
+                let mut settings = BTreeMap::new();
+                settings.insert("provider".to_owned(), spec.name.to_owned());
+                sources.insert(spec.name.to_owned(), build_source(spec.name, settings)?);
+            }
+        }
+        Ok(Self {
+            listen,
+            admin_listen,
+            amqp_url,
+            exchange,
+            outbox_url,
+            retention,
+            max_body,
+            trusted_proxies,
+            log_format,
+            sources,
+        })
+    }
+}
+
+fn read_file(
+    path: &Path,
+) -> Result<
+    (
+        BTreeMap<String, String>,
+        BTreeMap<String, BTreeMap<String, String>>,
+    ),
+    ConfigError,
+> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Toml {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    let mut top = BTreeMap::new();
+    let mut sources = BTreeMap::new();
+    for (key, value) in table {
+        if key == "sources" {
+            let toml::Value::Table(defs) = value else {
+                return Err(invalid("sources", "expected tables [sources.NAME]"));
+            };
+            for (name, def) in defs {
+                let toml::Value::Table(def) = def else {
+                    return Err(invalid(format!("sources.{name}"), "expected a table"));
+                };
+                let mut settings = BTreeMap::new();
+                for (k, v) in def {
+                    let text = value_text(&format!("sources.{name}.{k}"), &v)?;
+                    settings.insert(k, text);
+                }
+                sources.insert(name, settings);
+            }
+        } else if TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            let text = value_text(&key, &value)?;
+            top.insert(key, text);
+        } else {
+            return Err(ConfigError::UnknownKey(key));
+        }
+    }
+    Ok((top, sources))
+}
+
+/// TOML values as the text the environment form would carry; arrays are joined with
+/// commas, matching the comma-separated environment form.
+fn value_text(key: &str, value: &toml::Value) -> Result<String, ConfigError> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Array(items) => {
+            let parts = items
+                .iter()
+                .map(|item| match item {
+                    toml::Value::Array(_) | toml::Value::Table(_) => {
+                        Err(invalid(key, "lists may hold only plain values"))
+                    }
+                    other => value_text(key, other),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(parts.join(","))
+        }
+        toml::Value::Float(_) => Err(invalid(key, "write numbers as integers or strings")),
+        toml::Value::Datetime(_) | toml::Value::Table(_) => {
+            Err(invalid(key, "expected a string, integer, boolean or list"))
+        }
+    }
+}
+
+fn build_source(
+    name: &str,
+    settings: BTreeMap<String, String>,
+) -> Result<SourceConfig, ConfigError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(invalid(
+            format!("sources.{name}"),
+            "source names are lower case letters, digits and underscores",
+        ));
+    }
+    let provider = settings
+        .get("provider")
+        .cloned()
+        .unwrap_or_else(|| name.to_owned());
+    let Some(spec) = crate::providers::find(&provider) else {
+        return Err(invalid(
+            format!("sources.{name}.provider"),
+            format!(
+                "unknown provider `{provider}`; known: {}",
+                crate::providers::REGISTRY
+                    .iter()
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    for key in settings.keys() {
+        if !COMMON_SOURCE_KEYS.contains(&key.as_str()) && !spec.keys.contains(&key.as_str()) {
+            return Err(ConfigError::UnknownKey(format!("sources.{name}.{key}")));
+        }
+    }
+    let key = |k: &str| format!("sources.{name}.{k}");
+    let allow_unsigned = match settings.get("allow_unsigned").map(|s| s.trim()) {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(invalid(
+                key("allow_unsigned"),
+                format!("`{other}`: expected true or false"),
+            ));
+        }
+    };
+    let timestamp_tolerance = settings
+        .get("timestamp_tolerance")
+        .map(|v| parse_duration(&key("timestamp_tolerance"), v))
+        .transpose()?;
+    let allow_ips = parse_cidrs(
+        &key("allow_ips"),
+        settings.get("allow_ips").map_or("", String::as_str),
+    )?;
+    let redact = settings.get("redact").map(|v| split_list(v));
+    Ok(SourceConfig {
+        name: name.to_owned(),
+        provider,
+        allow_unsigned,
+        timestamp_tolerance,
+        allow_ips,
+        redact,
+        settings,
+    })
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{value}`: expected IP:PORT, e.g. 0.0.0.0:8080"),
+        )
+    })
+}
+
+/// Durations are humantime text (`7d`, `90s`, `1h 30m`) or a bare number of seconds.
+fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(value)
+        .map_err(|e| invalid(key, format!("`{value}`: {e} (examples: 120s, 7d)")))
+}
+
+fn parse_size(key: &str, value: &str) -> Result<usize, ConfigError> {
+    let size: bytesize::ByteSize = value.trim().parse().map_err(|e| {
+        invalid(
+            key,
+            format!("`{value}`: {e} (examples: 1MiB, 512KiB, 65536)"),
+        )
+    })?;
+    let bytes = usize::try_from(size.as_u64()).map_err(|_| invalid(key, "too large"))?;
+    if bytes == 0 {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(bytes)
+}
+
+fn parse_cidrs(key: &str, value: &str) -> Result<Vec<IpNet>, ConfigError> {
+    split_list(value)
+        .into_iter()
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| invalid(key, format!("`{item}` is not an IP address or CIDR")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_start_with_one_source_per_provider() {
+        let cfg = Config::load_from(None, &[]).expect("defaults are valid");
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(cfg.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(cfg.exchange, "webhooks");
+        assert_eq!(
+            cfg.outbox_url,
+            OutboxUrl::Sqlite(PathBuf::from("data/outbox.db"))
+        );
+        assert_eq!(cfg.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(cfg.max_body, 1024 * 1024);
+        for spec in crate::providers::REGISTRY {
+            assert_eq!(cfg.sources[spec.name].provider, spec.name);
+        }
+    }
+
+    #[test]
+    fn environment_source_names_and_keys_are_case_insensitive() {
+        let cfg = Config::load_from(
+            None,
+            &env(&[
+                ("HOOKRELAY_SOURCES__WP_EU__PROVIDER", "whitepay"),
+                ("HOOKRELAY_SOURCES__WP_EU__WEBHOOK_TOKEN", "a, b"),
+                ("HOOKRELAY_MAX_BODY", "64KiB"),
+            ]),
+        )
+        .expect("valid");
+        let source = &cfg.sources["wp_eu"];
+        assert_eq!(source.provider, "whitepay");
+        assert_eq!(source.get_list("webhook_token"), vec!["a", "b"]);
+        assert_eq!(cfg.max_body, 64 * 1024);
+        assert!(
+            !cfg.sources.contains_key("whitepay"),
+            "explicit sources replace the defaults"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file_keys_and_adds_to_its_sources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hookrelay.toml");
+        std::fs::write(
+            &path,
+            "exchange = \"from-file\"\n[sources.shop]\nprovider = \"whitepay\"\nwebhook_token = [\"t1\", \"t2\"]\nallow_unsigned = false\n",
+        )
+        .expect("write");
+        let cfg = Config::load_from(
+            Some(&path),
+            &env(&[
+                ("HOOKRELAY_EXCHANGE", "from-env"),
+                ("HOOKRELAY_SOURCES__SHOP__ALLOW_UNSIGNED", "true"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(cfg.exchange, "from-env");
+        let shop = &cfg.sources["shop"];
+        assert_eq!(shop.get_list("webhook_token"), vec!["t1", "t2"]);
+        assert!(shop.allow_unsigned);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_rejected_with_the_key_named() {
+        let err = Config::load_from(None, &env(&[("HOOKRELAY_LISTN", "x")])).unwrap_err();
+        assert!(err.to_string().contains("HOOKRELAY_LISTN"), "{err}");
+        let err = Config::load_from(None, &env(&[("HOOKRELAY_MAX_BODY", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("max_body"), "{err}");
+        let err = Config::load_from(None, &env(&[("HOOKRELAY_SOURCES__X__PROVIDER", "nope")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown provider `nope`"), "{err}");
+        let err = Config::load_from(
+            None,
+            &env(&[("HOOKRELAY_SOURCES__WHITEPAY__WEBHOOK_TOKN", "t")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("webhook_tokn"), "{err}");
+        let err =
+            Config::load_from(None, &env(&[("HOOKRELAY_OUTBOX_URL", "mysql://x")])).unwrap_err();
+        assert!(err.to_string().contains("sqlite://"), "{err}");
+    }
+}

@@ -1,0 +1,391 @@
+//! The normalized event: what the outbox keeps beside the raw body, and the
+//! CloudEvents JSON the publisher sends (SPEC §4).
+//!
+//! The provider's body is embedded with [`RawValue`], so `data.payload` is the
+//! provider's JSON text byte for byte: it is never parsed into numbers and
+//! re-serialized.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::providers::{Normalized, Parsed};
+
+/// Event kinds (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A payment order.
+    Order,
+    /// A refund.
+    Refund,
+    /// A payout to the merchant or a third party.
+    Withdrawal,
+    /// Funds received on an address or account.
+    Deposit,
+    /// A settlement to the merchant.
+    Settlement,
+    /// A ledger transaction.
+    Transaction,
+    /// A payment that does not match an order.
+    AbnormalPayment,
+    /// A KYC decision.
+    Kyc,
+}
+
+impl Kind {
+    /// The routing-key segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Refund => "refund",
+            Self::Withdrawal => "withdrawal",
+            Self::Deposit => "deposit",
+            Self::Settlement => "settlement",
+            Self::Transaction => "transaction",
+            Self::AbnormalPayment => "abnormal_payment",
+            Self::Kyc => "kyc",
+        }
+    }
+}
+
+/// Normalized statuses (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Created, nothing paid yet.
+    Created,
+    /// Waiting for payment or confirmation.
+    Pending,
+    /// Being processed.
+    Processing,
+    /// Done and successful.
+    Succeeded,
+    /// Part of the amount was paid.
+    PartiallyPaid,
+    /// Done and failed.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Expired unpaid.
+    Expired,
+    /// Refunded.
+    Refunded,
+    /// Abnormal, needs a person.
+    Abnormal,
+}
+
+impl Status {
+    /// The routing-key segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Succeeded => "succeeded",
+            Self::PartiallyPaid => "partially_paid",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+            Self::Refunded => "refunded",
+            Self::Abnormal => "abnormal",
+        }
+    }
+}
+
+/// Fixed namespace for event ids (UUID v5), so ids are the same on every replica.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d2c_7a4e_3f1b_4c8a_9e6d_0b1f_2a3c_4d5e);
+
+/// The event id: stable across retries, replays, restarts and replicas, derived from
+/// provider, source and the provider's idempotency key.
+pub fn event_id(provider: &str, source: &str, idempotency_key: &str) -> String {
+    let name = format!("{provider}\n{source}\n{idempotency_key}");
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// Everything about an event except its raw body: stored in the outbox as JSON and
+/// turned into the CloudEvents envelope at publish time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMeta {
+    /// Event id (`message_id`).
+    pub id: String,
+    /// Provider name.
+    pub provider: String,
+    /// Source name.
+    pub source: String,
+    /// Kind and status; `None` for an unrecognized event.
+    pub class: Option<(Kind, Status)>,
+    /// Ordering subject; events sharing it are published in received order.
+    pub subject: String,
+    /// Idempotency key, unique per source.
+    pub idempotency_key: String,
+    /// The provider's event type, as sent.
+    pub provider_event_type: Option<String>,
+    /// The provider's status, as sent.
+    pub provider_status: Option<String>,
+    /// The provider's order id.
+    pub order_id: Option<String>,
+    /// The merchant's order id.
+    pub merchant_order_id: Option<String>,
+    /// Amount, literal text.
+    pub amount: Option<String>,
+    /// Currency, as sent.
+    pub currency: Option<String>,
+    /// Provider event time, RFC 3339 UTC.
+    pub event_time: Option<String>,
+    /// Receive time, RFC 3339 UTC.
+    pub received_at: String,
+}
+
+impl EventMeta {
+    /// Builds the metadata for an authentic webhook from what its provider parsed.
+    /// Unrecognized bodies are keyed by their SHA-256, so the same bytes sent twice
+    /// are still deduplicated.
+    pub fn new(
+        provider: &str,
+        source: &str,
+        parsed: &Parsed,
+        body: &[u8],
+        received: OffsetDateTime,
+    ) -> Self {
+        let received_at = rfc3339(received);
+        match parsed {
+            Parsed::Event(n) => {
+                let Normalized {
+                    idempotency_key,
+                    kind,
+                    status,
+                    subject,
+                    provider_event_type,
+                    provider_status,
+                    order_id,
+                    merchant_order_id,
+                    amount,
+                    currency,
+                    event_time,
+                } = n.as_ref();
+                Self {
+                    id: event_id(provider, source, idempotency_key),
+                    provider: provider.to_owned(),
+                    source: source.to_owned(),
+                    class: Some((*kind, *status)),
+                    subject: subject.clone(),
+                    idempotency_key: idempotency_key.clone(),
+                    provider_event_type: provider_event_type.clone(),
+                    provider_status: provider_status.clone(),
+                    order_id: order_id.clone(),
+                    merchant_order_id: merchant_order_id.clone(),
+                    amount: amount.clone(),
+                    currency: currency.clone(),
+                    event_time: event_time.map(rfc3339),
+                    received_at,
+                }
+            }
+            Parsed::Unrecognized {
+                provider_event_type,
+                ..
+            } => {
+                use sha2::Digest;
+                let key = format!("unrecognized:{}", hex::encode(sha2::Sha256::digest(body)));
+                let id = event_id(provider, source, &key);
+                Self {
+                    subject: id.clone(),
+                    id,
+                    provider: provider.to_owned(),
+                    source: source.to_owned(),
+                    class: None,
+                    idempotency_key: key,
+                    provider_event_type: provider_event_type.clone(),
+                    provider_status: None,
+                    order_id: None,
+                    merchant_order_id: None,
+                    amount: None,
+                    currency: None,
+                    event_time: None,
+                    received_at,
+                }
+            }
+        }
+    }
+
+    /// `{kind}.{status}`, or `unrecognized`.
+    pub fn event_type(&self) -> String {
+        match self.class {
+            Some((kind, status)) => format!("{}.{}", kind.as_str(), status.as_str()),
+            None => "unrecognized".to_owned(),
+        }
+    }
+
+    /// `{provider}.{kind}.{status}`, or `{provider}.unrecognized`.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.provider, self.event_type())
+    }
+}
+
+/// Formats a time as RFC 3339 UTC.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Why an envelope could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Serialization failed (only possible for a corrupted outbox row).
+    #[error("cannot serialize the CloudEvents envelope: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    time: &'a str,
+    datacontenttype: &'static str,
+    provider: &'a str,
+    data: Data<'a>,
+}
+
+#[derive(Serialize)]
+struct Data<'a> {
+    provider: &'a str,
+    source: &'a str,
+    kind: &'a str,
+    status: &'a str,
+    provider_event_type: Option<&'a str>,
+    provider_status: Option<&'a str>,
+    order_id: Option<&'a str>,
+    merchant_order_id: Option<&'a str>,
+    amount: Option<&'a str>,
+    currency: Option<&'a str>,
+    received_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_base64: Option<String>,
+}
+
+/// Builds the CloudEvents JSON body for a stored event and its raw body.
+///
+/// A recognized event embeds the body verbatim as `data.payload`; an unrecognized
+/// one (or one whose body is not JSON after all) carries it as `data.raw_base64`.
+pub fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, EventError> {
+    let payload = match meta.class {
+        Some(_) => serde_json::from_slice::<&RawValue>(body).ok(),
+        None => None,
+    };
+    let raw_base64 = payload
+        .is_none()
+        .then(|| base64::engine::general_purpose::STANDARD.encode(body));
+    let (kind, status) = match meta.class {
+        Some((kind, status)) => (kind.as_str(), status.as_str()),
+        None => ("unrecognized", "unrecognized"),
+    };
+    let envelope = CloudEvent {
+        specversion: "1.0",
+        id: &meta.id,
+        source: format!("/webhooks/{}", meta.source),
+        event_type: meta.event_type(),
+        subject: meta.class.map(|_| meta.subject.as_str()),
+        time: meta.event_time.as_deref().unwrap_or(&meta.received_at),
+        datacontenttype: "application/json",
+        provider: &meta.provider,
+        data: Data {
+            provider: &meta.provider,
+            source: &meta.source,
+            kind,
+            status,
+            provider_event_type: meta.provider_event_type.as_deref(),
+            provider_status: meta.provider_status.as_deref(),
+            order_id: meta.order_id.as_deref(),
+            merchant_order_id: meta.merchant_order_id.as_deref(),
+            amount: meta.amount.as_deref(),
+            currency: meta.currency.as_deref(),
+            received_at: &meta.received_at,
+            payload,
+            raw_base64,
+        },
+    };
+    Ok(serde_json::to_vec(&envelope)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = br#"{"transaction":{"id":"t-1","value":"200","currency":"UAH","status":"COMPLETE","url":"https:\/\/x\/y","exchange_rate":"31.84713375796178343949","n":1.50},"event_type":"transaction::completed"}"#;
+
+    fn parsed() -> Parsed {
+        (crate::providers::whitepay::SPEC.build)(&test_source())
+            .expect("build")
+            .parse(BODY)
+    }
+
+    fn test_source() -> crate::config::SourceConfig {
+        let cfg = crate::config::Config::load_from(None, &[]).expect("defaults");
+        cfg.sources["whitepay"].clone()
+    }
+
+    #[test]
+    fn event_ids_are_stable_and_distinct_per_source() {
+        let a = event_id("whitepay", "whitepay", "k");
+        assert_eq!(a, event_id("whitepay", "whitepay", "k"));
+        assert_ne!(a, event_id("whitepay", "other", "k"));
+        assert_ne!(a, event_id("whitepay", "whitepay", "k2"));
+    }
+
+    #[test]
+    fn payload_is_embedded_byte_for_byte() {
+        let meta = EventMeta::new(
+            "whitepay",
+            "whitepay",
+            &parsed(),
+            BODY,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(meta.routing_key(), "whitepay.transaction.succeeded");
+        let json = cloudevent_json(&meta, BODY).expect("envelope");
+        let text = String::from_utf8(json).expect("utf8");
+        let body = std::str::from_utf8(BODY).expect("utf8");
+        assert!(text.contains(&format!("\"payload\":{body}}}")), "{text}");
+        assert!(!text.contains("raw_base64"));
+        let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(value["type"], "transaction.succeeded");
+        assert_eq!(value["subject"], "t-1");
+        assert_eq!(value["source"], "/webhooks/whitepay");
+        assert_eq!(value["data"]["amount"], "200");
+        assert_eq!(value["time"], "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn unrecognized_bodies_travel_as_base64() {
+        let body = b"\xff not json";
+        let parsed = Parsed::unrecognized("not JSON", None);
+        let meta = EventMeta::new(
+            "whitepay",
+            "shop",
+            &parsed,
+            body,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(meta.routing_key(), "whitepay.unrecognized");
+        let json = cloudevent_json(&meta, body).expect("envelope");
+        let value: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+        assert!(value["data"].get("payload").is_none());
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value["data"]["raw_base64"].as_str().expect("string"))
+            .expect("base64");
+        assert_eq!(decoded, body);
+        let again = EventMeta::new("whitepay", "shop", &parsed, body, OffsetDateTime::now_utc());
+        assert_eq!(meta.id, again.id, "the same bytes dedupe to the same event");
+    }
+}

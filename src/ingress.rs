@@ -1,0 +1,271 @@
+//! The webhook ingress: `POST /webhooks/{source}` (SPEC §3).
+//!
+//! Order of checks: known source (404) → body size (413) → authenticity (401) →
+//! parse (never rejects: unknown shapes become `unrecognized`) → durable outbox
+//! write (503 if it fails) → the provider's own ack. The ack is sent only after the
+//! outbox has committed and synced the raw body; it never waits for RabbitMQ.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::config::SourceConfig;
+use crate::event::EventMeta;
+use crate::metrics::Metrics;
+use crate::outbox::{InsertOutcome, NewEvent, Outbox};
+use crate::providers::{Parsed, Provider, VerifyError, WebhookRequest};
+use crate::telemetry::TraceParent;
+
+/// Headers never written to the outbox: credentials of the caller, not of the event.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "x-secret-key",
+];
+
+/// A configured source with its provider built.
+pub struct Source {
+    /// The source's settings.
+    pub config: SourceConfig,
+    /// Its provider, bound to its credentials.
+    pub provider: Box<dyn Provider>,
+}
+
+/// Shared state of the ingress handlers.
+pub struct Ingress {
+    /// Sources by name.
+    pub sources: HashMap<String, Source>,
+    /// Where webhooks are stored.
+    pub outbox: Arc<dyn Outbox>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest accepted body.
+    pub max_body: usize,
+    /// Notified on every stored webhook, so the publisher starts at once.
+    pub wake: Arc<Notify>,
+}
+
+/// The ingress router.
+pub fn router(ingress: Arc<Ingress>) -> Router {
+    let max_body = ingress.max_body;
+    Router::new()
+        .route("/webhooks/{source}", post(receive))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; webhooks go to POST /webhooks/{source}",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(ingress)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn receive(
+    State(ingress): State<Arc<Ingress>>,
+    Path(source_name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let trace = TraceParent::continue_or_start(
+        request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let Some(source) = ingress.sources.get(&source_name) else {
+        // The source label stays empty: names from the URL must not grow metric cardinality.
+        ingress
+            .metrics
+            .webhooks_received
+            .with_label_values(&["", "", "unknown_source"])
+            .inc();
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown source: check the URL against the sources in the relay's configuration",
+        );
+    };
+    let span = tracing::info_span!("webhook", source = %source_name, provider = %source.config.provider,
+        trace_id = %trace.trace_id, %peer);
+    let response = handle(&ingress, source, request, trace)
+        .instrument(span)
+        .await;
+    ingress
+        .metrics
+        .ingest_duration
+        .with_label_values(&[source_name.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle(
+    ingress: &Ingress,
+    source: &Source,
+    request: Request,
+    trace: TraceParent,
+) -> Response {
+    let name = source.config.name.as_str();
+    let provider_name = source.config.provider.as_str();
+    let count = |outcome: &str| {
+        ingress
+            .metrics
+            .webhooks_received
+            .with_label_values(&[name, provider_name, outcome])
+            .inc();
+    };
+    let too_large = || {
+        count("too_large");
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "body is larger than the relay's limit of {} bytes",
+                ingress.max_body
+            ),
+        )
+    };
+    let declared_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > ingress.max_body as u64) {
+        return too_large();
+    }
+    let headers = request.headers().clone();
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large();
+        }
+        Err(rejection) => {
+            tracing::debug!(error = %rejection, "could not read the request body");
+            return error(StatusCode::BAD_REQUEST, "could not read the request body");
+        }
+    };
+    let received = OffsetDateTime::now_utc();
+    if !source.config.allow_unsigned {
+        let verdict = source.provider.verify(&WebhookRequest {
+            headers: &headers,
+            body: &body,
+            now: received,
+        });
+        if let Err(e) = verdict {
+            count("unauthorized");
+            match &e {
+                VerifyError::MissingCredential(key) => tracing::error!(
+                    setting = %key,
+                    "source `{name}` refuses its webhooks: set `{key}` (HOOKRELAY_SOURCES__{}__{}) or allow_unsigned",
+                    name.to_ascii_uppercase(), key.to_ascii_uppercase()
+                ),
+                other => tracing::warn!(reason = %other, "webhook refused"),
+            }
+            return error(StatusCode::UNAUTHORIZED, e.to_string());
+        }
+    }
+    let parsed = source.provider.parse(&body);
+    if let Parsed::Unrecognized {
+        reason,
+        provider_event_type,
+    } = &parsed
+    {
+        tracing::warn!(%reason, provider_event_type = provider_event_type.as_deref().unwrap_or(""),
+            "authentic webhook not understood; stored and published as unrecognized");
+    }
+    let meta = EventMeta::new(provider_name, name, &parsed, &body, received);
+    let event_id = meta.id.clone();
+    let event = NewEvent {
+        meta,
+        headers_json: audit_headers(&headers),
+        body,
+        received_at_us: i64::try_from(received.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX),
+        traceparent: trace.header_value(),
+    };
+    match ingress.outbox.insert(event).await {
+        Ok(InsertOutcome::Inserted) => {
+            ingress.wake.notify_one();
+            count(match parsed {
+                Parsed::Event(_) => "accepted",
+                Parsed::Unrecognized { .. } => "unrecognized",
+            });
+            tracing::info!(%event_id, "webhook stored");
+        }
+        Ok(InsertOutcome::Duplicate) => {
+            count("duplicate");
+            tracing::info!(%event_id, "duplicate webhook acknowledged, not stored again");
+        }
+        Err(e) => {
+            count("unavailable");
+            tracing::error!(error = %e, "webhook not stored; answering 503 so the provider retries");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; the webhook was not stored"),
+            );
+        }
+    }
+    let ack = source.provider.ack();
+    let mut response = (ack.status, ack.body).into_response();
+    if let Some(content_type) = ack.content_type {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(content_type),
+        );
+    }
+    response
+}
+
+/// The request headers as a JSON object for the audit trail, without credentials.
+/// Repeated headers are joined with `, ` as HTTP allows.
+fn audit_headers(headers: &HeaderMap) -> String {
+    let mut map = serde_json::Map::new();
+    for name in headers.keys() {
+        if SECRET_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let values: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        map.insert(
+            name.as_str().to_owned(),
+            serde_json::Value::String(values.join(", ")),
+        );
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn audit_headers_drop_credentials_and_keep_signatures() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
+        headers.insert("signature", HeaderValue::from_static("abc123"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
+        let json: serde_json::Value = serde_json::from_str(&audit_headers(&headers)).expect("json");
+        assert!(json.get("authorization").is_none());
+        assert_eq!(json["signature"], "abc123");
+        assert_eq!(json["x-forwarded-for"], "1.2.3.4, 5.6.7.8");
+    }
+}

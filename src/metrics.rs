@@ -1,0 +1,152 @@
+//! Prometheus metrics (SPEC §5), on a registry of our own rather than the global one
+//! so that tests can run several relays in one process.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the relay exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `hookrelay_webhooks_received_total{source, provider, outcome}`.
+    pub webhooks_received: IntCounterVec,
+    /// `hookrelay_ingest_duration_seconds{source}`: request start to ack.
+    pub ingest_duration: HistogramVec,
+    /// `hookrelay_events_published_total{provider, kind, status}`.
+    pub events_published: IntCounterVec,
+    /// `hookrelay_publish_failures_total{reason}`.
+    pub publish_failures: IntCounterVec,
+    /// `hookrelay_publish_duration_seconds`: publish to broker confirm.
+    pub publish_duration: Histogram,
+    /// `hookrelay_delivery_lag_seconds`: receive to broker confirm.
+    pub delivery_lag: Histogram,
+    /// `hookrelay_outbox_events{state}` for pending and dead.
+    pub outbox_events: IntGaugeVec,
+    /// `hookrelay_outbox_oldest_pending_seconds`.
+    pub outbox_oldest_pending: prometheus::Gauge,
+    /// `hookrelay_broker_connected`: 1 or 0.
+    pub broker_connected: IntGauge,
+    /// `hookrelay_outbox_commit_batch_size`: webhooks stored per commit (group commit).
+    pub outbox_commit_batch_size: Histogram,
+    /// `hookrelay_outbox_commit_failures_total`.
+    pub outbox_commit_failures: IntCounter,
+}
+
+/// Latency buckets from 0.5 ms to 10 s: acks are expected in milliseconds, delivery
+/// lag may reach seconds during an outage.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let webhooks_received = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_webhooks_received_total",
+                "Webhooks received, by outcome",
+            ),
+            &["source", "provider", "outcome"],
+        )?;
+        let ingest_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hookrelay_ingest_duration_seconds",
+                "Request start to ack (includes the outbox commit)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["source"],
+        )?;
+        let events_published = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_events_published_total",
+                "Events confirmed by the broker",
+            ),
+            &["provider", "kind", "status"],
+        )?;
+        let publish_failures = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_publish_failures_total",
+                "Publish attempts that were not confirmed",
+            ),
+            &["reason"],
+        )?;
+        let publish_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "hookrelay_publish_duration_seconds",
+                "Publish to broker confirm",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let delivery_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "hookrelay_delivery_lag_seconds",
+                "Receive to broker confirm",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+            ]),
+        )?;
+        let outbox_events = IntGaugeVec::new(
+            Opts::new("hookrelay_outbox_events", "Outbox rows by state"),
+            &["state"],
+        )?;
+        let outbox_oldest_pending = prometheus::Gauge::new(
+            "hookrelay_outbox_oldest_pending_seconds",
+            "Age of the oldest pending outbox row (0 when none)",
+        )?;
+        let broker_connected = IntGauge::new(
+            "hookrelay_broker_connected",
+            "1 when the publisher has a broker channel",
+        )?;
+        let outbox_commit_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "hookrelay_outbox_commit_batch_size",
+                "Webhooks stored per outbox commit (group commit)",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+        )?;
+        let outbox_commit_failures = IntCounter::new(
+            "hookrelay_outbox_commit_failures_total",
+            "Outbox transactions that failed (every request in them got 503)",
+        )?;
+        registry.register(Box::new(webhooks_received.clone()))?;
+        registry.register(Box::new(ingest_duration.clone()))?;
+        registry.register(Box::new(events_published.clone()))?;
+        registry.register(Box::new(publish_failures.clone()))?;
+        registry.register(Box::new(publish_duration.clone()))?;
+        registry.register(Box::new(delivery_lag.clone()))?;
+        registry.register(Box::new(outbox_events.clone()))?;
+        registry.register(Box::new(outbox_oldest_pending.clone()))?;
+        registry.register(Box::new(broker_connected.clone()))?;
+        registry.register(Box::new(outbox_commit_batch_size.clone()))?;
+        registry.register(Box::new(outbox_commit_failures.clone()))?;
+        for state in ["pending", "dead"] {
+            outbox_events.with_label_values(&[state]).set(0);
+        }
+        Ok(Self {
+            registry,
+            webhooks_received,
+            ingest_duration,
+            events_published,
+            publish_failures,
+            publish_duration,
+            delivery_lag,
+            outbox_events,
+            outbox_oldest_pending,
+            broker_connected,
+            outbox_commit_batch_size,
+            outbox_commit_failures,
+        })
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}

@@ -1,0 +1,355 @@
+//! The embedded SQLite outbox (`sqlite://PATH`), WAL with `synchronous=FULL`.
+//!
+//! **Group commit.** Every write goes through one writer thread. It takes the first
+//! command waiting, then everything else already queued (up to [`MAX_BATCH`]), runs
+//! them in one transaction, commits (one WAL fsync), and only then answers each
+//! caller. While a commit is syncing, new requests queue up and form the next batch:
+//! the batch grows with load and no request ever waits on a timer.
+//!
+//! Reads (`fetch_due`, `stats`) use a second connection, which WAL lets run beside
+//! the writer.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{InsertOutcome, NewEvent, Outbox, OutboxError, PendingEvent, Settlement, Stats};
+use crate::event::EventMeta;
+use crate::metrics::Metrics;
+
+/// Most commands one transaction takes.
+pub const MAX_BATCH: usize = 512;
+/// Most commands waiting for the writer; beyond it ingress answers 503 at once
+/// instead of holding requests (and their bodies) in memory.
+pub const QUEUE_CAPACITY: usize = 2048;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id         TEXT    NOT NULL,
+    source           TEXT    NOT NULL,
+    provider         TEXT    NOT NULL,
+    idempotency_key  TEXT    NOT NULL,
+    subject          TEXT    NOT NULL,
+    routing_key      TEXT    NOT NULL,
+    meta             TEXT    NOT NULL,
+    headers          TEXT    NOT NULL,
+    body             BLOB    NOT NULL,
+    traceparent      TEXT    NOT NULL,
+    received_at      INTEGER NOT NULL,
+    state            TEXT    NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'published', 'dead')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    last_error       TEXT,
+    published_at     INTEGER,
+    UNIQUE (source, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS events_state_id ON events (state, id);
+CREATE INDEX IF NOT EXISTS events_pending_subject ON events (source, subject, id) WHERE state = 'pending';
+";
+
+type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
+
+enum Command {
+    Insert(Box<NewEvent>, Reply<InsertOutcome>),
+    Settle(Vec<Settlement>, Reply<()>),
+    Ping(Reply<()>),
+}
+
+/// The SQLite outbox handle; cheap to share.
+pub struct SqliteOutbox {
+    writer: mpsc::Sender<Command>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn storage(e: impl std::fmt::Display) -> OutboxError {
+    OutboxError::Storage(e.to_string())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, OutboxError> {
+    let conn = Connection::open(path)
+        .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+    // Another process (the `outbox` CLI) may hold the write lock briefly.
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(storage)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(storage)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(storage)?;
+    Ok(conn)
+}
+
+impl SqliteOutbox {
+    /// Opens (creating file, folder and schema if absent) and starts the writer thread.
+    pub async fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, OutboxError> {
+        let path = path.to_owned();
+        let (writer_conn, reader_conn) = tokio::task::spawn_blocking(move || {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| storage(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            let writer = open_connection(&path)?;
+            writer.execute_batch(SCHEMA).map_err(storage)?;
+            let reader = open_connection(&path)?;
+            Ok::<_, OutboxError>((writer, reader))
+        })
+        .await
+        .map_err(storage)??;
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("outbox-writer".to_owned())
+            .spawn(move || writer_loop(writer_conn, rx, &metrics))
+            .map_err(storage)?;
+        Ok(Self {
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader_conn)),
+        })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, OutboxError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| storage("reader connection poisoned"))?;
+            f(&conn).map_err(storage)
+        })
+        .await
+        .map_err(storage)?
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, metrics: &Metrics) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let inserts = batch
+            .iter()
+            .filter(|c| matches!(c, Command::Insert(..)))
+            .count();
+        match apply_batch(&mut conn, &batch) {
+            Ok(outcomes) => {
+                for (cmd, outcome) in batch.drain(..).zip(outcomes) {
+                    match cmd {
+                        Command::Insert(_, reply) => {
+                            let _ = reply.send(Ok(outcome.unwrap_or(InsertOutcome::Inserted)));
+                        }
+                        Command::Settle(_, reply) | Command::Ping(reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                }
+                if inserts > 0 {
+                    metrics.outbox_commit_batch_size.observe(inserts as f64);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, commands = batch.len(), "outbox commit failed; every request in the batch gets 503");
+                metrics.outbox_commit_failures.inc();
+                let err = storage(e);
+                for cmd in batch.drain(..) {
+                    match cmd {
+                        Command::Insert(_, reply) => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                        Command::Settle(_, reply) | Command::Ping(reply) => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs a batch in one transaction. On any error nothing is committed and every
+/// caller is told so: an ack is never sent for a row that is not on disk.
+fn apply_batch(
+    conn: &mut Connection,
+    batch: &[Command],
+) -> rusqlite::Result<Vec<Option<InsertOutcome>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (event_id, source, provider, idempotency_key, subject, routing_key, meta,
+                                 headers, body, traceparent, received_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+             ON CONFLICT (source, idempotency_key) DO NOTHING",
+        )?;
+        let mut published = tx.prepare_cached(
+            "UPDATE events SET state = 'published', attempts = attempts + 1, last_error = NULL, published_at = ?2
+             WHERE id = ?1 AND state = 'pending'",
+        )?;
+        let mut retry = tx.prepare_cached(
+            "UPDATE events SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
+             WHERE id = ?1 AND state = 'pending'",
+        )?;
+        let now_us = now_micros();
+        for cmd in batch {
+            match cmd {
+                Command::Insert(ev, _) => {
+                    let meta = serde_json::to_string(&ev.meta)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    let changed = insert.execute(params![
+                        ev.meta.id,
+                        ev.meta.source,
+                        ev.meta.provider,
+                        ev.meta.idempotency_key,
+                        ev.meta.subject,
+                        ev.meta.routing_key(),
+                        meta,
+                        ev.headers_json,
+                        &ev.body[..],
+                        ev.traceparent,
+                        ev.received_at_us,
+                    ])?;
+                    outcomes.push(Some(if changed == 0 {
+                        InsertOutcome::Duplicate
+                    } else {
+                        InsertOutcome::Inserted
+                    }));
+                }
+                Command::Settle(settlements, _) => {
+                    for s in settlements {
+                        match s {
+                            Settlement::Published { id } => {
+                                published.execute(params![id, now_us])?;
+                            }
+                            Settlement::Retry {
+                                id,
+                                error,
+                                next_attempt_at_us,
+                            } => {
+                                retry.execute(params![id, error, next_attempt_at_us])?;
+                            }
+                        }
+                    }
+                    outcomes.push(None);
+                }
+                Command::Ping(_) => outcomes.push(None),
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Now as Unix microseconds.
+pub fn now_micros() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Outbox for SqliteOutbox {
+    async fn insert(&self, event: NewEvent) -> Result<InsertOutcome, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .try_send(Command::Insert(Box::new(event), reply))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => OutboxError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,
+            })?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    async fn fetch_due(&self, now_us: i64, limit: usize) -> Result<Vec<PendingEvent>, OutboxError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT e.id, e.meta, e.body, e.received_at, e.traceparent, e.attempts
+                     FROM events e
+                     WHERE e.state = 'pending' AND e.next_attempt_at <= ?1
+                       AND NOT EXISTS (SELECT 1 FROM events o
+                                       WHERE o.state = 'pending' AND o.source = e.source
+                                         AND o.subject = e.subject AND o.id < e.id)
+                     ORDER BY e.id
+                     LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![now_us, limit], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, u32>(5)?,
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, meta, body, received_at_us, traceparent, attempts)| {
+                let meta: EventMeta = serde_json::from_str(&meta)
+                    .map_err(|e| storage(format!("row {id} has unreadable metadata: {e}")))?;
+                Ok(PendingEvent {
+                    id,
+                    meta,
+                    body,
+                    received_at_us,
+                    traceparent,
+                    attempts,
+                })
+            })
+            .collect()
+    }
+
+    async fn settle(&self, settlements: Vec<Settlement>) -> Result<(), OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Command::Settle(settlements, reply))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    async fn stats(&self) -> Result<Stats, OutboxError> {
+        self.read(|conn| {
+            let count = |state: &str| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM events WHERE state = ?1",
+                    [state],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| u64::try_from(n).unwrap_or(0))
+            };
+            let oldest_pending_us = conn
+                .query_row(
+                    "SELECT received_at FROM events WHERE state = 'pending' ORDER BY id LIMIT 1",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?;
+            Ok(Stats {
+                pending: count("pending")?,
+                dead: count("dead")?,
+                oldest_pending_us,
+            })
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> Result<(), OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .try_send(Command::Ping(reply))
+            .map_err(|_| OutboxError::Overloaded)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+}

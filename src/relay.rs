@@ -1,0 +1,181 @@
+//! `hookrelay serve`: wires outbox, ingress, publisher and admin listener together,
+//! and shuts them down in order on SIGTERM/SIGINT.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::admin::{self, Admin};
+use crate::amqp::BrokerLink;
+use crate::config::Config;
+use crate::ingress::{self, Ingress, Source};
+use crate::metrics::Metrics;
+use crate::outbox::{self, OutboxError};
+use crate::providers::{self, BuildError};
+use crate::publisher::{CONFIRM_TIMEOUT, Publisher};
+
+/// Why the relay could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A listener address is taken or not allowed.
+    #[error("cannot listen on {addr}: {source} (is another process using it? set {var})")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which setting chose it.
+        var: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The outbox could not be opened.
+    #[error("cannot open the outbox: {0}")]
+    Outbox(#[from] OutboxError),
+    /// A source's settings are unusable.
+    #[error("source `{source_name}`: {error}")]
+    Source {
+        /// The source.
+        source_name: String,
+        /// What is wrong.
+        error: BuildError,
+    },
+    /// Metrics registration failed (a bug).
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A server failed while running.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Builds every configured source's provider.
+pub fn build_sources(config: &Config) -> Result<HashMap<String, Source>, RelayError> {
+    let mut sources = HashMap::new();
+    for (name, source) in &config.sources {
+        let spec = providers::find(&source.provider).ok_or_else(|| RelayError::Source {
+            source_name: name.clone(),
+            error: BuildError::Invalid {
+                key: "provider",
+                reason: format!("unknown provider `{}`", source.provider),
+            },
+        })?;
+        let provider = (spec.build)(source).map_err(|error| RelayError::Source {
+            source_name: name.clone(),
+            error,
+        })?;
+        sources.insert(
+            name.clone(),
+            Source {
+                config: source.clone(),
+                provider,
+            },
+        );
+    }
+    Ok(sources)
+}
+
+async fn bind(addr: SocketAddr, var: &'static str) -> Result<TcpListener, RelayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RelayError::Bind { addr, var, source })
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// Runs the relay until SIGTERM/SIGINT, then: stops accepting, answers the requests
+/// in flight, lets the publisher finish its batch (bounded), and returns.
+pub async fn serve(config: Config) -> Result<(), RelayError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let outbox = outbox::open(&config.outbox_url, Arc::clone(&metrics)).await?;
+    let sources = build_sources(&config)?;
+    for source in sources.values() {
+        let name = &source.config.name;
+        if source.config.allow_unsigned {
+            tracing::warn!(source = %name, "source accepts UNSIGNED webhooks (allow_unsigned = true): anyone can post to it");
+        } else {
+            for key in source.provider.missing_credentials() {
+                tracing::warn!(source = %name, setting = %key,
+                    "source `{name}` has no `{key}` and will refuse its webhooks with 401");
+            }
+        }
+    }
+    let wake = Arc::new(Notify::new());
+    let ingress_listener = bind(config.listen, "HOOKRELAY_LISTEN").await?;
+    let admin_listener = bind(config.admin_listen, "HOOKRELAY_ADMIN_LISTEN").await?;
+    let ingress_addr = ingress_listener.local_addr().map_err(RelayError::Serve)?;
+    let admin_addr = admin_listener.local_addr().map_err(RelayError::Serve)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let link = BrokerLink::new(
+        config.amqp_url.clone(),
+        config.exchange.clone(),
+        Arc::clone(&metrics),
+    );
+    let publisher = Publisher::new(
+        Arc::clone(&outbox),
+        link,
+        config.exchange.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&wake),
+    );
+    let publisher_task = tokio::spawn(publisher.run(stop_rx.clone()));
+
+    let ingress = Arc::new(Ingress {
+        sources,
+        outbox: Arc::clone(&outbox),
+        metrics: Arc::clone(&metrics),
+        max_body: config.max_body,
+        wake,
+    });
+    let admin = Arc::new(Admin {
+        outbox: Arc::clone(&outbox),
+        metrics,
+    });
+    let mut admin_stop = stop_rx.clone();
+    let admin_server =
+        axum::serve(admin_listener, admin::router(admin)).with_graceful_shutdown(async move {
+            let _ = admin_stop.wait_for(|stop| *stop).await;
+        });
+    let admin_task = tokio::spawn(async move { admin_server.await });
+    tracing::info!(addr = %admin_addr, "admin listening");
+    tracing::info!(addr = %ingress_addr, "ingress listening");
+
+    let ingress_server = axum::serve(
+        ingress_listener,
+        ingress::router(ingress).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new requests; answering those in flight");
+    });
+    let served = ingress_server.await;
+    // Ingress has answered everything in flight; now the publisher finishes its batch.
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(CONFIRM_TIMEOUT + Duration::from_secs(5), publisher_task).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!(
+            "publisher did not stop in time; unconfirmed rows stay pending for the next start"
+        ),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    tracing::info!("stopped");
+    served.map_err(RelayError::Serve)
+}

@@ -1,0 +1,121 @@
+//! Logging setup and W3C trace context.
+
+use rand::RngCore;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber: level from `RUST_LOG` (default `info`), format
+/// from `HOOKRELAY_LOG_FORMAT`.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A second init (tests) keeps the first subscriber; nothing to report.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+}
+
+/// A W3C trace context (`traceparent`, version 00).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 32 lower-case hex digits.
+    pub trace_id: String,
+    /// 16 lower-case hex digits: this relay's span.
+    pub span_id: String,
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Continues the caller's trace when it sent a valid `traceparent` (keeping its
+    /// trace id and flags, with a new span id for the relay), or starts a new one.
+    pub fn continue_or_start(header: Option<&str>) -> Self {
+        let span_id = random_hex::<8>();
+        match header.and_then(parse) {
+            Some((trace_id, flags)) => Self {
+                trace_id,
+                span_id,
+                flags,
+            },
+            None => Self {
+                trace_id: random_hex::<16>(),
+                span_id,
+                flags: 1,
+            },
+        }
+    }
+
+    /// The header value.
+    pub fn header_value(&self) -> String {
+        format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+fn parse(value: &str) -> Option<(String, u8)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let is_hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if version != "00" || parts.next().is_some() {
+        return None;
+    }
+    if !is_hex(trace_id, 32) || !is_hex(parent_id, 16) || !is_hex(flags, 2) {
+        return None;
+    }
+    if trace_id.bytes().all(|b| b == b'0') || parent_id.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some((trace_id.to_owned(), u8::from_str_radix(flags, 16).ok()?))
+}
+
+fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    loop {
+        rand::rng().fill_bytes(&mut bytes);
+        if bytes.iter().any(|b| *b != 0) {
+            return hex::encode(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_traceparent_keeps_its_trace_id_with_a_new_span() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let tp = TraceParent::continue_or_start(Some(incoming));
+        assert_eq!(tp.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(tp.span_id, "00f067aa0ba902b7");
+        assert!(
+            tp.header_value()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+        assert!(tp.header_value().ends_with("-01"));
+    }
+
+    #[test]
+    fn garbage_starts_a_new_trace() {
+        for bad in [
+            "",
+            "00-xyz",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let tp = TraceParent::continue_or_start(Some(bad));
+            assert_eq!(tp.trace_id.len(), 32, "{bad}");
+            assert_ne!(tp.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        }
+    }
+}
