@@ -95,7 +95,15 @@ pub struct BrokerLink {
     url: String,
     exchange: String,
     metrics: Arc<Metrics>,
-    connection: Option<(Connection, Channel)>,
+    connection: Option<Link>,
+}
+
+/// A live connection, its channel, and the task that mirrors its state into
+/// `hookrelay_broker_connected`.
+struct Link {
+    connection: Connection,
+    channel: Channel,
+    watcher: tokio::task::JoinHandle<()>,
 }
 
 impl BrokerLink {
@@ -112,9 +120,9 @@ impl BrokerLink {
     /// A ready confirm-mode channel, connecting (and retrying with backoff) as long
     /// as needed. `None` once shutdown is signalled.
     pub async fn channel(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Channel> {
-        if let Some((conn, channel)) = &self.connection {
-            if conn.status().connected() && channel.status().connected() {
-                return Some(channel.clone());
+        if let Some(link) = &self.connection {
+            if link.connection.status().connected() && link.channel.status().connected() {
+                return Some(link.channel.clone());
             }
             self.disconnect().await;
         }
@@ -129,10 +137,18 @@ impl BrokerLink {
                 return None;
             }
             match self.connect().await {
-                Ok((conn, channel)) => {
+                Ok((connection, channel)) => {
                     tracing::info!(broker = %redact_url(&self.url), exchange = %self.exchange, "broker connected");
                     self.metrics.broker_connected.set(1);
-                    self.connection = Some((conn, channel.clone()));
+                    let watcher = tokio::spawn(watch_events(
+                        connection.events_listener(),
+                        Arc::clone(&self.metrics),
+                    ));
+                    self.connection = Some(Link {
+                        connection,
+                        channel: channel.clone(),
+                        watcher,
+                    });
                     return Some(channel);
                 }
                 Err(e) => {
@@ -177,19 +193,17 @@ impl BrokerLink {
     /// [`channel`](Self::channel) call builds a fresh one.
     pub async fn recover(&mut self, error: Option<lapin::Error>) {
         self.metrics.broker_connected.set(0);
-        let Some((_, channel)) = &self.connection else {
+        let Some(link) = &self.connection else {
             return;
         };
         if let Some(error) = error {
-            let channel = channel.clone();
-            if let Ok(Ok(())) =
-                tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(error)).await
-            {
-                if channel.status().connected() {
-                    tracing::info!("broker connection recovered");
-                    self.metrics.broker_connected.set(1);
-                    return;
-                }
+            let channel = link.channel.clone();
+            let recovered =
+                tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(error)).await;
+            if matches!(recovered, Ok(Ok(()))) && channel.status().connected() {
+                tracing::info!("broker connection recovered");
+                self.metrics.broker_connected.set(1);
+                return;
             }
         }
         tracing::warn!("replacing the broker connection");
@@ -199,12 +213,36 @@ impl BrokerLink {
     /// Closes the connection (bounded), e.g. at shutdown.
     pub async fn disconnect(&mut self) {
         self.metrics.broker_connected.set(0);
-        if let Some((conn, _)) = self.connection.take() {
+        if let Some(link) = self.connection.take() {
+            link.watcher.abort();
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
-                conn.close(200, "hookrelay closing".into()),
+                link.connection.close(200, "hookrelay closing".into()),
             )
             .await;
+        }
+    }
+}
+
+/// Mirrors lapin's connection events into the gauge, so it drops as soon as the
+/// connection does, not only when a publish fails.
+async fn watch_events(
+    events: impl futures_lite::Stream<Item = lapin::Event> + Send,
+    metrics: Arc<Metrics>,
+) {
+    use futures_lite::StreamExt;
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::Connected => {
+                tracing::info!("broker connection (re)established");
+                metrics.broker_connected.set(1);
+            }
+            lapin::Event::Error(e) => {
+                tracing::warn!(error = %e, "broker connection lost; webhooks are still accepted into the outbox");
+                metrics.broker_connected.set(0);
+            }
+            _ => {}
         }
     }
 }

@@ -288,15 +288,10 @@ impl Config {
     }
 }
 
-fn read_file(
-    path: &Path,
-) -> Result<
-    (
-        BTreeMap<String, String>,
-        BTreeMap<String, BTreeMap<String, String>>,
-    ),
-    ConfigError,
-> {
+/// Settings as text, by key.
+type Settings = BTreeMap<String, String>;
+
+fn read_file(path: &Path) -> Result<(Settings, BTreeMap<String, Settings>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,

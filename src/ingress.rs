@@ -220,7 +220,9 @@ async fn handle(
         }
     }
     let ack = source.provider.ack();
-    let mut response = (ack.status, ack.body).into_response();
+    // Built by hand so an empty ack carries no invented Content-Type.
+    let mut response = Response::new(axum::body::Body::from(ack.body));
+    *response.status_mut() = ack.status;
     if let Some(content_type) = ack.content_type {
         response.headers_mut().insert(
             header::CONTENT_TYPE,

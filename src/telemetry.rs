@@ -9,7 +9,9 @@ use crate::config::LogFormat;
 /// from `HOOKRELAY_LOG_FORMAT`.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     // A second init (tests) keeps the first subscriber; nothing to report.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -1,0 +1,445 @@
+//! The whole pipe against a real RabbitMQ and real SQLite files: signed webhook →
+//! fsync'd outbox → ack → confirmed publish.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use lapin::types::AMQPValue;
+
+const QUIET: Duration = Duration::from_secs(2);
+const ARRIVAL: Duration = Duration::from_secs(20);
+
+fn header<'a>(delivery: &'a lapin::message::Delivery, name: &str) -> Option<&'a AMQPValue> {
+    delivery.properties.headers().as_ref()?.inner().get(name)
+}
+
+fn header_text(delivery: &lapin::message::Delivery, name: &str) -> String {
+    match header(delivery, name) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("header {name}: {other:?}"),
+    }
+}
+
+/// The exact text of `data.payload` inside the published envelope, found without
+/// re-serializing anything.
+fn raw_payload(envelope: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        data: Data<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        payload: &'a serde_json::value::RawValue,
+    }
+    let parsed: Envelope<'_> = serde_json::from_slice(envelope).expect("envelope JSON");
+    parsed.data.payload.get().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("pipe");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let body = fixture("whitepay", "transaction_completed.json");
+    assert!(
+        body.windows(2).any(|w| w == b"\\/"),
+        "fixture keeps PHP's \\/ escapes"
+    );
+
+    let (status, ack) = post_whitepay(&relay, &body).await;
+    assert_eq!(status, 200);
+    assert!(ack.is_empty(), "Whitepay's ack is an empty body");
+
+    let delivery = consumer.next(ARRIVAL).await.expect("one message");
+    assert_eq!(
+        delivery.routing_key.as_str(),
+        "whitepay.transaction.succeeded"
+    );
+    let envelope: serde_json::Value = serde_json::from_slice(&delivery.data).expect("JSON");
+    let props = &delivery.properties;
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.to_string()),
+        envelope["id"].as_str().map(str::to_owned)
+    );
+    assert_eq!(*props.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        props
+            .content_type()
+            .as_ref()
+            .map(|s| s.to_string())
+            .as_deref(),
+        Some("application/cloudevents+json")
+    );
+    assert_eq!(
+        props.kind().as_ref().map(|s| s.to_string()).as_deref(),
+        Some("transaction.succeeded")
+    );
+    assert_eq!(header_text(&delivery, "provider"), "whitepay");
+    assert_eq!(header_text(&delivery, "source"), "whitepay");
+    assert!(header_text(&delivery, "traceparent").starts_with("00-"));
+    assert_eq!(envelope["specversion"], "1.0");
+    assert_eq!(envelope["type"], "transaction.succeeded");
+    assert_eq!(envelope["subject"], "4176141e-bd97-4f13-a71a-6547a230cf4a");
+    assert_eq!(envelope["time"], "2022-03-22T14:03:34Z");
+    assert_eq!(envelope["data"]["amount"], "200");
+    assert_eq!(envelope["data"]["currency"], "UAH");
+    assert_eq!(envelope["data"]["merchant_order_id"], "INV-123");
+    assert_eq!(
+        raw_payload(&delivery.data).as_bytes(),
+        &body[..],
+        "data.payload is the request body, byte for byte"
+    );
+    assert!(
+        String::from_utf8_lossy(&delivery.data)
+            .contains("\"exchange_rate\":\"31.84713375796178343949\""),
+        "long decimals stay text"
+    );
+
+    assert!(consumer.next(QUIET).await.is_none(), "exactly one message");
+    drop(relay);
+    delete_topology(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_whitepay_fixture_gets_its_routing_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("fixtures");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let cases = [
+        ("order_declined.json", "whitepay.order.failed"),
+        (
+            "transaction_completed.json",
+            "whitepay.transaction.succeeded",
+        ),
+        ("withdrawal_declined.json", "whitepay.withdrawal.cancelled"),
+        (
+            "transaction_was_final_exchange.json",
+            "whitepay.transaction.succeeded",
+        ),
+        ("rollback_to_client.json", "whitepay.refund.succeeded"),
+    ];
+    for (file, _) in cases {
+        let (status, _) = post_whitepay(&relay, &fixture("whitepay", file)).await;
+        assert_eq!(status, 200, "{file}");
+    }
+    let got = consumer.collect(cases.len(), ARRIVAL).await;
+    let mut keys: Vec<String> = got.iter().map(|d| d.routing_key.to_string()).collect();
+    keys.sort();
+    let mut expected: Vec<&str> = cases.iter().map(|(_, key)| *key).collect();
+    expected.sort();
+    assert_eq!(
+        keys, expected,
+        "every fixture published with its mapped key"
+    );
+    // The transaction and the withdrawal share a subject (the seed reuses the id):
+    // they must arrive in the order they were received.
+    let shared: Vec<String> = got
+        .iter()
+        .filter(|d| {
+            let v: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
+            v["subject"] == "4176141e-bd97-4f13-a71a-6547a230cf4a"
+        })
+        .map(|d| d.routing_key.to_string())
+        .collect();
+    assert_eq!(
+        shared,
+        [
+            "whitepay.transaction.succeeded",
+            "whitepay.withdrawal.cancelled"
+        ],
+        "same-subject events keep received order"
+    );
+    drop(relay);
+    delete_topology(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("refuse");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config
+        .env
+        .push(("HOOKRELAY_MAX_BODY".to_owned(), "2KiB".to_owned()));
+    let relay = Relay::start(&config);
+    let body = fixture("whitepay", "order_declined.json");
+    let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
+
+    let (status, reply) = post(
+        &relay.url("nosuch"),
+        body.clone(),
+        &[("Signature", signature.clone())],
+    )
+    .await;
+    assert_eq!(status, 404);
+    let reply: serde_json::Value = serde_json::from_slice(&reply).expect("JSON error");
+    assert!(
+        reply["error"]
+            .as_str()
+            .expect("error text")
+            .contains("unknown source")
+    );
+
+    let wrong = whitepay_signature("not-the-token", &body);
+    let (status, reply) = post(
+        &relay.url("whitepay"),
+        body.clone(),
+        &[("Signature", wrong)],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let reply: serde_json::Value = serde_json::from_slice(&reply).expect("JSON error");
+    assert_eq!(reply["error"], "signature does not match the request body");
+
+    let (status, _) = post(&relay.url("whitepay"), body.clone(), &[]).await;
+    assert_eq!(status, 401, "missing signature");
+
+    let large = whitepay_order(&"x".repeat(3000));
+    let large_signature = whitepay_signature(WHITEPAY_TOKEN, &large);
+    let (status, reply) = post(
+        &relay.url("whitepay"),
+        large,
+        &[("Signature", large_signature)],
+    )
+    .await;
+    assert_eq!(status, 413);
+    let reply: serde_json::Value = serde_json::from_slice(&reply).expect("JSON error");
+    assert!(
+        reply["error"]
+            .as_str()
+            .expect("text")
+            .contains("2048 bytes")
+    );
+
+    assert!(consumer.next(QUIET).await.is_none(), "nothing published");
+    assert_eq!(outbox_count(&config.outbox, None), 0, "nothing stored");
+    let metrics = relay.metrics().await;
+    for outcome in ["unknown_source", "unauthorized", "too_large"] {
+        assert!(
+            metrics.contains(&format!("outcome=\"{outcome}\"")),
+            "{outcome} counted"
+        );
+    }
+    drop(relay);
+    delete_topology(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_webhook_sent_twice_is_published_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("dup");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let config = RelayConfig::new(&exchange, dir.path());
+    let relay = Relay::start(&config);
+    let body = fixture("whitepay", "order_declined.json");
+    for _ in 0..2 {
+        let (status, ack) = post_whitepay(&relay, &body).await;
+        assert_eq!(status, 200, "a duplicate gets the provider's ack too");
+        assert!(ack.is_empty());
+    }
+    assert!(consumer.next(ARRIVAL).await.is_some());
+    assert!(
+        consumer.next(QUIET).await.is_none(),
+        "the duplicate is not published"
+    );
+    assert_eq!(outbox_count(&config.outbox, None), 1, "nor stored twice");
+    assert!(relay.metrics().await.contains("outcome=\"duplicate\""));
+    drop(relay);
+    delete_topology(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_no_binding_matches_lands_in_the_unrouted_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("unrouted");
+    // Only a binding that cannot match: whitepay events are not abnormal payments.
+    let mut bound = Consumer::bind(&exchange, "*.abnormal_payment.*").await;
+    let mut unrouted = Consumer::existing(&hookrelay::amqp::unrouted_name(&exchange)).await;
+    let config = RelayConfig::new(&exchange, dir.path());
+    let relay = Relay::start(&config);
+    let (status, _) = post_whitepay(&relay, &fixture("whitepay", "order_declined.json")).await;
+    assert_eq!(status, 200);
+    let delivery = unrouted
+        .next(ARRIVAL)
+        .await
+        .expect("kept in the unrouted queue");
+    assert_eq!(delivery.routing_key.as_str(), "whitepay.order.failed");
+    assert!(bound.next(QUIET).await.is_none());
+    // Confirmed, so the row is done.
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    while outbox_count(&config.outbox, Some("published")) != 1 {
+        assert!(std::time::Instant::now() < deadline, "row marked published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(relay);
+    delete_topology(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_from_an_authentic_sender_is_published_as_unrecognized() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("unrecognized");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let body = b"{\"order\": truncated".to_vec();
+    let (status, _) = post_whitepay(&relay, &body).await;
+    assert_eq!(status, 200, "authentic, so acked and kept");
+    let delivery = consumer.next(ARRIVAL).await.expect("published");
+    assert_eq!(delivery.routing_key.as_str(), "whitepay.unrecognized");
+    let envelope: serde_json::Value = serde_json::from_slice(&delivery.data).expect("JSON");
+    assert!(envelope["data"].get("payload").is_none());
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(envelope["data"]["raw_base64"].as_str().expect("raw_base64"))
+        .expect("base64");
+    assert_eq!(raw, body);
+    drop(relay);
+    delete_topology(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_webhooks_survive_a_broker_outage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("outage");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let proxy = TcpProxy::start(BROKER).await;
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.broker = proxy.addr.to_string();
+    let relay = Relay::start(&config);
+    relay.wait_broker_connected().await;
+
+    let mut acked = BTreeSet::new();
+    for i in 0..10 {
+        let id = format!("before-{i}");
+        assert_eq!(post_whitepay(&relay, &whitepay_order(&id)).await.0, 200);
+        acked.insert(id);
+    }
+    proxy.cut();
+    for i in 0..30 {
+        let id = format!("during-{i}");
+        let (status, _) = post_whitepay(&relay, &whitepay_order(&id)).await;
+        assert_eq!(
+            status, 200,
+            "webhooks are acked while the broker is unreachable"
+        );
+        acked.insert(id);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(relay.metric("hookrelay_broker_connected").await, 0.0);
+    proxy.restore();
+    for i in 0..10 {
+        let id = format!("after-{i}");
+        assert_eq!(post_whitepay(&relay, &whitepay_order(&id)).await.0, 200);
+        acked.insert(id);
+    }
+
+    let mut seen = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < acked.len() && std::time::Instant::now() < deadline {
+        if let Some(d) = consumer.next(Duration::from_secs(5)).await {
+            let envelope: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
+            seen.insert(envelope["subject"].as_str().expect("subject").to_owned());
+        }
+    }
+    let lost: Vec<_> = acked.difference(&seen).collect();
+    assert!(lost.is_empty(), "acked but never published: {lost:?}");
+    drop(relay);
+    delete_topology(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_webhooks_survive_kill_9_and_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("kill");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let proxy = TcpProxy::start(BROKER).await;
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.broker = proxy.addr.to_string();
+    // The broker is unreachable, so every acked webhook is still only in the outbox
+    // when the process dies.
+    proxy.cut();
+    let relay = Relay::start(&config);
+    let n = 25;
+    for i in 0..n {
+        let (status, _) = post_whitepay(&relay, &whitepay_order(&format!("k-{i}"))).await;
+        assert_eq!(status, 200);
+    }
+    relay.kill9();
+    assert_eq!(
+        outbox_count(&config.outbox, Some("pending")),
+        n,
+        "all acked rows on disk"
+    );
+
+    proxy.restore();
+    let relay = Relay::start(&config);
+    let got = consumer.collect(n as usize, ARRIVAL).await;
+    let subjects: BTreeSet<String> = got
+        .iter()
+        .map(|d| {
+            let v: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
+            v["subject"].as_str().expect("subject").to_owned()
+        })
+        .collect();
+    assert_eq!(
+        subjects.len(),
+        n as usize,
+        "all {n} published after restart"
+    );
+    drop(relay);
+    delete_topology(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_webhooks_share_outbox_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("group");
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let n = 300;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let url = relay.url("whitepay");
+        tasks.push(tokio::spawn(async move {
+            let body = whitepay_order(&format!("g-{i}"));
+            let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
+            post(&url, body, &[("Signature", signature)]).await.0
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), 200);
+    }
+    let rows = relay.metric("hookrelay_outbox_commit_batch_size_sum").await;
+    let commits = relay
+        .metric("hookrelay_outbox_commit_batch_size_count")
+        .await;
+    assert_eq!(rows, f64::from(n), "every webhook counted once");
+    assert!(
+        commits < rows,
+        "group commit: {rows} webhooks in {commits} commits should share some commits"
+    );
+    drop(relay);
+    delete_topology(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique_exchange("term");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let config = RelayConfig::new(&exchange, dir.path());
+    let relay = Relay::start(&config);
+    let (status, _) = post_whitepay(&relay, &fixture("whitepay", "order_declined.json")).await;
+    assert_eq!(status, 200);
+    assert!(consumer.next(ARRIVAL).await.is_some());
+    let status = relay.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    delete_topology(&exchange).await;
+}
