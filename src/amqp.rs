@@ -22,8 +22,13 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 
 /// How long the publisher waits for lapin's automatic recovery before it replaces
-/// the connection itself.
-const RECOVERY_WAIT: Duration = Duration::from_secs(15);
+/// the connection itself. Kept short: with lapin 4.12, a recovery whose first
+/// reconnect attempt is refused was seen to stall in `Connecting` until the broker
+/// dropped the half-open socket (10 s), so the fallback is the path that bounds an
+/// outage's tail.
+const RECOVERY_WAIT: Duration = Duration::from_secs(5);
+/// How often the connection state is mirrored into the gauge.
+const MONITOR_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The alternate exchange (and its queue) of an exchange: where messages that no
 /// binding matches are kept.
@@ -140,8 +145,8 @@ impl BrokerLink {
                 Ok((connection, channel)) => {
                     tracing::info!(broker = %redact_url(&self.url), exchange = %self.exchange, "broker connected");
                     self.metrics.broker_connected.set(1);
-                    let watcher = tokio::spawn(watch_events(
-                        connection.events_listener(),
+                    let watcher = tokio::spawn(monitor(
+                        connection.status().clone(),
                         Arc::clone(&self.metrics),
                     ));
                     self.connection = Some(Link {
@@ -191,16 +196,22 @@ impl BrokerLink {
     /// Called after a publish failed with `error`: waits (bounded) for lapin to
     /// recover the channel, or else drops the connection so the next
     /// [`channel`](Self::channel) call builds a fresh one.
-    pub async fn recover(&mut self, error: Option<lapin::Error>) {
+    pub async fn recover(
+        &mut self,
+        error: Option<lapin::Error>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
         self.metrics.broker_connected.set(0);
         let Some(link) = &self.connection else {
             return;
         };
         if let Some(error) = error {
             let channel = link.channel.clone();
-            let recovered =
-                tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(error)).await;
-            if matches!(recovered, Ok(Ok(()))) && channel.status().connected() {
+            let recovered = tokio::select! {
+                r = tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(error)) => matches!(r, Ok(Ok(()))),
+                _ = shutdown.wait_for(|stop| *stop) => false,
+            };
+            if recovered && channel.status().connected() {
                 tracing::info!("broker connection recovered");
                 self.metrics.broker_connected.set(1);
                 return;
@@ -224,25 +235,24 @@ impl BrokerLink {
     }
 }
 
-/// Mirrors lapin's connection events into the gauge, so it drops as soon as the
-/// connection does, not only when a publish fails.
-async fn watch_events(
-    events: impl futures_lite::Stream<Item = lapin::Event> + Send,
-    metrics: Arc<Metrics>,
-) {
-    use futures_lite::StreamExt;
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            lapin::Event::Connected => {
-                tracing::info!("broker connection (re)established");
-                metrics.broker_connected.set(1);
+/// Mirrors the connection's state into `hookrelay_broker_connected` and the logs.
+/// lapin's recovery reconnects silently (publishes wait for it), so the state is
+/// read from the connection itself rather than inferred from publish failures.
+async fn monitor(status: lapin::ConnectionStatus, metrics: Arc<Metrics>) {
+    let mut was_connected = true;
+    loop {
+        tokio::time::sleep(MONITOR_INTERVAL).await;
+        let connected = status.connected();
+        if connected != was_connected {
+            if connected {
+                tracing::info!("broker connection recovered");
+            } else {
+                tracing::warn!(
+                    "broker connection lost; webhooks are still accepted into the outbox"
+                );
             }
-            lapin::Event::Error(e) => {
-                tracing::warn!(error = %e, "broker connection lost; webhooks are still accepted into the outbox");
-                metrics.broker_connected.set(0);
-            }
-            _ => {}
+            metrics.broker_connected.set(i64::from(connected));
+            was_connected = connected;
         }
     }
 }

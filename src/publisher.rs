@@ -114,8 +114,8 @@ impl Publisher {
                 tracing::error!(error = %e, "cannot record publish outcomes; those rows will be published again");
             }
             match trouble {
-                Some(ChannelTrouble::Error(e)) => self.link.recover(Some(e)).await,
-                Some(ChannelTrouble::Timeout) => self.link.recover(None).await,
+                Some(ChannelTrouble::Error(e)) => self.link.recover(Some(e), &mut shutdown).await,
+                Some(ChannelTrouble::Timeout) => self.link.recover(None, &mut shutdown).await,
                 None => {}
             }
         }

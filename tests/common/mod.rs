@@ -65,6 +65,7 @@ pub struct Relay {
     /// Admin address.
     pub admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How to start a relay.
@@ -125,7 +126,7 @@ impl Relay {
         let stdout = child.stdout.take().expect("stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 sink.lock().expect("logs").push(line);
             }
@@ -145,6 +146,7 @@ impl Relay {
                     ingress,
                     admin,
                     logs,
+                    reader: Some(reader),
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -235,6 +237,15 @@ impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        // A failing test shows what the relay logged; HOOKRELAY_TEST_LOGS=1 always does.
+        if std::thread::panicking() || std::env::var_os("HOOKRELAY_TEST_LOGS").is_some() {
+            for line in self.logs() {
+                eprintln!("relay: {line}");
+            }
+        }
     }
 }
 
