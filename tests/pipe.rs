@@ -43,7 +43,7 @@ fn raw_payload(envelope: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("pipe");
+    let exchange = TestExchange::new("pipe");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
     let body = fixture("whitepay", "transaction_completed.json");
@@ -103,13 +103,12 @@ async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte() {
 
     assert!(consumer.next(QUIET).await.is_none(), "exactly one message");
     drop(relay);
-    delete_topology(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_whitepay_fixture_gets_its_routing_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("fixtures");
+    let exchange = TestExchange::new("fixtures");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
     let cases = [
@@ -157,13 +156,12 @@ async fn every_whitepay_fixture_gets_its_routing_key() {
         "same-subject events keep received order"
     );
     drop(relay);
-    delete_topology(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("refuse");
+    let exchange = TestExchange::new("refuse");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let mut config = RelayConfig::new(&exchange, dir.path());
     config
@@ -229,13 +227,12 @@ async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_st
         );
     }
     drop(relay);
-    delete_topology(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_webhook_sent_twice_is_published_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("dup");
+    let exchange = TestExchange::new("dup");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let config = RelayConfig::new(&exchange, dir.path());
     let relay = Relay::start(&config);
@@ -253,13 +250,12 @@ async fn the_same_webhook_sent_twice_is_published_once() {
     assert_eq!(outbox_count(&config.outbox, None), 1, "nor stored twice");
     assert!(relay.metrics().await.contains("outcome=\"duplicate\""));
     drop(relay);
-    delete_topology(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_no_binding_matches_lands_in_the_unrouted_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("unrouted");
+    let exchange = TestExchange::new("unrouted");
     // Only a binding that cannot match: whitepay events are not abnormal payments.
     let mut bound = Consumer::bind(&exchange, "*.abnormal_payment.*").await;
     let mut unrouted = Consumer::existing(&hookrelay::amqp::unrouted_name(&exchange)).await;
@@ -280,13 +276,12 @@ async fn a_message_no_binding_matches_lands_in_the_unrouted_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(relay);
-    delete_topology(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_from_an_authentic_sender_is_published_as_unrecognized() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("unrecognized");
+    let exchange = TestExchange::new("unrecognized");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
     let body = b"{\"order\": truncated".to_vec();
@@ -302,13 +297,12 @@ async fn malformed_json_from_an_authentic_sender_is_published_as_unrecognized() 
         .expect("base64");
     assert_eq!(raw, body);
     drop(relay);
-    delete_topology(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_webhooks_survive_a_broker_outage() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("outage");
+    let exchange = TestExchange::new("outage");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let proxy = TcpProxy::start(BROKER).await;
     let mut config = RelayConfig::new(&exchange, dir.path());
@@ -352,13 +346,12 @@ async fn acked_webhooks_survive_a_broker_outage() {
     let lost: Vec<_> = acked.difference(&seen).collect();
     assert!(lost.is_empty(), "acked but never published: {lost:?}");
     drop(relay);
-    delete_topology(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_webhooks_survive_kill_9_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("kill");
+    let exchange = TestExchange::new("kill");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let proxy = TcpProxy::start(BROKER).await;
     let mut config = RelayConfig::new(&exchange, dir.path());
@@ -395,13 +388,12 @@ async fn acked_webhooks_survive_kill_9_and_restart() {
         "all {n} published after restart"
     );
     drop(relay);
-    delete_topology(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_webhooks_share_outbox_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("group");
+    let exchange = TestExchange::new("group");
     let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
     let n = 300;
     let mut tasks = Vec::new();
@@ -426,13 +418,12 @@ async fn concurrent_webhooks_share_outbox_commits() {
         "group commit: {rows} webhooks in {commits} commits should share some commits"
     );
     drop(relay);
-    delete_topology(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = unique_exchange("term");
+    let exchange = TestExchange::new("term");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let config = RelayConfig::new(&exchange, dir.path());
     let relay = Relay::start(&config);
@@ -441,5 +432,4 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(consumer.next(ARRIVAL).await.is_some());
     let status = relay.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
-    delete_topology(&exchange).await;
 }

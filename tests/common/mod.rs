@@ -52,9 +52,42 @@ pub fn whitepay_order(id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A unique exchange name, so tests never see each other's messages.
-pub fn unique_exchange(test: &str) -> String {
-    format!("hookrelay-test-{test}-{}", uuid::Uuid::new_v4().simple())
+/// A unique exchange for one test, so tests never see each other's messages. The
+/// exchange, its alternate exchange and the `.unrouted` queue are deleted when the
+/// guard drops, also when the test fails.
+pub struct TestExchange(String);
+
+impl TestExchange {
+    /// A fresh exchange name for `test`.
+    pub fn new(test: &str) -> Self {
+        Self(format!(
+            "hookrelay-test-{test}-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+}
+
+impl std::ops::Deref for TestExchange {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for TestExchange {
+    fn drop(&mut self) {
+        let exchange = self.0.clone();
+        // Drop cannot await; a short-lived runtime on its own thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(delete_topology(&exchange));
+            }
+        })
+        .join();
+    }
 }
 
 /// A running relay process.
@@ -390,7 +423,7 @@ impl Consumer {
 }
 
 /// Deletes a test exchange with its unrouted exchange and queue.
-pub async fn delete_topology(exchange: &str) {
+async fn delete_topology(exchange: &str) {
     let connection = broker_connection().await;
     let channel = connection.create_channel().await.expect("channel");
     let unrouted = hookrelay::amqp::unrouted_name(exchange);
