@@ -29,6 +29,150 @@ pub enum Command {
     /// Load and validate the configuration, print the effective sources (secrets
     /// masked), and exit non-zero on any problem.
     CheckConfig,
+    /// Post a correctly signed example webhook of PROVIDER to a running relay, with
+    /// fresh ids and timestamp, and print the status and the ack.
+    ///
+    /// The sample is signed with the credentials configured for the source (the
+    /// same configuration `serve` reads). For oslpay, OSL signs with its private key
+    /// and the relay has only the public key: pass a PEM private key whose public
+    /// half is the source's `public_key` with --private-key FILE.
+    Sample(SampleArgs),
+}
+
+/// Arguments of `hookrelay sample`.
+#[derive(Debug, clap::Args)]
+pub struct SampleArgs {
+    /// Provider to imitate: wcheckout, oslpay, ccpayment, whitepay or standard.
+    pub provider: String,
+    /// Relay base URL (the webhook path is added) or a full `/webhooks/…` URL.
+    /// Default: the configured HOOKRELAY_LISTEN port on 127.0.0.1.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Source to sign for. Default: the source named like the provider, else the
+    /// only source using that provider.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// PEM (PKCS#8) private key to sign oslpay samples with.
+    #[arg(long, value_name = "FILE")]
+    pub private_key: Option<PathBuf>,
+}
+
+/// Why `hookrelay sample` could not post its webhook.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleCommandError {
+    /// No such provider.
+    #[error("unknown provider `{0}`; known: {1}")]
+    UnknownProvider(String, String),
+    /// No source to sign for.
+    #[error("{0}")]
+    NoSource(String),
+    /// The key file could not be read.
+    #[error("cannot read {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Signing failed.
+    #[error("cannot sign the sample: {0}")]
+    Sign(#[from] providers::SampleError),
+    /// The relay could not be reached.
+    #[error("cannot reach the relay at {url}: {source} (is `hookrelay serve` running?)")]
+    Http {
+        /// The URL.
+        url: String,
+        /// The client error.
+        source: reqwest::Error,
+    },
+}
+
+/// What the relay answered to a sample.
+#[derive(Debug)]
+pub struct SampleReply {
+    /// Where it was posted.
+    pub url: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Response body, as text.
+    pub body: String,
+}
+
+/// `hookrelay sample`: builds, signs and posts one example webhook.
+pub async fn sample(config: &Config, args: &SampleArgs) -> Result<SampleReply, SampleCommandError> {
+    let spec = providers::find(&args.provider).ok_or_else(|| {
+        SampleCommandError::UnknownProvider(
+            args.provider.clone(),
+            providers::REGISTRY
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })?;
+    let source = match &args.source {
+        Some(name) => config.sources.get(name).ok_or_else(|| {
+            SampleCommandError::NoSource(format!("no source `{name}` in the configuration"))
+        })?,
+        None => config.sources.get(spec.name).map_or_else(
+            || {
+                let mut matching = config.sources.values().filter(|s| s.provider == spec.name);
+                match (matching.next(), matching.next()) {
+                    (Some(only), None) => Ok(only),
+                    (None, _) => Err(SampleCommandError::NoSource(format!(
+                        "no source uses provider `{}`; configure one or pass --source",
+                        spec.name
+                    ))),
+                    (Some(_), Some(_)) => Err(SampleCommandError::NoSource(format!(
+                        "several sources use provider `{}`; pass --source NAME",
+                        spec.name
+                    ))),
+                }
+            },
+            Ok,
+        )?,
+    };
+    let private_key = args
+        .private_key
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path).map_err(|source| SampleCommandError::KeyFile {
+                path: path.clone(),
+                source,
+            })
+        })
+        .transpose()?;
+    let unique = uuid::Uuid::new_v4().to_string();
+    let ctx = providers::SampleContext {
+        source,
+        now: time::OffsetDateTime::now_utc(),
+        unique: &unique,
+        private_key_pem: private_key.as_deref(),
+    };
+    let body = (spec.sample_body)(&ctx);
+    let headers = (spec.sign)(&ctx, &body)?;
+    let url = match &args.url {
+        Some(url) if url.contains("/webhooks/") => url.clone(),
+        Some(base) => format!("{}/webhooks/{}", base.trim_end_matches('/'), source.name),
+        None => format!(
+            "http://127.0.0.1:{}/webhooks/{}",
+            config.listen.port(),
+            source.name
+        ),
+    };
+    let client = reqwest::Client::new();
+    let mut request = client.post(&url).body(body);
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    let http = |source| SampleCommandError::Http {
+        url: url.clone(),
+        source,
+    };
+    let response = request.send().await.map_err(http)?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(http)?;
+    Ok(SampleReply { url, status, body })
 }
 
 /// The effective configuration as text, and the problems found in it.

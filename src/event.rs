@@ -106,6 +106,20 @@ pub fn event_id(provider: &str, source: &str, idempotency_key: &str) -> String {
     Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
+/// Where a webhook came from and how its source publishes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// Provider name.
+    pub provider: &'a str,
+    /// Source name.
+    pub source: &'a str,
+    /// First routing-key segment (the provider's name, or the source's for
+    /// Standard Webhooks sources).
+    pub routing_prefix: &'a str,
+    /// JSON paths whose string values are redacted in the published payload.
+    pub redact: &'a [String],
+}
+
 /// Everything about an event except its raw body: stored in the outbox as JSON and
 /// turned into the CloudEvents envelope at publish time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +152,11 @@ pub struct EventMeta {
     pub event_time: Option<String>,
     /// Receive time, RFC 3339 UTC.
     pub received_at: String,
+    /// First routing-key segment.
+    pub routing_prefix: String,
+    /// JSON paths redacted in the published payload (dot-separated object keys).
+    #[serde(default)]
+    pub redact: Vec<String>,
 }
 
 impl EventMeta {
@@ -145,13 +164,17 @@ impl EventMeta {
     /// Unrecognized bodies are keyed by their SHA-256, so the same bytes sent twice
     /// are still deduplicated.
     pub fn new(
-        provider: &str,
-        source: &str,
+        origin: &Origin<'_>,
         parsed: &Parsed,
         body: &[u8],
         received: OffsetDateTime,
     ) -> Self {
+        let Origin {
+            provider, source, ..
+        } = *origin;
         let received_at = rfc3339(received);
+        let routing_prefix = origin.routing_prefix.to_owned();
+        let redact = origin.redact.to_vec();
         match parsed {
             Parsed::Event(n) => {
                 let Normalized {
@@ -182,6 +205,8 @@ impl EventMeta {
                     currency: currency.clone(),
                     event_time: event_time.map(rfc3339),
                     received_at,
+                    routing_prefix,
+                    redact,
                 }
             }
             Parsed::Unrecognized {
@@ -206,6 +231,8 @@ impl EventMeta {
                     currency: None,
                     event_time: None,
                     received_at,
+                    routing_prefix,
+                    redact,
                 }
             }
         }
@@ -219,9 +246,10 @@ impl EventMeta {
         }
     }
 
-    /// `{provider}.{kind}.{status}`, or `{provider}.unrecognized`.
+    /// `{prefix}.{kind}.{status}`, or `{prefix}.unrecognized`, where the prefix is
+    /// the provider's name (a Standard Webhooks source's own name).
     pub fn routing_key(&self) -> String {
-        format!("{}.{}", self.provider, self.event_type())
+        format!("{}.{}", self.routing_prefix, self.event_type())
     }
 }
 
@@ -279,9 +307,16 @@ struct Data<'a> {
 /// A recognized event embeds the body verbatim as `data.payload`; an unrecognized
 /// one (or one whose body is not JSON after all) carries it as `data.raw_base64`.
 pub fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, EventError> {
-    let payload = match meta.class {
-        Some(_) => serde_json::from_slice::<&RawValue>(body).ok(),
-        None => None,
+    let redacted = match (meta.class, meta.redact.is_empty()) {
+        (Some(_), false) => std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| redact(text, &meta.redact)),
+        _ => None,
+    };
+    let payload = match (meta.class, &redacted) {
+        (Some(_), Some(text)) => serde_json::from_str::<&RawValue>(text).ok(),
+        (Some(_), None) => serde_json::from_slice::<&RawValue>(body).ok(),
+        (None, _) => None,
     };
     let raw_base64 = payload
         .is_none()
@@ -318,6 +353,47 @@ pub fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, EventEr
     Ok(serde_json::to_vec(&envelope)?)
 }
 
+/// The replacement for a redacted string value.
+pub const REDACTED: &str = "\"[redacted]\"";
+
+/// Replaces, in place, the string values at `paths` (dot-separated object keys, e.g.
+/// `data.privateSecret`) with `"[redacted]"`, leaving every other byte as it was.
+/// `None` when nothing needed redacting (or the text is not JSON): the caller then
+/// embeds the body unchanged.
+pub fn redact(json: &str, paths: &[String]) -> Option<String> {
+    let mut spans: Vec<std::ops::Range<usize>> = paths
+        .iter()
+        .filter_map(|path| string_span(json, path))
+        .collect();
+    if spans.is_empty() {
+        return None;
+    }
+    spans.sort_by_key(|span| std::cmp::Reverse(span.start));
+    spans.dedup();
+    let mut out = json.to_owned();
+    for span in spans {
+        out.replace_range(span, REDACTED);
+    }
+    Some(out)
+}
+
+/// The byte range of the JSON string at `path` inside `json`, found by walking
+/// borrowed `RawValue`s, so offsets point into the original text.
+fn string_span(json: &str, path: &str) -> Option<std::ops::Range<usize>> {
+    let mut current: &RawValue = serde_json::from_str(json).ok()?;
+    for key in path.split('.') {
+        let object: std::collections::HashMap<String, &RawValue> =
+            serde_json::from_str(current.get()).ok()?;
+        current = object.get(key)?;
+    }
+    let text = current.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    let start = (text.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
+    Some(start..start + text.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,7 +403,34 @@ mod tests {
     fn parsed() -> Parsed {
         (crate::providers::whitepay::SPEC.build)(&test_source())
             .expect("build")
-            .parse(BODY)
+            .parse(&crate::providers::WebhookRequest::body_only(BODY))
+    }
+
+    fn origin(source: &str) -> Origin<'_> {
+        Origin {
+            provider: "whitepay",
+            source,
+            routing_prefix: "whitepay",
+            redact: &[],
+        }
+    }
+
+    #[test]
+    fn redaction_replaces_only_the_named_string_values() {
+        let body = r#"{ "type":"order_status_change","data":{"orderId":"1","privateSecret":"s3\"cr\/et","n":1.50,"nested":{"k":"v"}},"privateSecret":"top" }"#;
+        let paths = vec!["data.privateSecret".to_owned(), "data.nested.k".to_owned()];
+        let out = redact(body, &paths).expect("redacted");
+        assert_eq!(
+            out,
+            r#"{ "type":"order_status_change","data":{"orderId":"1","privateSecret":"[redacted]","n":1.50,"nested":{"k":"[redacted]"}},"privateSecret":"top" }"#
+        );
+        assert_eq!(
+            redact(body, &["data.n".to_owned()]),
+            None,
+            "only strings are redacted"
+        );
+        assert_eq!(redact(body, &["data.missing".to_owned()]), None);
+        assert_eq!(redact("not json", &paths), None);
     }
 
     fn test_source() -> crate::config::SourceConfig {
@@ -346,8 +449,7 @@ mod tests {
     #[test]
     fn payload_is_embedded_byte_for_byte() {
         let meta = EventMeta::new(
-            "whitepay",
-            "whitepay",
+            &origin("whitepay"),
             &parsed(),
             BODY,
             OffsetDateTime::UNIX_EPOCH,
@@ -370,13 +472,7 @@ mod tests {
     fn unrecognized_bodies_travel_as_base64() {
         let body = b"\xff not json";
         let parsed = Parsed::unrecognized("not JSON", None);
-        let meta = EventMeta::new(
-            "whitepay",
-            "shop",
-            &parsed,
-            body,
-            OffsetDateTime::UNIX_EPOCH,
-        );
+        let meta = EventMeta::new(&origin("shop"), &parsed, body, OffsetDateTime::UNIX_EPOCH);
         assert_eq!(meta.routing_key(), "whitepay.unrecognized");
         let json = cloudevent_json(&meta, body).expect("envelope");
         let value: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
@@ -385,7 +481,7 @@ mod tests {
             .decode(value["data"]["raw_base64"].as_str().expect("string"))
             .expect("base64");
         assert_eq!(decoded, body);
-        let again = EventMeta::new("whitepay", "shop", &parsed, body, OffsetDateTime::now_utc());
+        let again = EventMeta::new(&origin("shop"), &parsed, body, OffsetDateTime::now_utc());
         assert_eq!(meta.id, again.id, "the same bytes dedupe to the same event");
     }
 }

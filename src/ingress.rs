@@ -6,7 +6,7 @@
 //! outbox has committed and synced the raw body; it never waits for RabbitMQ.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,12 +16,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use ipnet::IpNet;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::config::SourceConfig;
-use crate::event::EventMeta;
+use crate::event::{EventMeta, Origin};
 use crate::metrics::Metrics;
 use crate::outbox::{InsertOutcome, NewEvent, Outbox};
 use crate::providers::{Parsed, Provider, VerifyError, WebhookRequest};
@@ -42,6 +43,8 @@ pub struct Source {
     pub config: SourceConfig,
     /// Its provider, bound to its credentials.
     pub provider: Box<dyn Provider>,
+    /// Effective redaction paths: the source's own, or its provider's default.
+    pub redact: Vec<String>,
 }
 
 /// Shared state of the ingress handlers.
@@ -54,6 +57,8 @@ pub struct Ingress {
     pub metrics: Arc<Metrics>,
     /// Largest accepted body.
     pub max_body: usize,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
     /// Notified on every stored webhook, so the publisher starts at once.
     pub wake: Arc<Notify>,
 }
@@ -104,7 +109,7 @@ async fn receive(
     };
     let span = tracing::info_span!("webhook", source = %source_name, provider = %source.config.provider,
         trace_id = %trace.trace_id, %peer);
-    let response = handle(&ingress, source, request, trace)
+    let response = handle(&ingress, source, peer.ip(), request, trace)
         .instrument(span)
         .await;
     ingress
@@ -118,6 +123,7 @@ async fn receive(
 async fn handle(
     ingress: &Ingress,
     source: &Source,
+    peer: IpAddr,
     request: Request,
     trace: TraceParent,
 ) -> Response {
@@ -130,6 +136,19 @@ async fn handle(
             .with_label_values(&[name, provider_name, outcome])
             .inc();
     };
+    if !source.config.allow_ips.is_empty() {
+        let client = client_ip(peer, request.headers(), &ingress.trusted_proxies);
+        let allowed =
+            client.is_some_and(|ip| source.config.allow_ips.iter().any(|net| net.contains(&ip)));
+        if !allowed {
+            count("forbidden");
+            tracing::warn!(client = ?client, "webhook refused: client address not in allow_ips");
+            return error(
+                StatusCode::FORBIDDEN,
+                "client address is not allowed to post to this source",
+            );
+        }
+    }
     let too_large = || {
         count("too_large");
         error(
@@ -160,12 +179,13 @@ async fn handle(
         }
     };
     let received = OffsetDateTime::now_utc();
+    let webhook = WebhookRequest {
+        headers: &headers,
+        body: &body,
+        now: received,
+    };
     if !source.config.allow_unsigned {
-        let verdict = source.provider.verify(&WebhookRequest {
-            headers: &headers,
-            body: &body,
-            now: received,
-        });
+        let verdict = source.provider.verify(&webhook);
         if let Err(e) = verdict {
             count("unauthorized");
             match &e {
@@ -179,7 +199,7 @@ async fn handle(
             return error(StatusCode::UNAUTHORIZED, e.to_string());
         }
     }
-    let parsed = source.provider.parse(&body);
+    let parsed = source.provider.parse(&webhook);
     if let Parsed::Unrecognized {
         reason,
         provider_event_type,
@@ -188,7 +208,13 @@ async fn handle(
         tracing::warn!(%reason, provider_event_type = provider_event_type.as_deref().unwrap_or(""),
             "authentic webhook not understood; stored and published as unrecognized");
     }
-    let meta = EventMeta::new(provider_name, name, &parsed, &body, received);
+    let origin = Origin {
+        provider: provider_name,
+        source: name,
+        routing_prefix: source.provider.routing_prefix().unwrap_or(provider_name),
+        redact: &source.redact,
+    };
+    let meta = EventMeta::new(&origin, &parsed, &body, received);
     let event_id = meta.id.clone();
     let event = NewEvent {
         meta,
@@ -232,6 +258,32 @@ async fn handle(
     response
 }
 
+/// The address the request came from: the socket peer, or, when the peer is a
+/// trusted proxy, the nearest `X-Forwarded-For` hop that is not a trusted proxy.
+/// `None` when a believed hop is not an IP address: the client is then unknown.
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer.to_canonical();
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        client = hop.parse::<IpAddr>().ok()?.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    Some(client)
+}
+
 /// The request headers as a JSON object for the audit trail, without credentials.
 /// Repeated headers are joined with `, ` as HTTP allows.
 fn audit_headers(headers: &HeaderMap) -> String {
@@ -257,6 +309,36 @@ fn audit_headers(headers: &HeaderMap) -> String {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 10.0.0.7"),
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &headers, &trusted),
+            Some(ip("203.0.113.9")),
+            "the nearest untrusted hop behind the proxies"
+        );
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &headers, &trusted),
+            Some(ip("198.51.100.1")),
+            "an untrusted peer cannot claim another address"
+        );
+        headers.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(client_ip(ip("10.0.0.1"), &headers, &trusted), None);
+        assert_eq!(
+            client_ip(ip("::ffff:198.51.100.1"), &HeaderMap::new(), &trusted),
+            Some(ip("198.51.100.1"))
+        );
+    }
 
     #[test]
     fn audit_headers_drop_credentials_and_keep_signatures() {

@@ -29,6 +29,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(hookrelay::relay::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sample(args) => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let reply = runtime.block_on(hookrelay::cli::sample(&config, &args))?;
+            println!("POST {}", reply.url);
+            println!("{}", reply.status);
+            println!("{}", reply.body);
+            Ok(if (200..300).contains(&reply.status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::CheckConfig => {
             let (report, problems) = hookrelay::cli::check_config(&config);
             print!("{report}");

@@ -65,11 +65,18 @@ pub fn build_sources(config: &Config) -> Result<HashMap<String, Source>, RelayEr
             source_name: name.clone(),
             error,
         })?;
+        let redact = source.redact.clone().unwrap_or_else(|| {
+            spec.default_redact
+                .iter()
+                .map(|path| (*path).to_owned())
+                .collect()
+        });
         sources.insert(
             name.clone(),
             Source {
                 config: source.clone(),
                 provider,
+                redact,
             },
         );
     }
@@ -143,6 +150,7 @@ pub async fn serve(config: Config) -> Result<(), RelayError> {
         outbox: Arc::clone(&outbox),
         metrics: Arc::clone(&metrics),
         max_body: config.max_body,
+        trusted_proxies: config.trusted_proxies.clone(),
         wake,
     });
     let admin = Arc::new(Admin {

@@ -6,6 +6,8 @@
 //! then [`Provider::parse`] to learn the routing facts, and answers with
 //! [`Provider::ack`]. Nothing outside this folder knows a provider by name.
 
+use std::time::Duration;
+
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde_json::Value;
@@ -14,6 +16,10 @@ use time::OffsetDateTime;
 use crate::config::SourceConfig;
 use crate::event::{Kind, Status};
 
+pub mod ccpayment;
+pub mod oslpay;
+pub mod standard;
+pub mod wcheckout;
 pub mod whitepay;
 
 /// Everything the relay knows about a provider before a source is built from it.
@@ -24,12 +30,55 @@ pub struct ProviderSpec {
     pub keys: &'static [&'static str],
     /// Keys whose values are secrets: masked in `check-config`, never logged.
     pub secret_keys: &'static [&'static str],
+    /// JSON paths (dot-separated) whose string values are redacted in published
+    /// payloads when the source sets no `redact` of its own.
+    pub default_redact: &'static [&'static str],
     /// Builds the provider for one source from that source's settings.
     pub build: fn(&SourceConfig) -> Result<Box<dyn Provider>, BuildError>,
+    /// A realistic example body with fresh ids and the context's time (`hookrelay sample`).
+    pub sample_body: fn(&SampleContext<'_>) -> Vec<u8>,
+    /// The headers that make `body` authentic for the context's source, as the
+    /// provider itself would send them (`hookrelay sample`, tests).
+    pub sign: SignFn,
+}
+
+/// Signs a sample or fixture body: the headers the provider would send with it.
+pub type SignFn = fn(&SampleContext<'_>, &[u8]) -> Result<Vec<(String, String)>, SampleError>;
+
+/// What `sample_body` and `sign` work from.
+pub struct SampleContext<'a> {
+    /// The source whose credentials sign the sample.
+    pub source: &'a SourceConfig,
+    /// The time to put in bodies and timestamp headers.
+    pub now: OffsetDateTime,
+    /// A fresh token to build unique ids from.
+    pub unique: &'a str,
+    /// A PEM private key, for providers that sign with RSA (the relay itself only has
+    /// the public key).
+    pub private_key_pem: Option<&'a str>,
+}
+
+/// Why a sample could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// The source lacks a credential needed to sign.
+    #[error(
+        "the source has no `{0}`: set it in the configuration (or pass it on the command line) to sign samples"
+    )]
+    MissingSetting(&'static str),
+    /// A credential is present but unusable.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The built-in providers. Adding one is a line here.
-pub static REGISTRY: &[ProviderSpec] = &[whitepay::SPEC];
+pub static REGISTRY: &[ProviderSpec] = &[
+    wcheckout::SPEC,
+    oslpay::SPEC,
+    ccpayment::SPEC,
+    whitepay::SPEC,
+    standard::SPEC,
+];
 
 /// Looks a provider up by name.
 pub fn find(name: &str) -> Option<&'static ProviderSpec> {
@@ -46,6 +95,21 @@ pub struct WebhookRequest<'a> {
     pub now: OffsetDateTime,
 }
 
+#[cfg(test)]
+static NO_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
+
+#[cfg(test)]
+impl<'a> WebhookRequest<'a> {
+    /// A request with no headers, to parse a body on its own in tests.
+    pub fn body_only(body: &'a [u8]) -> Self {
+        Self {
+            headers: &NO_HEADERS,
+            body,
+            now: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+}
+
 /// A provider bound to one source's credentials.
 pub trait Provider: Send + Sync {
     /// Settings this source needs for verification but does not have. A source
@@ -55,13 +119,21 @@ pub trait Provider: Send + Sync {
     /// Authenticates the request from its raw bytes. Comparisons are constant-time.
     fn verify(&self, request: &WebhookRequest<'_>) -> Result<(), VerifyError>;
 
-    /// Extracts the routing facts from an authentic body. Anything that does not fit
-    /// the provider's mapping tables is [`Parsed::Unrecognized`], never guessed.
-    fn parse(&self, body: &[u8]) -> Parsed;
+    /// Extracts the routing facts from an authentic request (the body, and headers
+    /// where the provider puts facts there, like Standard Webhooks' `webhook-id`).
+    /// Anything that does not fit the provider's mapping tables is
+    /// [`Parsed::Unrecognized`], never guessed.
+    fn parse(&self, request: &WebhookRequest<'_>) -> Parsed;
 
     /// The acknowledgement this provider expects for an accepted webhook (new,
     /// duplicate or unrecognized alike).
     fn ack(&self) -> Ack;
+
+    /// The first routing-key segment, when it is not the provider's name (Standard
+    /// Webhooks sources route under their source name).
+    fn routing_prefix(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A source setting that cannot be used.
@@ -93,6 +165,12 @@ pub enum VerifyError {
     /// The signature does not match the body.
     #[error("signature does not match the request body")]
     BadSignature,
+    /// The signed timestamp is too far from the relay's clock.
+    #[error("timestamp is outside the allowed window of {0} seconds (check the sender's clock)")]
+    StaleTimestamp(u64),
+    /// The app id in the request is not this source's.
+    #[error("unknown app id")]
+    UnknownAppId,
 }
 
 /// The provider's expected reply to an accepted webhook.
@@ -158,6 +236,15 @@ impl Parsed {
     }
 }
 
+/// The body as a JSON object, or the unrecognized outcome that says why it is not one.
+pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Parsed> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(root)) => Ok(root),
+        Ok(_) => Err(Parsed::unrecognized("body is not a JSON object", None)),
+        Err(e) => Err(Parsed::unrecognized(format!("body is not JSON: {e}"), None)),
+    }
+}
+
 /// The literal text of a JSON string or number (numbers keep their exact digits
 /// because `serde_json` is built with `arbitrary_precision`); `None` for anything else.
 pub fn json_text(value: Option<&Value>) -> Option<String> {
@@ -189,4 +276,51 @@ pub fn header<'a>(
             .map(|s| Some(s.trim()))
             .map_err(|_| VerifyError::MalformedHeader(name)),
     }
+}
+
+/// Checks a signed timestamp against the receive time, in both directions.
+pub fn check_window(
+    signed: OffsetDateTime,
+    now: OffsetDateTime,
+    tolerance: Duration,
+) -> Result<(), VerifyError> {
+    if (now - signed).unsigned_abs() > tolerance {
+        return Err(VerifyError::StaleTimestamp(tolerance.as_secs()));
+    }
+    Ok(())
+}
+
+/// Unit of a Unix timestamp header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    /// Seconds since the epoch.
+    Seconds,
+    /// Milliseconds since the epoch.
+    Millis,
+}
+
+/// Parses a Unix timestamp header value (ASCII digits only).
+pub fn unix_time(
+    value: &str,
+    unit: TimeUnit,
+    header_name: &'static str,
+) -> Result<OffsetDateTime, VerifyError> {
+    if value.is_empty() || value.len() > 19 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(VerifyError::MalformedHeader(header_name));
+    }
+    let n: i128 = value
+        .parse()
+        .map_err(|_| VerifyError::MalformedHeader(header_name))?;
+    let nanos = match unit {
+        TimeUnit::Seconds => n * 1_000_000_000,
+        TimeUnit::Millis => n * 1_000_000,
+    };
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map_err(|_| VerifyError::MalformedHeader(header_name))
+}
+
+/// Constant-time equality of two byte strings (length may leak, content does not).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }

@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use super::{
-    Ack, BuildError, Normalized, Parsed, Provider, ProviderSpec, VerifyError, WebhookRequest,
+    Ack, BuildError, Normalized, Parsed, Provider, ProviderSpec, SampleContext, SampleError,
+    VerifyError, WebhookRequest,
 };
 use crate::config::SourceConfig;
 use crate::event::{Kind, Status};
@@ -22,7 +23,10 @@ pub const SPEC: ProviderSpec = ProviderSpec {
     name: "whitepay",
     keys: &["webhook_token"],
     secret_keys: &["webhook_token"],
+    default_redact: &[],
     build,
+    sample_body,
+    sign,
 };
 
 const SIGNATURE_HEADER: &str = "signature";
@@ -31,6 +35,35 @@ fn build(source: &SourceConfig) -> Result<Box<dyn Provider>, BuildError> {
     Ok(Box::new(Whitepay {
         tokens: source.get_list("webhook_token"),
     }))
+}
+
+fn sample_body(ctx: &SampleContext<'_>) -> Vec<u8> {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let at = ctx.now.format(&format).unwrap_or_default();
+    let id = ctx.unique;
+    format!(
+        r#"{{"order":{{"id":"{id}","currency":"UAH","value":"200.50","expected_amount":"200.50","status":"COMPLETE","external_order_id":"INV-{id}","created_at":"{at}","completed_at":"{at}","acquiring_url":"https:\/\/merchant.pay.whitepay.com\/fiat-order\/{id}","is_internal":false}},"event_type":"order::completed"}}"#
+    )
+    .into_bytes()
+}
+
+fn sign(ctx: &SampleContext<'_>, body: &[u8]) -> Result<Vec<(String, String)>, SampleError> {
+    let token = ctx
+        .source
+        .get_list("webhook_token")
+        .into_iter()
+        .next()
+        .ok_or(SampleError::MissingSetting("webhook_token"))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes())
+        .map_err(|e| SampleError::Invalid(e.to_string()))?;
+    mac.update(body);
+    Ok(vec![
+        ("Content-Type".to_owned(), "application/json".to_owned()),
+        (
+            "Signature".to_owned(),
+            hex::encode(mac.finalize().into_bytes()),
+        ),
+    ])
 }
 
 /// A Whitepay source.
@@ -71,14 +104,12 @@ impl Provider for Whitepay {
         }
     }
 
-    fn parse(&self, body: &[u8]) -> Parsed {
-        let root: Value = match serde_json::from_slice(body) {
-            Ok(value) => value,
-            Err(e) => return Parsed::unrecognized(format!("body is not JSON: {e}"), None),
+    fn parse(&self, request: &WebhookRequest<'_>) -> Parsed {
+        let object = match super::json_object(request.body) {
+            Ok(object) => object,
+            Err(unrecognized) => return unrecognized,
         };
-        let Some(root) = root.as_object() else {
-            return Parsed::unrecognized("body is not a JSON object", None);
-        };
+        let root = &object;
         let event_type = root
             .get("event_type")
             .and_then(Value::as_str)
@@ -286,7 +317,9 @@ mod tests {
 
     #[test]
     fn declined_order_normalizes_by_the_mapping_table() {
-        let Parsed::Event(event) = provider(&[]).parse(VECTOR_BODY.as_bytes()) else {
+        let Parsed::Event(event) =
+            provider(&[]).parse(&WebhookRequest::body_only(VECTOR_BODY.as_bytes()))
+        else {
             panic!("the documented body must be recognized");
         };
         assert_eq!(event.kind, Kind::Order);
@@ -309,7 +342,7 @@ mod tests {
     #[test]
     fn numeric_amounts_keep_their_exact_text() {
         let body = br#"{"transaction":{"id":"t1","value":31.84713375796178343949,"currency":"UAH","status":"COMPLETE"},"event_type":"transaction::completed"}"#;
-        let Parsed::Event(event) = provider(&[]).parse(body) else {
+        let Parsed::Event(event) = provider(&[]).parse(&WebhookRequest::body_only(body)) else {
             panic!("recognized");
         };
         assert_eq!(event.amount.as_deref(), Some("31.84713375796178343949"));
@@ -318,7 +351,7 @@ mod tests {
     #[test]
     fn entity_without_status_falls_back_to_the_event_suffix() {
         let body = br#"{"order":{"id":"o1"},"event_type":"order::partially_fulfilled"}"#;
-        let Parsed::Event(event) = provider(&[]).parse(body) else {
+        let Parsed::Event(event) = provider(&[]).parse(&WebhookRequest::body_only(body)) else {
             panic!("recognized");
         };
         assert_eq!(event.status, Status::PartiallyPaid);
@@ -336,7 +369,10 @@ mod tests {
             br#"{"order":{"id":"o1"},"event_type":"order::exploded"}"#,
         ] {
             assert!(
-                matches!(p.parse(body), Parsed::Unrecognized { .. }),
+                matches!(
+                    p.parse(&WebhookRequest::body_only(body)),
+                    Parsed::Unrecognized { .. }
+                ),
                 "{}",
                 String::from_utf8_lossy(body)
             );
