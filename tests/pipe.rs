@@ -23,23 +23,6 @@ fn header_text(delivery: &lapin::message::Delivery, name: &str) -> String {
     }
 }
 
-/// The exact text of `data.payload` inside the published envelope, found without
-/// re-serializing anything.
-fn raw_payload(envelope: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow)]
-        data: Data<'a>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Data<'a> {
-        #[serde(borrow)]
-        payload: &'a serde_json::value::RawValue,
-    }
-    let parsed: Envelope<'_> = serde_json::from_slice(envelope).expect("envelope JSON");
-    parsed.data.payload.get().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -91,7 +74,7 @@ async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte() {
     assert_eq!(envelope["data"]["currency"], "UAH");
     assert_eq!(envelope["data"]["merchant_order_id"], "INV-123");
     assert_eq!(
-        raw_payload(&delivery.data).as_bytes(),
+        raw_payload(&delivery.data).expect("payload").as_bytes(),
         &body[..],
         "data.payload is the request body, byte for byte"
     );
@@ -432,4 +415,101 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(consumer.next(ARRIVAL).await.is_some());
     let status = relay.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_ips_refuse_other_clients_and_trust_forwarded_for_only_from_trusted_proxies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("allowips");
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.env.push((
+        "HOOKRELAY_SOURCES__WHITEPAY__ALLOW_IPS".to_owned(),
+        "203.0.113.0/24".to_owned(),
+    ));
+    config.env.push((
+        "HOOKRELAY_TRUSTED_PROXIES".to_owned(),
+        "127.0.0.1/32".to_owned(),
+    ));
+    let relay = Relay::start(&config);
+    let body = fixture("whitepay", "order_declined.json");
+    let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
+
+    let (status, reply) = post(
+        &relay.url("whitepay"),
+        body.clone(),
+        &[("Signature", signature.clone())],
+    )
+    .await;
+    assert_eq!(status, 403, "127.0.0.1 itself is not in allow_ips");
+    let reply: serde_json::Value = serde_json::from_slice(&reply).expect("JSON error");
+    assert!(
+        reply["error"]
+            .as_str()
+            .expect("text")
+            .contains("not allowed")
+    );
+
+    let forwarded = |xff: &str| {
+        vec![
+            ("Signature", signature.clone()),
+            ("X-Forwarded-For", xff.to_owned()),
+        ]
+    };
+    let (status, _) = post(
+        &relay.url("whitepay"),
+        body.clone(),
+        &forwarded("198.51.100.7"),
+    )
+    .await;
+    assert_eq!(status, 403, "a forwarded client outside allow_ips");
+    let (status, _) = post(
+        &relay.url("whitepay"),
+        body.clone(),
+        &forwarded("203.0.113.50"),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the trusted proxy's X-Forwarded-For names an allowed client"
+    );
+    assert_eq!(outbox_count(&config.outbox, None), 1);
+    assert!(relay.metrics().await.contains("outcome=\"forbidden\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_without_its_secret_refuses_and_says_which_setting_is_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("nosecret");
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.env.clear();
+    let relay = Relay::start(&config);
+    let body = fixture("whitepay", "order_declined.json");
+    let (status, reply) = post_whitepay(&relay, &body).await;
+    assert_eq!(status, 401);
+    let reply: serde_json::Value = serde_json::from_slice(&reply).expect("JSON error");
+    assert!(
+        reply["error"]
+            .as_str()
+            .expect("text")
+            .contains("webhook_token"),
+        "{reply}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&serde_json::to_vec(&reply).expect("json"))
+            .contains(WHITEPAY_TOKEN),
+        "no secret echoed"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !relay
+        .logs()
+        .iter()
+        .any(|l| l.contains("HOOKRELAY_SOURCES__WHITEPAY__WEBHOOK_TOKEN"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a log line names the setting to set"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(outbox_count(&config.outbox, None), 0);
 }

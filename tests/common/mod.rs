@@ -44,6 +44,23 @@ pub fn whitepay_signature(token: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// The exact text of `data.payload` inside a published envelope, read without
+/// re-serializing anything; `None` when the envelope has no payload.
+pub fn raw_payload(envelope: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        data: Data<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        payload: Option<&'a serde_json::value::RawValue>,
+    }
+    let parsed: Envelope<'_> = serde_json::from_slice(envelope).ok()?;
+    parsed.data.payload.map(|p| p.get().to_owned())
+}
+
 /// A unique Whitepay order body, for tests that need many distinct webhooks.
 pub fn whitepay_order(id: &str) -> Vec<u8> {
     format!(
