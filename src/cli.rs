@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, OutboxUrl};
+use crate::outbox::{ListFilter, PURGE_BATCH, ReplaySelector, State};
 use crate::providers;
 
 /// hookrelay: receives payment-provider webhooks, stores them durably, and publishes
@@ -37,6 +38,225 @@ pub enum Command {
     /// and the relay has only the public key: pass a PEM private key whose public
     /// half is the source's `public_key` with --private-key FILE.
     Sample(SampleArgs),
+    /// Inspect and operate the outbox (works while `serve` runs on the same outbox).
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+/// `hookrelay outbox …`
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Counts by state, oldest pending age, size on disk.
+    Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent rows, newest first.
+    List {
+        /// Only rows in this state.
+        #[arg(long, value_enum)]
+        state: Option<State>,
+        /// Only rows of this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// How many rows.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON (one array) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One row: headers, raw body, attempts, last error.
+    Show {
+        /// Row id (from `list`).
+        id: i64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put rows back to pending so they are published again, with the same message id.
+    Replay {
+        /// Row ids.
+        #[arg(conflicts_with_all = ["dead", "since"], required_unless_present_any = ["dead", "since"])]
+        ids: Vec<i64>,
+        /// Every dead row.
+        #[arg(long, conflicts_with = "since")]
+        dead: bool,
+        /// Rows received since TIME (RFC 3339, or a duration ago such as `2h`).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// …and before TIME (default: now).
+        #[arg(long, value_name = "TIME", requires = "since")]
+        until: Option<String>,
+        /// Only rows of this source.
+        #[arg(long, requires = "since")]
+        source: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete published rows confirmed longer ago than DURATION (pending and dead rows
+    /// are never deleted).
+    Purge {
+        /// e.g. `7d`, `12h`.
+        #[arg(long, value_name = "DURATION")]
+        published_before: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why an `outbox` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxCommandError {
+    /// The outbox could not be opened or answered with an error.
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
+    /// A time or duration argument did not parse.
+    #[error("`{0}` is neither an RFC 3339 time nor a duration like 2h or 7d")]
+    Time(String),
+    /// `show` of a row that does not exist.
+    #[error("no row {0} in the outbox")]
+    NoRow(i64),
+    /// Metrics registration failed (a bug).
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// `RFC 3339` or "that long ago", as Unix microseconds.
+fn time_arg(text: &str, now: time::OffsetDateTime) -> Result<i64, OutboxCommandError> {
+    let at = match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        Ok(at) => at,
+        Err(_) => {
+            let ago = humantime::parse_duration(text)
+                .map_err(|_| OutboxCommandError::Time(text.to_owned()))?;
+            now - ago
+        }
+    };
+    i64::try_from(at.unix_timestamp_nanos() / 1_000)
+        .map_err(|_| OutboxCommandError::Time(text.to_owned()))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// Runs an `outbox` subcommand; returns what to print.
+pub async fn outbox(config: &Config, command: OutboxCommand) -> Result<String, OutboxCommandError> {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
+    let outbox = crate::outbox::open(&config.outbox_url, metrics).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut out = String::new();
+    match command {
+        OutboxCommand::Stats { json } => {
+            let inv = outbox.inventory().await?;
+            if json {
+                out = to_json(&inv);
+            } else {
+                let _ = writeln!(out, "pending     {}", inv.pending);
+                let _ = writeln!(out, "published   {}", inv.published);
+                let _ = writeln!(out, "dead        {}", inv.dead);
+                let oldest = inv
+                    .oldest_pending_seconds
+                    .map_or_else(|| "-".to_owned(), |s| format!("{s} s"));
+                let _ = writeln!(out, "oldest pending  {oldest}");
+                let _ = write!(out, "size on disk    {} bytes", inv.size_bytes);
+            }
+        }
+        OutboxCommand::List {
+            state,
+            source,
+            limit,
+            json,
+        } => {
+            let rows = outbox
+                .list(ListFilter {
+                    state,
+                    source,
+                    limit,
+                })
+                .await?;
+            if json {
+                out = to_json(&rows);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{:>8}  {:<9}  {:>3}  {:<25}  {:<36}  routing key",
+                    "id", "state", "try", "received", "event id"
+                );
+                for r in rows {
+                    let _ = writeln!(
+                        out,
+                        "{:>8}  {:<9}  {:>3}  {:<25}  {:<36}  {}",
+                        r.id, r.state, r.attempts, r.received_at, r.event_id, r.routing_key
+                    );
+                }
+            }
+        }
+        OutboxCommand::Show { id, json } => {
+            let row = outbox
+                .show(id)
+                .await?
+                .ok_or(OutboxCommandError::NoRow(id))?;
+            if json {
+                out = to_json(&row);
+            } else {
+                let mut value = serde_json::to_value(&row).unwrap_or_default();
+                let body = value.as_object_mut().and_then(|o| o.remove("body"));
+                out = to_json(&value);
+                if let Some(serde_json::Value::String(body)) = body {
+                    let _ = write!(out, "\nbody:\n{body}");
+                }
+            }
+        }
+        OutboxCommand::Replay {
+            ids,
+            dead,
+            since,
+            until,
+            source,
+            json,
+        } => {
+            let selector = match (dead, since) {
+                (true, _) => ReplaySelector::Dead,
+                (false, Some(since)) => ReplaySelector::Received {
+                    since_us: time_arg(&since, now)?,
+                    until_us: until.map_or(Ok(i64::MAX), |u| time_arg(&u, now))?,
+                    source,
+                },
+                (false, None) => ReplaySelector::Ids(ids),
+            };
+            let n = outbox.replay(selector).await?;
+            out = if json {
+                to_json(&serde_json::json!({ "replayed": n }))
+            } else {
+                format!("{n} rows back to pending; a running relay publishes them within a second")
+            };
+        }
+        OutboxCommand::Purge {
+            published_before,
+            json,
+        } => {
+            let cutoff = time_arg(&published_before, now)?;
+            let mut total = 0;
+            loop {
+                let n = outbox.purge_published(cutoff, PURGE_BATCH).await?;
+                total += n;
+                if n < PURGE_BATCH as u64 {
+                    break;
+                }
+            }
+            out = if json {
+                to_json(&serde_json::json!({ "purged": total }))
+            } else {
+                format!("{total} published rows deleted")
+            };
+        }
+    }
+    Ok(out)
 }
 
 /// Arguments of `hookrelay sample`.

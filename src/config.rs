@@ -28,6 +28,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_body",
     "trusted_proxies",
     "log_format",
+    "read_timeout",
 ];
 
 /// Environment variables with the prefix that are not settings keys.
@@ -129,6 +130,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Log output format.
     pub log_format: LogFormat,
+    /// Longest wait for a request's headers, and for its body.
+    pub read_timeout: Duration,
     /// Sources by name (the URL path segment).
     pub sources: BTreeMap<String, SourceConfig>,
 }
@@ -251,6 +254,10 @@ impl Config {
         let retention = parse_duration("retention", &get("retention", "7d"))?;
         let max_body = parse_size("max_body", &get("max_body", "1MiB"))?;
         let trusted_proxies = parse_cidrs("trusted_proxies", &get("trusted_proxies", ""))?;
+        let read_timeout = parse_duration("read_timeout", &get("read_timeout", "30s"))?;
+        if read_timeout.is_zero() {
+            return Err(invalid("read_timeout", "must be greater than zero"));
+        }
         let log_format = match get("log_format", "text").as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -283,6 +290,7 @@ impl Config {
             max_body,
             trusted_proxies,
             log_format,
+            read_timeout,
             sources,
         })
     }

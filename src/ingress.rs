@@ -59,6 +59,8 @@ pub struct Ingress {
     pub max_body: usize,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Longest wait for a request body.
+    pub read_timeout: std::time::Duration,
     /// Notified on every stored webhook, so the publisher starts at once.
     pub wake: Arc<Notify>,
 }
@@ -67,7 +69,15 @@ pub struct Ingress {
 pub fn router(ingress: Arc<Ingress>) -> Router {
     let max_body = ingress.max_body;
     Router::new()
-        .route("/webhooks/{source}", post(receive))
+        .route(
+            "/webhooks/{source}",
+            post(receive).fallback(|| async {
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "webhooks are delivered with POST",
+                )
+            }),
+        )
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -76,6 +86,78 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(ingress)
+}
+
+/// Most connections served at once; further clients wait in the listen backlog
+/// instead of costing memory.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Most request headers; more get 431 from the HTTP layer.
+pub const MAX_HEADERS: usize = 100;
+
+/// Serves the ingress on `listener` until `shutdown` completes, then stops
+/// accepting and waits (at most `drain`) for the requests in flight.
+///
+/// Built on hyper directly rather than `axum::serve` for what a public endpoint
+/// needs: a header read timeout (a slowloris client cannot hold a connection open
+/// by trickling headers), a header count limit, and a bound on connections.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    read_timeout: std::time::Duration,
+    drain: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .max_headers(MAX_HEADERS);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request.map(axum::body::Body::new))
+            },
+        );
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {drain:?}; closing them");
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -168,14 +250,25 @@ async fn handle(
         return too_large();
     }
     let headers = request.headers().clone();
-    let body = match Bytes::from_request(request, &()).await {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let read = tokio::time::timeout(ingress.read_timeout, Bytes::from_request(request, &())).await;
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return too_large();
         }
-        Err(rejection) => {
+        Ok(Err(rejection)) => {
             tracing::debug!(error = %rejection, "could not read the request body");
             return error(StatusCode::BAD_REQUEST, "could not read the request body");
+        }
+        Err(_) => {
+            tracing::warn!("request body not received in time");
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    ingress.read_timeout.as_secs()
+                ),
+            );
         }
     };
     let received = OffsetDateTime::now_utc();

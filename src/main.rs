@@ -42,6 +42,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Outbox(command) => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            println!(
+                "{}",
+                runtime.block_on(hookrelay::cli::outbox(&config, command))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig => {
             let (report, problems) = hookrelay::cli::check_config(&config);
             print!("{report}");

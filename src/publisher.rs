@@ -32,6 +32,26 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// webhook wakes it sooner.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// Attempts after which a row that keeps failing permanently becomes `dead`.
+/// Transient failures (broker down, timeouts, nacks) never make a row dead.
+pub const MAX_PERMANENT_ATTEMPTS: u32 = 3;
+
+/// RabbitMQ's default `max_message_size` (16 MiB since 3.13/4.x). Larger messages
+/// would be refused, and the refusal closes the channel for the whole batch.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The size in RabbitMQ's refusal of an oversized message ("PRECONDITION_FAILED -
+/// message size 2000000 is larger than configured max size 1048576"), so the one
+/// row it was about can be told from the others of its batch.
+fn rejected_size(error: &str) -> Option<usize> {
+    let rest = &error[error.find("message size ")? + "message size ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    if !rest[digits.len()..].starts_with(" is larger than") {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// The retry schedule: 1 s doubling to 5 min, with jitter. Persisted per row as
 /// `next_attempt_at`, so it survives restarts.
 pub fn retry_delay(attempts: u32) -> Duration {
@@ -137,10 +157,19 @@ impl Publisher {
             let body = match cloudevent_json(&row.meta, &row.body) {
                 Ok(body) => body,
                 Err(e) => {
-                    settlements.push(self.retry(&row, "encode", e.to_string()));
+                    settlements.push(self.permanent(&row, "encode", e.to_string()));
                     continue;
                 }
             };
+            if body.len() > MAX_MESSAGE_BYTES {
+                let why = format!(
+                    "the message is {} bytes, over the broker's default max_message_size of {MAX_MESSAGE_BYTES}",
+                    body.len()
+                );
+                settlements.push(self.permanent(&row, "too_large", why));
+                continue;
+            }
+            let size = body.len();
             let span = tracing::info_span!("publish", event_id = %row.meta.id, routing_key = %row.meta.routing_key(),
                 traceparent = %row.traceparent);
             let publish = channel.basic_publish(
@@ -154,7 +183,7 @@ impl Publisher {
                 properties(&row),
             );
             match tokio::time::timeout_at(deadline, publish.instrument(span)).await {
-                Ok(Ok(confirm)) => in_flight.push((row, confirm, Instant::now())),
+                Ok(Ok(confirm)) => in_flight.push((row, confirm, Instant::now(), size)),
                 Ok(Err(e)) => {
                     settlements.push(self.retry(&row, "channel", e.to_string()));
                     trouble = Some(ChannelTrouble::Error(e));
@@ -169,7 +198,7 @@ impl Publisher {
         }
         // Rows after a broken channel were never sent; they stay due, untouched.
         drop(rows);
-        for (row, confirm, started) in in_flight {
+        for (row, confirm, started, size) in in_flight {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => {
                     self.metrics
@@ -203,6 +232,10 @@ impl Publisher {
                     ));
                     trouble.get_or_insert(ChannelTrouble::Timeout);
                 }
+                Ok(Err(e)) if rejected_size(&e.to_string()) == Some(size) => {
+                    settlements.push(self.permanent(&row, "too_large", e.to_string()));
+                    trouble.get_or_insert(ChannelTrouble::Error(e));
+                }
                 Ok(Err(e)) => {
                     settlements.push(self.retry(&row, "channel", e.to_string()));
                     trouble.get_or_insert(ChannelTrouble::Error(e));
@@ -218,6 +251,22 @@ impl Publisher {
             }
         }
         (settlements, trouble)
+    }
+
+    /// A failure that will happen again however often the row is retried (it cannot
+    /// be encoded, or the broker refuses its size): retried a bounded number of
+    /// times in case the cause was misjudged, then `dead`.
+    fn permanent(&self, row: &PendingEvent, reason: &str, error: String) -> Settlement {
+        if row.attempts + 1 >= MAX_PERMANENT_ATTEMPTS {
+            self.metrics
+                .publish_failures
+                .with_label_values(&[reason])
+                .inc();
+            tracing::error!(event_id = %row.meta.id, attempts = row.attempts + 1, %error,
+                "giving up on this event: it is now dead (see `hookrelay outbox list --state dead`)");
+            return Settlement::Dead { id: row.id, error };
+        }
+        self.retry(row, reason, error)
     }
 
     fn retry(&self, row: &PendingEvent, reason: &str, error: String) -> Settlement {
@@ -264,6 +313,18 @@ fn properties(row: &PendingEvent) -> BasicProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oversized_message_is_told_from_its_batch() {
+        assert_eq!(
+            rejected_size(
+                "channel error: PRECONDITION_FAILED - message size 2000000 is larger than configured max size 1048576"
+            ),
+            Some(2_000_000)
+        );
+        assert_eq!(rejected_size("IO error: connection reset"), None);
+        assert_eq!(rejected_size("message size unknown"), None);
+    }
 
     #[test]
     fn retry_delays_grow_and_are_capped() {

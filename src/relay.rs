@@ -144,6 +144,11 @@ pub async fn serve(config: Config) -> Result<(), RelayError> {
         Arc::clone(&wake),
     );
     let publisher_task = tokio::spawn(publisher.run(stop_rx.clone()));
+    let retention_task = tokio::spawn(outbox::run_retention(
+        Arc::clone(&outbox),
+        config.retention,
+        stop_rx.clone(),
+    ));
 
     let ingress = Arc::new(Ingress {
         sources,
@@ -151,6 +156,7 @@ pub async fn serve(config: Config) -> Result<(), RelayError> {
         metrics: Arc::clone(&metrics),
         max_body: config.max_body,
         trusted_proxies: config.trusted_proxies.clone(),
+        read_timeout: config.read_timeout,
         wake,
     });
     let admin = Arc::new(Admin {
@@ -166,15 +172,17 @@ pub async fn serve(config: Config) -> Result<(), RelayError> {
     tracing::info!(addr = %admin_addr, "admin listening");
     tracing::info!(addr = %ingress_addr, "ingress listening");
 
-    let ingress_server = axum::serve(
+    ingress::serve(
         ingress_listener,
-        ingress::router(ingress).into_make_service_with_connect_info::<SocketAddr>(),
+        ingress::router(ingress),
+        config.read_timeout,
+        CONFIRM_TIMEOUT,
+        async {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new requests; answering those in flight");
+        },
     )
-    .with_graceful_shutdown(async {
-        shutdown_signal().await;
-        tracing::info!("shutting down: no new requests; answering those in flight");
-    });
-    let served = ingress_server.await;
+    .await;
     // Ingress has answered everything in flight; now the publisher finishes its batch.
     let _ = stop_tx.send(true);
     match tokio::time::timeout(CONFIRM_TIMEOUT + Duration::from_secs(5), publisher_task).await {
@@ -184,6 +192,7 @@ pub async fn serve(config: Config) -> Result<(), RelayError> {
         ),
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), retention_task).await;
     tracing::info!("stopped");
-    served.map_err(RelayError::Serve)
+    Ok(())
 }

@@ -16,7 +16,7 @@ use crate::event::EventMeta;
 pub mod sqlite;
 
 /// Row states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum State {
     /// Waiting to be published (new, or retrying).
     Pending,
@@ -95,6 +95,109 @@ pub enum Settlement {
         /// Earliest next attempt, Unix microseconds.
         next_attempt_at_us: i64,
     },
+    /// It failed permanently too often: the row becomes `dead` until a person
+    /// replays it.
+    Dead {
+        /// Row id.
+        id: i64,
+        /// Why, for `last_error`.
+        error: String,
+    },
+}
+
+/// One row as the `outbox list` and `outbox show` commands present it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RowView {
+    /// Row id.
+    pub id: i64,
+    /// Event id (the published `message_id`).
+    pub event_id: String,
+    /// Source name.
+    pub source: String,
+    /// Provider name.
+    pub provider: String,
+    /// Routing key it is published with.
+    pub routing_key: String,
+    /// State.
+    pub state: String,
+    /// Publish attempts so far.
+    pub attempts: u32,
+    /// Last publish error.
+    pub last_error: Option<String>,
+    /// Receive time, RFC 3339.
+    pub received_at: String,
+    /// Next attempt time (pending rows), RFC 3339.
+    pub next_attempt_at: String,
+    /// When the broker confirmed it, RFC 3339.
+    pub published_at: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: String,
+    /// Audit headers (only with `show`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<serde_json::Value>,
+    /// The raw body (only with `show`).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "body_text")]
+    pub body: Option<Vec<u8>>,
+}
+
+/// Bodies are shown as text when they are UTF-8, else as base64, so `--json`
+/// output is always valid JSON and never alters a readable body.
+fn body_text<S: serde::Serializer>(body: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine;
+    match body {
+        None => s.serialize_none(),
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_str(&format!(
+                "base64:{}",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            )),
+        },
+    }
+}
+
+/// Which rows `outbox list` shows.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this state.
+    pub state: Option<State>,
+    /// Only this source.
+    pub source: Option<String>,
+    /// At most this many rows (newest first).
+    pub limit: usize,
+}
+
+/// Which rows `outbox replay` puts back to pending.
+#[derive(Debug, Clone)]
+pub enum ReplaySelector {
+    /// These row ids.
+    Ids(Vec<i64>),
+    /// Every dead row.
+    Dead,
+    /// Rows received in `[since, until)` (Unix microseconds), optionally of one source.
+    Received {
+        /// From (inclusive).
+        since_us: i64,
+        /// To (exclusive).
+        until_us: i64,
+        /// Only this source.
+        source: Option<String>,
+    },
+}
+
+/// Counts for `outbox stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Inventory {
+    /// Rows waiting to be published.
+    pub pending: u64,
+    /// Rows confirmed by the broker and not yet purged.
+    pub published: u64,
+    /// Rows given up on.
+    pub dead: u64,
+    /// Age of the oldest pending row, seconds.
+    pub oldest_pending_seconds: Option<u64>,
+    /// Bytes on disk (database and write-ahead log).
+    pub size_bytes: u64,
 }
 
 /// Counts for metrics and `/readyz`.
@@ -144,6 +247,68 @@ pub trait Outbox: Send + Sync {
 
     /// Succeeds when the outbox can take writes now.
     async fn check_writable(&self) -> Result<(), OutboxError>;
+
+    /// Counts by state and size on disk (slower than [`stats`](Self::stats): it
+    /// counts published rows too).
+    async fn inventory(&self) -> Result<Inventory, OutboxError>;
+
+    /// Rows newest first.
+    async fn list(&self, filter: ListFilter) -> Result<Vec<RowView>, OutboxError>;
+
+    /// One row with its headers and raw body.
+    async fn show(&self, id: i64) -> Result<Option<RowView>, OutboxError>;
+
+    /// Puts rows back to `pending`, due now, so they are published again with the
+    /// same message id. Returns how many rows changed.
+    async fn replay(&self, selector: ReplaySelector) -> Result<u64, OutboxError>;
+
+    /// Deletes at most `limit` published rows confirmed before `cutoff_us`; returns
+    /// how many. Never touches pending or dead rows.
+    async fn purge_published(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError>;
+}
+
+/// Rows deleted per transaction by retention and `outbox purge`, so a purge never
+/// holds the write lock for long.
+pub const PURGE_BATCH: usize = 1000;
+
+/// How often retention looks for published rows to delete.
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Deletes published rows older than `retention` now and every minute, in small
+/// batches, until `stop` turns true. Pending and dead rows are never touched.
+pub async fn run_retention(
+    outbox: Arc<dyn Outbox>,
+    retention: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let cutoff =
+            sqlite::now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        let mut purged = 0;
+        loop {
+            match outbox.purge_published(cutoff, PURGE_BATCH).await {
+                Ok(n) => {
+                    purged += n;
+                    if n < PURGE_BATCH as u64 {
+                        break;
+                    }
+                    // Let webhooks in between batches.
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention could not purge published rows; will retry");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::info!(rows = purged, "retention purged published rows");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETENTION_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Opens the outbox named by the URL, creating it if absent.

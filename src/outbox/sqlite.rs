@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{InsertOutcome, NewEvent, Outbox, OutboxError, PendingEvent, Settlement, Stats};
+use super::{
+    InsertOutcome, Inventory, ListFilter, NewEvent, Outbox, OutboxError, PendingEvent,
+    ReplaySelector, RowView, Settlement, Stats,
+};
 use crate::event::EventMeta;
 use crate::metrics::Metrics;
 
@@ -49,6 +52,7 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (source, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS events_state_id ON events (state, id);
+CREATE INDEX IF NOT EXISTS events_published_at ON events (published_at) WHERE state = 'published';
 CREATE INDEX IF NOT EXISTS events_pending_subject ON events (source, subject, id) WHERE state = 'pending';
 ";
 
@@ -58,12 +62,26 @@ enum Command {
     Insert(Box<NewEvent>, Reply<InsertOutcome>),
     Settle(Vec<Settlement>, Reply<()>),
     Ping(Reply<()>),
+    Replay(ReplaySelector, Reply<u64>),
+    Purge {
+        cutoff_us: i64,
+        limit: usize,
+        reply: Reply<u64>,
+    },
+}
+
+/// What one command of a committed batch produced.
+enum Outcome {
+    Stored(InsertOutcome),
+    Count(u64),
+    Done,
 }
 
 /// The SQLite outbox handle; cheap to share.
 pub struct SqliteOutbox {
     writer: mpsc::Sender<Command>,
     reader: Arc<Mutex<Connection>>,
+    path: std::path::PathBuf,
 }
 
 fn storage(e: impl std::fmt::Display) -> OutboxError {
@@ -86,6 +104,7 @@ fn open_connection(path: &Path) -> Result<Connection, OutboxError> {
 impl SqliteOutbox {
     /// Opens (creating file, folder and schema if absent) and starts the writer thread.
     pub async fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, OutboxError> {
+        let db_path = path.to_owned();
         let path = path.to_owned();
         let (writer_conn, reader_conn) = tokio::task::spawn_blocking(move || {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -107,6 +126,7 @@ impl SqliteOutbox {
         Ok(Self {
             writer: tx,
             reader: Arc::new(Mutex::new(reader_conn)),
+            path: db_path,
         })
     }
 
@@ -143,12 +163,22 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, metrics: &
         match apply_batch(&mut conn, &batch) {
             Ok(outcomes) => {
                 for (cmd, outcome) in batch.drain(..).zip(outcomes) {
-                    match cmd {
-                        Command::Insert(_, reply) => {
-                            let _ = reply.send(Ok(outcome.unwrap_or(InsertOutcome::Inserted)));
+                    match (cmd, outcome) {
+                        (Command::Insert(_, reply), Outcome::Stored(stored)) => {
+                            let _ = reply.send(Ok(stored));
                         }
-                        Command::Settle(_, reply) | Command::Ping(reply) => {
+                        (Command::Replay(_, reply), Outcome::Count(n))
+                        | (Command::Purge { reply, .. }, Outcome::Count(n)) => {
+                            let _ = reply.send(Ok(n));
+                        }
+                        (Command::Settle(_, reply), _) | (Command::Ping(reply), _) => {
                             let _ = reply.send(Ok(()));
+                        }
+                        (Command::Insert(_, reply), _) => {
+                            let _ = reply.send(Err(storage("internal: insert without outcome")));
+                        }
+                        (Command::Replay(_, reply), _) | (Command::Purge { reply, .. }, _) => {
+                            let _ = reply.send(Err(storage("internal: write without a count")));
                         }
                     }
                 }
@@ -168,6 +198,9 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, metrics: &
                         Command::Settle(_, reply) | Command::Ping(reply) => {
                             let _ = reply.send(Err(err.clone()));
                         }
+                        Command::Replay(_, reply) | Command::Purge { reply, .. } => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
                     }
                 }
             }
@@ -177,10 +210,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, metrics: &
 
 /// Runs a batch in one transaction. On any error nothing is committed and every
 /// caller is told so: an ack is never sent for a row that is not on disk.
-fn apply_batch(
-    conn: &mut Connection,
-    batch: &[Command],
-) -> rusqlite::Result<Vec<Option<InsertOutcome>>> {
+fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     {
@@ -196,6 +226,10 @@ fn apply_batch(
         )?;
         let mut retry = tx.prepare_cached(
             "UPDATE events SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
+             WHERE id = ?1 AND state = 'pending'",
+        )?;
+        let mut dead = tx.prepare_cached(
+            "UPDATE events SET state = 'dead', attempts = attempts + 1, last_error = ?2
              WHERE id = ?1 AND state = 'pending'",
         )?;
         let now_us = now_micros();
@@ -217,7 +251,7 @@ fn apply_batch(
                         ev.traceparent,
                         ev.received_at_us,
                     ])?;
-                    outcomes.push(Some(if changed == 0 {
+                    outcomes.push(Outcome::Stored(if changed == 0 {
                         InsertOutcome::Duplicate
                     } else {
                         InsertOutcome::Inserted
@@ -236,16 +270,99 @@ fn apply_batch(
                             } => {
                                 retry.execute(params![id, error, next_attempt_at_us])?;
                             }
+                            Settlement::Dead { id, error } => {
+                                dead.execute(params![id, error])?;
+                            }
                         }
                     }
-                    outcomes.push(None);
+                    outcomes.push(Outcome::Done);
                 }
-                Command::Ping(_) => outcomes.push(None),
+                Command::Ping(_) => outcomes.push(Outcome::Done),
+                Command::Replay(selector, _) => {
+                    outcomes.push(Outcome::Count(replay(&tx, selector, now_us)?));
+                }
+                Command::Purge {
+                    cutoff_us, limit, ..
+                } => {
+                    let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+                    let n = tx.execute(
+                        "DELETE FROM events WHERE id IN (
+                             SELECT id FROM events WHERE state = 'published' AND published_at < ?1
+                             ORDER BY id LIMIT ?2)",
+                        params![cutoff_us, limit],
+                    )?;
+                    outcomes.push(Outcome::Count(n as u64));
+                }
             }
         }
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+/// Puts the selected rows back to pending, due now. Attempts restart from zero so the
+/// retry schedule and the dead-letter bound start afresh; `last_error` is kept for
+/// the record.
+fn replay(
+    tx: &rusqlite::Transaction<'_>,
+    selector: &ReplaySelector,
+    now_us: i64,
+) -> rusqlite::Result<u64> {
+    const SET: &str = "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?1, published_at = NULL";
+    let n = match selector {
+        ReplaySelector::Ids(ids) => {
+            let mut stmt =
+                tx.prepare_cached(&format!("{SET} WHERE id = ?2 AND state != 'pending'"))?;
+            let mut n = 0;
+            for id in ids {
+                n += stmt.execute(params![now_us, id])?;
+            }
+            n
+        }
+        ReplaySelector::Dead => {
+            tx.execute(&format!("{SET} WHERE state = 'dead'"), params![now_us])?
+        }
+        ReplaySelector::Received {
+            since_us,
+            until_us,
+            source,
+        } => tx.execute(
+            &format!(
+                "{SET} WHERE state != 'pending' AND received_at >= ?2 AND received_at < ?3
+                 AND (?4 IS NULL OR source = ?4)"
+            ),
+            params![now_us, since_us, until_us, source],
+        )?,
+    };
+    Ok(n as u64)
+}
+
+const ROW_COLUMNS: &str =
+    "id, event_id, source, provider, routing_key, state, attempts, last_error,
+     received_at, next_attempt_at, published_at, idempotency_key";
+
+fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
+    let time = |us: i64| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+            .map(crate::event::rfc3339)
+            .unwrap_or_else(|_| us.to_string())
+    };
+    Ok(RowView {
+        id: row.get(0)?,
+        event_id: row.get(1)?,
+        source: row.get(2)?,
+        provider: row.get(3)?,
+        routing_key: row.get(4)?,
+        state: row.get(5)?,
+        attempts: row.get(6)?,
+        last_error: row.get(7)?,
+        received_at: time(row.get(8)?),
+        next_attempt_at: time(row.get(9)?),
+        published_at: row.get::<_, Option<i64>>(10)?.map(time),
+        idempotency_key: row.get(11)?,
+        headers: None,
+        body: None,
+    })
 }
 
 /// Now as Unix microseconds.
@@ -343,6 +460,92 @@ impl Outbox for SqliteOutbox {
             })
         })
         .await
+    }
+
+    async fn inventory(&self) -> Result<Inventory, OutboxError> {
+        let stats = self.stats().await?;
+        let published = self
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM events WHERE state = 'published'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await?;
+        let size_bytes = ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut name = self.path.clone().into_os_string();
+                name.push(suffix);
+                std::fs::metadata(name).ok()
+            })
+            .map(|m| m.len())
+            .sum();
+        Ok(Inventory {
+            pending: stats.pending,
+            published: u64::try_from(published).unwrap_or(0),
+            dead: stats.dead,
+            oldest_pending_seconds: stats
+                .oldest_pending_us
+                .map(|us| u64::try_from((now_micros() - us) / 1_000_000).unwrap_or(0)),
+            size_bytes,
+        })
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Vec<RowView>, OutboxError> {
+        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        let state = filter.state.map(|s| s.as_str());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {ROW_COLUMNS} FROM events
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR source = ?2)
+                 ORDER BY id DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![state, filter.source, limit], row_view)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn show(&self, id: i64) -> Result<Option<RowView>, OutboxError> {
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {ROW_COLUMNS}, headers, body FROM events WHERE id = ?1"),
+                [id],
+                |row| {
+                    let mut view = row_view(row)?;
+                    let headers: String = row.get(12)?;
+                    view.headers = serde_json::from_str(&headers).ok();
+                    view.body = Some(row.get(13)?);
+                    Ok(view)
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn replay(&self, selector: ReplaySelector) -> Result<u64, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Command::Replay(selector, reply))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    async fn purge_published(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Command::Purge {
+                cutoff_us,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
     }
 
     async fn check_writable(&self) -> Result<(), OutboxError> {

@@ -162,6 +162,9 @@ pub enum VerifyError {
     /// A header is present but malformed (not hex, not a number, …).
     #[error("malformed `{0}` header")]
     MalformedHeader(&'static str),
+    /// An authentication header is sent more than once.
+    #[error("`{0}` header sent more than once")]
+    DuplicateHeader(&'static str),
     /// The signature does not match the body.
     #[error("signature does not match the request body")]
     BadSignature,
@@ -245,12 +248,18 @@ pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Parsed
     }
 }
 
-/// The literal text of a JSON string or number (numbers keep their exact digits
-/// because `serde_json` is built with `arbitrary_precision`); `None` for anything else.
+/// The literal text of a JSON string or number. Numbers keep their exact digits
+/// (`serde_json` is built with `arbitrary_precision`), except numbers in exponent
+/// notation, which the parser rewrites (`1e5` becomes `1e+5`): their text cannot be
+/// recovered, so they give `None` rather than a figure the provider did not write.
+/// The published payload keeps them as sent either way.
 pub fn json_text(value: Option<&Value>) -> Option<String> {
     match value? {
         Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::Number(n) => {
+            let text = n.to_string();
+            (!text.contains(['e', 'E'])).then_some(text)
+        }
         _ => None,
     }
 }
@@ -264,18 +273,25 @@ pub fn parse_naive_utc(text: &str) -> Option<OffsetDateTime> {
         .map(time::PrimitiveDateTime::assume_utc)
 }
 
-/// Reads a header as text; `None` when absent, an error when not visible ASCII.
+/// Reads a header as text; `None` when absent, an error when not visible ASCII or
+/// sent more than once.
 pub fn header<'a>(
     headers: &'a HeaderMap,
     name: &'static str,
 ) -> Result<Option<&'a str>, VerifyError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .map(|s| Some(s.trim()))
-            .map_err(|_| VerifyError::MalformedHeader(name)),
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    // Two copies of an authentication header are ambiguous: which one did the
+    // provider sign? Refuse rather than pick one.
+    if values.next().is_some() {
+        return Err(VerifyError::DuplicateHeader(name));
     }
+    value
+        .to_str()
+        .map(|s| Some(s.trim()))
+        .map_err(|_| VerifyError::MalformedHeader(name))
 }
 
 /// Checks a signed timestamp against the receive time, in both directions.

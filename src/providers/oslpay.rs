@@ -198,7 +198,10 @@ fn required<'a>(
     display: &'static str,
 ) -> Result<&'a str, VerifyError> {
     super::header(headers, lookup)
-        .map_err(|_| VerifyError::MalformedHeader(display))?
+        .map_err(|e| match e {
+            VerifyError::DuplicateHeader(_) => VerifyError::DuplicateHeader(display),
+            _ => VerifyError::MalformedHeader(display),
+        })?
         .ok_or(VerifyError::MissingHeader(display))
 }
 

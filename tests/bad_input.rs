@@ -1,0 +1,222 @@
+//! Bad input against a running relay: every case gets the SPEC §3 status and a JSON
+//! error (or, for authentic but odd bodies, the ack and an `unrecognized` event),
+//! never a crash, and the relay keeps serving afterwards.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Sends raw bytes on a fresh connection and returns the status code of the answer
+/// (None when the relay closed the connection without one).
+fn raw_exchange(relay: &Relay, request: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(relay.ingress).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+fn error_text(reply: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(reply).expect("a JSON error body");
+    value["error"]
+        .as_str()
+        .expect("an `error` string")
+        .to_owned()
+}
+
+async fn still_serving(relay: &Relay) {
+    let (status, _) =
+        post_whitepay(relay, &whitepay_order(&uuid::Uuid::new_v4().to_string())).await;
+    assert_eq!(status, 200, "the relay still serves");
+}
+
+fn start(test: &str, extra: &[(&str, &str)]) -> (Relay, TestExchange, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new(test);
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    for (k, v) in extra {
+        config.env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    (Relay::start(&config), exchange, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_whatever_the_framing() {
+    let (relay, _exchange, _dir) = start("oversize", &[("HOOKRELAY_MAX_BODY", "4KiB")]);
+    let big = vec![b'a'; 10_000];
+    let path = "/webhooks/whitepay";
+
+    // Honest Content-Length over the limit: refused before the body is read.
+    let (status, reply) = post(&relay.url("whitepay"), big.clone(), &[]).await;
+    assert_eq!(status, 413);
+    assert!(error_text(&reply).contains("4096 bytes"));
+
+    // Chunked, no Content-Length: refused once the limit is crossed.
+    let mut chunked = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..5 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 2048).as_bytes());
+        chunked.extend_from_slice(&[b'a'; 2048]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(raw_exchange(&relay, &chunked), Some(413));
+
+    // A Content-Length that lies low: only the declared bytes are the body (the
+    // rest is garbage on the connection), and that body is not authentic.
+    let mut lying = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nSignature: 00\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    lying.extend_from_slice(&big);
+    assert_eq!(raw_exchange(&relay, &lying), Some(401));
+    still_serving(&relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_but_authentic_bodies_are_acked_and_unrecognized_and_unsigned_ones_401() {
+    let (relay, exchange, _dir) = start("oddbodies", &[]);
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+    let huge_number =
+        br#"{"order":{"id":"huge-1","value":1e999999999,"currency":"UAH","status":"COMPLETE"},"event_type":"order::completed"}"#.to_vec();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", Vec::new(), "whitepay.unrecognized"),
+        (
+            "invalid utf-8",
+            vec![0xff, 0xfe, b'{', 0x80],
+            "whitepay.unrecognized",
+        ),
+        ("deeply nested", deep, "whitepay.unrecognized"),
+        ("huge number", huge_number, "whitepay.order.succeeded"),
+    ];
+    for (name, body, _) in &cases {
+        let (status, _) = post(&relay.url("whitepay"), body.clone(), &[]).await;
+        assert_eq!(status, 401, "{name}: unsigned is refused");
+        let (status, _) = post_whitepay(&relay, body).await;
+        assert_eq!(status, 200, "{name}: signed is acked");
+    }
+    for (name, body, key) in &cases {
+        let d = consumer
+            .next(Duration::from_secs(20))
+            .await
+            .expect("published");
+        assert_eq!(d.routing_key.as_str(), *key, "{name}");
+        if *key == "whitepay.order.succeeded" {
+            let envelope: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
+            assert_eq!(
+                envelope["data"]["amount"],
+                serde_json::Value::Null,
+                "exponent notation cannot be kept as written, so no amount rather than a rewritten one"
+            );
+            assert_eq!(raw_payload(&d.data).expect("payload").as_bytes(), &body[..]);
+        }
+    }
+    still_serving(&relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_method_unknown_paths_and_bad_signature_headers_get_json_errors() {
+    let (relay, _exchange, _dir) = start("headers", &[]);
+    let client = reqwest::Client::new();
+    let response = client.get(relay.url("whitepay")).send().await.expect("GET");
+    assert_eq!(response.status().as_u16(), 405);
+    assert!(error_text(&response.bytes().await.expect("body")).contains("POST"));
+    let response = client
+        .post(format!("http://{}/elsewhere", relay.ingress))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 404);
+    assert!(error_text(&response.bytes().await.expect("body")).contains("/webhooks/"));
+
+    let body = fixture("whitepay", "order_declined.json");
+    let good = whitepay_signature(WHITEPAY_TOKEN, &body);
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        ("missing", vec![], "missing `Signature` header"),
+        (
+            "garbled",
+            vec![("Signature", "not hex at all".to_owned())],
+            "malformed",
+        ),
+        (
+            "duplicated",
+            vec![("Signature", good.clone()), ("Signature", good.clone())],
+            "more than once",
+        ),
+        (
+            "wrong",
+            vec![("Signature", "ab".repeat(32))],
+            "does not match",
+        ),
+    ];
+    for (name, headers, expected) in cases {
+        let (status, reply) = post(&relay.url("whitepay"), body.clone(), &headers).await;
+        assert_eq!(status, 401, "{name}");
+        let text = error_text(&reply);
+        assert!(text.contains(expected), "{name}: {text}");
+        assert!(
+            !text.contains(WHITEPAY_TOKEN),
+            "{name}: no secret in the error"
+        );
+    }
+    still_serving(&relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_floods_are_refused_and_slow_clients_are_cut_off() {
+    let (relay, _exchange, _dir) = start("slow", &[("HOOKRELAY_READ_TIMEOUT", "1s")]);
+    // More headers than the relay accepts.
+    let mut flood = b"POST /webhooks/whitepay HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..500 {
+        flood.extend_from_slice(format!("X-Flood-{i}: {}\r\n", "v".repeat(50)).as_bytes());
+    }
+    flood.extend_from_slice(b"Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let status = raw_exchange(&relay, &flood);
+    assert!(
+        matches!(status, Some(431) | None),
+        "flood answered {status:?}"
+    );
+
+    // Slowloris on headers: the connection is closed after the read timeout.
+    let mut slow = TcpStream::connect(relay.ingress).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    slow.write_all(b"POST /webhooks/whitepay HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a client that never finishes its headers is cut off"
+    );
+
+    // Slowloris on the body: 408 once the read timeout passes.
+    let mut slow_body = TcpStream::connect(relay.ingress).expect("connect");
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    slow_body
+        .write_all(b"POST /webhooks/whitepay HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = slow_body.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    still_serving(&relay).await;
+}

@@ -1,0 +1,458 @@
+//! Fault tests with a conservation oracle (after Vector's and RabbitMQ's Jepsen
+//! checker): a ledger of every webhook that got a 2xx, a consumer that records every
+//! message, and at the end the counts of **lost** (acked, never published),
+//! **phantom** (published, never acked), **duplicated** and **corrupted** (payload
+//! not byte-identical). Lost, phantom and corrupted must be 0; duplicates are
+//! reported per fault class (at-least-once delivery allows them).
+//!
+//! Like a real provider, the load generator retries a webhook until it gets a 2xx,
+//! so a webhook stored by a relay that died before answering is acked on a retry
+//! (as a duplicate) and is not a phantom.
+//!
+//! `HOOKRELAY_FAULT_KILLS` (default 10) and `HOOKRELAY_FAULT_CUTS` (default 4) make
+//! the run longer; see docs/reliability.md.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::Rng;
+
+/// What the load generator knows: the body of every webhook that got a 2xx.
+#[derive(Default)]
+struct Ledger {
+    acked: BTreeMap<String, Vec<u8>>,
+    refusals: usize,
+}
+
+/// What the consumer saw: every payload per subject.
+#[derive(Default)]
+struct Seen {
+    by_subject: BTreeMap<String, Vec<Vec<u8>>>,
+}
+
+/// The verdict of the oracle.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Conservation {
+    acked: usize,
+    published: usize,
+    lost: usize,
+    phantom: usize,
+    duplicated: usize,
+    corrupted: usize,
+}
+
+fn check(ledger: &Ledger, seen: &Seen) -> Conservation {
+    let mut c = Conservation {
+        acked: ledger.acked.len(),
+        published: seen.by_subject.len(),
+        ..Conservation::default()
+    };
+    for (subject, body) in &ledger.acked {
+        match seen.by_subject.get(subject) {
+            None => c.lost += 1,
+            Some(copies) => {
+                c.duplicated += copies.len() - 1;
+                c.corrupted += copies.iter().filter(|p| p != &body).count();
+            }
+        }
+    }
+    c.phantom = seen
+        .by_subject
+        .keys()
+        .filter(|s| !ledger.acked.contains_key(*s))
+        .count();
+    c
+}
+
+/// Writes straight to stderr so the report shows in CI even when the test passes
+/// (libtest captures only the print macros).
+fn report(class: &str, c: &Conservation, extra: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "conservation [{class}] acked={} published={} lost={} phantom={} duplicated={} corrupted={} {extra}",
+        c.acked,
+        c.published,
+        c.lost,
+        c.phantom,
+        c.duplicated,
+        c.corrupted
+    );
+}
+
+/// A steady stream of unique signed webhooks to whatever address `target` holds,
+/// each retried until it is acked (as a provider does), until `stop`.
+struct Stream {
+    target: Arc<Mutex<String>>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Stream {
+    fn start(url: String, workers: usize, pause: Duration) -> Self {
+        let target = Arc::new(Mutex::new(url));
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let handles = (0..workers)
+            .map(|w| {
+                let (target, ledger, stop, sent, run) = (
+                    Arc::clone(&target),
+                    Arc::clone(&ledger),
+                    Arc::clone(&stop),
+                    Arc::clone(&sent),
+                    run.clone(),
+                );
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(5))
+                        .build()
+                        .expect("client");
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let id = format!("{run}-{w}-{n}");
+                        let body = whitepay_order(&id);
+                        let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        // Retry until acked, bounded so a broken relay fails the test
+                        // instead of hanging it.
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while Instant::now() < deadline {
+                            let url = target.lock().expect("target").clone();
+                            let answer = client
+                                .post(&url)
+                                .header("Signature", &signature)
+                                .body(body.clone())
+                                .send()
+                                .await;
+                            match answer {
+                                Ok(r) if r.status().is_success() => {
+                                    ledger
+                                        .lock()
+                                        .expect("ledger")
+                                        .acked
+                                        .insert(id.clone(), body.clone());
+                                    break;
+                                }
+                                _ => {
+                                    ledger.lock().expect("ledger").refusals += 1;
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                            }
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            target,
+            ledger,
+            stop,
+            sent,
+            workers: handles,
+        }
+    }
+
+    fn retarget(&self, url: String) {
+        *self.target.lock().expect("target") = url;
+    }
+
+    async fn finish(self) -> Ledger {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.await.expect("worker");
+        }
+        let _ = self.sent.load(Ordering::Relaxed);
+        Arc::try_unwrap(self.ledger)
+            .map(|m| m.into_inner().expect("ledger"))
+            .unwrap_or_else(|_| panic!("ledger still shared"))
+    }
+}
+
+/// Reads messages until every acked subject has been seen or `patience` passes
+/// without progress.
+async fn drain(consumer: &mut Consumer, ledger: &Ledger, seen: &mut Seen, patience: Duration) {
+    loop {
+        let missing = ledger
+            .acked
+            .keys()
+            .any(|k| !seen.by_subject.contains_key(k));
+        let wait = if missing {
+            patience
+        } else {
+            Duration::from_millis(500)
+        };
+        match consumer.next(wait).await {
+            Some(delivery) => record(seen, &delivery.data),
+            None => return,
+        }
+    }
+}
+
+fn record(seen: &mut Seen, envelope: &[u8]) {
+    let value: serde_json::Value = serde_json::from_slice(envelope).expect("envelope JSON");
+    let subject = value["subject"].as_str().expect("subject").to_owned();
+    let payload = raw_payload(envelope)
+        .map(String::into_bytes)
+        .unwrap_or_default();
+    seen.by_subject.entry(subject).or_default().push(payload);
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly() {
+    let kills = env_count("HOOKRELAY_FAULT_KILLS", 10);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("kill9");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let config = RelayConfig::new(&exchange, dir.path());
+    let mut relay = Relay::start(&config);
+    let stream = Stream::start(relay.url("whitepay"), 4, Duration::from_millis(5));
+    let mut seen = Seen::default();
+    for _ in 0..kills {
+        let uptime = Duration::from_millis(rand::rng().random_range(200..900));
+        let until = Instant::now() + uptime;
+        while Instant::now() < until {
+            if let Some(d) = consumer.next(Duration::from_millis(20)).await {
+                record(&mut seen, &d.data);
+            }
+        }
+        relay.kill9();
+        relay = Relay::start(&config);
+        stream.retarget(relay.url("whitepay"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = stream.finish().await;
+    drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(20)).await;
+    let c = check(&ledger, &seen);
+    report(
+        "kill -9",
+        &c,
+        &format!("kills={kills} refused_then_retried={}", ledger.refusals),
+    );
+    assert!(c.acked > 0, "the stream ran");
+    assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly() {
+    let cuts = env_count("HOOKRELAY_FAULT_CUTS", 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("cuts");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let proxy = TcpProxy::start(BROKER).await;
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.broker = proxy.addr.to_string();
+    let relay = Relay::start(&config);
+    let stream = Stream::start(relay.url("whitepay"), 4, Duration::from_millis(5));
+    let mut seen = Seen::default();
+    let pump = |seen: &mut Seen, d: lapin::message::Delivery| record(seen, &d.data);
+    for _ in 0..cuts {
+        let until = Instant::now() + Duration::from_millis(rand::rng().random_range(300..1200));
+        while Instant::now() < until {
+            if let Some(d) = consumer.next(Duration::from_millis(20)).await {
+                pump(&mut seen, d);
+            }
+        }
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(300..1500))).await;
+        proxy.restore();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = stream.finish().await;
+    drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(30)).await;
+    let c = check(&ledger, &seen);
+    report(
+        "broker cut",
+        &c,
+        &format!("cuts={cuts} refusals={}", ledger.refusals),
+    );
+    assert!(c.acked > 0);
+    assert_eq!(ledger.refusals, 0, "a broker outage never costs an ack");
+    assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
+    drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_confirming_never_gets_rows_marked_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("freeze");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let proxy = TcpProxy::start(BROKER).await;
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.broker = proxy.addr.to_string();
+    let relay = Relay::start(&config);
+    relay.wait_broker_connected().await;
+    let stream = Stream::start(relay.url("whitepay"), 2, Duration::from_millis(20));
+    let mut seen = Seen::default();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Publishes go out but no confirm comes back for longer than the confirm timeout.
+    proxy.freeze();
+    tokio::time::sleep(hookrelay::publisher::CONFIRM_TIMEOUT + Duration::from_secs(2)).await;
+    proxy.thaw();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ledger = stream.finish().await;
+    drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(30)).await;
+    let c = check(&ledger, &seen);
+    let timeouts = relay
+        .metric("hookrelay_publish_failures_total{reason=\"timeout\"}")
+        .await;
+    report("slow confirms", &c, &format!("confirm_timeouts={timeouts}"));
+    assert!(timeouts >= 1.0, "the freeze outlasted the confirm timeout");
+    assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
+    // Every row marked published was really delivered.
+    let conn = rusqlite::Connection::open(&config.outbox).expect("outbox");
+    let mut stmt = conn
+        .prepare("SELECT subject FROM events WHERE state = 'published'")
+        .expect("query");
+    let published: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("subjects");
+    let unseen: Vec<&String> = published
+        .iter()
+        .filter(|s| !seen.by_subject.contains_key(*s))
+        .collect();
+    assert!(
+        unseen.is_empty(),
+        "marked published without a delivery: {unseen:?}"
+    );
+    drop(relay);
+}
+
+/// A tmpfs of a few MiB, so the outbox really runs out of space.
+struct TinyDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TinyDisk {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_owned();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self { path, _dir: dir })
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
+    let Some(disk) = TinyDisk::mount("8m") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs (root)"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: cannot mount a tmpfs here (not root?)"
+        );
+        return;
+    };
+    let exchange = TestExchange::new("diskfull");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let config = RelayConfig::new(&exchange, &disk.path);
+    let relay = Relay::start(&config);
+    // Leave the outbox a sliver of space.
+    let ballast = disk.path.join("ballast");
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&disk.path)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .expect("free bytes")
+    };
+    std::fs::write(
+        &ballast,
+        vec![0u8; usize::try_from(free.saturating_sub(256 * 1024)).expect("size")],
+    )
+    .expect("ballast");
+
+    let mut ledger = Ledger::default();
+    let mut unavailable = 0;
+    let padding = "x".repeat(8 * 1024);
+    for i in 0..400 {
+        let id = format!("disk-{i}-{padding}");
+        let body = whitepay_order(&id);
+        let (status, reply) = post_whitepay(&relay, &body).await;
+        match status {
+            200 => {
+                ledger.acked.insert(id, body);
+            }
+            503 => {
+                unavailable += 1;
+                let reply: serde_json::Value = serde_json::from_slice(&reply).expect("JSON error");
+                assert!(
+                    reply["error"]
+                        .as_str()
+                        .expect("text")
+                        .contains("not stored")
+                );
+                if unavailable >= 5 {
+                    break;
+                }
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        unavailable > 0,
+        "the outbox ran out of space and said so with 503"
+    );
+    std::fs::remove_file(&ballast).expect("free the disk");
+    // Recovery without a restart: the next webhooks are stored again.
+    let mut recovered = 0;
+    for i in 0..20 {
+        let id = format!("after-{i}");
+        let body = whitepay_order(&id);
+        if post_whitepay(&relay, &body).await.0 == 200 {
+            ledger.acked.insert(id, body);
+            recovered += 1;
+        }
+    }
+    assert_eq!(
+        recovered, 20,
+        "the relay recovered by itself once space returned"
+    );
+    let mut seen = Seen::default();
+    drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(20)).await;
+    let c = check(&ledger, &seen);
+    report("disk full", &c, &format!("503s={unavailable}"));
+    assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
+    drop(relay);
+}

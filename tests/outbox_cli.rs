@@ -1,0 +1,244 @@
+//! `hookrelay outbox stats | list | show | replay | purge` against the same outbox
+//! while `serve` runs, and the dead-letter path: a message the broker refuses as too
+//! large becomes `dead` after a bounded number of attempts, and `replay --dead`
+//! publishes it again with the same message id once the broker accepts it.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn outbox_cmd(config: &RelayConfig, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .arg("outbox")
+        .args(args)
+        .arg("--json")
+        .env_clear()
+        .env(
+            "HOOKRELAY_OUTBOX_URL",
+            format!("sqlite://{}", config.outbox.display()),
+        )
+        .output()
+        .expect("run hookrelay outbox");
+    assert!(
+        output.status.success(),
+        "outbox {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_message_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("outboxcli");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let proxy = TcpProxy::start(BROKER).await;
+    proxy.cut();
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.broker = proxy.addr.to_string();
+    let relay = Relay::start(&config);
+    let body = fixture("whitepay", "order_declined.json");
+    for i in 0..3 {
+        let body = if i == 0 {
+            body.clone()
+        } else {
+            whitepay_order(&format!("cli-{i}"))
+        };
+        assert_eq!(post_whitepay(&relay, &body).await.0, 200);
+    }
+
+    let stats = outbox_cmd(&config, &["stats"]);
+    assert_eq!(stats["pending"], 3);
+    assert_eq!(stats["published"], 0);
+    assert!(stats["size_bytes"].as_u64().expect("size") > 0);
+    let listed = outbox_cmd(&config, &["list", "--state", "pending"]);
+    let rows = listed.as_array().expect("array");
+    assert_eq!(rows.len(), 3);
+    let first_id = rows[2]["id"].as_i64().expect("id");
+    let shown = outbox_cmd(&config, &["show", &first_id.to_string()]);
+    assert_eq!(
+        shown["body"].as_str().expect("body").as_bytes(),
+        &body[..],
+        "raw body as received"
+    );
+    assert!(
+        shown["headers"]["signature"].is_string(),
+        "audit headers kept"
+    );
+    assert_eq!(shown["routing_key"], "whitepay.order.failed");
+
+    proxy.restore();
+    let first = consumer.collect(3, Duration::from_secs(20)).await;
+    assert_eq!(first.len(), 3);
+    wait_for("rows published", || {
+        outbox_count(&config.outbox, Some("published")) == 3
+    })
+    .await;
+    let original_id = first
+        .iter()
+        .find(|d| d.routing_key.as_str() == "whitepay.order.failed")
+        .and_then(|d| d.properties.message_id().clone())
+        .expect("message id");
+
+    let replayed = outbox_cmd(&config, &["replay", &first_id.to_string()]);
+    assert_eq!(replayed["replayed"], 1);
+    let again = consumer
+        .next(Duration::from_secs(20))
+        .await
+        .expect("published again");
+    assert_eq!(
+        again.properties.message_id().clone(),
+        Some(original_id),
+        "same message id"
+    );
+    wait_for("replayed row published", || {
+        outbox_count(&config.outbox, Some("published")) == 3
+    })
+    .await;
+
+    // Retention's manual form: published rows go, pending ones stay.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        post_whitepay(&relay, &whitepay_order("cli-pending"))
+            .await
+            .0,
+        200
+    );
+    let purged = outbox_cmd(&config, &["purge", "--published-before", "0s"]);
+    assert_eq!(purged["purged"], 3);
+    let stats = outbox_cmd(&config, &["stats"]);
+    assert_eq!(
+        (stats["published"].as_u64(), stats["pending"].as_u64()),
+        (Some(0), Some(1))
+    );
+    drop(relay);
+}
+
+/// Sets RabbitMQ's `max_message_size` for channels opened from now on, and puts the
+/// old value back on drop. Only this test binary's tests run while it is set.
+struct BrokerMaxMessageSize(String);
+
+impl BrokerMaxMessageSize {
+    fn set(bytes: u64) -> Option<Self> {
+        let get = Command::new("rabbitmqctl")
+            .args(["eval", "application:get_env(rabbit, max_message_size)."])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&get.stdout);
+        let old: String = text
+            .trim()
+            .strip_prefix("{ok,")?
+            .trim_end_matches('}')
+            .to_owned();
+        let set = Command::new("rabbitmqctl")
+            .args([
+                "eval",
+                &format!("application:set_env(rabbit, max_message_size, {bytes})."),
+            ])
+            .status()
+            .ok()?;
+        set.success().then_some(Self(old))
+    }
+}
+
+impl Drop for BrokerMaxMessageSize {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args([
+                "eval",
+                &format!("application:set_env(rabbit, max_message_size, {}).", self.0),
+            ])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_the_same_id() {
+    let Some(limit) = BrokerMaxMessageSize::set(64 * 1024) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to run rabbitmqctl"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("dead");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let config = RelayConfig::new(&exchange, dir.path());
+    let relay = Relay::start(&config);
+    relay.wait_broker_connected().await;
+    let big = whitepay_order(&format!("big-{}", "x".repeat(100 * 1024)));
+    assert_eq!(
+        post_whitepay(&relay, &big).await.0,
+        200,
+        "acked: it is on disk"
+    );
+    let small = whitepay_order("small-1");
+    assert_eq!(post_whitepay(&relay, &small).await.0, 200);
+
+    wait_for("the oversized row to go dead", || {
+        outbox_count(&config.outbox, Some("dead")) == 1
+    })
+    .await;
+    let dead = outbox_cmd(&config, &["list", "--state", "dead"]);
+    let row = &dead.as_array().expect("array")[0];
+    assert_eq!(
+        row["attempts"],
+        hookrelay::publisher::MAX_PERMANENT_ATTEMPTS
+    );
+    assert!(
+        row["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("larger than"),
+        "{row}"
+    );
+    // The small one, in the same batches, still went through.
+    let delivered = consumer
+        .next(Duration::from_secs(20))
+        .await
+        .expect("small published");
+    let envelope: serde_json::Value = serde_json::from_slice(&delivered.data).expect("JSON");
+    assert_eq!(envelope["subject"], "small-1");
+    assert!(
+        relay
+            .metrics()
+            .await
+            .contains("hookrelay_outbox_events{state=\"dead\"} 1"),
+        "the dead gauge shows it"
+    );
+
+    drop(limit);
+    let replayed = outbox_cmd(&config, &["replay", "--dead"]);
+    assert_eq!(replayed["replayed"], 1);
+    let delivery = consumer
+        .next(Duration::from_secs(30))
+        .await
+        .expect("published after replay");
+    let envelope: serde_json::Value = serde_json::from_slice(&delivery.data).expect("JSON");
+    assert_eq!(
+        raw_payload(&delivery.data).expect("payload").as_bytes(),
+        &big[..]
+    );
+    assert_eq!(
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string()),
+        envelope["id"].as_str().map(str::to_owned)
+    );
+    drop(relay);
+}
