@@ -171,7 +171,10 @@ impl BrokerLink {
 
     async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
         let properties = ConnectionProperties::default()
-            .with_connection_name("hookrelay".into())
+            // Operators (and the fault tests) tell relays apart by this name.
+            .with_connection_name(
+                format!("hookrelay {} pid {}", self.exchange, std::process::id()).into(),
+            )
             .enable_auto_recover()
             .with_backoff(
                 ExponentialBuilder::default()

@@ -208,6 +208,35 @@ fn record(seen: &mut Seen, envelope: &[u8]) {
     seen.by_subject.entry(subject).or_default().push(payload);
 }
 
+/// Closes, from the broker side, the connections whose name mentions `exchange`
+/// (the relay names its connection `hookrelay {exchange} pid {pid}`).
+fn close_connections_of(exchange: &str) -> bool {
+    let Ok(out) = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+    else {
+        return false;
+    };
+    let mut closed = false;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((pid, properties)) = line.split_once('\t') else {
+            continue;
+        };
+        if !properties.contains(exchange) {
+            continue;
+        }
+        closed |= std::process::Command::new("rabbitmqctl")
+            .args([
+                "close_connection",
+                pid,
+                "closed by the hookrelay fault test",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    }
+    closed
+}
+
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -275,6 +304,16 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly() {
         tokio::time::sleep(Duration::from_millis(rand::rng().random_range(300..1500))).await;
         proxy.restore();
     }
+    // The broker itself closes the relay's connection (as `rabbitmqctl
+    // close_connection` or a node restart would), touching no other test's.
+    let mut forced = 0;
+    for _ in 0..2 {
+        relay.wait_broker_connected().await;
+        if close_connections_of(&exchange) {
+            forced += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ledger = stream.finish().await;
     drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(30)).await;
@@ -282,8 +321,12 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly() {
     report(
         "broker cut",
         &c,
-        &format!("cuts={cuts} refusals={}", ledger.refusals),
+        &format!(
+            "cuts={cuts} forced_closes={forced} refusals={}",
+            ledger.refusals
+        ),
     );
+    assert_eq!(forced, 2, "the broker closed the relay's connection twice");
     assert!(c.acked > 0);
     assert_eq!(ledger.refusals, 0, "a broker outage never costs an ack");
     assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
