@@ -323,7 +323,7 @@ async fn handle(
                 Parsed::Event(_) => "accepted",
                 Parsed::Unrecognized { .. } => "unrecognized",
             });
-            tracing::info!(%event_id, "webhook stored");
+            tracing::debug!(%event_id, "webhook stored");
         }
         Ok(InsertOutcome::Duplicate) => {
             count("duplicate");

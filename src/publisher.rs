@@ -1,13 +1,16 @@
 //! The publisher: takes due rows from the outbox, publishes their CloudEvents to the
 //! exchange with publisher confirms, and records what the broker said.
 //!
-//! A batch of up to [`WINDOW`] rows is published back to back (the window of
-//! outstanding confirms), then every confirm is awaited against one deadline, then
-//! the outcomes are written in one outbox transaction. A row becomes `published`
+//! A batch of up to [`WINDOW`] rows is published back to back, then a task awaits
+//! every confirm against one deadline and writes the outcomes in one outbox
+//! transaction, while the loop already publishes the next batch (at most
+//! [`MAX_BATCHES_IN_FLIGHT`] batches, so at most `WINDOW × MAX_BATCHES_IN_FLIGHT`
+//! confirms outstanding). A row becomes `published`
 //! only on a broker ack that carries no returned message; anything else (nack,
 //! return, timeout, dropped connection) leaves it pending with its next attempt
 //! pushed back exponentially, with jitter.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,19 +68,45 @@ pub fn retry_delay(attempts: u32) -> Duration {
         .unwrap_or(Duration::from_secs(300))
 }
 
+/// Most publish batches awaiting their confirms at once. While one batch waits for
+/// its confirms and its outcome commit, the next is already being published, so
+/// neither the broker round trip nor the outbox fsync stalls the pipe.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
 /// The publishing loop and what it needs.
 pub struct Publisher {
-    outbox: Arc<dyn Outbox>,
     link: BrokerLink,
     exchange: String,
-    metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    shared: Arc<Shared>,
+}
+
+/// What the publishing loop and its batch tasks share.
+struct Shared {
+    outbox: Arc<dyn Outbox>,
+    metrics: Arc<Metrics>,
 }
 
 /// What went wrong with the channel during a batch, if anything.
 enum ChannelTrouble {
     Error(lapin::Error),
     Timeout,
+}
+
+/// A batch whose messages went out and whose confirms are awaited.
+struct SentBatch {
+    settled: Vec<Settlement>,
+    unsent: Vec<i64>,
+    awaiting: Vec<(PendingEvent, lapin::PublisherConfirm, Instant, usize)>,
+    trouble: Option<ChannelTrouble>,
+    deadline: tokio::time::Instant,
+}
+
+/// What a finished batch tells the loop: which rows left flight, and whether the
+/// channel needs recovering.
+struct BatchDone {
+    ids: Vec<i64>,
+    trouble: Option<ChannelTrouble>,
 }
 
 impl Publisher {
@@ -91,26 +120,54 @@ impl Publisher {
         wake: Arc<Notify>,
     ) -> Self {
         Self {
-            outbox,
             link,
             exchange,
-            metrics,
             wake,
+            shared: Arc::new(Shared { outbox, metrics }),
         }
     }
 
-    /// Runs until `shutdown` turns true; the batch in flight then finishes (bounded
-    /// by [`CONFIRM_TIMEOUT`]) and its outcomes are recorded before returning.
+    /// Runs until `shutdown` turns true; the batches in flight then finish (each
+    /// bounded by [`CONFIRM_TIMEOUT`]) and their outcomes are recorded before
+    /// returning.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut batches: tokio::task::JoinSet<BatchDone> = tokio::task::JoinSet::new();
+        // Rows published but not yet settled: still `pending` in the outbox, so a
+        // fetch returns them again; they are skipped until their batch is settled.
+        let mut in_flight: HashSet<i64> = HashSet::new();
         loop {
+            while let Some(done) = batches.try_join_next() {
+                if let Some(trouble) = self.finish(done, &mut in_flight) {
+                    self.recover(trouble, &mut batches, &mut in_flight, &mut shutdown)
+                        .await;
+                }
+            }
             if *shutdown.borrow() {
                 break;
+            }
+            if batches.len() >= MAX_BATCHES_IN_FLIGHT {
+                if let Some(done) = batches.join_next().await
+                    && let Some(trouble) = self.finish(done, &mut in_flight)
+                {
+                    self.recover(trouble, &mut batches, &mut in_flight, &mut shutdown)
+                        .await;
+                }
+                continue;
             }
             let Some(channel) = self.link.channel(&mut shutdown).await else {
                 break;
             };
-            let rows = match self.outbox.fetch_due(now_micros(), WINDOW).await {
-                Ok(rows) => rows,
+            let fetched = self
+                .shared
+                .outbox
+                .fetch_due(now_micros(), WINDOW + in_flight.len())
+                .await;
+            let rows: Vec<PendingEvent> = match fetched {
+                Ok(rows) => rows
+                    .into_iter()
+                    .filter(|row| !in_flight.contains(&row.id))
+                    .take(WINDOW)
+                    .collect(),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox; retrying");
                     tokio::select! {
@@ -124,40 +181,99 @@ impl Publisher {
                 tokio::select! {
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(IDLE_POLL) => {}
+                    Some(done) = batches.join_next(), if !batches.is_empty() => {
+                        if let Some(trouble) = self.finish(done, &mut in_flight) {
+                            self.recover(trouble, &mut batches, &mut in_flight, &mut shutdown).await;
+                        }
+                    }
                     _ = shutdown.changed() => {}
                 }
                 continue;
             }
-            let (settlements, trouble) = self.publish_batch(&channel, rows).await;
-            if let Err(e) = self.outbox.settle(settlements).await {
-                // The rows stay pending and are published again: a duplicate, never a loss.
-                tracing::error!(error = %e, "cannot record publish outcomes; those rows will be published again");
+            in_flight.extend(rows.iter().map(|row| row.id));
+            let sent = self.send(&channel, rows).await;
+            if sent.trouble.is_some() {
+                // The channel broke while sending: settle this batch now and recover
+                // before publishing anything else onto it.
+                let done = Arc::clone(&self.shared).confirm_and_settle(sent).await;
+                if let Some(trouble) = self.finish(Ok(done), &mut in_flight) {
+                    self.recover(trouble, &mut batches, &mut in_flight, &mut shutdown)
+                        .await;
+                }
+            } else {
+                batches.spawn(Arc::clone(&self.shared).confirm_and_settle(sent));
             }
-            match trouble {
-                Some(ChannelTrouble::Error(e)) => self.link.recover(Some(e), &mut shutdown).await,
-                Some(ChannelTrouble::Timeout) => self.link.recover(None, &mut shutdown).await,
-                None => {}
-            }
+        }
+        while let Some(done) = batches.join_next().await {
+            self.finish(done, &mut in_flight);
         }
         self.link.disconnect().await;
         tracing::info!("publisher stopped");
     }
 
-    async fn publish_batch(
+    /// Takes a finished batch's rows out of flight; returns its channel trouble.
+    fn finish(
         &self,
-        channel: &Channel,
-        rows: Vec<PendingEvent>,
-    ) -> (Vec<Settlement>, Option<ChannelTrouble>) {
+        done: Result<BatchDone, tokio::task::JoinError>,
+        in_flight: &mut HashSet<i64>,
+    ) -> Option<ChannelTrouble> {
+        match done {
+            Ok(done) => {
+                for id in &done.ids {
+                    in_flight.remove(id);
+                }
+                done.trouble
+            }
+            Err(e) => {
+                // A panicked batch task: its rows were never settled, so they are
+                // still pending and will be published again.
+                tracing::error!(error = %e, "a publish batch task failed");
+                in_flight.clear();
+                Some(ChannelTrouble::Timeout)
+            }
+        }
+    }
+
+    /// The channel broke: every other batch on it is finishing with errors too, so
+    /// wait for all of them, then recover the link once.
+    async fn recover(
+        &mut self,
+        trouble: ChannelTrouble,
+        batches: &mut tokio::task::JoinSet<BatchDone>,
+        in_flight: &mut HashSet<i64>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        while let Some(done) = batches.join_next().await {
+            self.finish(done, in_flight);
+        }
+        match trouble {
+            ChannelTrouble::Error(e) => self.link.recover(Some(e), shutdown).await,
+            ChannelTrouble::Timeout => self.link.recover(None, shutdown).await,
+        }
+    }
+
+    /// Publishes a batch back to back and returns it with its confirms to await.
+    async fn send(&self, channel: &Channel, rows: Vec<PendingEvent>) -> SentBatch {
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-        let mut settlements = Vec::with_capacity(rows.len());
-        let mut in_flight = Vec::with_capacity(rows.len());
-        let mut trouble = None;
-        let mut rows = rows.into_iter();
-        for row in rows.by_ref() {
+        let mut batch = SentBatch {
+            settled: Vec::new(),
+            unsent: Vec::new(),
+            awaiting: Vec::with_capacity(rows.len()),
+            trouble: None,
+            deadline,
+        };
+        for row in rows {
+            if batch.trouble.is_some() {
+                // Never sent: the row stays due as it is, no attempt counted.
+                batch.unsent.push(row.id);
+                continue;
+            }
             let body = match cloudevent_json(&row.meta, &row.body) {
                 Ok(body) => body,
                 Err(e) => {
-                    settlements.push(self.permanent(&row, "encode", e.to_string()));
+                    batch
+                        .settled
+                        .push(self.shared.permanent(&row, "encode", e.to_string()));
                     continue;
                 }
             };
@@ -166,7 +282,9 @@ impl Publisher {
                     "the message is {} bytes, over the broker's default max_message_size of {MAX_MESSAGE_BYTES}",
                     body.len()
                 );
-                settlements.push(self.permanent(&row, "too_large", why));
+                batch
+                    .settled
+                    .push(self.shared.permanent(&row, "too_large", why));
                 continue;
             }
             let size = body.len();
@@ -183,22 +301,39 @@ impl Publisher {
                 properties(&row),
             );
             match tokio::time::timeout_at(deadline, publish.instrument(span)).await {
-                Ok(Ok(confirm)) => in_flight.push((row, confirm, Instant::now(), size)),
+                Ok(Ok(confirm)) => batch.awaiting.push((row, confirm, Instant::now(), size)),
                 Ok(Err(e)) => {
-                    settlements.push(self.retry(&row, "channel", e.to_string()));
-                    trouble = Some(ChannelTrouble::Error(e));
-                    break;
+                    batch
+                        .settled
+                        .push(self.shared.retry(&row, "channel", e.to_string()));
+                    batch.trouble = Some(ChannelTrouble::Error(e));
                 }
                 Err(_) => {
-                    settlements.push(self.retry(&row, "timeout", "publish timed out".to_owned()));
-                    trouble = Some(ChannelTrouble::Timeout);
-                    break;
+                    batch.settled.push(self.shared.retry(
+                        &row,
+                        "timeout",
+                        "publish timed out".to_owned(),
+                    ));
+                    batch.trouble = Some(ChannelTrouble::Timeout);
                 }
             }
         }
-        // Rows after a broken channel were never sent; they stay due, untouched.
-        drop(rows);
-        for (row, confirm, started, size) in in_flight {
+        batch
+    }
+}
+
+impl Shared {
+    /// Awaits a batch's confirms against its deadline and records every outcome in
+    /// one outbox transaction.
+    async fn confirm_and_settle(self: Arc<Self>, batch: SentBatch) -> BatchDone {
+        let SentBatch {
+            mut settled,
+            unsent,
+            awaiting,
+            mut trouble,
+            deadline,
+        } = batch;
+        for (row, confirm, started, size) in awaiting {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => {
                     self.metrics
@@ -215,17 +350,17 @@ impl Publisher {
                         .with_label_values(&[row.meta.provider.as_str(), kind, status])
                         .inc();
                     tracing::debug!(event_id = %row.meta.id, "published");
-                    settlements.push(Settlement::Published { id: row.id });
+                    settled.push(Settlement::Published { id: row.id });
                 }
                 Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                     let why = format!("returned by the broker: {}", returned.reply_text);
-                    settlements.push(self.retry(&row, "returned", why));
+                    settled.push(self.retry(&row, "returned", why));
                 }
                 Ok(Ok(Confirmation::Nack(_))) => {
-                    settlements.push(self.retry(&row, "nack", "nacked by the broker".to_owned()));
+                    settled.push(self.retry(&row, "nack", "nacked by the broker".to_owned()));
                 }
                 Ok(Ok(Confirmation::NotRequested)) => {
-                    settlements.push(self.retry(
+                    settled.push(self.retry(
                         &row,
                         "channel",
                         "channel is not in confirm mode".to_owned(),
@@ -233,15 +368,15 @@ impl Publisher {
                     trouble.get_or_insert(ChannelTrouble::Timeout);
                 }
                 Ok(Err(e)) if rejected_size(&e.to_string()) == Some(size) => {
-                    settlements.push(self.permanent(&row, "too_large", e.to_string()));
+                    settled.push(self.permanent(&row, "too_large", e.to_string()));
                     trouble.get_or_insert(ChannelTrouble::Error(e));
                 }
                 Ok(Err(e)) => {
-                    settlements.push(self.retry(&row, "channel", e.to_string()));
+                    settled.push(self.retry(&row, "channel", e.to_string()));
                     trouble.get_or_insert(ChannelTrouble::Error(e));
                 }
                 Err(_) => {
-                    settlements.push(self.retry(
+                    settled.push(self.retry(
                         &row,
                         "timeout",
                         "no confirm within the timeout".to_owned(),
@@ -250,7 +385,12 @@ impl Publisher {
                 }
             }
         }
-        (settlements, trouble)
+        let ids = settled.iter().map(Settlement::id).chain(unsent).collect();
+        if let Err(e) = self.outbox.settle(settled).await {
+            // The rows stay pending and are published again: a duplicate, never a loss.
+            tracing::error!(error = %e, "cannot record publish outcomes; those rows will be published again");
+        }
+        BatchDone { ids, trouble }
     }
 
     /// A failure that will happen again however often the row is retried (it cannot

@@ -105,6 +105,15 @@ pub enum Settlement {
     },
 }
 
+impl Settlement {
+    /// The row it is about.
+    pub fn id(&self) -> i64 {
+        match self {
+            Self::Published { id } | Self::Retry { id, .. } | Self::Dead { id, .. } => *id,
+        }
+    }
+}
+
 /// One row as the `outbox list` and `outbox show` commands present it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RowView {
