@@ -308,9 +308,14 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly() {
     // close_connection` or a node restart would), touching no other test's.
     let mut forced = 0;
     for _ in 0..2 {
-        relay.wait_broker_connected().await;
-        if close_connections_of(&exchange) {
-            forced += 1;
+        // The connection may be mid-recovery from the last cut: look again briefly.
+        for _ in 0..20 {
+            relay.wait_broker_connected().await;
+            if close_connections_of(&exchange) {
+                forced += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }

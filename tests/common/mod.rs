@@ -3,6 +3,8 @@
 //! consumer on a queue bound to the test's own exchange.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod schema;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -422,6 +424,8 @@ impl Consumer {
             .await
             .ok()??;
         let delivery = delivery.expect("delivery");
+        // Every message any test consumes must match the published event contract.
+        schema::assert_valid_message(&delivery);
         delivery.ack(BasicAckOptions::default()).await.expect("ack");
         Some(delivery)
     }

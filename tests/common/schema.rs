@@ -1,0 +1,168 @@
+//! The published-message contract as a check: every body against
+//! `docs/cloudevent.schema.json` (the schema `docs/asyncapi.yaml` points to), and the
+//! AMQP properties against the body (SPEC §4). Called on every message a test
+//! consumes, so the documented schema cannot drift from what the relay publishes.
+
+use std::sync::OnceLock;
+
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
+use serde_json::Value;
+
+/// The schema text, compiled into the tests so a change to it is a change they see.
+pub const SCHEMA: &str = include_str!("../../docs/cloudevent.schema.json");
+
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let schema: Value =
+            serde_json::from_str(SCHEMA).expect("docs/cloudevent.schema.json is JSON");
+        jsonschema::draft7::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("docs/cloudevent.schema.json is a valid draft-07 schema")
+    })
+}
+
+/// Every way `body` breaks the schema (empty when it conforms), each as
+/// `instance path: message`.
+pub fn envelope_errors(body: &[u8]) -> Vec<String> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(e) => return vec![format!("not JSON: {e}")],
+    };
+    validator()
+        .iter_errors(&value)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+/// Panics, showing the body and every violation, unless `body` conforms to the
+/// CloudEvents schema; returns the parsed envelope.
+pub fn assert_valid_envelope(body: &[u8]) -> Value {
+    let errors = envelope_errors(body);
+    assert!(
+        errors.is_empty(),
+        "published body does not match docs/cloudevent.schema.json:\n  {}\nbody: {}",
+        errors.join("\n  "),
+        String::from_utf8_lossy(body)
+    );
+    serde_json::from_slice(body).expect("checked above")
+}
+
+fn header(delivery: &Delivery, name: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// What the schema cannot say: the AMQP properties and headers agree with the body,
+/// and the routing key is `{prefix}.{type}` (SPEC §4). Empty when all agree.
+pub fn message_errors(delivery: &Delivery) -> Vec<String> {
+    let errors = envelope_errors(&delivery.data);
+    if !errors.is_empty() {
+        return errors;
+    }
+    let Ok(envelope) = serde_json::from_slice::<Value>(&delivery.data) else {
+        return vec!["not JSON".to_owned()];
+    };
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let data = &envelope["data"];
+    let event_type = text(&envelope["type"]).unwrap_or_default();
+    let provider = text(&envelope["provider"]).unwrap_or_default();
+    let source = text(&data["source"]).unwrap_or_default();
+    let kind = text(&data["kind"]).unwrap_or_default();
+    let status = text(&data["status"]).unwrap_or_default();
+    let props = &delivery.properties;
+    let prop = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.to_string());
+    let mut errors = Vec::new();
+    let mut expect = |what: &str, got: Option<String>, want: &str| {
+        if got.as_deref() != Some(want) {
+            errors.push(format!("{what} is {got:?}, expected {want:?}"));
+        }
+    };
+    expect(
+        "message_id",
+        prop(props.message_id()),
+        &text(&envelope["id"]).unwrap_or_default(),
+    );
+    expect(
+        "content_type",
+        prop(props.content_type()),
+        "application/cloudevents+json",
+    );
+    expect("type property", prop(props.kind()), &event_type);
+    expect("app_id", prop(props.app_id()), "hookrelay");
+    expect(
+        "delivery_mode",
+        props.delivery_mode().map(|m| m.to_string()),
+        "2",
+    );
+    expect("data.provider", text(&data["provider"]), &provider);
+    expect(
+        "source",
+        text(&envelope["source"]),
+        &format!("/webhooks/{source}"),
+    );
+    expect("header provider", header(delivery, "provider"), &provider);
+    expect("header source", header(delivery, "source"), &source);
+    expect("header kind", header(delivery, "kind"), &kind);
+    expect("header status", header(delivery, "status"), &status);
+    let class = if event_type == "unrecognized" {
+        "unrecognized".to_owned()
+    } else {
+        format!("{kind}.{status}")
+    };
+    expect("type", Some(event_type.clone()), &class);
+    if props.timestamp().is_none() {
+        errors.push("timestamp property is missing".to_owned());
+    }
+    let traceparent = header(delivery, "traceparent").unwrap_or_default();
+    if !is_traceparent(&traceparent) {
+        errors.push(format!(
+            "traceparent header {traceparent:?} is not W3C trace context"
+        ));
+    }
+    // The first routing-key segment is the provider, or a Standard Webhooks
+    // source's own name.
+    let key = delivery.routing_key.as_str();
+    let prefix_ok = [&provider, &source]
+        .iter()
+        .any(|prefix| key == format!("{prefix}.{event_type}"));
+    if !prefix_ok {
+        errors.push(format!(
+            "routing key {key:?} is not {{provider or source}}.{event_type}"
+        ));
+    }
+    errors
+}
+
+/// Panics unless the delivery's body matches the schema and its properties,
+/// headers and routing key agree with the body.
+pub fn assert_valid_message(delivery: &Delivery) {
+    let errors = message_errors(delivery);
+    assert!(
+        errors.is_empty(),
+        "published message breaks the event contract (docs/events.md):\n  {}\nrouting key: {}\nbody: {}",
+        errors.join("\n  "),
+        delivery.routing_key,
+        String::from_utf8_lossy(&delivery.data)
+    );
+}
+
+/// `00-{32 hex}-{16 hex}-{2 hex}`, lower case.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+}
