@@ -331,7 +331,13 @@ async fn handle(
         }
         Err(e) => {
             count("unavailable");
-            tracing::error!(error = %e, "webhook not stored; answering 503 so the provider retries");
+            // An overload is counted (outcome="unavailable"), not logged per request:
+            // a flood would otherwise also flood the logs.
+            if matches!(e, crate::outbox::OutboxError::Overloaded) {
+                tracing::debug!(error = %e, "webhook not stored; answering 503 so the provider retries");
+            } else {
+                tracing::error!(error = %e, "webhook not stored; answering 503 so the provider retries");
+            }
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{e}; the webhook was not stored"),

@@ -28,6 +28,12 @@ pub const MAX_BATCH: usize = 512;
 /// Most commands waiting for the writer; beyond it ingress answers 503 at once
 /// instead of holding requests (and their bodies) in memory.
 pub const QUEUE_CAPACITY: usize = 2048;
+/// Queue slots webhooks may not take: kept for the publisher's settlements and the
+/// operator's commands, so an ingress flood cannot starve the publisher of the
+/// writer (and the outbox keep growing while nothing is marked published).
+pub const RESERVED_SLOTS: usize = 64;
+/// How often the checkpointer folds the write-ahead log into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -106,15 +112,21 @@ impl SqliteOutbox {
     pub async fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, OutboxError> {
         let db_path = path.to_owned();
         let path = path.to_owned();
-        let (writer_conn, reader_conn) = tokio::task::spawn_blocking(move || {
+        let (writer_conn, reader_conn, checkpoint_conn) = tokio::task::spawn_blocking(move || {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| storage(format!("cannot create {}: {e}", parent.display())))?;
             }
             let writer = open_connection(&path)?;
             writer.execute_batch(SCHEMA).map_err(storage)?;
+            // Checkpoints run on their own thread (below), not inside a commit that
+            // webhooks are waiting on.
+            writer
+                .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(storage)?;
             let reader = open_connection(&path)?;
-            Ok::<_, OutboxError>((writer, reader))
+            let checkpointer = open_connection(&path)?;
+            Ok::<_, OutboxError>((writer, reader, checkpointer))
         })
         .await
         .map_err(storage)??;
@@ -122,6 +134,11 @@ impl SqliteOutbox {
         std::thread::Builder::new()
             .name("outbox-writer".to_owned())
             .spawn(move || writer_loop(writer_conn, rx, &metrics))
+            .map_err(storage)?;
+        let alive = tx.downgrade();
+        std::thread::Builder::new()
+            .name("outbox-checkpoint".to_owned())
+            .spawn(move || checkpoint_loop(&checkpoint_conn, &alive))
             .map_err(storage)?;
         Ok(Self {
             writer: tx,
@@ -143,6 +160,18 @@ impl SqliteOutbox {
         })
         .await
         .map_err(storage)?
+    }
+}
+
+/// Folds the WAL into the database every [`CHECKPOINT_INTERVAL`] while the outbox
+/// is open. PASSIVE never blocks the writer; a checkpoint that cannot finish (a
+/// reader holds an old snapshot) simply finishes on a later round.
+fn checkpoint_loop(conn: &Connection, alive: &mpsc::WeakSender<Command>) {
+    while alive.upgrade().is_some() {
+        std::thread::sleep(CHECKPOINT_INTERVAL);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "outbox checkpoint failed; will retry");
+        }
     }
 }
 
@@ -375,12 +404,16 @@ pub fn now_micros() -> i64 {
 impl Outbox for SqliteOutbox {
     async fn insert(&self, event: NewEvent) -> Result<InsertOutcome, OutboxError> {
         let (reply, rx) = oneshot::channel();
-        self.writer
-            .try_send(Command::Insert(Box::new(event), reply))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => OutboxError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,
-            })?;
+        let permit = self.writer.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => OutboxError::Overloaded,
+            mpsc::error::TrySendError::Closed(()) => OutboxError::Closed,
+        })?;
+        // With this permit held, fewer than RESERVED_SLOTS free slots means the
+        // queue is into the publisher's reserve.
+        if self.writer.capacity() < RESERVED_SLOTS {
+            return Err(OutboxError::Overloaded);
+        }
+        permit.send(Command::Insert(Box::new(event), reply));
         rx.await.map_err(|_| OutboxError::Closed)?
     }
 
