@@ -32,8 +32,6 @@ pub const QUEUE_CAPACITY: usize = 2048;
 /// operator's commands, so an ingress flood cannot starve the publisher of the
 /// writer (and the outbox keep growing while nothing is marked published).
 pub const RESERVED_SLOTS: usize = 64;
-/// How often the checkpointer folds the write-ahead log into the database file.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -112,21 +110,15 @@ impl SqliteOutbox {
     pub async fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, OutboxError> {
         let db_path = path.to_owned();
         let path = path.to_owned();
-        let (writer_conn, reader_conn, checkpoint_conn) = tokio::task::spawn_blocking(move || {
+        let (writer_conn, reader_conn) = tokio::task::spawn_blocking(move || {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| storage(format!("cannot create {}: {e}", parent.display())))?;
             }
             let writer = open_connection(&path)?;
             writer.execute_batch(SCHEMA).map_err(storage)?;
-            // Checkpoints run on their own thread (below), not inside a commit that
-            // webhooks are waiting on.
-            writer
-                .pragma_update(None, "wal_autocheckpoint", 0)
-                .map_err(storage)?;
             let reader = open_connection(&path)?;
-            let checkpointer = open_connection(&path)?;
-            Ok::<_, OutboxError>((writer, reader, checkpointer))
+            Ok::<_, OutboxError>((writer, reader))
         })
         .await
         .map_err(storage)??;
@@ -134,11 +126,6 @@ impl SqliteOutbox {
         std::thread::Builder::new()
             .name("outbox-writer".to_owned())
             .spawn(move || writer_loop(writer_conn, rx, &metrics))
-            .map_err(storage)?;
-        let alive = tx.downgrade();
-        std::thread::Builder::new()
-            .name("outbox-checkpoint".to_owned())
-            .spawn(move || checkpoint_loop(&checkpoint_conn, &alive))
             .map_err(storage)?;
         Ok(Self {
             writer: tx,
@@ -160,18 +147,6 @@ impl SqliteOutbox {
         })
         .await
         .map_err(storage)?
-    }
-}
-
-/// Folds the WAL into the database every [`CHECKPOINT_INTERVAL`] while the outbox
-/// is open. PASSIVE never blocks the writer; a checkpoint that cannot finish (a
-/// reader holds an old snapshot) simply finishes on a later round.
-fn checkpoint_loop(conn: &Connection, alive: &mpsc::WeakSender<Command>) {
-    while alive.upgrade().is_some() {
-        std::thread::sleep(CHECKPOINT_INTERVAL);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "outbox checkpoint failed; will retry");
-        }
     }
 }
 
