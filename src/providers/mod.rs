@@ -335,6 +335,24 @@ pub fn unix_time(
         .map_err(|_| VerifyError::MalformedHeader(header_name))
 }
 
+/// Succeeds when `matches` holds for any of `keys`. Every key is checked even after
+/// a match, so timing does not reveal which key (if any) is in use; each check
+/// itself must compare in constant time (`Mac::verify_slice`).
+pub fn any_key<K>(
+    keys: impl IntoIterator<Item = K>,
+    mut matches: impl FnMut(K) -> bool,
+) -> Result<(), VerifyError> {
+    let mut matched = false;
+    for key in keys {
+        matched |= matches(key);
+    }
+    if matched {
+        Ok(())
+    } else {
+        Err(VerifyError::BadSignature)
+    }
+}
+
 /// Constant-time equality of two byte strings (length may leak, content does not).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;

@@ -176,26 +176,21 @@ impl Provider for Standard {
             .ok_or(VerifyError::MissingHeader("webhook-signature"))?;
         let signed_at = super::unix_time(timestamp, TimeUnit::Seconds, "webhook-timestamp")?;
         super::check_window(signed_at, request.now, self.tolerance)?;
-        // Every (key, signature) pair is checked, so timing does not tell which matched.
-        let mut matched = false;
-        for entry in signatures.split_ascii_whitespace() {
-            let Some(("v1", encoded)) = entry.split_once(',') else {
-                continue;
-            };
-            let Ok(signature) = BASE64.decode(encoded) else {
-                continue;
-            };
-            for key in &self.keys {
-                if let Some(mac) = mac(key, id, timestamp, request.body) {
-                    matched |= mac.verify_slice(&signature).is_ok();
-                }
-            }
-        }
-        if matched {
-            Ok(())
-        } else {
-            Err(VerifyError::BadSignature)
-        }
+        // Entries of other versions (`v1a`, …) and undecodable ones cannot match.
+        let v1: Vec<Vec<u8>> = signatures
+            .split_ascii_whitespace()
+            .filter_map(|entry| match entry.split_once(',') {
+                Some(("v1", encoded)) => BASE64.decode(encoded).ok(),
+                _ => None,
+            })
+            .collect();
+        let pairs = v1
+            .iter()
+            .flat_map(|signature| self.keys.iter().map(move |key| (signature, key)));
+        super::any_key(pairs, |(signature, key)| {
+            mac(key, id, timestamp, request.body)
+                .is_some_and(|mac| mac.verify_slice(signature).is_ok())
+        })
     }
 
     fn parse(&self, request: &WebhookRequest<'_>) -> Parsed {

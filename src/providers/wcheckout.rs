@@ -153,19 +153,10 @@ impl Provider for WCheckout {
         let signature = BASE64
             .decode(signature)
             .map_err(|_| VerifyError::MalformedHeader(signature_name))?;
-        // Try every key without stopping at the first match, so timing does not reveal
-        // which key (if any) is in use.
-        let mut matched = false;
-        for key in &self.sign_keys {
-            let mac = mac(key, &[timestamp.as_bytes(), request.body])
-                .map_err(|_| VerifyError::BadSignature)?;
-            matched |= mac.verify_slice(&signature).is_ok();
-        }
-        if matched {
-            Ok(())
-        } else {
-            Err(VerifyError::BadSignature)
-        }
+        super::any_key(&self.sign_keys, |key| {
+            mac(key, &[timestamp.as_bytes(), request.body])
+                .is_ok_and(|mac| mac.verify_slice(&signature).is_ok())
+        })
     }
 
     fn parse(&self, request: &WebhookRequest<'_>) -> Parsed {

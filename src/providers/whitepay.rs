@@ -88,20 +88,12 @@ impl Provider for Whitepay {
             .ok_or(VerifyError::MissingHeader("Signature"))?;
         let signature =
             hex::decode(signature).map_err(|_| VerifyError::MalformedHeader("Signature"))?;
-        // Try every token without stopping at the first match, so timing does not
-        // reveal which token (if any) is in use.
-        let mut matched = false;
-        for token in &self.tokens {
-            let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes())
-                .map_err(|_| VerifyError::BadSignature)?;
-            mac.update(request.body);
-            matched |= mac.verify_slice(&signature).is_ok();
-        }
-        if matched {
-            Ok(())
-        } else {
-            Err(VerifyError::BadSignature)
-        }
+        super::any_key(&self.tokens, |token| {
+            Hmac::<Sha256>::new_from_slice(token.as_bytes()).is_ok_and(|mut mac| {
+                mac.update(request.body);
+                mac.verify_slice(&signature).is_ok()
+            })
+        })
     }
 
     fn parse(&self, request: &WebhookRequest<'_>) -> Parsed {
