@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §5): `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener (contract §5): `/healthz`, `/readyz`, `/metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,20 +9,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::clock::now_micros;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::outbox::sqlite::now_micros;
 
 /// Shared state of the admin handlers.
-pub struct Admin {
+pub(crate) struct Admin {
     /// The outbox, for readiness and gauges.
-    pub outbox: Arc<dyn Outbox>,
+    pub(crate) outbox: Arc<dyn Outbox>,
     /// Metrics to render.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The admin router.
-pub fn router(admin: Arc<Admin>) -> Router {
+pub(crate) fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
@@ -31,7 +31,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
 }
 
 /// Ready means the outbox takes writes; a broker outage does not make the relay
-/// unready, because the outbox absorbs it (SPEC §5).
+/// unready, because the outbox absorbs it (contract §5).
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     let writable =
         tokio::time::timeout(Duration::from_secs(2), admin.outbox.check_writable()).await;

@@ -84,7 +84,7 @@ pub async fn declare_topology(channel: &Channel, exchange: &str) -> Result<(), l
 }
 
 /// The broker URL without its password, for logs.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
@@ -96,7 +96,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// A self-healing connection with one confirm-mode channel.
-pub struct BrokerLink {
+pub(crate) struct BrokerLink {
     url: String,
     exchange: String,
     metrics: Arc<Metrics>,
@@ -113,7 +113,7 @@ struct Link {
 
 impl BrokerLink {
     /// A link that connects on first use.
-    pub fn new(url: String, exchange: String, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(url: String, exchange: String, metrics: Arc<Metrics>) -> Self {
         Self {
             url,
             exchange,
@@ -124,7 +124,10 @@ impl BrokerLink {
 
     /// A ready confirm-mode channel, connecting (and retrying with backoff) as long
     /// as needed. `None` once shutdown is signalled.
-    pub async fn channel(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Channel> {
+    pub(crate) async fn channel(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Channel> {
         if let Some(link) = &self.connection {
             if link.connection.status().connected() && link.channel.status().connected() {
                 return Some(link.channel.clone());
@@ -199,7 +202,7 @@ impl BrokerLink {
     /// Called after a publish failed with `error`: waits (bounded) for lapin to
     /// recover the channel, or else drops the connection so the next
     /// [`channel`](Self::channel) call builds a fresh one.
-    pub async fn recover(
+    pub(crate) async fn recover(
         &mut self,
         error: Option<lapin::Error>,
         shutdown: &mut watch::Receiver<bool>,
@@ -225,7 +228,7 @@ impl BrokerLink {
     }
 
     /// Closes the connection (bounded), e.g. at shutdown.
-    pub async fn disconnect(&mut self) {
+    pub(crate) async fn disconnect(&mut self) {
         self.metrics.broker_connected.set(0);
         if let Some(link) = self.connection.take() {
             link.watcher.abort();

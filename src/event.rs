@@ -1,5 +1,6 @@
 //! The normalized event: what the outbox keeps beside the raw body, and the
-//! CloudEvents JSON the publisher sends (SPEC §4).
+//! CloudEvents JSON the publisher sends (contract §4), and [`Parsed`], what a
+//! provider makes of an authentic body.
 //!
 //! The provider's body is embedded with [`RawValue`], so `data.payload` is the
 //! provider's JSON text byte for byte: it is never parsed into numbers and
@@ -12,9 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::providers::{Normalized, Parsed};
-
-/// Event kinds (SPEC §4).
+/// Event kinds (contract §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -52,7 +51,7 @@ impl Kind {
     }
 }
 
-/// Normalized statuses (SPEC §4).
+/// Normalized statuses (contract §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -96,74 +95,130 @@ impl Status {
     }
 }
 
-/// Fixed namespace for event ids (UUID v5), so ids are the same on every replica.
-const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d2c_7a4e_3f1b_4c8a_9e6d_0b1f_2a3c_4d5e);
-
-/// The event id: stable across retries, replays, restarts and replicas, derived from
-/// provider, source and the provider's idempotency key.
-pub fn event_id(provider: &str, source: &str, idempotency_key: &str) -> String {
-    let name = format!("{provider}\n{source}\n{idempotency_key}");
-    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()).to_string()
-}
-
-/// Where a webhook came from and how its source publishes it.
-#[derive(Debug, Clone, Copy)]
-pub struct Origin<'a> {
-    /// Provider name.
-    pub provider: &'a str,
-    /// Source name.
-    pub source: &'a str,
-    /// First routing-key segment (the provider's name, or the source's for
-    /// Standard Webhooks sources).
-    pub routing_prefix: &'a str,
-    /// JSON paths whose string values are redacted in the published payload.
-    pub redact: &'a [String],
-}
-
-/// Everything about an event except its raw body: stored in the outbox as JSON and
-/// turned into the CloudEvents envelope at publish time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventMeta {
-    /// Event id (`message_id`).
-    pub id: String,
-    /// Provider name.
-    pub provider: String,
-    /// Source name.
-    pub source: String,
-    /// Kind and status; `None` for an unrecognized event.
-    pub class: Option<(Kind, Status)>,
-    /// Ordering subject; events sharing it are published in received order.
-    pub subject: String,
-    /// Idempotency key, unique per source.
+/// What an authentic body says, normalized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalized {
+    /// Unique per source: a second webhook with the same key is a duplicate.
     pub idempotency_key: String,
+    /// Event kind.
+    pub kind: Kind,
+    /// Normalized status.
+    pub status: Status,
+    /// The provider's id of the thing the event is about; events that share a
+    /// subject are published in received order.
+    pub subject: String,
     /// The provider's event type, as sent.
     pub provider_event_type: Option<String>,
     /// The provider's status, as sent.
     pub provider_status: Option<String>,
     /// The provider's order id.
     pub order_id: Option<String>,
-    /// The merchant's order id.
+    /// The merchant's own order id.
     pub merchant_order_id: Option<String>,
-    /// Amount, literal text.
+    /// Amount as the literal decimal text the provider sent.
     pub amount: Option<String>,
-    /// Currency, as sent.
+    /// Currency as sent.
     pub currency: Option<String>,
+    /// When the provider says the event happened.
+    pub event_time: Option<OffsetDateTime>,
+}
+
+/// The outcome of [`Provider::parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// A body that fits the provider's tables.
+    Event(Box<Normalized>),
+    /// An authentic body that does not: kept and published as `{provider}.unrecognized`.
+    Unrecognized {
+        /// Why, for the logs.
+        reason: String,
+        /// The provider's event type, when one could be read, for the logs.
+        provider_event_type: Option<String>,
+    },
+}
+
+impl Parsed {
+    /// An unrecognized outcome with its reason.
+    pub fn unrecognized(reason: impl Into<String>, provider_event_type: Option<String>) -> Self {
+        Self::Unrecognized {
+            reason: reason.into(),
+            provider_event_type,
+        }
+    }
+}
+
+/// The routing-key segment, kind and status of an authentic event no mapping
+/// table recognizes.
+const UNRECOGNIZED: &str = "unrecognized";
+
+/// Fixed namespace for event ids (UUID v5), so ids are the same on every replica.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d2c_7a4e_3f1b_4c8a_9e6d_0b1f_2a3c_4d5e);
+
+/// The event id: stable across retries, replays, restarts and replicas, derived from
+/// provider, source and the provider's idempotency key.
+pub(crate) fn event_id(provider: &str, source: &str, idempotency_key: &str) -> String {
+    let name = format!("{provider}\n{source}\n{idempotency_key}");
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// Where a webhook came from and how its source publishes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    /// Provider name.
+    pub(crate) provider: &'a str,
+    /// Source name.
+    pub(crate) source: &'a str,
+    /// First routing-key segment (the provider's name, or the source's for
+    /// Standard Webhooks sources).
+    pub(crate) routing_prefix: &'a str,
+    /// JSON paths whose string values are redacted in the published payload.
+    pub(crate) redact: &'a [String],
+}
+
+/// Everything about an event except its raw body: stored in the outbox as JSON and
+/// turned into the CloudEvents envelope at publish time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct EventMeta {
+    /// Event id (`message_id`).
+    pub(crate) id: String,
+    /// Provider name.
+    pub(crate) provider: String,
+    /// Source name.
+    pub(crate) source: String,
+    /// Kind and status; `None` for an unrecognized event.
+    pub(crate) class: Option<(Kind, Status)>,
+    /// Ordering subject; events sharing it are published in received order.
+    pub(crate) subject: String,
+    /// Idempotency key, unique per source.
+    pub(crate) idempotency_key: String,
+    /// The provider's event type, as sent.
+    pub(crate) provider_event_type: Option<String>,
+    /// The provider's status, as sent.
+    pub(crate) provider_status: Option<String>,
+    /// The provider's order id.
+    pub(crate) order_id: Option<String>,
+    /// The merchant's order id.
+    pub(crate) merchant_order_id: Option<String>,
+    /// Amount, literal text.
+    pub(crate) amount: Option<String>,
+    /// Currency, as sent.
+    pub(crate) currency: Option<String>,
     /// Provider event time, RFC 3339 UTC.
-    pub event_time: Option<String>,
+    pub(crate) event_time: Option<String>,
     /// Receive time, RFC 3339 UTC.
-    pub received_at: String,
+    pub(crate) received_at: String,
     /// First routing-key segment.
-    pub routing_prefix: String,
+    pub(crate) routing_prefix: String,
     /// JSON paths redacted in the published payload (dot-separated object keys).
     #[serde(default)]
-    pub redact: Vec<String>,
+    pub(crate) redact: Vec<String>,
 }
 
 impl EventMeta {
     /// Builds the metadata for an authentic webhook from what its provider parsed.
     /// Unrecognized bodies are keyed by their SHA-256, so the same bytes sent twice
     /// are still deduplicated.
-    pub fn new(
+    pub(crate) fn new(
         origin: &Origin<'_>,
         parsed: &Parsed,
         body: &[u8],
@@ -238,23 +293,32 @@ impl EventMeta {
         }
     }
 
+    /// The `kind` and `status` segments; both `unrecognized` for an unrecognized
+    /// event.
+    pub(crate) fn kind_status(&self) -> (&'static str, &'static str) {
+        match self.class {
+            Some((kind, status)) => (kind.as_str(), status.as_str()),
+            None => (UNRECOGNIZED, UNRECOGNIZED),
+        }
+    }
+
     /// `{kind}.{status}`, or `unrecognized`.
-    pub fn event_type(&self) -> String {
+    pub(crate) fn event_type(&self) -> String {
         match self.class {
             Some((kind, status)) => format!("{}.{}", kind.as_str(), status.as_str()),
-            None => "unrecognized".to_owned(),
+            None => UNRECOGNIZED.to_owned(),
         }
     }
 
     /// `{prefix}.{kind}.{status}`, or `{prefix}.unrecognized`, where the prefix is
     /// the provider's name (a Standard Webhooks source's own name).
-    pub fn routing_key(&self) -> String {
+    pub(crate) fn routing_key(&self) -> String {
         format!("{}.{}", self.routing_prefix, self.event_type())
     }
 }
 
 /// Formats a time as RFC 3339 UTC.
-pub fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)
         .format(&Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
@@ -262,10 +326,10 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 
 /// Why an envelope could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum EventError {
+pub(crate) enum EventError {
     /// Serialization failed (only possible for a corrupted outbox row).
     #[error("cannot serialize the CloudEvents envelope: {0}")]
-    Serialize(#[from] serde_json::Error),
+    Serialize(serde_json::Error),
 }
 
 #[derive(Serialize)]
@@ -306,7 +370,7 @@ struct Data<'a> {
 ///
 /// A recognized event embeds the body verbatim as `data.payload`; an unrecognized
 /// one (or one whose body is not JSON after all) carries it as `data.raw_base64`.
-pub fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, EventError> {
+pub(crate) fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, EventError> {
     let redacted = match (meta.class, meta.redact.is_empty()) {
         (Some(_), false) => std::str::from_utf8(body)
             .ok()
@@ -321,10 +385,7 @@ pub fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, EventEr
     let raw_base64 = payload
         .is_none()
         .then(|| base64::engine::general_purpose::STANDARD.encode(body));
-    let (kind, status) = match meta.class {
-        Some((kind, status)) => (kind.as_str(), status.as_str()),
-        None => ("unrecognized", "unrecognized"),
-    };
+    let (kind, status) = meta.kind_status();
     let envelope = CloudEvent {
         specversion: "1.0",
         id: &meta.id,
@@ -350,17 +411,17 @@ pub fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, EventEr
             raw_base64,
         },
     };
-    Ok(serde_json::to_vec(&envelope)?)
+    serde_json::to_vec(&envelope).map_err(EventError::Serialize)
 }
 
 /// The replacement for a redacted string value.
-pub const REDACTED: &str = "\"[redacted]\"";
+pub(crate) const REDACTED: &str = "\"[redacted]\"";
 
 /// Replaces, in place, the string values at `paths` (dot-separated object keys, e.g.
 /// `data.privateSecret`) with `"[redacted]"`, leaving every other byte as it was.
 /// `None` when nothing needed redacting (or the text is not JSON): the caller then
 /// embeds the body unchanged.
-pub fn redact(json: &str, paths: &[String]) -> Option<String> {
+pub(crate) fn redact(json: &str, paths: &[String]) -> Option<String> {
     let mut spans: Vec<std::ops::Range<usize>> = paths
         .iter()
         .filter_map(|path| string_span(json, path))
@@ -400,10 +461,22 @@ mod tests {
 
     const BODY: &[u8] = br#"{"transaction":{"id":"t-1","value":"200","currency":"UAH","status":"COMPLETE","url":"https:\/\/x\/y","exchange_rate":"31.84713375796178343949","n":1.50},"event_type":"transaction::completed"}"#;
 
+    /// What the Whitepay provider makes of `BODY` (its own tests prove that); built
+    /// here by hand so `event` stays a leaf below `providers`.
     fn parsed() -> Parsed {
-        (crate::providers::whitepay::SPEC.build)(&test_source())
-            .expect("build")
-            .parse(&crate::providers::WebhookRequest::body_only(BODY))
+        Parsed::Event(Box::new(Normalized {
+            idempotency_key: "transaction::completed:t-1:COMPLETE".to_owned(),
+            kind: Kind::Transaction,
+            status: Status::Succeeded,
+            subject: "t-1".to_owned(),
+            provider_event_type: Some("transaction::completed".to_owned()),
+            provider_status: Some("COMPLETE".to_owned()),
+            order_id: None,
+            merchant_order_id: None,
+            amount: Some("200".to_owned()),
+            currency: Some("UAH".to_owned()),
+            event_time: None,
+        }))
     }
 
     fn origin(source: &str) -> Origin<'_> {
@@ -431,11 +504,6 @@ mod tests {
         );
         assert_eq!(redact(body, &["data.missing".to_owned()]), None);
         assert_eq!(redact("not json", &paths), None);
-    }
-
-    fn test_source() -> crate::config::SourceConfig {
-        let cfg = crate::config::Config::load_from(None, &[]).expect("defaults");
-        cfg.sources["whitepay"].clone()
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! The webhook ingress: `POST /webhooks/{source}` (SPEC §3).
+//! The webhook ingress: `POST /webhooks/{source}` (contract §3).
 //!
 //! Order of checks: known source (404) → body size (413) → authenticity (401) →
 //! parse (never rejects: unknown shapes become `unrecognized`) → durable outbox
 //! write (503 if it fails) → the provider's own ack. The ack is sent only after the
 //! outbox has committed and synced the raw body; it never waits for RabbitMQ.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,11 +21,11 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::config::SourceConfig;
+use crate::event::Parsed;
 use crate::event::{EventMeta, Origin};
 use crate::metrics::Metrics;
-use crate::outbox::{InsertOutcome, NewEvent, Outbox};
-use crate::providers::{Parsed, Provider, VerifyError, WebhookRequest};
+use crate::outbox::{InsertOutcome, NewEvent, Outbox, OutboxError};
+use crate::providers::{Source, VerifyError, WebhookRequest};
 use crate::telemetry::TraceParent;
 
 /// Headers never written to the outbox: credentials of the caller, not of the event.
@@ -37,36 +37,26 @@ const SECRET_HEADERS: &[&str] = &[
     "x-secret-key",
 ];
 
-/// A configured source with its provider built.
-pub struct Source {
-    /// The source's settings.
-    pub config: SourceConfig,
-    /// Its provider, bound to its credentials.
-    pub provider: Box<dyn Provider>,
-    /// Effective redaction paths: the source's own, or its provider's default.
-    pub redact: Vec<String>,
-}
-
 /// Shared state of the ingress handlers.
-pub struct Ingress {
+pub(crate) struct Ingress {
     /// Sources by name.
-    pub sources: HashMap<String, Source>,
+    pub(crate) sources: BTreeMap<String, Source>,
     /// Where webhooks are stored.
-    pub outbox: Arc<dyn Outbox>,
+    pub(crate) outbox: Arc<dyn Outbox>,
     /// Metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Largest accepted body.
-    pub max_body: usize,
+    pub(crate) max_body: usize,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpNet>,
+    pub(crate) trusted_proxies: Vec<IpNet>,
     /// Longest wait for a request body.
-    pub read_timeout: std::time::Duration,
+    pub(crate) read_timeout: std::time::Duration,
     /// Notified on every stored webhook, so the publisher starts at once.
-    pub wake: Arc<Notify>,
+    pub(crate) wake: Arc<Notify>,
 }
 
 /// The ingress router.
-pub fn router(ingress: Arc<Ingress>) -> Router {
+pub(crate) fn router(ingress: Arc<Ingress>) -> Router {
     let max_body = ingress.max_body;
     Router::new()
         .route(
@@ -90,9 +80,9 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
 
 /// Most connections served at once; further clients wait in the listen backlog
 /// instead of costing memory.
-pub const MAX_CONNECTIONS: usize = 4096;
+pub(crate) const MAX_CONNECTIONS: usize = 4096;
 /// Most request headers; more get 431 from the HTTP layer.
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Serves the ingress on `listener` until `shutdown` completes, then stops
 /// accepting and waits (at most `drain`) for the requests in flight.
@@ -100,7 +90,7 @@ pub const MAX_HEADERS: usize = 100;
 /// Built on hyper directly rather than `axum::serve` for what a public endpoint
 /// needs: a header read timeout (a slowloris client cannot hold a connection open
 /// by trickling headers), a header count limit, and a bound on connections.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     read_timeout: std::time::Duration,
@@ -313,7 +303,7 @@ async fn handle(
         meta,
         headers_json: audit_headers(&headers),
         body,
-        received_at_us: i64::try_from(received.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX),
+        received_at_us: crate::clock::micros(received),
         traceparent: trace.header_value(),
     };
     match ingress.outbox.insert(event).await {
@@ -333,7 +323,7 @@ async fn handle(
             count("unavailable");
             // An overload is counted (outcome="unavailable"), not logged per request:
             // a flood would otherwise also flood the logs.
-            if matches!(e, crate::outbox::OutboxError::Overloaded) {
+            if matches!(e, OutboxError::Overloaded) {
                 tracing::debug!(error = %e, "webhook not stored; answering 503 so the provider retries");
             } else {
                 tracing::error!(error = %e, "webhook not stored; answering 503 so the provider retries");

@@ -3,16 +3,22 @@
 //! A webhook travels `ingress` (verify with the provider's scheme) → `outbox`
 //! (committed and synced before the ack) → `publisher` (CloudEvents to a RabbitMQ
 //! topic exchange, with confirms). See `docs/ARCHITECTURE.md` for the map.
+//!
+//! The public modules are what the binary, the integration tests and `bench/` use;
+//! everything else is `pub(crate)`.
 
-pub mod admin;
+#![warn(unreachable_pub)]
+
+mod admin;
 pub mod amqp;
 pub mod cli;
+mod clock;
 pub mod config;
 pub mod event;
-pub mod ingress;
-pub mod metrics;
-pub mod outbox;
+mod ingress;
+mod metrics;
+mod outbox;
 pub mod providers;
 pub mod publisher;
-pub mod relay;
-pub mod telemetry;
+mod relay;
+mod telemetry;

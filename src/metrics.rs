@@ -1,36 +1,36 @@
-//! Prometheus metrics (SPEC §5), on a registry of our own rather than the global one
+//! Prometheus metrics (contract §5), on a registry of our own rather than the global one
 //! so that tests can run several relays in one process.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the relay exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// `hookrelay_webhooks_received_total{source, provider, outcome}`.
-    pub webhooks_received: IntCounterVec,
+    pub(crate) webhooks_received: IntCounterVec,
     /// `hookrelay_ingest_duration_seconds{source}`: request start to ack.
-    pub ingest_duration: HistogramVec,
+    pub(crate) ingest_duration: HistogramVec,
     /// `hookrelay_events_published_total{provider, kind, status}`.
-    pub events_published: IntCounterVec,
+    pub(crate) events_published: IntCounterVec,
     /// `hookrelay_publish_failures_total{reason}`.
-    pub publish_failures: IntCounterVec,
+    pub(crate) publish_failures: IntCounterVec,
     /// `hookrelay_publish_duration_seconds`: publish to broker confirm.
-    pub publish_duration: Histogram,
+    pub(crate) publish_duration: Histogram,
     /// `hookrelay_delivery_lag_seconds`: receive to broker confirm.
-    pub delivery_lag: Histogram,
+    pub(crate) delivery_lag: Histogram,
     /// `hookrelay_outbox_events{state}` for pending and dead.
-    pub outbox_events: IntGaugeVec,
+    pub(crate) outbox_events: IntGaugeVec,
     /// `hookrelay_outbox_oldest_pending_seconds`.
-    pub outbox_oldest_pending: prometheus::Gauge,
+    pub(crate) outbox_oldest_pending: prometheus::Gauge,
     /// `hookrelay_broker_connected`: 1 or 0.
-    pub broker_connected: IntGauge,
+    pub(crate) broker_connected: IntGauge,
     /// `hookrelay_outbox_commit_batch_size`: webhooks stored per commit (group commit).
-    pub outbox_commit_batch_size: Histogram,
-    /// `hookrelay_outbox_commit_failures_total`.
-    pub outbox_commit_failures: IntCounter,
+    pub(crate) outbox_commit_batch_size: Histogram,
+    /// `hookrelay_outbox_commit_failures_total{reason}`: the outbox's fault kinds.
+    pub(crate) outbox_commit_failures: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: acks are expected in milliseconds, delivery
@@ -41,7 +41,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 impl Metrics {
     /// Creates and registers every metric.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let webhooks_received = IntCounterVec::new(
             Opts::new(
@@ -109,9 +109,12 @@ impl Metrics {
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
             ]),
         )?;
-        let outbox_commit_failures = IntCounter::new(
-            "hookrelay_outbox_commit_failures_total",
-            "Outbox transactions that failed (every request in them got 503)",
+        let outbox_commit_failures = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_outbox_commit_failures_total",
+                "Outbox transactions that failed (every request in them got 503), by reason",
+            ),
+            &["reason"],
         )?;
         registry.register(Box::new(webhooks_received.clone()))?;
         registry.register(Box::new(ingest_duration.clone()))?;
@@ -144,7 +147,7 @@ impl Metrics {
     }
 
     /// The registry in Prometheus text format.
-    pub fn render(&self) -> Result<String, prometheus::Error> {
+    pub(crate) fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())

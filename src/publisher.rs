@@ -22,13 +22,13 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use crate::amqp::BrokerLink;
+use crate::clock::now_micros;
 use crate::event::cloudevent_json;
 use crate::metrics::Metrics;
-use crate::outbox::sqlite::now_micros;
 use crate::outbox::{Outbox, PendingEvent, Settlement};
 
 /// Most confirms outstanding at once (and rows per outbox fetch).
-pub const WINDOW: usize = 256;
+pub(crate) const WINDOW: usize = 256;
 /// Bound on one batch's publishes and confirms.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the publisher looks for rows whose retry time has come, when no new
@@ -41,7 +41,7 @@ pub const MAX_PERMANENT_ATTEMPTS: u32 = 3;
 
 /// RabbitMQ's default `max_message_size` (16 MiB since 3.13/4.x). Larger messages
 /// would be refused, and the refusal closes the channel for the whole batch.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The size in RabbitMQ's refusal of an oversized message ("PRECONDITION_FAILED -
 /// message size 2000000 is larger than configured max size 1048576"), so the one
@@ -57,7 +57,7 @@ fn rejected_size(error: &str) -> Option<usize> {
 
 /// The retry schedule: 1 s doubling to 5 min, with jitter. Persisted per row as
 /// `next_attempt_at`, so it survives restarts.
-pub fn retry_delay(attempts: u32) -> Duration {
+pub(crate) fn retry_delay(attempts: u32) -> Duration {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
         .with_max_delay(Duration::from_secs(300))
@@ -71,10 +71,10 @@ pub fn retry_delay(attempts: u32) -> Duration {
 /// Most publish batches awaiting their confirms at once. While one batch waits for
 /// its confirms and its outcome commit, the next is already being published, so
 /// neither the broker round trip nor the outbox fsync stalls the pipe.
-pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+pub(crate) const MAX_BATCHES_IN_FLIGHT: usize = 4;
 
 /// The publishing loop and what it needs.
-pub struct Publisher {
+pub(crate) struct Publisher {
     link: BrokerLink,
     exchange: String,
     wake: Arc<Notify>,
@@ -112,7 +112,7 @@ struct BatchDone {
 impl Publisher {
     /// A publisher over `outbox` and `link`; `wake` is notified by ingress on every
     /// stored webhook.
-    pub fn new(
+    pub(crate) fn new(
         outbox: Arc<dyn Outbox>,
         link: BrokerLink,
         exchange: String,
@@ -130,7 +130,7 @@ impl Publisher {
     /// Runs until `shutdown` turns true; the batches in flight then finish (each
     /// bounded by [`CONFIRM_TIMEOUT`]) and their outcomes are recorded before
     /// returning.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut batches: tokio::task::JoinSet<BatchDone> = tokio::task::JoinSet::new();
         // Rows published but not yet settled: still `pending` in the outbox, so a
         // fetch returns them again; they are skipped until their batch is settled.
@@ -341,10 +341,7 @@ impl Shared {
                         .observe(started.elapsed().as_secs_f64());
                     let lag = (now_micros() - row.received_at_us).max(0) as f64 / 1e6;
                     self.metrics.delivery_lag.observe(lag);
-                    let (kind, status) = match row.meta.class {
-                        Some((k, s)) => (k.as_str(), s.as_str()),
-                        None => ("unrecognized", "unrecognized"),
-                    };
+                    let (kind, status) = row.meta.kind_status();
                     self.metrics
                         .events_published
                         .with_label_values(&[row.meta.provider.as_str(), kind, status])
@@ -426,10 +423,7 @@ impl Shared {
 }
 
 fn properties(row: &PendingEvent) -> BasicProperties {
-    let (kind, status) = match row.meta.class {
-        Some((k, s)) => (k.as_str(), s.as_str()),
-        None => ("unrecognized", "unrecognized"),
-    };
+    let (kind, status) = row.meta.kind_status();
     let mut headers = FieldTable::default();
     for (key, value) in [
         ("provider", row.meta.provider.as_str()),

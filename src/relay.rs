@@ -1,7 +1,6 @@
 //! `hookrelay serve`: wires outbox, ingress, publisher and admin listener together,
 //! and shuts them down in order on SIGTERM/SIGINT.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,82 +10,44 @@ use tokio::sync::{Notify, watch};
 
 use crate::admin::{self, Admin};
 use crate::amqp::BrokerLink;
-use crate::config::Config;
-use crate::ingress::{self, Ingress, Source};
+use crate::config::{Config, ConfigError};
+use crate::ingress::{self, Ingress};
 use crate::metrics::Metrics;
 use crate::outbox::{self, OutboxError};
-use crate::providers::{self, BuildError};
+use crate::providers;
 use crate::publisher::{CONFIRM_TIMEOUT, Publisher};
 
 /// Why the relay could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// A listener address is taken or not allowed.
-    #[error("cannot listen on {addr}: {source} (is another process using it? set {var})")]
+    #[error("cannot listen on {addr}: {error} (is another process using it? set {var})")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Which setting chose it.
         var: &'static str,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The outbox could not be opened.
     #[error("cannot open the outbox: {0}")]
-    Outbox(#[from] OutboxError),
-    /// A source's settings are unusable.
-    #[error("source `{source_name}`: {error}")]
-    Source {
-        /// The source.
-        source_name: String,
-        /// What is wrong.
-        error: BuildError,
-    },
+    Outbox(OutboxError),
+    /// The sources do not build.
+    #[error("invalid configuration: {0}")]
+    Config(ConfigError),
     /// Metrics registration failed (a bug).
     #[error("cannot register metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(prometheus::Error),
     /// A server failed while running.
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
 
-/// Builds every configured source's provider.
-pub fn build_sources(config: &Config) -> Result<HashMap<String, Source>, RelayError> {
-    let mut sources = HashMap::new();
-    for (name, source) in &config.sources {
-        let spec = providers::find(&source.provider).ok_or_else(|| RelayError::Source {
-            source_name: name.clone(),
-            error: BuildError::Invalid {
-                key: "provider",
-                reason: format!("unknown provider `{}`", source.provider),
-            },
-        })?;
-        let provider = (spec.build)(source).map_err(|error| RelayError::Source {
-            source_name: name.clone(),
-            error,
-        })?;
-        let redact = source.redact.clone().unwrap_or_else(|| {
-            spec.default_redact
-                .iter()
-                .map(|path| (*path).to_owned())
-                .collect()
-        });
-        sources.insert(
-            name.clone(),
-            Source {
-                config: source.clone(),
-                provider,
-                redact,
-            },
-        );
-    }
-    Ok(sources)
-}
-
 async fn bind(addr: SocketAddr, var: &'static str) -> Result<TcpListener, RelayError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| RelayError::Bind { addr, var, source })
+        .map_err(|error| RelayError::Bind { addr, var, error })
 }
 
 async fn shutdown_signal() {
@@ -109,10 +70,12 @@ async fn shutdown_signal() {
 
 /// Runs the relay until SIGTERM/SIGINT, then: stops accepting, answers the requests
 /// in flight, lets the publisher finish its batch (bounded), and returns.
-pub async fn serve(config: Config) -> Result<(), RelayError> {
-    let metrics = Arc::new(Metrics::new()?);
-    let outbox = outbox::open(&config.outbox_url, Arc::clone(&metrics)).await?;
-    let sources = build_sources(&config)?;
+pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
+    let metrics = Arc::new(Metrics::new().map_err(RelayError::Metrics)?);
+    let sources = providers::build_sources(&config).map_err(RelayError::Config)?;
+    let outbox = outbox::open(&config.outbox_url, Arc::clone(&metrics))
+        .await
+        .map_err(RelayError::Outbox)?;
     for source in sources.values() {
         let name = &source.config.name;
         if source.config.allow_unsigned {

@@ -7,7 +7,7 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber: level from `RUST_LOG` (default `info`), format
 /// from `HOOKRELAY_LOG_FORMAT`.
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -25,19 +25,19 @@ pub fn init(format: LogFormat) {
 
 /// A W3C trace context (`traceparent`, version 00).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceParent {
+pub(crate) struct TraceParent {
     /// 32 lower-case hex digits.
-    pub trace_id: String,
+    pub(crate) trace_id: String,
     /// 16 lower-case hex digits: this relay's span.
-    pub span_id: String,
+    pub(crate) span_id: String,
     /// Trace flags (bit 0: sampled).
-    pub flags: u8,
+    pub(crate) flags: u8,
 }
 
 impl TraceParent {
     /// Continues the caller's trace when it sent a valid `traceparent` (keeping its
     /// trace id and flags, with a new span id for the relay), or starts a new one.
-    pub fn continue_or_start(header: Option<&str>) -> Self {
+    pub(crate) fn continue_or_start(header: Option<&str>) -> Self {
         let span_id = random_hex::<8>();
         match header.and_then(parse) {
             Some((trace_id, flags)) => Self {
@@ -54,7 +54,7 @@ impl TraceParent {
     }
 
     /// The header value.
-    pub fn header_value(&self) -> String {
+    pub(crate) fn header_value(&self) -> String {
         format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
     }
 }

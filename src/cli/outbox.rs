@@ -1,51 +1,16 @@
-//! Command-line interface (SPEC §1).
+//! `hookrelay outbox …`: inspect and operate the outbox the configuration names,
+//! also while `serve` runs on it.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 
-use crate::config::{Config, OutboxUrl};
+use crate::config::Config;
 use crate::outbox::{ListFilter, PURGE_BATCH, ReplaySelector, State};
-use crate::providers;
-
-/// hookrelay: receives payment-provider webhooks, stores them durably, and publishes
-/// them to RabbitMQ.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-pub struct Cli {
-    /// TOML configuration file; environment variables override it.
-    #[arg(long, global = true, env = "HOOKRELAY_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the relay (ingress, publisher, admin listener) until SIGTERM/SIGINT.
-    Serve,
-    /// Load and validate the configuration, print the effective sources (secrets
-    /// masked), and exit non-zero on any problem.
-    CheckConfig,
-    /// Post a correctly signed example webhook of PROVIDER to a running relay, with
-    /// fresh ids and timestamp, and print the status and the ack.
-    ///
-    /// The sample is signed with the credentials configured for the source (the
-    /// same configuration `serve` reads). For oslpay, OSL signs with its private key
-    /// and the relay has only the public key: pass a PEM private key whose public
-    /// half is the source's `public_key` with --private-key FILE.
-    Sample(SampleArgs),
-    /// Inspect and operate the outbox (works while `serve` runs on the same outbox).
-    #[command(subcommand)]
-    Outbox(OutboxCommand),
-}
 
 /// `hookrelay outbox …`
 #[derive(Debug, Subcommand)]
-pub enum OutboxCommand {
+pub(crate) enum OutboxCommand {
     /// Counts by state, oldest pending age, size on disk.
     Stats {
         /// Print JSON instead of text.
@@ -56,7 +21,7 @@ pub enum OutboxCommand {
     List {
         /// Only rows in this state.
         #[arg(long, value_enum)]
-        state: Option<State>,
+        state: Option<StateArg>,
         /// Only rows of this source.
         #[arg(long)]
         source: Option<String>,
@@ -108,12 +73,34 @@ pub enum OutboxCommand {
     },
 }
 
+/// A row state as the command line spells it; the outbox's own `State` knows
+/// nothing of clap.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum StateArg {
+    /// Waiting to be published.
+    Pending,
+    /// Confirmed by the broker.
+    Published,
+    /// Given up on; needs a person.
+    Dead,
+}
+
+impl From<StateArg> for State {
+    fn from(state: StateArg) -> Self {
+        match state {
+            StateArg::Pending => Self::Pending,
+            StateArg::Published => Self::Published,
+            StateArg::Dead => Self::Dead,
+        }
+    }
+}
+
 /// Why an `outbox` command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxCommandError {
     /// The outbox could not be opened or answered with an error.
-    #[error(transparent)]
-    Outbox(#[from] crate::outbox::OutboxError),
+    #[error("{0}")]
+    Outbox(crate::outbox::OutboxError),
     /// A time or duration argument did not parse.
     #[error("`{0}` is neither an RFC 3339 time nor a duration like 2h or 7d")]
     Time(String),
@@ -122,7 +109,7 @@ pub enum OutboxCommandError {
     NoRow(i64),
     /// Metrics registration failed (a bug).
     #[error("cannot register metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
+    Metrics(prometheus::Error),
 }
 
 /// `RFC 3339` or "that long ago", as Unix microseconds.
@@ -136,18 +123,26 @@ fn time_arg(text: &str, now: time::OffsetDateTime) -> Result<i64, OutboxCommandE
             now - ago
         }
     };
-    i64::try_from(at.unix_timestamp_nanos() / 1_000)
-        .map_err(|_| OutboxCommandError::Time(text.to_owned()))
+    Ok(crate::clock::micros(at))
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
+impl From<crate::outbox::OutboxError> for OutboxCommandError {
+    fn from(e: crate::outbox::OutboxError) -> Self {
+        Self::Outbox(e)
+    }
+}
+
 /// Runs an `outbox` subcommand; returns what to print.
-pub async fn outbox(config: &Config, command: OutboxCommand) -> Result<String, OutboxCommandError> {
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new()?);
-    let outbox = crate::outbox::open(&config.outbox_url, metrics).await?;
+pub(crate) async fn run(
+    config: &Config,
+    command: OutboxCommand,
+) -> Result<String, OutboxCommandError> {
+    let metrics = crate::metrics::Metrics::new().map_err(OutboxCommandError::Metrics)?;
+    let outbox = crate::outbox::open(&config.outbox_url, std::sync::Arc::new(metrics)).await?;
     let now = time::OffsetDateTime::now_utc();
     let mut out = String::new();
     match command {
@@ -174,7 +169,7 @@ pub async fn outbox(config: &Config, command: OutboxCommand) -> Result<String, O
         } => {
             let rows = outbox
                 .list(ListFilter {
-                    state,
+                    state: state.map(State::from),
                     source,
                     limit,
                 })
@@ -257,197 +252,4 @@ pub async fn outbox(config: &Config, command: OutboxCommand) -> Result<String, O
         }
     }
     Ok(out)
-}
-
-/// Arguments of `hookrelay sample`.
-#[derive(Debug, clap::Args)]
-pub struct SampleArgs {
-    /// Provider to imitate: wcheckout, oslpay, ccpayment, whitepay or standard.
-    pub provider: String,
-    /// Relay base URL (the webhook path is added) or a full `/webhooks/…` URL.
-    /// Default: the configured HOOKRELAY_LISTEN port on 127.0.0.1.
-    #[arg(long)]
-    pub url: Option<String>,
-    /// Source to sign for. Default: the source named like the provider, else the
-    /// only source using that provider.
-    #[arg(long)]
-    pub source: Option<String>,
-    /// PEM (PKCS#8) private key to sign oslpay samples with.
-    #[arg(long, value_name = "FILE")]
-    pub private_key: Option<PathBuf>,
-}
-
-/// Why `hookrelay sample` could not post its webhook.
-#[derive(Debug, thiserror::Error)]
-pub enum SampleCommandError {
-    /// No such provider.
-    #[error("unknown provider `{0}`; known: {1}")]
-    UnknownProvider(String, String),
-    /// No source to sign for.
-    #[error("{0}")]
-    NoSource(String),
-    /// The key file could not be read.
-    #[error("cannot read {path}: {source}")]
-    KeyFile {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Signing failed.
-    #[error("cannot sign the sample: {0}")]
-    Sign(#[from] providers::SampleError),
-    /// The relay could not be reached.
-    #[error("cannot reach the relay at {url}: {source} (is `hookrelay serve` running?)")]
-    Http {
-        /// The URL.
-        url: String,
-        /// The client error.
-        source: reqwest::Error,
-    },
-}
-
-/// What the relay answered to a sample.
-#[derive(Debug)]
-pub struct SampleReply {
-    /// Where it was posted.
-    pub url: String,
-    /// HTTP status.
-    pub status: u16,
-    /// Response body, as text.
-    pub body: String,
-}
-
-/// `hookrelay sample`: builds, signs and posts one example webhook.
-pub async fn sample(config: &Config, args: &SampleArgs) -> Result<SampleReply, SampleCommandError> {
-    let spec = providers::find(&args.provider).ok_or_else(|| {
-        SampleCommandError::UnknownProvider(
-            args.provider.clone(),
-            providers::REGISTRY
-                .iter()
-                .map(|s| s.name)
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
-    })?;
-    let source = match &args.source {
-        Some(name) => config.sources.get(name).ok_or_else(|| {
-            SampleCommandError::NoSource(format!("no source `{name}` in the configuration"))
-        })?,
-        None => config.sources.get(spec.name).map_or_else(
-            || {
-                let mut matching = config.sources.values().filter(|s| s.provider == spec.name);
-                match (matching.next(), matching.next()) {
-                    (Some(only), None) => Ok(only),
-                    (None, _) => Err(SampleCommandError::NoSource(format!(
-                        "no source uses provider `{}`; configure one or pass --source",
-                        spec.name
-                    ))),
-                    (Some(_), Some(_)) => Err(SampleCommandError::NoSource(format!(
-                        "several sources use provider `{}`; pass --source NAME",
-                        spec.name
-                    ))),
-                }
-            },
-            Ok,
-        )?,
-    };
-    let private_key = args
-        .private_key
-        .as_ref()
-        .map(|path| {
-            std::fs::read_to_string(path).map_err(|source| SampleCommandError::KeyFile {
-                path: path.clone(),
-                source,
-            })
-        })
-        .transpose()?;
-    let unique = uuid::Uuid::new_v4().to_string();
-    let ctx = providers::SampleContext {
-        source,
-        now: time::OffsetDateTime::now_utc(),
-        unique: &unique,
-        private_key_pem: private_key.as_deref(),
-    };
-    let body = (spec.sample_body)(&ctx);
-    let headers = (spec.sign)(&ctx, &body)?;
-    let url = match &args.url {
-        Some(url) if url.contains("/webhooks/") => url.clone(),
-        Some(base) => format!("{}/webhooks/{}", base.trim_end_matches('/'), source.name),
-        None => format!(
-            "http://127.0.0.1:{}/webhooks/{}",
-            config.listen.port(),
-            source.name
-        ),
-    };
-    let client = reqwest::Client::new();
-    let mut request = client.post(&url).body(body);
-    for (name, value) in &headers {
-        request = request.header(name, value);
-    }
-    let http = |source| SampleCommandError::Http {
-        url: url.clone(),
-        source,
-    };
-    let response = request.send().await.map_err(http)?;
-    let status = response.status().as_u16();
-    let body = response.text().await.map_err(http)?;
-    Ok(SampleReply { url, status, body })
-}
-
-/// The effective configuration as text, and the problems found in it.
-pub fn check_config(config: &Config) -> (String, Vec<String>) {
-    let mut out = String::new();
-    let mut problems = Vec::new();
-    let outbox = match &config.outbox_url {
-        OutboxUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
-        OutboxUrl::Postgres(_) => "postgres://***".to_owned(),
-    };
-    let _ = writeln!(out, "listen          {}", config.listen);
-    let _ = writeln!(out, "admin_listen    {}", config.admin_listen);
-    let _ = writeln!(
-        out,
-        "amqp_url        {}",
-        crate::amqp::redact_url(&config.amqp_url)
-    );
-    let _ = writeln!(out, "exchange        {}", config.exchange);
-    let _ = writeln!(out, "outbox_url      {outbox}");
-    let _ = writeln!(
-        out,
-        "retention       {}",
-        humantime::format_duration(config.retention)
-    );
-    let _ = writeln!(out, "max_body        {} bytes", config.max_body);
-    let _ = writeln!(out, "sources:");
-    match crate::relay::build_sources(config) {
-        Err(e) => problems.push(e.to_string()),
-        Ok(built) => {
-            for (name, source) in &config.sources {
-                let spec = providers::find(&source.provider);
-                let _ = writeln!(
-                    out,
-                    "  {name}  (POST /webhooks/{name}, provider {})",
-                    source.provider
-                );
-                for (key, value) in &source.settings {
-                    let secret = spec.is_some_and(|s| s.secret_keys.contains(&key.as_str()));
-                    let shown = if secret { "********" } else { value.as_str() };
-                    let _ = writeln!(out, "    {key} = {shown}");
-                }
-                if source.allow_unsigned {
-                    let _ = writeln!(out, "    WARNING: accepts unsigned webhooks");
-                } else if let Some(b) = built.get(name) {
-                    for key in b.provider.missing_credentials() {
-                        problems.push(format!(
-                            "source `{name}` is missing `{key}` and will refuse every webhook with 401 \
-                             (set HOOKRELAY_SOURCES__{}__{}, or allow_unsigned = true)",
-                            name.to_ascii_uppercase(),
-                            key.to_ascii_uppercase()
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    (out, problems)
 }

@@ -3,21 +3,22 @@
 //! A row is written (and synced) before the provider gets its ack; a row leaves the
 //! `pending` state only when the broker has confirmed the publish. Ingress and
 //! publisher see only the [`Outbox`] trait, so the backend (SQLite embedded, or
-//! PostgreSQL shared by replicas) is chosen by `HOOKRELAY_OUTBOX_URL` alone.
+//! PostgreSQL shared by replicas) is chosen by `HOOKRELAY_OUTBOX_URL` alone: this
+//! module is the only one that parses that URL or names a backend.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::config::OutboxUrl;
 use crate::event::EventMeta;
 
-pub mod sqlite;
+pub(crate) mod sqlite;
 
 /// Row states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum State {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
     /// Waiting to be published (new, or retrying).
     Pending,
     /// Confirmed by the broker.
@@ -28,7 +29,7 @@ pub enum State {
 
 impl State {
     /// The state as stored.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Published => "published",
@@ -39,22 +40,22 @@ impl State {
 
 /// A webhook to store.
 #[derive(Debug, Clone)]
-pub struct NewEvent {
+pub(crate) struct NewEvent {
     /// Normalized metadata (id, source, routing facts).
-    pub meta: EventMeta,
+    pub(crate) meta: EventMeta,
     /// Request headers kept for audit, as a JSON object (secrets removed).
-    pub headers_json: String,
+    pub(crate) headers_json: String,
     /// The raw body, exactly as received.
-    pub body: Bytes,
+    pub(crate) body: Bytes,
     /// Receive time, Unix microseconds.
-    pub received_at_us: i64,
+    pub(crate) received_at_us: i64,
     /// W3C `traceparent` to carry into the published message.
-    pub traceparent: String,
+    pub(crate) traceparent: String,
 }
 
 /// The result of storing a webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InsertOutcome {
+pub(crate) enum InsertOutcome {
     /// Stored as a new pending row.
     Inserted,
     /// The source already has a row with this idempotency key; nothing was stored.
@@ -63,24 +64,24 @@ pub enum InsertOutcome {
 
 /// A pending row handed to the publisher.
 #[derive(Debug, Clone)]
-pub struct PendingEvent {
+pub(crate) struct PendingEvent {
     /// Row id (received order).
-    pub id: i64,
+    pub(crate) id: i64,
     /// Normalized metadata.
-    pub meta: EventMeta,
+    pub(crate) meta: EventMeta,
     /// Raw body.
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     /// Receive time, Unix microseconds.
-    pub received_at_us: i64,
+    pub(crate) received_at_us: i64,
     /// W3C `traceparent`.
-    pub traceparent: String,
+    pub(crate) traceparent: String,
     /// Publish attempts so far.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
 }
 
 /// What became of one publish attempt.
 #[derive(Debug, Clone)]
-pub enum Settlement {
+pub(crate) enum Settlement {
     /// The broker confirmed it: the row becomes `published`.
     Published {
         /// Row id.
@@ -107,7 +108,7 @@ pub enum Settlement {
 
 impl Settlement {
     /// The row it is about.
-    pub fn id(&self) -> i64 {
+    pub(crate) fn id(&self) -> i64 {
         match self {
             Self::Published { id } | Self::Retry { id, .. } | Self::Dead { id, .. } => *id,
         }
@@ -116,37 +117,37 @@ impl Settlement {
 
 /// One row as the `outbox list` and `outbox show` commands present it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct RowView {
+pub(crate) struct RowView {
     /// Row id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// Event id (the published `message_id`).
-    pub event_id: String,
+    pub(crate) event_id: String,
     /// Source name.
-    pub source: String,
+    pub(crate) source: String,
     /// Provider name.
-    pub provider: String,
+    pub(crate) provider: String,
     /// Routing key it is published with.
-    pub routing_key: String,
+    pub(crate) routing_key: String,
     /// State.
-    pub state: String,
+    pub(crate) state: String,
     /// Publish attempts so far.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// Last publish error.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// Receive time, RFC 3339.
-    pub received_at: String,
+    pub(crate) received_at: String,
     /// Next attempt time (pending rows), RFC 3339.
-    pub next_attempt_at: String,
+    pub(crate) next_attempt_at: String,
     /// When the broker confirmed it, RFC 3339.
-    pub published_at: Option<String>,
+    pub(crate) published_at: Option<String>,
     /// Idempotency key.
-    pub idempotency_key: String,
+    pub(crate) idempotency_key: String,
     /// Audit headers (only with `show`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub headers: Option<serde_json::Value>,
+    pub(crate) headers: Option<serde_json::Value>,
     /// The raw body (only with `show`).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "body_text")]
-    pub body: Option<Vec<u8>>,
+    pub(crate) body: Option<Vec<u8>>,
 }
 
 /// Bodies are shown as text when they are UTF-8, else as base64, so `--json`
@@ -167,18 +168,18 @@ fn body_text<S: serde::Serializer>(body: &Option<Vec<u8>>, s: S) -> Result<S::Ok
 
 /// Which rows `outbox list` shows.
 #[derive(Debug, Clone, Default)]
-pub struct ListFilter {
+pub(crate) struct ListFilter {
     /// Only this state.
-    pub state: Option<State>,
+    pub(crate) state: Option<State>,
     /// Only this source.
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
     /// At most this many rows (newest first).
-    pub limit: usize,
+    pub(crate) limit: usize,
 }
 
 /// Which rows `outbox replay` puts back to pending.
 #[derive(Debug, Clone)]
-pub enum ReplaySelector {
+pub(crate) enum ReplaySelector {
     /// These row ids.
     Ids(Vec<i64>),
     /// Every dead row.
@@ -196,28 +197,28 @@ pub enum ReplaySelector {
 
 /// Counts for `outbox stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Inventory {
+pub(crate) struct Inventory {
     /// Rows waiting to be published.
-    pub pending: u64,
+    pub(crate) pending: u64,
     /// Rows confirmed by the broker and not yet purged.
-    pub published: u64,
+    pub(crate) published: u64,
     /// Rows given up on.
-    pub dead: u64,
+    pub(crate) dead: u64,
     /// Age of the oldest pending row, seconds.
-    pub oldest_pending_seconds: Option<u64>,
+    pub(crate) oldest_pending_seconds: Option<u64>,
     /// Bytes on disk (database and write-ahead log).
-    pub size_bytes: u64,
+    pub(crate) size_bytes: u64,
 }
 
 /// Counts for metrics and `/readyz`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Rows waiting to be published.
-    pub pending: u64,
+    pub(crate) pending: u64,
     /// Rows given up on.
-    pub dead: u64,
+    pub(crate) dead: u64,
     /// Receive time of the oldest pending row, Unix microseconds.
-    pub oldest_pending_us: Option<i64>,
+    pub(crate) oldest_pending_us: Option<i64>,
 }
 
 /// Why the outbox could not do what was asked. Ingress answers all of them with 503,
@@ -227,20 +228,116 @@ pub enum OutboxError {
     /// The write queue is full: the disk cannot keep up with the request rate.
     #[error("the outbox write queue is full; retry later")]
     Overloaded,
-    /// The database refused or failed the operation (disk full, read-only, down).
-    #[error("the outbox cannot write: {0}")]
-    Storage(String),
+    /// The database refused or failed the operation.
+    #[error("{0}")]
+    Storage(Fault),
     /// The outbox is shutting down.
     #[error("the outbox is shutting down")]
     Closed,
+    /// `HOOKRELAY_OUTBOX_URL` is not a URL the outbox understands.
+    #[error("invalid HOOKRELAY_OUTBOX_URL: {0}")]
+    InvalidUrl(&'static str),
     /// The outbox URL names a backend this build does not have yet.
-    #[error("outbox backend not available: {0}")]
-    Unsupported(String),
+    #[error("the PostgreSQL outbox is not built yet; use sqlite://PATH")]
+    PostgresNotBuilt,
+}
+
+impl OutboxError {
+    /// A short, stable name for the cause: the `reason` of metrics and of the
+    /// `/readyz` body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Overloaded => "overloaded",
+            Self::Storage(fault) => fault.kind.as_str(),
+            Self::Closed => "closed",
+            Self::InvalidUrl(_) | Self::PostgresNotBuilt => "config",
+        }
+    }
+}
+
+/// A storage failure: what kind it is, so callers can tell a full disk from a busy
+/// database, and the database's own words for the operator.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct Fault {
+    /// What failed.
+    pub kind: FaultKind,
+    /// The database's message.
+    pub detail: String,
+}
+
+impl Fault {
+    pub(crate) fn new(kind: FaultKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let detail = &self.detail;
+        match self.kind {
+            FaultKind::DiskFull => "the outbox's disk is full: free space on it".to_owned(),
+            FaultKind::Busy => {
+                "the outbox database stayed locked by another writer; retry later".to_owned()
+            }
+            FaultKind::ReadOnly => {
+                "the outbox database is read-only: check the file's permissions and mount"
+                    .to_owned()
+            }
+            FaultKind::Io => format!("the outbox cannot read or write its files: {detail}"),
+            FaultKind::Corrupt => {
+                format!("the outbox database is damaged ({detail}): restore it from a backup")
+            }
+            FaultKind::Other => format!("the outbox failed: {detail}"),
+        }
+    }
+}
+
+/// Kinds of storage failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// No space left for the database or its log.
+    DiskFull,
+    /// Another writer held the lock for longer than the relay waits.
+    Busy,
+    /// The database file or its folder cannot be written.
+    ReadOnly,
+    /// The operating system failed a read, write, sync or open.
+    Io,
+    /// The file is not a (healthy) database.
+    Corrupt,
+    /// Anything else.
+    Other,
+}
+
+impl FaultKind {
+    /// Every kind, for metrics initialised at zero.
+    pub(crate) const ALL: [Self; 6] = [
+        Self::DiskFull,
+        Self::Busy,
+        Self::ReadOnly,
+        Self::Io,
+        Self::Corrupt,
+        Self::Other,
+    ];
+
+    /// The `reason` label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::DiskFull => "disk_full",
+            Self::Busy => "busy",
+            Self::ReadOnly => "read_only",
+            Self::Io => "io",
+            Self::Corrupt => "corrupt",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// The durable store behind ingress and publisher.
 #[async_trait]
-pub trait Outbox: Send + Sync {
+pub(crate) trait Outbox: Send + Sync {
     /// Stores a webhook durably (committed and synced) or fails; never both.
     async fn insert(&self, event: NewEvent) -> Result<InsertOutcome, OutboxError>;
 
@@ -278,21 +375,21 @@ pub trait Outbox: Send + Sync {
 
 /// Rows deleted per transaction by retention and `outbox purge`, so a purge never
 /// holds the write lock for long.
-pub const PURGE_BATCH: usize = 1000;
+pub(crate) const PURGE_BATCH: usize = 1000;
 
 /// How often retention looks for published rows to delete.
 const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Deletes published rows older than `retention` now and every minute, in small
 /// batches, until `stop` turns true. Pending and dead rows are never touched.
-pub async fn run_retention(
+pub(crate) async fn run_retention(
     outbox: Arc<dyn Outbox>,
     retention: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let cutoff =
-            sqlite::now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+            crate::clock::now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
         let mut purged = 0;
         loop {
             match outbox.purge_published(cutoff, PURGE_BATCH).await {
@@ -320,15 +417,83 @@ pub async fn run_retention(
     }
 }
 
+/// Where an outbox lives, as `HOOKRELAY_OUTBOX_URL` names it.
+enum Location {
+    /// `sqlite://PATH`: an embedded database file.
+    Sqlite(PathBuf),
+    /// `postgres://…` or `postgresql://…`: a server shared by replicas.
+    Postgres,
+}
+
+impl Location {
+    fn parse(url: &str) -> Result<Self, OutboxError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(OutboxError::InvalidUrl(
+                    "sqlite:// needs a file path, e.g. sqlite://data/outbox.db",
+                ));
+            }
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(OutboxError::InvalidUrl(
+                "expected sqlite://PATH or postgres://…",
+            ))
+        }
+    }
+}
+
+/// The outbox URL as it may be shown (`check-config`): a server URL's credentials
+/// and parameters are masked. Fails on a URL `open` would refuse.
+pub(crate) fn describe_url(url: &str) -> Result<String, OutboxError> {
+    match Location::parse(url)? {
+        Location::Sqlite(path) => Ok(format!("sqlite://{}", path.display())),
+        Location::Postgres => Ok("postgres://***".to_owned()),
+    }
+}
+
 /// Opens the outbox named by the URL, creating it if absent.
-pub async fn open(
-    url: &OutboxUrl,
+pub(crate) async fn open(
+    url: &str,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Arc<dyn Outbox>, OutboxError> {
-    match url {
-        OutboxUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteOutbox::open(path, metrics).await?)),
-        OutboxUrl::Postgres(_) => Err(OutboxError::Unsupported(
-            "the PostgreSQL outbox is not built yet; use sqlite://PATH".to_owned(),
-        )),
+    match Location::parse(url)? {
+        Location::Sqlite(path) => {
+            // Every reason present from the start, so `rate()` over it is defined.
+            for kind in FaultKind::ALL {
+                metrics
+                    .outbox_commit_failures
+                    .with_label_values(&[kind.as_str()]);
+            }
+            Ok(Arc::new(sqlite::SqliteOutbox::open(&path, metrics).await?))
+        }
+        Location::Postgres => Err(OutboxError::PostgresNotBuilt),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sqlite_and_postgres_urls_are_outboxes() {
+        assert!(matches!(
+            Location::parse("sqlite://data/outbox.db"),
+            Ok(Location::Sqlite(path)) if path == std::path::Path::new("data/outbox.db")
+        ));
+        assert!(matches!(
+            Location::parse("postgresql://h/db"),
+            Ok(Location::Postgres)
+        ));
+        let err = describe_url("mysql://x").map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("sqlite://"), "{err}");
+        assert!(describe_url("sqlite://").is_err());
+        assert_eq!(
+            describe_url("postgres://app:s3cret@db/outbox")
+                .ok()
+                .as_deref(),
+            Some("postgres://***")
+        );
     }
 }

@@ -17,21 +17,22 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    InsertOutcome, Inventory, ListFilter, NewEvent, Outbox, OutboxError, PendingEvent,
-    ReplaySelector, RowView, Settlement, Stats,
+    Fault, FaultKind, InsertOutcome, Inventory, ListFilter, NewEvent, Outbox, OutboxError,
+    PendingEvent, ReplaySelector, RowView, Settlement, Stats,
 };
+use crate::clock::{from_micros, now_micros};
 use crate::event::EventMeta;
 use crate::metrics::Metrics;
 
 /// Most commands one transaction takes.
-pub const MAX_BATCH: usize = 512;
+pub(crate) const MAX_BATCH: usize = 512;
 /// Most commands waiting for the writer; beyond it ingress answers 503 at once
 /// instead of holding requests (and their bodies) in memory.
-pub const QUEUE_CAPACITY: usize = 2048;
+pub(crate) const QUEUE_CAPACITY: usize = 2048;
 /// Queue slots webhooks may not take: kept for the publisher's settlements and the
 /// operator's commands, so an ingress flood cannot starve the publisher of the
 /// writer (and the outbox keep growing while nothing is marked published).
-pub const RESERVED_SLOTS: usize = 64;
+pub(crate) const RESERVED_SLOTS: usize = 64;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -82,51 +83,77 @@ enum Outcome {
 }
 
 /// The SQLite outbox handle; cheap to share.
-pub struct SqliteOutbox {
+pub(crate) struct SqliteOutbox {
     writer: mpsc::Sender<Command>,
     reader: Arc<Mutex<Connection>>,
     path: std::path::PathBuf,
 }
 
-fn storage(e: impl std::fmt::Display) -> OutboxError {
-    OutboxError::Storage(e.to_string())
+impl From<rusqlite::Error> for OutboxError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        let kind = match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => FaultKind::DiskFull,
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => FaultKind::Busy,
+            Some(ErrorCode::ReadOnly) => FaultKind::ReadOnly,
+            Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => FaultKind::Io,
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => FaultKind::Corrupt,
+            _ => FaultKind::Other,
+        };
+        Self::Storage(Fault::new(kind, e.to_string()))
+    }
+}
+
+/// A failure that is not the database's: a file-system call, a lost thread.
+fn fault(kind: FaultKind, detail: impl std::fmt::Display) -> OutboxError {
+    OutboxError::Storage(Fault::new(kind, detail.to_string()))
 }
 
 fn open_connection(path: &Path) -> Result<Connection, OutboxError> {
-    let conn = Connection::open(path)
-        .map_err(|e| storage(format!("cannot open {}: {e}", path.display())))?;
+    let conn = Connection::open(path).map_err(|e| {
+        fault(
+            FaultKind::Io,
+            format_args!("cannot open {}: {e}", path.display()),
+        )
+    })?;
     // Another process (the `outbox` CLI) may hold the write lock briefly.
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(storage)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(storage)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(storage)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
 
 impl SqliteOutbox {
     /// Opens (creating file, folder and schema if absent) and starts the writer thread.
-    pub async fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, OutboxError> {
+    pub(crate) async fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, OutboxError> {
         let db_path = path.to_owned();
         let path = path.to_owned();
         let (writer_conn, reader_conn) = tokio::task::spawn_blocking(move || {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| storage(format!("cannot create {}: {e}", parent.display())))?;
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    fault(
+                        FaultKind::Io,
+                        format_args!("cannot create {}: {e}", parent.display()),
+                    )
+                })?;
             }
             let writer = open_connection(&path)?;
-            writer.execute_batch(SCHEMA).map_err(storage)?;
+            writer.execute_batch(SCHEMA)?;
             let reader = open_connection(&path)?;
             Ok::<_, OutboxError>((writer, reader))
         })
         .await
-        .map_err(storage)??;
+        .map_err(|e| fault(FaultKind::Other, e))??;
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         std::thread::Builder::new()
             .name("outbox-writer".to_owned())
             .spawn(move || writer_loop(writer_conn, rx, &metrics))
-            .map_err(storage)?;
+            .map_err(|e| {
+                fault(
+                    FaultKind::Other,
+                    format_args!("cannot start the writer thread: {e}"),
+                )
+            })?;
         Ok(Self {
             writer: tx,
             reader: Arc::new(Mutex::new(reader_conn)),
@@ -142,11 +169,11 @@ impl SqliteOutbox {
         tokio::task::spawn_blocking(move || {
             let conn = reader
                 .lock()
-                .map_err(|_| storage("reader connection poisoned"))?;
-            f(&conn).map_err(storage)
+                .map_err(|_| fault(FaultKind::Other, "reader connection poisoned"))?;
+            Ok(f(&conn)?)
         })
         .await
-        .map_err(storage)?
+        .map_err(|e| fault(FaultKind::Other, e))?
     }
 }
 
@@ -179,10 +206,16 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, metrics: &
                             let _ = reply.send(Ok(()));
                         }
                         (Command::Insert(_, reply), _) => {
-                            let _ = reply.send(Err(storage("internal: insert without outcome")));
+                            let _ = reply.send(Err(fault(
+                                FaultKind::Other,
+                                "internal: insert without outcome",
+                            )));
                         }
                         (Command::Replay(_, reply), _) | (Command::Purge { reply, .. }, _) => {
-                            let _ = reply.send(Err(storage("internal: write without a count")));
+                            let _ = reply.send(Err(fault(
+                                FaultKind::Other,
+                                "internal: write without a count",
+                            )));
                         }
                     }
                 }
@@ -192,8 +225,11 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, metrics: &
             }
             Err(e) => {
                 tracing::error!(error = %e, commands = batch.len(), "outbox commit failed; every request in the batch gets 503");
-                metrics.outbox_commit_failures.inc();
-                let err = storage(e);
+                let err = OutboxError::from(e);
+                metrics
+                    .outbox_commit_failures
+                    .with_label_values(&[err.reason()])
+                    .inc();
                 for cmd in batch.drain(..) {
                     match cmd {
                         Command::Insert(_, reply) => {
@@ -346,11 +382,7 @@ const ROW_COLUMNS: &str =
      received_at, next_attempt_at, published_at, idempotency_key";
 
 fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
-    let time = |us: i64| {
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-            .map(crate::event::rfc3339)
-            .unwrap_or_else(|_| us.to_string())
-    };
+    let time = |us: i64| from_micros(us).map_or_else(|| us.to_string(), crate::event::rfc3339);
     Ok(RowView {
         id: row.get(0)?,
         event_id: row.get(1)?,
@@ -367,12 +399,6 @@ fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
         headers: None,
         body: None,
     })
-}
-
-/// Now as Unix microseconds.
-pub fn now_micros() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    i64::try_from(now.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -421,8 +447,12 @@ impl Outbox for SqliteOutbox {
             .await?;
         rows.into_iter()
             .map(|(id, meta, body, received_at_us, traceparent, attempts)| {
-                let meta: EventMeta = serde_json::from_str(&meta)
-                    .map_err(|e| storage(format!("row {id} has unreadable metadata: {e}")))?;
+                let meta: EventMeta = serde_json::from_str(&meta).map_err(|e| {
+                    fault(
+                        FaultKind::Corrupt,
+                        format_args!("row {id} has unreadable metadata: {e}"),
+                    )
+                })?;
                 Ok(PendingEvent {
                     id,
                     meta,

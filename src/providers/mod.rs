@@ -6,6 +6,7 @@
 //! then [`Provider::parse`] to learn the routing facts, and answers with
 //! [`Provider::ack`]. Nothing outside this folder knows a provider by name.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -13,20 +14,23 @@ use bytes::Bytes;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::config::SourceConfig;
-use crate::event::{Kind, Status};
+use crate::config::{Config, ConfigError, SourceConfig};
+use crate::event::Parsed;
 
-pub mod ccpayment;
-pub mod oslpay;
-pub mod standard;
-pub mod wcheckout;
-pub mod whitepay;
+mod ccpayment;
+mod oslpay;
+mod standard;
+mod wcheckout;
+mod whitepay;
+
+#[cfg(test)]
+mod test_support;
 
 /// Everything the relay knows about a provider before a source is built from it.
 pub struct ProviderSpec {
     /// Provider name: config value, routing-key prefix, metric label.
     pub name: &'static str,
-    /// Source keys this provider reads, besides the common ones of SPEC §6.
+    /// Source keys this provider reads, besides the common ones of contract §6.
     pub keys: &'static [&'static str],
     /// Keys whose values are secrets: masked in `check-config`, never logged.
     pub secret_keys: &'static [&'static str],
@@ -43,7 +47,8 @@ pub struct ProviderSpec {
 }
 
 /// Signs a sample or fixture body: the headers the provider would send with it.
-pub type SignFn = fn(&SampleContext<'_>, &[u8]) -> Result<Vec<(String, String)>, SampleError>;
+pub(crate) type SignFn =
+    fn(&SampleContext<'_>, &[u8]) -> Result<Vec<(String, String)>, SampleError>;
 
 /// What `sample_body` and `sign` work from.
 pub struct SampleContext<'a> {
@@ -85,6 +90,90 @@ pub fn find(name: &str) -> Option<&'static ProviderSpec> {
     REGISTRY.iter().find(|spec| spec.name == name)
 }
 
+/// The registered providers' names, for messages that list them.
+pub(crate) fn known_names() -> String {
+    REGISTRY
+        .iter()
+        .map(|spec| spec.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A configured source with its provider built.
+pub struct Source {
+    /// The source's settings.
+    pub config: SourceConfig,
+    /// Its provider's registry entry.
+    pub spec: &'static ProviderSpec,
+    /// Its provider, bound to its credentials.
+    pub provider: Box<dyn Provider>,
+    /// Effective redaction paths: the source's own, or its provider's default.
+    pub redact: Vec<String>,
+}
+
+/// The configured sources with their providers built; with none configured, one
+/// source per provider under the provider's own name (contract §2). Checks what
+/// `config` cannot: that each provider exists and that every key is one it reads.
+pub fn build_sources(config: &Config) -> Result<BTreeMap<String, Source>, ConfigError> {
+    let defaults;
+    let configured = if config.sources.is_empty() {
+        defaults = default_sources()?;
+        &defaults
+    } else {
+        &config.sources
+    };
+    configured
+        .iter()
+        .map(|(name, source)| Ok((name.clone(), build_source(source)?)))
+        .collect()
+}
+
+fn default_sources() -> Result<BTreeMap<String, SourceConfig>, ConfigError> {
+    REGISTRY
+        .iter()
+        .map(|spec| {
+            let settings = BTreeMap::from([("provider".to_owned(), spec.name.to_owned())]);
+            Ok((
+                spec.name.to_owned(),
+                SourceConfig::from_settings(spec.name, settings)?,
+            ))
+        })
+        .collect()
+}
+
+fn build_source(source: &SourceConfig) -> Result<Source, ConfigError> {
+    let name = &source.name;
+    let spec = find(&source.provider).ok_or_else(|| ConfigError::Invalid {
+        key: format!("sources.{name}.provider"),
+        reason: format!(
+            "unknown provider `{}`; known: {}",
+            source.provider,
+            known_names()
+        ),
+    })?;
+    if let Some(key) = source.unknown_keys(spec.keys).next() {
+        return Err(ConfigError::UnknownKey(format!("sources.{name}.{key}")));
+    }
+    let provider = (spec.build)(source).map_err(|BuildError::Invalid { key, reason }| {
+        ConfigError::Invalid {
+            key: format!("sources.{name}.{key}"),
+            reason,
+        }
+    })?;
+    let redact = source.redact.clone().unwrap_or_else(|| {
+        spec.default_redact
+            .iter()
+            .map(|path| (*path).to_owned())
+            .collect()
+    });
+    Ok(Source {
+        config: source.clone(),
+        spec,
+        provider,
+        redact,
+    })
+}
+
 /// One inbound webhook as the verifier sees it.
 pub struct WebhookRequest<'a> {
     /// Request headers (names are lower case).
@@ -101,7 +190,7 @@ static NO_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(Hea
 #[cfg(test)]
 impl<'a> WebhookRequest<'a> {
     /// A request with no headers, to parse a body on its own in tests.
-    pub fn body_only(body: &'a [u8]) -> Self {
+    pub(crate) fn body_only(body: &'a [u8]) -> Self {
         Self {
             headers: &NO_HEADERS,
             body,
@@ -187,60 +276,8 @@ pub struct Ack {
     pub body: Bytes,
 }
 
-/// What an authentic body says, normalized.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Normalized {
-    /// Unique per source: a second webhook with the same key is a duplicate.
-    pub idempotency_key: String,
-    /// Event kind.
-    pub kind: Kind,
-    /// Normalized status.
-    pub status: Status,
-    /// The provider's id of the thing the event is about; events that share a
-    /// subject are published in received order.
-    pub subject: String,
-    /// The provider's event type, as sent.
-    pub provider_event_type: Option<String>,
-    /// The provider's status, as sent.
-    pub provider_status: Option<String>,
-    /// The provider's order id.
-    pub order_id: Option<String>,
-    /// The merchant's own order id.
-    pub merchant_order_id: Option<String>,
-    /// Amount as the literal decimal text the provider sent.
-    pub amount: Option<String>,
-    /// Currency as sent.
-    pub currency: Option<String>,
-    /// When the provider says the event happened.
-    pub event_time: Option<OffsetDateTime>,
-}
-
-/// The outcome of [`Provider::parse`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
-    /// A body that fits the provider's tables.
-    Event(Box<Normalized>),
-    /// An authentic body that does not: kept and published as `{provider}.unrecognized`.
-    Unrecognized {
-        /// Why, for the logs.
-        reason: String,
-        /// The provider's event type, when one could be read, for the logs.
-        provider_event_type: Option<String>,
-    },
-}
-
-impl Parsed {
-    /// An unrecognized outcome with its reason.
-    pub fn unrecognized(reason: impl Into<String>, provider_event_type: Option<String>) -> Self {
-        Self::Unrecognized {
-            reason: reason.into(),
-            provider_event_type,
-        }
-    }
-}
-
 /// The body as a JSON object, or the unrecognized outcome that says why it is not one.
-pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Parsed> {
+pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Parsed> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(root)) => Ok(root),
         Ok(_) => Err(Parsed::unrecognized("body is not a JSON object", None)),
@@ -253,7 +290,7 @@ pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Parsed
 /// notation, which the parser rewrites (`1e5` becomes `1e+5`): their text cannot be
 /// recovered, so they give `None` rather than a figure the provider did not write.
 /// The published payload keeps them as sent either way.
-pub fn json_text(value: Option<&Value>) -> Option<String> {
+pub(crate) fn json_text(value: Option<&Value>) -> Option<String> {
     match value? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => {
@@ -264,9 +301,20 @@ pub fn json_text(value: Option<&Value>) -> Option<String> {
     }
 }
 
+/// The literal text of `object[key]` (see [`json_text`]); empty strings count as
+/// absent.
+pub(crate) fn text(object: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
+    json_text(object.get(key)).filter(|s| !s.is_empty())
+}
+
+/// Milliseconds since the epoch, as providers put them in timestamp headers.
+pub(crate) fn unix_millis(t: OffsetDateTime) -> i128 {
+    t.unix_timestamp_nanos() / 1_000_000
+}
+
 /// Parses `YYYY-MM-DD HH:MM:SS`, a format several providers use without a zone; the
 /// relay reads it as UTC (documented in `docs/ARCHITECTURE.md`).
-pub fn parse_naive_utc(text: &str) -> Option<OffsetDateTime> {
+pub(crate) fn parse_naive_utc(text: &str) -> Option<OffsetDateTime> {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     time::PrimitiveDateTime::parse(text, &format)
         .ok()
@@ -275,7 +323,7 @@ pub fn parse_naive_utc(text: &str) -> Option<OffsetDateTime> {
 
 /// Reads a header as text; `None` when absent, an error when not visible ASCII or
 /// sent more than once.
-pub fn header<'a>(
+pub(crate) fn header<'a>(
     headers: &'a HeaderMap,
     name: &'static str,
 ) -> Result<Option<&'a str>, VerifyError> {
@@ -295,7 +343,7 @@ pub fn header<'a>(
 }
 
 /// Checks a signed timestamp against the receive time, in both directions.
-pub fn check_window(
+pub(crate) fn check_window(
     signed: OffsetDateTime,
     now: OffsetDateTime,
     tolerance: Duration,
@@ -308,7 +356,7 @@ pub fn check_window(
 
 /// Unit of a Unix timestamp header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeUnit {
+pub(crate) enum TimeUnit {
     /// Seconds since the epoch.
     Seconds,
     /// Milliseconds since the epoch.
@@ -316,7 +364,7 @@ pub enum TimeUnit {
 }
 
 /// Parses a Unix timestamp header value (ASCII digits only).
-pub fn unix_time(
+pub(crate) fn unix_time(
     value: &str,
     unit: TimeUnit,
     header_name: &'static str,
@@ -338,7 +386,7 @@ pub fn unix_time(
 /// Succeeds when `matches` holds for any of `keys`. Every key is checked even after
 /// a match, so timing does not reveal which key (if any) is in use; each check
 /// itself must compare in constant time (`Mac::verify_slice`).
-pub fn any_key<K>(
+pub(crate) fn any_key<K>(
     keys: impl IntoIterator<Item = K>,
     mut matches: impl FnMut(K) -> bool,
 ) -> Result<(), VerifyError> {
@@ -354,7 +402,61 @@ pub fn any_key<K>(
 }
 
 /// Constant-time equality of two byte strings (length may leak, content does not).
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.ct_eq(b).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load_from(None, &env).expect("config")
+    }
+
+    #[test]
+    fn no_configured_source_means_one_per_provider_under_its_name() {
+        let sources = build_sources(&config(&[])).expect("defaults build");
+        assert_eq!(sources.len(), REGISTRY.len());
+        for spec in REGISTRY {
+            assert_eq!(sources[spec.name].config.provider, spec.name);
+            assert_eq!(sources[spec.name].spec.name, spec.name);
+        }
+    }
+
+    #[test]
+    fn unknown_providers_and_keys_are_refused_with_the_key_named() {
+        let err = build_sources(&config(&[("HOOKRELAY_SOURCES__X__PROVIDER", "nope")]))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown provider `nope`"), "{err}");
+        assert!(err.to_string().contains("sources.x.provider"), "{err}");
+        let err = build_sources(&config(&[(
+            "HOOKRELAY_SOURCES__WHITEPAY__WEBHOOK_TOKN",
+            "t",
+        )]))
+        .map(|_| ())
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("sources.whitepay.webhook_tokn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_default_redaction_applies_unless_the_source_sets_its_own() {
+        let sources = build_sources(&config(&[
+            ("HOOKRELAY_SOURCES__OSL__PROVIDER", "oslpay"),
+            ("HOOKRELAY_SOURCES__OSL2__PROVIDER", "oslpay"),
+            ("HOOKRELAY_SOURCES__OSL2__REDACT", "data.orderId"),
+        ]))
+        .expect("build");
+        assert_eq!(sources["osl"].redact, vec!["data.privateSecret"]);
+        assert_eq!(sources["osl2"].redact, vec!["data.orderId"]);
+    }
 }
