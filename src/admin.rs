@@ -37,15 +37,16 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
         tokio::time::timeout(Duration::from_secs(2), admin.outbox.check_writable()).await;
     let outbox_error = match writable {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some("the outbox did not answer within 2 s".to_owned()),
+        Ok(Err(e)) => Some((e.reason(), e.to_string())),
+        Err(_) => Some(("timeout", "the outbox did not answer within 2 s".to_owned())),
     };
     let stats = admin.outbox.stats().await.ok();
     let body = serde_json::json!({
         "ready": outbox_error.is_none(),
         "outbox": {
             "writable": outbox_error.is_none(),
-            "error": outbox_error,
+            "reason": outbox_error.as_ref().map(|(reason, _)| *reason),
+            "error": outbox_error.as_ref().map(|(_, message)| message),
             "pending": stats.map(|s| s.pending),
             "dead": stats.map(|s| s.dead),
         },

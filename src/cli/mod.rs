@@ -97,3 +97,57 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::outbox::{Fault, FaultKind, OutboxError};
+    use crate::relay::RelayError;
+
+    /// What `main` prints for `error`, after asserting that `cause` is in it once.
+    fn printed_once(error: CliError, cause: &str) -> String {
+        assert!(
+            error.source().is_none(),
+            "a CliError includes its cause's text instead of exposing it as source"
+        );
+        let text = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(text.matches(cause).count(), 1, "{text}");
+        text
+    }
+
+    #[test]
+    fn each_kind_of_error_names_its_cause_once() {
+        printed_once(
+            CliError::Serve(RelayError::Outbox(OutboxError::PostgresNotBuilt)),
+            "not built yet",
+        );
+        printed_once(
+            CliError::Serve(RelayError::Outbox(OutboxError::Storage(Fault::new(
+                FaultKind::Io,
+                "disk I/O error",
+            )))),
+            "disk I/O error",
+        );
+        printed_once(
+            CliError::Sample(sample::SampleCommandError::Sign(
+                crate::providers::SampleError::MissingSetting("sign_key"),
+            )),
+            "no `sign_key`",
+        );
+        let missing = std::path::Path::new("/nonexistent/hookrelay.toml");
+        let config = Config::load_from(Some(missing), &[])
+            .map(|_| ())
+            .unwrap_err();
+        printed_once(CliError::Config(config), "No such file");
+        printed_once(
+            CliError::Serve(RelayError::Bind {
+                addr: ([127, 0, 0, 1], 8080).into(),
+                var: "HOOKRELAY_LISTEN",
+                error: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            }),
+            "address in use",
+        );
+    }
+}
