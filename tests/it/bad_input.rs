@@ -2,13 +2,11 @@
 //! error (or, for authentic but odd bodies, the ack and an `unrecognized` event),
 //! never a crash, and the relay keeps serving afterwards.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 /// Sends raw bytes on a fresh connection and returns the status code of the answer
 /// (None when the relay closed the connection without one).

@@ -1,13 +1,12 @@
 //! The whole pipe against a real RabbitMQ and real SQLite files: signed webhook →
 //! fsync'd outbox → ack → confirmed publish.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
 use lapin::types::AMQPValue;
+
+use crate::support::*;
 
 const QUIET: Duration = Duration::from_secs(2);
 const ARRIVAL: Duration = Duration::from_secs(20);

@@ -3,12 +3,10 @@
 //! large becomes `dead` after a bounded number of attempts, and `replay --dead`
 //! publishes it again with the same message id once the broker accepts it.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 fn outbox_cmd(config: &RelayConfig, args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))

@@ -12,16 +12,15 @@
 //! `HOOKRELAY_FAULT_KILLS` (default 10) and `HOOKRELAY_FAULT_CUTS` (default 4) make
 //! the run longer; see docs/reliability.md.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use rand::Rng;
+
+use crate::support::*;
 
 /// What the load generator knows: the body of every webhook that got a 2xx.
 #[derive(Default)]

@@ -10,7 +10,10 @@ use lapin::types::AMQPValue;
 use serde_json::Value;
 
 /// The schema text, compiled into the tests so a change to it is a change they see.
-pub const SCHEMA: &str = include_str!("../../docs/cloudevent.schema.json");
+pub const SCHEMA: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/docs/cloudevent.schema.json"
+));
 
 fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
