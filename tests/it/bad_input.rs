@@ -83,6 +83,8 @@ async fn oversized_bodies_get_413_whatever_the_framing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_but_authentic_bodies_are_acked_and_unrecognized_and_unsigned_ones_401() {
+    // The deeply nested body is published as a 267 kB `raw_base64`.
+    let _unlimited = BrokerMaxMessageSize::unchanged().await;
     let (relay, exchange, _dir) = start("oddbodies", &[]);
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();

@@ -7,6 +7,10 @@
 //! harness is compiled once (so an unused helper is a warning again, instead of
 //! something every binary that does not use it has to allow), and one module still
 //! runs alone: `cargo test --test it -- pipe::`.
+//!
+//! The tests of one binary run on parallel threads of one process, so a test that
+//! changes something for the whole broker now overlaps with every other test, not
+//! only with those of its own file: see [`support::broker::BrokerMaxMessageSize`].
 
 mod support;
 

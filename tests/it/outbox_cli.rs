@@ -124,47 +124,9 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
     drop(relay);
 }
 
-/// Sets RabbitMQ's `max_message_size` for channels opened from now on, and puts the
-/// old value back on drop. Only this test binary's tests run while it is set.
-struct BrokerMaxMessageSize(String);
-
-impl BrokerMaxMessageSize {
-    fn set(bytes: u64) -> Option<Self> {
-        let get = Command::new("rabbitmqctl")
-            .args(["eval", "application:get_env(rabbit, max_message_size)."])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&get.stdout);
-        let old: String = text
-            .trim()
-            .strip_prefix("{ok,")?
-            .trim_end_matches('}')
-            .to_owned();
-        let set = Command::new("rabbitmqctl")
-            .args([
-                "eval",
-                &format!("application:set_env(rabbit, max_message_size, {bytes})."),
-            ])
-            .status()
-            .ok()?;
-        set.success().then_some(Self(old))
-    }
-}
-
-impl Drop for BrokerMaxMessageSize {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args([
-                "eval",
-                &format!("application:set_env(rabbit, max_message_size, {}).", self.0),
-            ])
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_the_same_id() {
-    let Some(limit) = BrokerMaxMessageSize::set(64 * 1024) else {
+    let Some(limit) = BrokerMaxMessageSize::set(64 * 1024).await else {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must be able to run rabbitmqctl"

@@ -1,6 +1,7 @@
 //! The real RabbitMQ (127.0.0.1:5672) as the tests see it: an exchange of a test's
 //! own, removed again afterwards, and a consumer on a queue bound to it.
 
+use std::process::Command;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -11,6 +12,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::schema;
 
@@ -167,6 +169,70 @@ async fn delete_topology(exchange: &str) {
     let _ = channel
         .exchange_delete(unrouted.as_str().into(), ExchangeDeleteOptions::default())
         .await;
+}
+
+/// Held exclusively while a test has lowered RabbitMQ's `max_message_size`, shared
+/// by tests that publish messages above such a limit. The setting is the whole
+/// broker's, and all tests run in parallel in this one process: without the lock, a
+/// relay that another test starts meanwhile would publish on a limited channel.
+static MAX_MESSAGE_SIZE: RwLock<()> = RwLock::const_new(());
+
+/// Sets RabbitMQ's `max_message_size` for channels opened from now on, and puts the
+/// old value back on drop. Meanwhile no test holding
+/// [`unchanged`](Self::unchanged) runs.
+pub struct BrokerMaxMessageSize {
+    old: String,
+    _exclusive: RwLockWriteGuard<'static, ()>,
+}
+
+impl BrokerMaxMessageSize {
+    /// Sets the limit once no test holds [`unchanged`](Self::unchanged); `None`
+    /// when `rabbitmqctl` cannot (not on this machine, or not allowed).
+    pub async fn set(bytes: u64) -> Option<Self> {
+        let exclusive = MAX_MESSAGE_SIZE.write().await;
+        let get = Command::new("rabbitmqctl")
+            .args(["eval", "application:get_env(rabbit, max_message_size)."])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&get.stdout);
+        let old: String = text
+            .trim()
+            .strip_prefix("{ok,")?
+            .trim_end_matches('}')
+            .to_owned();
+        let set = Command::new("rabbitmqctl")
+            .args([
+                "eval",
+                &format!("application:set_env(rabbit, max_message_size, {bytes})."),
+            ])
+            .status()
+            .ok()?;
+        set.success().then_some(Self {
+            old,
+            _exclusive: exclusive,
+        })
+    }
+
+    /// For a test that publishes messages larger than a test would set as the
+    /// limit: while the guard is held, nobody lowers it. Take it before the relay
+    /// starts (a channel keeps the limit it was opened with).
+    pub async fn unchanged() -> RwLockReadGuard<'static, ()> {
+        MAX_MESSAGE_SIZE.read().await
+    }
+}
+
+impl Drop for BrokerMaxMessageSize {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args([
+                "eval",
+                &format!(
+                    "application:set_env(rabbit, max_message_size, {}).",
+                    self.old
+                ),
+            ])
+            .status();
+    }
 }
 
 /// The exact text of `data.payload` inside a published envelope, read without
