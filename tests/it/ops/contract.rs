@@ -159,7 +159,7 @@ async fn every_whitepay_fixture_publishes_a_message_that_matches_the_schema() {
     let mut accepted = BTreeSet::new();
     for name in &fixtures {
         let body = fixture("whitepay", name);
-        assert_eq!(post_whitepay(&relay, &body).await.0, 200, "{name}");
+        assert_eq!(relay.post_whitepay(&body).await.0, 200, "{name}");
         accepted.insert(body);
     }
     // Fixtures may share an idempotency key; each distinct event arrives once.

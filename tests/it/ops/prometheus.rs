@@ -179,10 +179,11 @@ async fn every_dashboard_and_alert_expression_runs_on_a_real_prometheus_scraping
     let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
     relay.wait_broker_connected().await;
     let order = whitepay_order(&uuid::Uuid::new_v4().to_string());
-    assert_eq!(post_whitepay(&relay, &order).await.0, 200);
-    assert_eq!(post_whitepay(&relay, &order).await.0, 200, "duplicate");
+    assert_eq!(relay.post_whitepay(&order).await.0, 200);
+    assert_eq!(relay.post_whitepay(&order).await.0, 200, "duplicate");
     assert_eq!(
-        post_whitepay(&relay, &fixture("whitepay", "malformed.json"))
+        relay
+            .post_whitepay(&fixture("whitepay", "malformed.json"))
             .await
             .0,
         200,

@@ -207,10 +207,7 @@ async fn rabbitmq_definitions_match_the_relays_declare_and_route_the_example_que
             "whitepay.transaction.succeeded",
         ),
     ] {
-        assert_eq!(
-            post_whitepay(&relay, &fixture("whitepay", name)).await.0,
-            200
-        );
+        assert_eq!(relay.post_whitepay(&fixture("whitepay", name)).await.0, 200);
         let delivery = consumer
             .next(ARRIVAL)
             .await

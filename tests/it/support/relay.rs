@@ -1,18 +1,19 @@
 //! The real `hookrelay` binary as a child process, and HTTP requests to it.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::broker::BROKER;
-use super::fixtures::{WHITEPAY_TOKEN, whitepay_signature};
+use super::fixtures::{WHITEPAY_TOKEN, whitepay_order, whitepay_signature};
 
 /// A running relay process.
 pub struct Relay {
     child: Child,
+    config: RelayConfig,
     /// Ingress address.
     pub ingress: SocketAddr,
     /// Admin address.
@@ -46,6 +47,21 @@ impl RelayConfig {
                 WHITEPAY_TOKEN.to_owned(),
             )],
         }
+    }
+
+    /// Counts the outbox rows in a state (every row for `None`), read straight from
+    /// the SQLite file: also while no relay runs, e.g. after kill -9.
+    pub fn outbox_count(&self, state: Option<&str>) -> i64 {
+        let conn = rusqlite::Connection::open(&self.outbox).expect("open outbox");
+        match state {
+            Some(state) => conn.query_row(
+                "SELECT COUNT(*) FROM events WHERE state = ?1",
+                [state],
+                |r| r.get(0),
+            ),
+            None => conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)),
+        }
+        .expect("count")
     }
 }
 
@@ -96,6 +112,7 @@ impl Relay {
             if let (Some(ingress), Some(admin)) = (ingress, admin) {
                 return Self {
                     child,
+                    config: config.clone(),
                     ingress,
                     admin,
                     logs,
@@ -120,6 +137,66 @@ impl Relay {
     /// The URL of a source.
     pub fn url(&self, source: &str) -> String {
         format!("http://{}/webhooks/{source}", self.ingress)
+    }
+
+    /// Posts a Whitepay body signed with [`WHITEPAY_TOKEN`].
+    pub async fn post_whitepay(&self, body: &[u8]) -> (u16, Vec<u8>) {
+        let signature = whitepay_signature(WHITEPAY_TOKEN, body);
+        post(
+            &self.url("whitepay"),
+            body.to_vec(),
+            &[("Signature", signature)],
+        )
+        .await
+    }
+
+    /// Sends raw bytes on a fresh connection to the ingress and returns the status
+    /// code of the answer (None when the relay closed the connection without one).
+    pub fn send_raw(&self, request: &[u8]) -> Option<u16> {
+        let mut stream = TcpStream::connect(self.ingress).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = stream.write_all(request);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    }
+
+    /// Asserts that a new signed webhook still gets its 200.
+    pub async fn assert_still_serving(&self) {
+        let (status, _) = self
+            .post_whitepay(&whitepay_order(&uuid::Uuid::new_v4().to_string()))
+            .await;
+        assert_eq!(status, 200, "the relay still serves");
+    }
+
+    /// Counts this relay's outbox rows in a state (every row for `None`).
+    pub fn outbox_count(&self, state: Option<&str>) -> i64 {
+        self.config.outbox_count(state)
+    }
+
+    /// Runs `hookrelay outbox ARGS --json` on this relay's outbox, beside the
+    /// running relay, and returns what it printed.
+    pub fn outbox_command(&self, args: &[&str]) -> serde_json::Value {
+        let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .arg("outbox")
+            .args(args)
+            .arg("--json")
+            .env_clear()
+            .env(
+                "HOOKRELAY_OUTBOX_URL",
+                format!("sqlite://{}", self.config.outbox.display()),
+            )
+            .output()
+            .expect("run hookrelay outbox");
+        assert!(
+            output.status.success(),
+            "outbox {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("--json prints JSON")
     }
 
     /// Kills the process with SIGKILL: no shutdown code runs.
@@ -219,29 +296,4 @@ pub async fn post(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16,
     let response = request.send().await.expect("request");
     let status = response.status().as_u16();
     (status, response.bytes().await.expect("body").to_vec())
-}
-
-/// Posts a Whitepay body signed with [`WHITEPAY_TOKEN`].
-pub async fn post_whitepay(relay: &Relay, body: &[u8]) -> (u16, Vec<u8>) {
-    let signature = whitepay_signature(WHITEPAY_TOKEN, body);
-    post(
-        &relay.url("whitepay"),
-        body.to_vec(),
-        &[("Signature", signature)],
-    )
-    .await
-}
-
-/// Counts outbox rows in a state, read straight from the SQLite file.
-pub fn outbox_count(path: &Path, state: Option<&str>) -> i64 {
-    let conn = rusqlite::Connection::open(path).expect("open outbox");
-    match state {
-        Some(state) => conn.query_row(
-            "SELECT COUNT(*) FROM events WHERE state = ?1",
-            [state],
-            |r| r.get(0),
-        ),
-        None => conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)),
-    }
-    .expect("count")
 }
