@@ -1,6 +1,7 @@
-//! Bad input against a running relay: every case gets the SPEC §3 status and a JSON
-//! error (or, for authentic but odd bodies, the ack and an `unrecognized` event),
-//! never a crash, and the relay keeps serving afterwards.
+//! Bad input against a running relay: every case gets the status of the contract
+//! (docs/contract.md §3) and a JSON error (or, for authentic but odd bodies, the ack
+//! and an `unrecognized` event), never a crash, and the relay keeps serving
+//! afterwards.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,6 +1,6 @@
 //! The event contract: docs/asyncapi.yaml and docs/cloudevent.schema.json say what
-//! the external contract (SPEC §4) says, the schema rejects what breaks it, and real
-//! messages match it.
+//! the external contract (docs/contract.md §4) says, the schema rejects what breaks
+//! it, and real messages match it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,15 +12,14 @@ use super::{json_file, read, root, text, yaml_file};
 use crate::support::schema;
 use crate::support::*;
 
-/// A `- kinds: `a`, `b`` style list from SPEC §4.
-fn spec_list(label: &str) -> BTreeSet<String> {
-    let path = root().join("../shared/SPEC.md");
-    let spec = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{} (the external contract): {e}", path.display()));
-    let line = spec
+/// A `- kinds: `a`, `b`` style list from docs/contract.md §4.
+fn contract_list(label: &str) -> BTreeSet<String> {
+    let contract = std::fs::read_to_string(root().join("docs/contract.md"))
+        .unwrap_or_else(|e| panic!("docs/contract.md (the external contract): {e}"));
+    let line = contract
         .lines()
         .find(|l| l.trim_start().starts_with(&format!("- {label}:")))
-        .unwrap_or_else(|| panic!("SPEC lists {label}"));
+        .unwrap_or_else(|| panic!("docs/contract.md lists {label}"));
     let list = line.split_once(':').map_or("", |(_, rest)| rest);
     let list = list.split(" (").next().unwrap_or(list);
     list.split(',')
@@ -39,12 +38,12 @@ fn strings(value: &Value) -> BTreeSet<String> {
 }
 
 #[test]
-fn asyncapi_and_the_schema_describe_the_spec_contract() {
+fn asyncapi_and_the_schema_describe_the_contract() {
     let api = yaml_file("docs/asyncapi.yaml");
     assert_eq!(api["asyncapi"], "3.0.0");
     let schema: Value = serde_json::from_str(schema::SCHEMA).expect("schema JSON");
-    let kinds = spec_list("kinds");
-    let statuses = spec_list("statuses");
+    let kinds = contract_list("kinds");
+    let statuses = contract_list("statuses");
     assert_eq!(kinds.len(), 8, "{kinds:?}");
     assert_eq!(statuses.len(), 10, "{statuses:?}");
     assert_eq!(strings(&schema["definitions"]["kind"]["enum"]), kinds);
@@ -111,7 +110,7 @@ fn the_schema_rejects_envelopes_that_break_the_contract() {
         ("recognized without subject", good.clone(), |v| {
             v.as_object_mut().map(|o| o.remove("subject"));
         }),
-        ("kind not in SPEC", good.clone(), |v| {
+        ("kind not in the contract", good.clone(), |v| {
             v["type"] = json!("order.shipped")
         }),
         ("time not in UTC", good.clone(), |v| {

@@ -96,7 +96,7 @@ fn relay_metric_names() -> BTreeSet<String> {
         .collect();
     assert!(
         names.len() >= 11,
-        "src/metrics.rs names the SPEC §5 metrics: {names:?}"
+        "src/metrics.rs names the metrics of docs/contract.md §5: {names:?}"
     );
     names
 }
