@@ -12,16 +12,15 @@
 //! `HOOKRELAY_FAULT_KILLS` (default 10) and `HOOKRELAY_FAULT_CUTS` (default 4) make
 //! the run longer; see docs/reliability.md.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use rand::Rng;
+
+use crate::support::*;
 
 /// What the load generator knows: the body of every webhook that got a 2xx.
 #[derive(Default)]
@@ -457,7 +456,7 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
     for i in 0..400 {
         let id = format!("disk-{i}-{padding}");
         let body = whitepay_order(&id);
-        let (status, reply) = post_whitepay(&relay, &body).await;
+        let (status, reply) = relay.post_whitepay(&body).await;
         match status {
             200 => {
                 ledger.acked.insert(id, body);
@@ -488,7 +487,7 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
     for i in 0..20 {
         let id = format!("after-{i}");
         let body = whitepay_order(&id);
-        if post_whitepay(&relay, &body).await.0 == 200 {
+        if relay.post_whitepay(&body).await.0 == 200 {
             ledger.acked.insert(id, body);
             recovered += 1;
         }

@@ -1,7 +1,7 @@
 //! The published-message contract as a check: every body against
 //! `docs/cloudevent.schema.json` (the schema `docs/asyncapi.yaml` points to), and the
-//! AMQP properties against the body (SPEC §4). Called on every message a test
-//! consumes, so the documented schema cannot drift from what the relay publishes.
+//! AMQP properties against the body (docs/contract.md §4). Called on every message a
+//! test consumes, so the documented schema cannot drift from what the relay publishes.
 
 use std::sync::OnceLock;
 
@@ -10,7 +10,10 @@ use lapin::types::AMQPValue;
 use serde_json::Value;
 
 /// The schema text, compiled into the tests so a change to it is a change they see.
-pub const SCHEMA: &str = include_str!("../../docs/cloudevent.schema.json");
+pub const SCHEMA: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/docs/cloudevent.schema.json"
+));
 
 fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
@@ -59,7 +62,8 @@ fn header(delivery: &Delivery, name: &str) -> Option<String> {
 }
 
 /// What the schema cannot say: the AMQP properties and headers agree with the body,
-/// and the routing key is `{prefix}.{type}` (SPEC §4). Empty when all agree.
+/// and the routing key is `{prefix}.{type}` (docs/contract.md §4). Empty when all
+/// agree.
 pub fn message_errors(delivery: &Delivery) -> Vec<String> {
     let errors = envelope_errors(&delivery.data);
     if !errors.is_empty() {

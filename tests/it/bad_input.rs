@@ -1,28 +1,13 @@
-//! Bad input against a running relay: every case gets the SPEC §3 status and a JSON
-//! error (or, for authentic but odd bodies, the ack and an `unrecognized` event),
-//! never a crash, and the relay keeps serving afterwards.
-
-mod common;
+//! Bad input against a running relay: every case gets the status of the contract
+//! (docs/contract.md §3) and a JSON error (or, for authentic but odd bodies, the ack
+//! and an `unrecognized` event), never a crash, and the relay keeps serving
+//! afterwards.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-/// Sends raw bytes on a fresh connection and returns the status code of the answer
-/// (None when the relay closed the connection without one).
-fn raw_exchange(relay: &Relay, request: &[u8]) -> Option<u16> {
-    let mut stream = TcpStream::connect(relay.ingress).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let _ = stream.write_all(request);
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-}
+use crate::support::*;
 
 fn error_text(reply: &[u8]) -> String {
     let value: serde_json::Value = serde_json::from_slice(reply).expect("a JSON error body");
@@ -30,12 +15,6 @@ fn error_text(reply: &[u8]) -> String {
         .as_str()
         .expect("an `error` string")
         .to_owned()
-}
-
-async fn still_serving(relay: &Relay) {
-    let (status, _) =
-        post_whitepay(relay, &whitepay_order(&uuid::Uuid::new_v4().to_string())).await;
-    assert_eq!(status, 200, "the relay still serves");
 }
 
 fn start(test: &str, extra: &[(&str, &str)]) -> (Relay, TestExchange, tempfile::TempDir) {
@@ -70,7 +49,7 @@ async fn oversized_bodies_get_413_whatever_the_framing() {
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    assert_eq!(raw_exchange(&relay, &chunked), Some(413));
+    assert_eq!(relay.send_raw(&chunked), Some(413));
 
     // A Content-Length that lies low: only the declared bytes are the body (the
     // rest is garbage on the connection), and that body is not authentic.
@@ -79,12 +58,14 @@ async fn oversized_bodies_get_413_whatever_the_framing() {
     )
     .into_bytes();
     lying.extend_from_slice(&big);
-    assert_eq!(raw_exchange(&relay, &lying), Some(401));
-    still_serving(&relay).await;
+    assert_eq!(relay.send_raw(&lying), Some(401));
+    relay.assert_still_serving().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_but_authentic_bodies_are_acked_and_unrecognized_and_unsigned_ones_401() {
+    // The deeply nested body is published as a 267 kB `raw_base64`.
+    let _unlimited = BrokerMaxMessageSize::unchanged().await;
     let (relay, exchange, _dir) = start("oddbodies", &[]);
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
@@ -103,7 +84,7 @@ async fn odd_but_authentic_bodies_are_acked_and_unrecognized_and_unsigned_ones_4
     for (name, body, _) in &cases {
         let (status, _) = post(&relay.url("whitepay"), body.clone(), &[]).await;
         assert_eq!(status, 401, "{name}: unsigned is refused");
-        let (status, _) = post_whitepay(&relay, body).await;
+        let (status, _) = relay.post_whitepay(body).await;
         assert_eq!(status, 200, "{name}: signed is acked");
     }
     for (name, body, key) in &cases {
@@ -122,7 +103,7 @@ async fn odd_but_authentic_bodies_are_acked_and_unrecognized_and_unsigned_ones_4
             assert_eq!(raw_payload(&d.data).expect("payload").as_bytes(), &body[..]);
         }
     }
-    still_serving(&relay).await;
+    relay.assert_still_serving().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +152,7 @@ async fn wrong_method_unknown_paths_and_bad_signature_headers_get_json_errors() 
             "{name}: no secret in the error"
         );
     }
-    still_serving(&relay).await;
+    relay.assert_still_serving().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +164,7 @@ async fn header_floods_are_refused_and_slow_clients_are_cut_off() {
         flood.extend_from_slice(format!("X-Flood-{i}: {}\r\n", "v".repeat(50)).as_bytes());
     }
     flood.extend_from_slice(b"Content-Length: 0\r\nConnection: close\r\n\r\n");
-    let status = raw_exchange(&relay, &flood);
+    let status = relay.send_raw(&flood);
     assert!(
         matches!(status, Some(431) | None),
         "flood answered {status:?}"
@@ -218,5 +199,5 @@ async fn header_floods_are_refused_and_slow_clients_are_cut_off() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    still_serving(&relay).await;
+    relay.assert_still_serving().await;
 }

@@ -3,32 +3,9 @@
 //! large becomes `dead` after a bounded number of attempts, and `replay --dead`
 //! publishes it again with the same message id once the broker accepts it.
 
-mod common;
-
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn outbox_cmd(config: &RelayConfig, args: &[&str]) -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-        .arg("outbox")
-        .args(args)
-        .arg("--json")
-        .env_clear()
-        .env(
-            "HOOKRELAY_OUTBOX_URL",
-            format!("sqlite://{}", config.outbox.display()),
-        )
-        .output()
-        .expect("run hookrelay outbox");
-    assert!(
-        output.status.success(),
-        "outbox {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
-}
+use crate::support::*;
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -55,18 +32,18 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
         } else {
             whitepay_order(&format!("cli-{i}"))
         };
-        assert_eq!(post_whitepay(&relay, &body).await.0, 200);
+        assert_eq!(relay.post_whitepay(&body).await.0, 200);
     }
 
-    let stats = outbox_cmd(&config, &["stats"]);
+    let stats = relay.outbox_command(&["stats"]);
     assert_eq!(stats["pending"], 3);
     assert_eq!(stats["published"], 0);
     assert!(stats["size_bytes"].as_u64().expect("size") > 0);
-    let listed = outbox_cmd(&config, &["list", "--state", "pending"]);
+    let listed = relay.outbox_command(&["list", "--state", "pending"]);
     let rows = listed.as_array().expect("array");
     assert_eq!(rows.len(), 3);
     let first_id = rows[2]["id"].as_i64().expect("id");
-    let shown = outbox_cmd(&config, &["show", &first_id.to_string()]);
+    let shown = relay.outbox_command(&["show", &first_id.to_string()]);
     assert_eq!(
         shown["body"].as_str().expect("body").as_bytes(),
         &body[..],
@@ -82,7 +59,7 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
     let first = consumer.collect(3, Duration::from_secs(20)).await;
     assert_eq!(first.len(), 3);
     wait_for("rows published", || {
-        outbox_count(&config.outbox, Some("published")) == 3
+        relay.outbox_count(Some("published")) == 3
     })
     .await;
     let original_id = first
@@ -91,7 +68,7 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
         .and_then(|d| d.properties.message_id().clone())
         .expect("message id");
 
-    let replayed = outbox_cmd(&config, &["replay", &first_id.to_string()]);
+    let replayed = relay.outbox_command(&["replay", &first_id.to_string()]);
     assert_eq!(replayed["replayed"], 1);
     let again = consumer
         .next(Duration::from_secs(20))
@@ -103,7 +80,7 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
         "same message id"
     );
     wait_for("replayed row published", || {
-        outbox_count(&config.outbox, Some("published")) == 3
+        relay.outbox_count(Some("published")) == 3
     })
     .await;
 
@@ -111,14 +88,12 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        post_whitepay(&relay, &whitepay_order("cli-pending"))
-            .await
-            .0,
+        relay.post_whitepay(&whitepay_order("cli-pending")).await.0,
         200
     );
-    let purged = outbox_cmd(&config, &["purge", "--published-before", "0s"]);
+    let purged = relay.outbox_command(&["purge", "--published-before", "0s"]);
     assert_eq!(purged["purged"], 3);
-    let stats = outbox_cmd(&config, &["stats"]);
+    let stats = relay.outbox_command(&["stats"]);
     assert_eq!(
         (stats["published"].as_u64(), stats["pending"].as_u64()),
         (Some(0), Some(1))
@@ -126,47 +101,9 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
     drop(relay);
 }
 
-/// Sets RabbitMQ's `max_message_size` for channels opened from now on, and puts the
-/// old value back on drop. Only this test binary's tests run while it is set.
-struct BrokerMaxMessageSize(String);
-
-impl BrokerMaxMessageSize {
-    fn set(bytes: u64) -> Option<Self> {
-        let get = Command::new("rabbitmqctl")
-            .args(["eval", "application:get_env(rabbit, max_message_size)."])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&get.stdout);
-        let old: String = text
-            .trim()
-            .strip_prefix("{ok,")?
-            .trim_end_matches('}')
-            .to_owned();
-        let set = Command::new("rabbitmqctl")
-            .args([
-                "eval",
-                &format!("application:set_env(rabbit, max_message_size, {bytes})."),
-            ])
-            .status()
-            .ok()?;
-        set.success().then_some(Self(old))
-    }
-}
-
-impl Drop for BrokerMaxMessageSize {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args([
-                "eval",
-                &format!("application:set_env(rabbit, max_message_size, {}).", self.0),
-            ])
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_the_same_id() {
-    let Some(limit) = BrokerMaxMessageSize::set(64 * 1024) else {
+    let Some(limit) = BrokerMaxMessageSize::set(64 * 1024).await else {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must be able to run rabbitmqctl"
@@ -176,23 +113,22 @@ async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_th
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("dead");
     let mut consumer = Consumer::bind(&exchange, "#").await;
-    let config = RelayConfig::new(&exchange, dir.path());
-    let relay = Relay::start(&config);
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
     relay.wait_broker_connected().await;
     let big = whitepay_order(&format!("big-{}", "x".repeat(100 * 1024)));
     assert_eq!(
-        post_whitepay(&relay, &big).await.0,
+        relay.post_whitepay(&big).await.0,
         200,
         "acked: it is on disk"
     );
     let small = whitepay_order("small-1");
-    assert_eq!(post_whitepay(&relay, &small).await.0, 200);
+    assert_eq!(relay.post_whitepay(&small).await.0, 200);
 
     wait_for("the oversized row to go dead", || {
-        outbox_count(&config.outbox, Some("dead")) == 1
+        relay.outbox_count(Some("dead")) == 1
     })
     .await;
-    let dead = outbox_cmd(&config, &["list", "--state", "dead"]);
+    let dead = relay.outbox_command(&["list", "--state", "dead"]);
     let row = &dead.as_array().expect("array")[0];
     assert_eq!(
         row["attempts"],
@@ -221,7 +157,7 @@ async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_th
     );
 
     drop(limit);
-    let replayed = outbox_cmd(&config, &["replay", "--dead"]);
+    let replayed = relay.outbox_command(&["replay", "--dead"]);
     assert_eq!(replayed["replayed"], 1);
     let delivery = consumer
         .next(Duration::from_secs(30))

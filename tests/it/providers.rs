@@ -10,17 +10,16 @@
 //!   `"redacted"` (`data.payload` differs from the body only where `"[redacted]"` stands);
 //! - any other key: compared with `data.<key>` (e.g. `amount`, `currency`, `order_id`).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use common::*;
 use hookrelay::config::Config;
 use hookrelay::providers::{self, SampleContext};
 use serde_json::Value;
+
+use crate::support::*;
 
 /// Test credentials: clearly fake, used only against the local relay.
 fn credentials(provider: &str) -> Vec<(String, String)> {

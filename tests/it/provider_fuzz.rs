@@ -1,7 +1,7 @@
 //! Property tests: every provider's `verify` and `parse` on arbitrary bytes and
 //! headers never panic, and `verify` never accepts what was not signed with the
-//! source's credentials. `PROPTEST_CASES=100000 cargo test --release --test
-//! provider_fuzz` runs a longer campaign (docs/reliability.md).
+//! source's credentials. `PROPTEST_CASES=100000 cargo test --release --test it --
+//! provider_fuzz::` runs a longer campaign (docs/reliability.md).
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hookrelay::config::Config;
@@ -9,7 +9,7 @@ use hookrelay::providers::{self, Parsed, WebhookRequest};
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
-/// Sources with test credentials for every provider (as in tests/providers.rs).
+/// Sources with test credentials for every provider (as in `providers.rs`).
 fn config() -> Config {
     let public_key = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

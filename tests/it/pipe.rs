@@ -1,13 +1,12 @@
 //! The whole pipe against a real RabbitMQ and real SQLite files: signed webhook →
 //! fsync'd outbox → ack → confirmed publish.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
 use lapin::types::AMQPValue;
+
+use crate::support::*;
 
 const QUIET: Duration = Duration::from_secs(2);
 const ARRIVAL: Duration = Duration::from_secs(20);
@@ -35,7 +34,7 @@ async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte() {
         "fixture keeps PHP's \\/ escapes"
     );
 
-    let (status, ack) = post_whitepay(&relay, &body).await;
+    let (status, ack) = relay.post_whitepay(&body).await;
     assert_eq!(status, 200);
     assert!(ack.is_empty(), "Whitepay's ack is an empty body");
 
@@ -108,7 +107,7 @@ async fn every_whitepay_fixture_gets_its_routing_key() {
         ("rollback_to_client.json", "whitepay.refund.succeeded"),
     ];
     for (file, _) in cases {
-        let (status, _) = post_whitepay(&relay, &fixture("whitepay", file)).await;
+        let (status, _) = relay.post_whitepay(&fixture("whitepay", file)).await;
         assert_eq!(status, 200, "{file}");
     }
     let got = consumer.collect(cases.len(), ARRIVAL).await;
@@ -201,7 +200,7 @@ async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_st
     );
 
     assert!(consumer.next(QUIET).await.is_none(), "nothing published");
-    assert_eq!(outbox_count(&config.outbox, None), 0, "nothing stored");
+    assert_eq!(relay.outbox_count(None), 0, "nothing stored");
     let metrics = relay.metrics().await;
     for outcome in ["unknown_source", "unauthorized", "too_large"] {
         assert!(
@@ -217,11 +216,10 @@ async fn the_same_webhook_sent_twice_is_published_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("dup");
     let mut consumer = Consumer::bind(&exchange, "#").await;
-    let config = RelayConfig::new(&exchange, dir.path());
-    let relay = Relay::start(&config);
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
     let body = fixture("whitepay", "order_declined.json");
     for _ in 0..2 {
-        let (status, ack) = post_whitepay(&relay, &body).await;
+        let (status, ack) = relay.post_whitepay(&body).await;
         assert_eq!(status, 200, "a duplicate gets the provider's ack too");
         assert!(ack.is_empty());
     }
@@ -230,7 +228,7 @@ async fn the_same_webhook_sent_twice_is_published_once() {
         consumer.next(QUIET).await.is_none(),
         "the duplicate is not published"
     );
-    assert_eq!(outbox_count(&config.outbox, None), 1, "nor stored twice");
+    assert_eq!(relay.outbox_count(None), 1, "nor stored twice");
     assert!(relay.metrics().await.contains("outcome=\"duplicate\""));
     drop(relay);
 }
@@ -242,9 +240,10 @@ async fn a_message_no_binding_matches_lands_in_the_unrouted_queue() {
     // Only a binding that cannot match: whitepay events are not abnormal payments.
     let mut bound = Consumer::bind(&exchange, "*.abnormal_payment.*").await;
     let mut unrouted = Consumer::existing(&hookrelay::amqp::unrouted_name(&exchange)).await;
-    let config = RelayConfig::new(&exchange, dir.path());
-    let relay = Relay::start(&config);
-    let (status, _) = post_whitepay(&relay, &fixture("whitepay", "order_declined.json")).await;
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let (status, _) = relay
+        .post_whitepay(&fixture("whitepay", "order_declined.json"))
+        .await;
     assert_eq!(status, 200);
     let delivery = unrouted
         .next(ARRIVAL)
@@ -254,7 +253,7 @@ async fn a_message_no_binding_matches_lands_in_the_unrouted_queue() {
     assert!(bound.next(QUIET).await.is_none());
     // Confirmed, so the row is done.
     let deadline = std::time::Instant::now() + ARRIVAL;
-    while outbox_count(&config.outbox, Some("published")) != 1 {
+    while relay.outbox_count(Some("published")) != 1 {
         assert!(std::time::Instant::now() < deadline, "row marked published");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -268,7 +267,7 @@ async fn malformed_json_from_an_authentic_sender_is_published_as_unrecognized() 
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
     let body = b"{\"order\": truncated".to_vec();
-    let (status, _) = post_whitepay(&relay, &body).await;
+    let (status, _) = relay.post_whitepay(&body).await;
     assert_eq!(status, 200, "authentic, so acked and kept");
     let delivery = consumer.next(ARRIVAL).await.expect("published");
     assert_eq!(delivery.routing_key.as_str(), "whitepay.unrecognized");
@@ -296,13 +295,13 @@ async fn acked_webhooks_survive_a_broker_outage() {
     let mut acked = BTreeSet::new();
     for i in 0..10 {
         let id = format!("before-{i}");
-        assert_eq!(post_whitepay(&relay, &whitepay_order(&id)).await.0, 200);
+        assert_eq!(relay.post_whitepay(&whitepay_order(&id)).await.0, 200);
         acked.insert(id);
     }
     proxy.cut();
     for i in 0..30 {
         let id = format!("during-{i}");
-        let (status, _) = post_whitepay(&relay, &whitepay_order(&id)).await;
+        let (status, _) = relay.post_whitepay(&whitepay_order(&id)).await;
         assert_eq!(
             status, 200,
             "webhooks are acked while the broker is unreachable"
@@ -314,7 +313,7 @@ async fn acked_webhooks_survive_a_broker_outage() {
     proxy.restore();
     for i in 0..10 {
         let id = format!("after-{i}");
-        assert_eq!(post_whitepay(&relay, &whitepay_order(&id)).await.0, 200);
+        assert_eq!(relay.post_whitepay(&whitepay_order(&id)).await.0, 200);
         acked.insert(id);
     }
 
@@ -345,12 +344,14 @@ async fn acked_webhooks_survive_kill_9_and_restart() {
     let relay = Relay::start(&config);
     let n = 25;
     for i in 0..n {
-        let (status, _) = post_whitepay(&relay, &whitepay_order(&format!("k-{i}"))).await;
+        let (status, _) = relay
+            .post_whitepay(&whitepay_order(&format!("k-{i}")))
+            .await;
         assert_eq!(status, 200);
     }
     relay.kill9();
     assert_eq!(
-        outbox_count(&config.outbox, Some("pending")),
+        config.outbox_count(Some("pending")),
         n,
         "all acked rows on disk"
     );
@@ -410,7 +411,9 @@ async fn sigterm_drains_and_exits_zero() {
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let config = RelayConfig::new(&exchange, dir.path());
     let relay = Relay::start(&config);
-    let (status, _) = post_whitepay(&relay, &fixture("whitepay", "order_declined.json")).await;
+    let (status, _) = relay
+        .post_whitepay(&fixture("whitepay", "order_declined.json"))
+        .await;
     assert_eq!(status, 200);
     assert!(consumer.next(ARRIVAL).await.is_some());
     let status = relay.terminate(Duration::from_secs(30));
@@ -472,7 +475,7 @@ async fn allow_ips_refuse_other_clients_and_trust_forwarded_for_only_from_truste
         status, 200,
         "the trusted proxy's X-Forwarded-For names an allowed client"
     );
-    assert_eq!(outbox_count(&config.outbox, None), 1);
+    assert_eq!(relay.outbox_count(None), 1);
     assert!(relay.metrics().await.contains("outcome=\"forbidden\""));
 }
 
@@ -484,7 +487,7 @@ async fn a_source_without_its_secret_refuses_and_says_which_setting_is_missing()
     config.env.clear();
     let relay = Relay::start(&config);
     let body = fixture("whitepay", "order_declined.json");
-    let (status, reply) = post_whitepay(&relay, &body).await;
+    let (status, reply) = relay.post_whitepay(&body).await;
     assert_eq!(status, 401);
     let reply: serde_json::Value = serde_json::from_slice(&reply).expect("JSON error");
     assert!(
@@ -511,5 +514,5 @@ async fn a_source_without_its_secret_refuses_and_says_which_setting_is_missing()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(outbox_count(&config.outbox, None), 0);
+    assert_eq!(relay.outbox_count(None), 0);
 }

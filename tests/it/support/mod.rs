@@ -1,0 +1,16 @@
+//! Test harness: the real `hookrelay` binary as a child process ([`relay`]), a real
+//! RabbitMQ on 127.0.0.1:5672 with an exchange and a consumer of the test's own
+//! ([`broker`]), a TCP proxy that can cut the relay off the broker ([`proxy`]), the
+//! bodies the tests send ([`fixtures`]) and the event contract every consumed
+//! message is checked against ([`schema`]).
+
+pub mod broker;
+pub mod fixtures;
+pub mod proxy;
+pub mod relay;
+pub mod schema;
+
+pub use broker::*;
+pub use fixtures::*;
+pub use proxy::*;
+pub use relay::*;
