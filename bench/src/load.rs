@@ -33,7 +33,7 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 /// A Whitepay `order::completed` body with order id `id` (the shape of
-/// `tests/common/mod.rs::whitepay_order`).
+/// `tests/it/support/fixtures.rs::whitepay_order`).
 pub fn whitepay_order(id: &str) -> String {
     format!(
         r#"{{"order":{{"id":"{id}","currency":"UAH","value":"200.10","status":"COMPLETE","external_order_id":"m-{id}","created_at":"2024-01-02 03:04:05","completed_at":null,"acquiring_url":"https:\/\/merchant.pay.whitepay.com\/fiat-order\/{id}"}},"event_type":"order::completed"}}"#

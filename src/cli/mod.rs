@@ -120,8 +120,10 @@ mod tests {
     #[test]
     fn each_kind_of_error_names_its_cause_once() {
         printed_once(
-            CliError::Serve(RelayError::Outbox(OutboxError::PostgresNotBuilt)),
-            "not built yet",
+            CliError::Serve(RelayError::Outbox(OutboxError::InvalidUrl(
+                "expected a scheme",
+            ))),
+            "expected a scheme",
         );
         printed_once(
             CliError::Serve(RelayError::Outbox(OutboxError::Storage(Fault::new(

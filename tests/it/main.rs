@@ -14,6 +14,7 @@
 
 mod support;
 
+mod architecture;
 mod bad_input;
 mod faults;
 mod ops;

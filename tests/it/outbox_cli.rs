@@ -178,3 +178,36 @@ async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_th
     );
     drop(relay);
 }
+
+/// Runs the binary with only `env`; returns its exit success and stderr.
+fn hookrelay(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run hookrelay");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_names_each_cause_of_an_error_once() {
+    let (ok, stderr) = hookrelay(
+        &["outbox", "stats"],
+        &[("HOOKRELAY_OUTBOX_URL", "postgres://relay@127.0.0.1/outbox")],
+    );
+    assert!(!ok);
+    assert_eq!(stderr.matches("not built yet").count(), 1, "{stderr}");
+    let (ok, stderr) = hookrelay(&["sample", "wcheckout", "--url", "http://127.0.0.1:9"], &[]);
+    assert!(!ok);
+    assert_eq!(stderr.matches("no `sign_key`").count(), 1, "{stderr}");
+    let (ok, stderr) = hookrelay(
+        &["check-config"],
+        &[("HOOKRELAY_CONFIG", "/nonexistent.toml")],
+    );
+    assert!(!ok);
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+}

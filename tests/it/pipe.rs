@@ -119,7 +119,7 @@ async fn every_whitepay_fixture_gets_its_routing_key() {
         keys, expected,
         "every fixture published with its mapped key"
     );
-    // The transaction and the withdrawal share a subject (the seed reuses the id):
+    // The transaction and the withdrawal share a subject (Whitepay's example reuses the id):
     // they must arrive in the order they were received.
     let shared: Vec<String> = got
         .iter()

@@ -5,7 +5,8 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hookrelay::config::Config;
-use hookrelay::providers::{self, Parsed, WebhookRequest};
+use hookrelay::event::Parsed;
+use hookrelay::providers::{self, WebhookRequest};
 use proptest::prelude::*;
 use time::OffsetDateTime;
 

@@ -1,0 +1,169 @@
+//! The rules of `docs/ARCHITECTURE.md` that a machine can check, read from the
+//! source text: modules depend one way, and each outside concern (SQL, AMQP, I/O)
+//! stays in the module that owns it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Each module's layer: a module may use only modules of a lower layer. A strict
+/// order leaves no room for an import circle.
+const LAYERS: &[(&str, u8)] = &[
+    ("clock", 0),
+    ("config", 0),
+    ("event", 0),
+    ("metrics", 0),
+    ("telemetry", 1),
+    ("providers", 2),
+    ("outbox", 3),
+    ("amqp", 3),
+    ("ingress", 4),
+    ("publisher", 4),
+    ("admin", 4),
+    ("relay", 5),
+    ("cli", 6),
+];
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Every `.rs` file under `dir`, with its text.
+fn rust_files(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                files.push((path, text));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The top-level module a file belongs to (`src/outbox/sqlite.rs` → `outbox`).
+fn module_of(path: &Path) -> String {
+    let relative = path.strip_prefix(src()).expect("under src");
+    let first = relative.components().next().expect("a component");
+    first
+        .as_os_str()
+        .to_string_lossy()
+        .trim_end_matches(".rs")
+        .to_owned()
+}
+
+/// The crate modules a text names: `crate::x…` and `use crate::{x, y::…}`.
+fn crate_modules(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices("crate::") {
+        let rest = &text[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                let name: String = item
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                found.push(name);
+            }
+        } else {
+            found.push(
+                rest.chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect(),
+            );
+        }
+    }
+    found.retain(|name| !name.is_empty());
+    found
+}
+
+/// Lines of non-comment code in `text` that contain `needle`.
+fn code_lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .filter(|line| line.contains(needle))
+        .collect()
+}
+
+#[test]
+fn modules_use_only_lower_layers_so_the_import_graph_has_no_circle() {
+    let layers: BTreeMap<&str, u8> = LAYERS.iter().copied().collect();
+    let mut violations = Vec::new();
+    for (path, text) in rust_files(&src()) {
+        let module = module_of(&path);
+        let Some(&own) = layers.get(module.as_str()) else {
+            assert!(
+                ["lib", "main"].contains(&module.as_str()),
+                "{} is not in the layer table of this test and docs/ARCHITECTURE.md",
+                path.display()
+            );
+            continue;
+        };
+        for used in crate_modules(&text) {
+            if used == module {
+                continue;
+            }
+            match layers.get(used.as_str()) {
+                Some(&layer) if layer < own => {}
+                _ => violations.push(format!("{} uses crate::{used}", path.display())),
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn the_layer_check_sees_grouped_and_nested_imports() {
+    assert_eq!(
+        crate_modules("use crate::{config::Config, event};\nlet x = crate::clock::now();"),
+        vec!["config", "event", "clock"]
+    );
+}
+
+#[test]
+fn only_the_outbox_speaks_sql_or_names_a_backend() {
+    let outbox = src().join("outbox");
+    for (path, text) in rust_files(&src()) {
+        if path.starts_with(&outbox) {
+            continue;
+        }
+        for needle in ["rusqlite", "sqlite::", "Sqlite", "Postgres"] {
+            let lines = code_lines_with(&text, needle);
+            assert!(lines.is_empty(), "{}: {lines:?}", path.display());
+        }
+    }
+}
+
+#[test]
+fn only_amqp_and_the_publisher_speak_amqp() {
+    for (path, text) in rust_files(&src()) {
+        let module = module_of(&path);
+        if module == "amqp" || module == "publisher" {
+            continue;
+        }
+        let lines = code_lines_with(&text, "lapin");
+        assert!(lines.is_empty(), "{}: {lines:?}", path.display());
+    }
+}
+
+#[test]
+fn providers_are_pure_and_ingress_never_awaits_the_broker() {
+    for (path, text) in rust_files(&src()) {
+        let forbidden: &[&str] = match module_of(&path).as_str() {
+            "providers" => &["crate::metrics", "tokio", "std::fs", "std::net"],
+            "ingress" => &["crate::amqp", "crate::publisher"],
+            _ => continue,
+        };
+        for needle in forbidden {
+            let lines = code_lines_with(&text, needle);
+            assert!(lines.is_empty(), "{}: {lines:?}", path.display());
+        }
+    }
+}
