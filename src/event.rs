@@ -371,16 +371,18 @@ struct Data<'a> {
 /// A recognized event embeds the body verbatim as `data.payload`; an unrecognized
 /// one (or one whose body is not JSON after all) carries it as `data.raw_base64`.
 pub(crate) fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, EventError> {
-    let redacted = match (meta.class, meta.redact.is_empty()) {
-        (Some(_), false) => std::str::from_utf8(body)
+    // Redaction comes first, whatever the class: an unrecognized JSON body carries
+    // the same secrets as a recognized one, only base64-encoded.
+    let redacted = match meta.redact.is_empty() {
+        false => std::str::from_utf8(body)
             .ok()
             .and_then(|text| redact(text, &meta.redact)),
-        _ => None,
+        true => None,
     };
-    let payload = match (meta.class, &redacted) {
-        (Some(_), Some(text)) => serde_json::from_str::<&RawValue>(text).ok(),
-        (Some(_), None) => serde_json::from_slice::<&RawValue>(body).ok(),
-        (None, _) => None,
+    let body = redacted.as_ref().map_or(body, String::as_bytes);
+    let payload = match meta.class {
+        Some(_) => serde_json::from_slice::<&RawValue>(body).ok(),
+        None => None,
     };
     let raw_base64 = payload
         .is_none()
@@ -419,13 +421,16 @@ pub(crate) const REDACTED: &str = "\"[redacted]\"";
 
 /// Replaces, in place, the string values at `paths` (dot-separated object keys, e.g.
 /// `data.privateSecret`) with `"[redacted]"`, leaving every other byte as it was.
-/// `None` when nothing needed redacting (or the text is not JSON): the caller then
-/// embeds the body unchanged.
+/// Every occurrence counts: an object that repeats a key (which JSON parsers
+/// resolve differently) has each copy redacted. `None` when nothing needed
+/// redacting (or the text is not JSON): the caller then uses the body unchanged.
 pub(crate) fn redact(json: &str, paths: &[String]) -> Option<String> {
-    let mut spans: Vec<std::ops::Range<usize>> = paths
-        .iter()
-        .filter_map(|path| string_span(json, path))
-        .collect();
+    let root: &RawValue = serde_json::from_str(json).ok()?;
+    let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
+    for path in paths {
+        let keys: Vec<&str> = path.split('.').collect();
+        string_spans(json, root, &keys, &mut spans);
+    }
     if spans.is_empty() {
         return None;
     }
@@ -438,21 +443,59 @@ pub(crate) fn redact(json: &str, paths: &[String]) -> Option<String> {
     Some(out)
 }
 
-/// The byte range of the JSON string at `path` inside `json`, found by walking
-/// borrowed `RawValue`s, so offsets point into the original text.
-fn string_span(json: &str, path: &str) -> Option<std::ops::Range<usize>> {
-    let mut current: &RawValue = serde_json::from_str(json).ok()?;
-    for key in path.split('.') {
-        let object: std::collections::HashMap<String, &RawValue> =
-            serde_json::from_str(current.get()).ok()?;
-        current = object.get(key)?;
+/// Adds the byte ranges of the JSON strings at `keys` below `value` to `out`,
+/// walking borrowed `RawValue`s so offsets point into the original text.
+fn string_spans(
+    json: &str,
+    value: &RawValue,
+    keys: &[&str],
+    out: &mut Vec<std::ops::Range<usize>>,
+) {
+    let Some((first, rest)) = keys.split_first() else {
+        let text = value.get();
+        if let (true, Some(start)) = (
+            text.starts_with('"'),
+            (text.as_ptr() as usize).checked_sub(json.as_ptr() as usize),
+        ) {
+            out.push(start..start + text.len());
+        }
+        return;
+    };
+    let Ok(Entries(entries)) = serde_json::from_str::<Entries<'_>>(value.get()) else {
+        return;
+    };
+    for (key, child) in entries {
+        if key == *first {
+            string_spans(json, child, rest, out);
+        }
     }
-    let text = current.get();
-    if !text.starts_with('"') {
-        return None;
+}
+
+/// Every member of a JSON object in order, duplicate keys included (a map would
+/// keep only one of them).
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Members)
     }
-    let start = (text.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
-    Some(start..start + text.len())
 }
 
 #[cfg(test)]
@@ -504,6 +547,38 @@ mod tests {
         );
         assert_eq!(redact(body, &["data.missing".to_owned()]), None);
         assert_eq!(redact("not json", &paths), None);
+    }
+
+    #[test]
+    fn every_copy_of_a_repeated_key_is_redacted() {
+        let body = r#"{"data":{"privateSecret":"one","x":1,"privateSecret":"two"},"data":{"privateSecret":"three"}}"#;
+        let out = redact(body, &["data.privateSecret".to_owned()]).expect("redacted");
+        assert_eq!(
+            out,
+            r#"{"data":{"privateSecret":"[redacted]","x":1,"privateSecret":"[redacted]"},"data":{"privateSecret":"[redacted]"}}"#
+        );
+    }
+
+    #[test]
+    fn unrecognized_json_bodies_are_redacted_before_encoding() {
+        let body = br#"{"type":"order_status_change","data":{"state":"TELEPORTED","privateSecret":"s3cret"}}"#;
+        let parsed = Parsed::unrecognized("state not in the table", None);
+        let redact = ["data.privateSecret".to_owned()];
+        let origin = Origin {
+            redact: &redact,
+            ..origin("osl")
+        };
+        let meta = EventMeta::new(&origin, &parsed, body, OffsetDateTime::UNIX_EPOCH);
+        let json = cloudevent_json(&meta, body).expect("envelope");
+        let value: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value["data"]["raw_base64"].as_str().expect("string"))
+            .expect("base64");
+        assert_eq!(
+            decoded,
+            br#"{"type":"order_status_change","data":{"state":"TELEPORTED","privateSecret":"[redacted]"}}"#
+        );
+        assert!(!String::from_utf8_lossy(&json).contains("s3cret"));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub(crate) enum OutboxCommand {
     Show {
         /// Row id (from `list`).
         id: i64,
+        /// Show the body as received, without the source's redaction.
+        #[arg(long)]
+        raw: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -191,11 +194,21 @@ pub(crate) async fn run(
                 }
             }
         }
-        OutboxCommand::Show { id, json } => {
-            let row = outbox
+        OutboxCommand::Show { id, raw, json } => {
+            let mut row = outbox
                 .show(id)
                 .await?
                 .ok_or(OutboxCommandError::NoRow(id))?;
+            // A view of a stored body hides what the published message hides,
+            // unless the operator asks for the bytes as received.
+            if !raw && let Some(body) = &row.body {
+                let redacted = std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|text| crate::event::redact(text, &row.redact));
+                if let Some(text) = redacted {
+                    row.body = Some(text.into_bytes());
+                }
+            }
             if json {
                 out = to_json(&row);
             } else {

@@ -148,6 +148,10 @@ pub(crate) struct RowView {
     /// The raw body (only with `show`).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "body_text")]
     pub(crate) body: Option<Vec<u8>>,
+    /// The source's redaction paths when the row was stored (only with `show`), so
+    /// a view of the body can hide what the published message hides.
+    #[serde(skip)]
+    pub(crate) redact: Vec<String>,
 }
 
 /// Bodies are shown as text when they are UTF-8, else as base64, so `--json`

@@ -398,6 +398,7 @@ fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
         idempotency_key: row.get(11)?,
         headers: None,
         body: None,
+        redact: Vec::new(),
     })
 }
 
@@ -549,13 +550,17 @@ impl Outbox for SqliteOutbox {
     async fn show(&self, id: i64) -> Result<Option<RowView>, OutboxError> {
         self.read(move |conn| {
             conn.query_row(
-                &format!("SELECT {ROW_COLUMNS}, headers, body FROM events WHERE id = ?1"),
+                &format!("SELECT {ROW_COLUMNS}, headers, body, meta FROM events WHERE id = ?1"),
                 [id],
                 |row| {
                     let mut view = row_view(row)?;
                     let headers: String = row.get(12)?;
                     view.headers = serde_json::from_str(&headers).ok();
                     view.body = Some(row.get(13)?);
+                    let meta: String = row.get(14)?;
+                    view.redact = serde_json::from_str::<EventMeta>(&meta)
+                        .map(|meta| meta.redact)
+                        .unwrap_or_default();
                     Ok(view)
                 },
             )

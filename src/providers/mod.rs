@@ -260,6 +260,9 @@ pub enum VerifyError {
     /// The signed timestamp is too far from the relay's clock.
     #[error("timestamp is outside the allowed window of {0} seconds (check the sender's clock)")]
     StaleTimestamp(u64),
+    /// A signature header holds more entries than any sender needs.
+    #[error("the signature header holds more than {0} signatures")]
+    TooManySignatures(usize),
     /// The app id in the request is not this source's.
     #[error("unknown app id")]
     UnknownAppId,

@@ -53,6 +53,14 @@ pub(crate) const SPEC: ProviderSpec = ProviderSpec {
 };
 
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Most entries a `webhook-signature` header may hold. A sender signs once per
+/// secret it holds (two during a rotation); the cap keeps a hostile header from
+/// costing more than its bytes to read.
+const MAX_SIGNATURES: usize = 16;
+
+/// An HMAC-SHA256 is 32 bytes; entries of any other length cannot match.
+const SIGNATURE_LEN: usize = 32;
 const SECRET_PREFIX: &str = "whsec_";
 
 /// A Standard Webhooks source.
@@ -176,21 +184,35 @@ impl Provider for Standard {
             .ok_or(VerifyError::MissingHeader("webhook-signature"))?;
         let signed_at = super::unix_time(timestamp, TimeUnit::Seconds, "webhook-timestamp")?;
         super::check_window(signed_at, request.now, self.tolerance)?;
-        // Entries of other versions (`v1a`, …) and undecodable ones cannot match.
+        if signatures
+            .split_ascii_whitespace()
+            .nth(MAX_SIGNATURES)
+            .is_some()
+        {
+            return Err(VerifyError::TooManySignatures(MAX_SIGNATURES));
+        }
+        // Entries of other versions (`v1a`, …), undecodable ones and ones of the
+        // wrong length cannot match.
         let v1: Vec<Vec<u8>> = signatures
             .split_ascii_whitespace()
             .filter_map(|entry| match entry.split_once(',') {
                 Some(("v1", encoded)) => BASE64.decode(encoded).ok(),
                 _ => None,
             })
+            .filter(|signature| signature.len() == SIGNATURE_LEN)
             .collect();
-        let pairs = v1
+        // The body is MAC'd once per key, never once per entry: the cost of a
+        // request is bounded by its size times the number of keys the source holds.
+        let expected: Vec<Vec<u8>> = self
+            .keys
             .iter()
-            .flat_map(|signature| self.keys.iter().map(move |key| (signature, key)));
-        super::any_key(pairs, |(signature, key)| {
-            mac(key, id, timestamp, request.body)
-                .is_some_and(|mac| mac.verify_slice(signature).is_ok())
-        })
+            .filter_map(|key| mac(key, id, timestamp, request.body))
+            .map(|mac| mac.finalize().into_bytes().to_vec())
+            .collect();
+        let pairs = expected
+            .iter()
+            .flat_map(|mac| v1.iter().map(move |signature| (mac, signature)));
+        super::any_key(pairs, |(mac, signature)| super::ct_eq(mac, signature))
     }
 
     fn parse(&self, request: &WebhookRequest<'_>) -> Parsed {

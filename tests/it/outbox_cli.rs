@@ -211,3 +211,28 @@ fn the_binary_names_each_cause_of_an_error_once() {
     assert!(!ok);
     assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_show_redacts_like_the_published_message_unless_asked_for_raw() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("showredact");
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.env.push((
+        "HOOKRELAY_SOURCES__WHITEPAY__REDACT".to_owned(),
+        "order.external_order_id".to_owned(),
+    ));
+    let relay = Relay::start(&config);
+    assert_eq!(relay.post_whitepay(&whitepay_order("r-1")).await.0, 200);
+    let id = relay.outbox_command(&["list"])[0]["id"].to_string();
+
+    let shown = relay.outbox_command(&["show", &id]);
+    let body = shown["body"].as_str().expect("body text");
+    assert!(body.contains(r#""external_order_id":"[redacted]""#), "{body}");
+    assert!(!body.contains("m-r-1"), "{body}");
+    let raw = relay.outbox_command(&["show", &id, "--raw"]);
+    assert_eq!(
+        raw["body"].as_str().expect("body text").as_bytes(),
+        whitepay_order("r-1"),
+        "the outbox keeps the body as received"
+    );
+}

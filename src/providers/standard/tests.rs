@@ -41,6 +41,48 @@ fn verify_at(p: &dyn Provider, h: &HeaderMap, body: &[u8], now: i64) -> Result<(
 }
 
 #[test]
+fn a_flood_of_signature_entries_is_refused_before_any_mac() {
+    let p = provider(&[("secret", SECRET)]);
+    let body = vec![b'x'; 1024 * 1024];
+    // The probe that kept a core busy for 14 s: 20,000 entries over a 1 MB body.
+    let flood = vec!["v1,AAAA"; 20_000].join(" ");
+    let h = headers(MSG_ID, &TIMESTAMP.to_string(), &flood);
+    assert_eq!(
+        verify_at(p.as_ref(), &h, &body, TIMESTAMP),
+        Err(VerifyError::TooManySignatures(MAX_SIGNATURES))
+    );
+    let mut at_the_cap = vec!["v1,bm90LWl0"; MAX_SIGNATURES - 1];
+    at_the_cap.push(SIGNATURE);
+    let h = headers(MSG_ID, &TIMESTAMP.to_string(), &at_the_cap.join(" "));
+    assert_eq!(
+        verify_at(p.as_ref(), &h, BODY, TIMESTAMP),
+        Ok(()),
+        "a header at the cap is read, and its last entry may match"
+    );
+}
+
+#[test]
+fn entries_of_the_wrong_length_never_match() {
+    let p = provider(&[("secret", SECRET)]);
+    // The right signature with one byte cut off, and with one byte added.
+    let right = BASE64
+        .decode(SIGNATURE.trim_start_matches("v1,"))
+        .expect("base64");
+    let short = format!("v1,{}", BASE64.encode(&right[..31]));
+    let mut longer = right.clone();
+    longer.push(0);
+    let long = format!("v1,{}", BASE64.encode(&longer));
+    for entry in [short, long] {
+        let h = headers(MSG_ID, &TIMESTAMP.to_string(), &entry);
+        assert_eq!(
+            verify_at(p.as_ref(), &h, BODY, TIMESTAMP),
+            Err(VerifyError::BadSignature),
+            "{entry}"
+        );
+    }
+}
+
+#[test]
 fn reference_test_vector_verifies() {
     let p = provider(&[("secret", SECRET)]);
     let h = headers(MSG_ID, &TIMESTAMP.to_string(), SIGNATURE);
