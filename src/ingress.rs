@@ -55,6 +55,36 @@ pub(crate) struct Ingress {
     pub(crate) wake: Arc<Notify>,
 }
 
+/// Every `outcome` a source's webhooks can have (`unknown_source` is counted
+/// without a source).
+const OUTCOMES: [&str; 7] = [
+    "accepted",
+    "duplicate",
+    "unrecognized",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "unavailable",
+];
+
+impl Ingress {
+    /// Exports every source's outcome counters at 0, so `rate()` over them is
+    /// defined before the first webhook (an alert on an absent series never fires).
+    pub(crate) fn count_from_zero(&self) {
+        let received = &self.metrics.webhooks_received;
+        received.with_label_values(&["", "", "unknown_source"]);
+        for source in self.sources.values() {
+            for outcome in OUTCOMES {
+                received.with_label_values(&[
+                    source.config.name.as_str(),
+                    source.config.provider.as_str(),
+                    outcome,
+                ]);
+            }
+        }
+    }
+}
+
 /// The ingress router.
 pub(crate) fn router(ingress: Arc<Ingress>) -> Router {
     let max_body = ingress.max_body;

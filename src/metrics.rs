@@ -130,6 +130,18 @@ impl Metrics {
         for state in ["pending", "dead"] {
             outbox_events.with_label_values(&[state]).set(0);
         }
+        let build_info = IntGaugeVec::new(
+            Opts::new("hookrelay_build_info", "Always 1; the version is the label"),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        // CPU, memory, file descriptors and start time of this process.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             registry,
             webhooks_received,

@@ -25,7 +25,7 @@ use crate::amqp::BrokerLink;
 use crate::clock::now_micros;
 use crate::event::cloudevent_json;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, PendingEvent, Settlement};
+use crate::outbox::{Outbox, OutboxError, PendingEvent, Settlement};
 
 /// Most confirms outstanding at once (and rows per outbox fetch).
 pub(crate) const WINDOW: usize = 256;
@@ -87,6 +87,46 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
+/// Why a publish was not confirmed: the `reason` of
+/// `hookrelay_publish_failures_total`.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// The envelope could not be built (permanent).
+    Encode,
+    /// Over the broker's message size (permanent).
+    TooLarge,
+    /// The channel failed.
+    Channel,
+    /// No publish or confirm in time.
+    Timeout,
+    /// The broker returned it unroutable (`mandatory`).
+    Returned,
+    /// The broker nacked it.
+    Nack,
+}
+
+impl Failure {
+    const ALL: [Self; 6] = [
+        Self::Encode,
+        Self::TooLarge,
+        Self::Channel,
+        Self::Timeout,
+        Self::Returned,
+        Self::Nack,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Encode => "encode",
+            Self::TooLarge => "too_large",
+            Self::Channel => "channel",
+            Self::Timeout => "timeout",
+            Self::Returned => "returned",
+            Self::Nack => "nack",
+        }
+    }
+}
+
 /// What went wrong with the channel during a batch, if anything.
 enum ChannelTrouble {
     Error(lapin::Error),
@@ -119,6 +159,12 @@ impl Publisher {
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Self {
+        // Every reason present from the start, so `rate()` over it is defined.
+        for reason in Failure::ALL {
+            metrics
+                .publish_failures
+                .with_label_values(&[reason.as_str()]);
+        }
         Self {
             link,
             exchange,
@@ -160,14 +206,10 @@ impl Publisher {
             let fetched = self
                 .shared
                 .outbox
-                .fetch_due(now_micros(), WINDOW + in_flight.len())
+                .fetch_due(now_micros(), WINDOW, &in_flight)
                 .await;
             let rows: Vec<PendingEvent> = match fetched {
-                Ok(rows) => rows
-                    .into_iter()
-                    .filter(|row| !in_flight.contains(&row.id))
-                    .take(WINDOW)
-                    .collect(),
+                Ok(rows) => rows,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox; retrying");
                     tokio::select! {
@@ -273,7 +315,7 @@ impl Publisher {
                 Err(e) => {
                     batch
                         .settled
-                        .push(self.shared.permanent(&row, "encode", e.to_string()));
+                        .push(self.shared.permanent(&row, Failure::Encode, e.to_string()));
                     continue;
                 }
             };
@@ -284,7 +326,7 @@ impl Publisher {
                 );
                 batch
                     .settled
-                    .push(self.shared.permanent(&row, "too_large", why));
+                    .push(self.shared.permanent(&row, Failure::TooLarge, why));
                 continue;
             }
             let size = body.len();
@@ -305,13 +347,13 @@ impl Publisher {
                 Ok(Err(e)) => {
                     batch
                         .settled
-                        .push(self.shared.retry(&row, "channel", e.to_string()));
+                        .push(self.shared.retry(&row, Failure::Channel, e.to_string()));
                     batch.trouble = Some(ChannelTrouble::Error(e));
                 }
                 Err(_) => {
                     batch.settled.push(self.shared.retry(
                         &row,
-                        "timeout",
+                        Failure::Timeout,
                         "publish timed out".to_owned(),
                     ));
                     batch.trouble = Some(ChannelTrouble::Timeout);
@@ -351,31 +393,35 @@ impl Shared {
                 }
                 Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                     let why = format!("returned by the broker: {}", returned.reply_text);
-                    settled.push(self.retry(&row, "returned", why));
+                    settled.push(self.retry(&row, Failure::Returned, why));
                 }
                 Ok(Ok(Confirmation::Nack(_))) => {
-                    settled.push(self.retry(&row, "nack", "nacked by the broker".to_owned()));
+                    settled.push(self.retry(
+                        &row,
+                        Failure::Nack,
+                        "nacked by the broker".to_owned(),
+                    ));
                 }
                 Ok(Ok(Confirmation::NotRequested)) => {
                     settled.push(self.retry(
                         &row,
-                        "channel",
+                        Failure::Channel,
                         "channel is not in confirm mode".to_owned(),
                     ));
                     trouble.get_or_insert(ChannelTrouble::Timeout);
                 }
                 Ok(Err(e)) if rejected_size(&e.to_string()) == Some(size) => {
-                    settled.push(self.permanent(&row, "too_large", e.to_string()));
+                    settled.push(self.permanent(&row, Failure::TooLarge, e.to_string()));
                     trouble.get_or_insert(ChannelTrouble::Error(e));
                 }
                 Ok(Err(e)) => {
-                    settled.push(self.retry(&row, "channel", e.to_string()));
+                    settled.push(self.retry(&row, Failure::Channel, e.to_string()));
                     trouble.get_or_insert(ChannelTrouble::Error(e));
                 }
                 Err(_) => {
                     settled.push(self.retry(
                         &row,
-                        "timeout",
+                        Failure::Timeout,
                         "no confirm within the timeout".to_owned(),
                     ));
                     trouble.get_or_insert(ChannelTrouble::Timeout);
@@ -383,21 +429,50 @@ impl Shared {
             }
         }
         let ids = settled.iter().map(Settlement::id).chain(unsent).collect();
-        if let Err(e) = self.outbox.settle(settled).await {
-            // The rows stay pending and are published again: a duplicate, never a loss.
-            tracing::error!(error = %e, "cannot record publish outcomes; those rows will be published again");
-        }
+        self.settle_until_recorded(settled).await;
         BatchDone { ids, trouble }
+    }
+
+    /// Records a batch's outcomes, retrying with backoff while the outbox cannot
+    /// write (disk full, locked past `busy_timeout`). The outcomes are known, so it
+    /// is the settlement that is retried, not the publish: the rows stay in flight
+    /// meanwhile and are not fetched and published again. Only a closing outbox
+    /// gives up; its rows stay pending and the next start publishes them again (a
+    /// duplicate, never a loss).
+    async fn settle_until_recorded(&self, settled: Vec<Settlement>) {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            match self.outbox.settle(settled.clone()).await {
+                Ok(()) => return,
+                Err(OutboxError::Closed) => {
+                    tracing::warn!(
+                        "outbox closed before publish outcomes were recorded; those rows will be published again at the next start"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::error!(error = %e, retry_in = ?delay,
+                        "cannot record publish outcomes; retrying the record, not the publish");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 
     /// A failure that will happen again however often the row is retried (it cannot
     /// be encoded, or the broker refuses its size): retried a bounded number of
     /// times in case the cause was misjudged, then `dead`.
-    fn permanent(&self, row: &PendingEvent, reason: &str, error: String) -> Settlement {
+    fn permanent(&self, row: &PendingEvent, reason: Failure, error: String) -> Settlement {
         if row.attempts + 1 >= MAX_PERMANENT_ATTEMPTS {
             self.metrics
                 .publish_failures
-                .with_label_values(&[reason])
+                .with_label_values(&[reason.as_str()])
                 .inc();
             tracing::error!(event_id = %row.meta.id, attempts = row.attempts + 1, %error,
                 "giving up on this event: it is now dead (see `hookrelay outbox list --state dead`)");
@@ -406,10 +481,10 @@ impl Shared {
         self.retry(row, reason, error)
     }
 
-    fn retry(&self, row: &PendingEvent, reason: &str, error: String) -> Settlement {
+    fn retry(&self, row: &PendingEvent, reason: Failure, error: String) -> Settlement {
         self.metrics
             .publish_failures
-            .with_label_values(&[reason])
+            .with_label_values(&[reason.as_str()])
             .inc();
         let delay = retry_delay(row.attempts);
         tracing::warn!(event_id = %row.meta.id, attempts = row.attempts + 1, %error, retry_in = ?delay, "publish not confirmed");

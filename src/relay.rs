@@ -122,6 +122,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         read_timeout: config.read_timeout,
         wake,
     });
+    ingress.count_from_zero();
     let admin = Arc::new(Admin {
         outbox: Arc::clone(&outbox),
         metrics,

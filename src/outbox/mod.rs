@@ -6,6 +6,7 @@
 //! PostgreSQL shared by replicas) is chosen by `HOOKRELAY_OUTBOX_URL` alone: this
 //! module is the only one that parses that URL or names a backend.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -346,8 +347,15 @@ pub(crate) trait Outbox: Send + Sync {
     async fn insert(&self, event: NewEvent) -> Result<InsertOutcome, OutboxError>;
 
     /// Pending rows whose next attempt is due, oldest first, at most one per subject
-    /// (a row waits while an older row of its subject is pending).
-    async fn fetch_due(&self, now_us: i64, limit: usize) -> Result<Vec<PendingEvent>, OutboxError>;
+    /// (a row waits while an older row of its subject is pending), leaving out the
+    /// rows in `in_flight` (published, outcome not yet recorded) before any body is
+    /// read.
+    async fn fetch_due(
+        &self,
+        now_us: i64,
+        limit: usize,
+        in_flight: &HashSet<i64>,
+    ) -> Result<Vec<PendingEvent>, OutboxError>;
 
     /// Records the outcome of a batch of publish attempts in one transaction.
     async fn settle(&self, settlements: Vec<Settlement>) -> Result<(), OutboxError>;

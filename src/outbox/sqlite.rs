@@ -9,6 +9,7 @@
 //! Reads (`fetch_due`, `stats`) use a second connection, which WAL lets run beside
 //! the writer.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -419,31 +420,51 @@ impl Outbox for SqliteOutbox {
         rx.await.map_err(|_| OutboxError::Closed)?
     }
 
-    async fn fetch_due(&self, now_us: i64, limit: usize) -> Result<Vec<PendingEvent>, OutboxError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    async fn fetch_due(
+        &self,
+        now_us: i64,
+        limit: usize,
+        in_flight: &HashSet<i64>,
+    ) -> Result<Vec<PendingEvent>, OutboxError> {
+        // In-flight rows are still pending, so the due-rows query returns them: ask
+        // for enough ids to skip them, and read bodies only for the rows kept.
+        let wanted = i64::try_from(limit.saturating_add(in_flight.len())).unwrap_or(i64::MAX);
+        let in_flight = in_flight.clone();
         let rows = self
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT e.id, e.meta, e.body, e.received_at, e.traceparent, e.attempts
-                     FROM events e
-                     WHERE e.state = 'pending' AND e.next_attempt_at <= ?1
-                       AND NOT EXISTS (SELECT 1 FROM events o
-                                       WHERE o.state = 'pending' AND o.source = e.source
-                                         AND o.subject = e.subject AND o.id < e.id)
-                     ORDER BY e.id
-                     LIMIT ?2",
+                let tx = conn.unchecked_transaction()?;
+                let ids: Vec<i64> = {
+                    let mut due = tx.prepare_cached(
+                        "SELECT e.id FROM events e
+                         WHERE e.state = 'pending' AND e.next_attempt_at <= ?1
+                           AND NOT EXISTS (SELECT 1 FROM events o
+                                           WHERE o.state = 'pending' AND o.source = e.source
+                                             AND o.subject = e.subject AND o.id < e.id)
+                         ORDER BY e.id
+                         LIMIT ?2",
+                    )?;
+                    let ids = due.query_map(params![now_us, wanted], |row| row.get(0))?;
+                    ids.collect::<rusqlite::Result<Vec<i64>>>()?
+                };
+                let mut row = tx.prepare_cached(
+                    "SELECT meta, body, received_at, traceparent, attempts FROM events WHERE id = ?1",
                 )?;
-                let rows = stmt.query_map(params![now_us, limit], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, Vec<u8>>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, u32>(5)?,
-                    ))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
+                ids.into_iter()
+                    .filter(|id| !in_flight.contains(id))
+                    .take(limit)
+                    .map(|id| {
+                        row.query_row([id], |r| {
+                            Ok((
+                                id,
+                                r.get::<_, String>(0)?,
+                                r.get::<_, Vec<u8>>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, String>(3)?,
+                                r.get::<_, u32>(4)?,
+                            ))
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
         rows.into_iter()
@@ -597,5 +618,56 @@ impl Outbox for SqliteOutbox {
             .try_send(Command::Ping(reply))
             .map_err(|_| OutboxError::Overloaded)?;
         rx.await.map_err(|_| OutboxError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Origin, Parsed};
+
+    fn event(body: &str) -> NewEvent {
+        let origin = Origin {
+            provider: "whitepay",
+            source: "whitepay",
+            routing_prefix: "whitepay",
+            redact: &[],
+        };
+        let parsed = Parsed::unrecognized("test", None);
+        let received = time::OffsetDateTime::now_utc();
+        NewEvent {
+            meta: EventMeta::new(&origin, &parsed, body.as_bytes(), received),
+            headers_json: "{}".to_owned(),
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            received_at_us: crate::clock::micros(received),
+            traceparent: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_in_flight_are_skipped_and_the_batch_still_fills() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = SqliteOutbox::open(&dir.path().join("o.db"), metrics)
+            .await
+            .expect("open");
+        for body in ["a", "b", "c", "d"] {
+            outbox.insert(event(body)).await.expect("insert");
+        }
+        let due = |in_flight: HashSet<i64>| {
+            let outbox = &outbox;
+            async move {
+                outbox
+                    .fetch_due(i64::MAX, 2, &in_flight)
+                    .await
+                    .expect("fetch")
+                    .iter()
+                    .map(|row| row.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(due(HashSet::new()).await, vec![1, 2]);
+        assert_eq!(due(HashSet::from([1, 2])).await, vec![3, 4]);
+        assert_eq!(due(HashSet::from([1, 3])).await, vec![2, 4]);
     }
 }

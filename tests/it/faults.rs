@@ -503,3 +503,67 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
     assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
     drop(relay);
 }
+
+/// A settle that fails (here: another process holds the outbox's write lock longer
+/// than the relay's 5 s `busy_timeout`) is retried as a settle: the confirmed rows
+/// are not fetched and published again while the fault lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_settle_is_retried_without_publishing_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("settlefail");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let proxy = TcpProxy::start(BROKER).await;
+    proxy.cut();
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.broker = proxy.addr.to_string();
+    let relay = Relay::start(&config);
+    const ROWS: usize = 20;
+    for i in 0..ROWS {
+        let body = whitepay_order(&format!("settle-{i}"));
+        assert_eq!(relay.post_whitepay(&body).await.0, 200);
+    }
+
+    // Hold the write lock for two busy timeouts and more, so settles fail twice.
+    let outbox = config.outbox.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(outbox).expect("open outbox");
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .expect("take the write lock");
+        locked_tx.send(()).expect("signal");
+        std::thread::sleep(Duration::from_secs(12));
+        conn.execute_batch("ROLLBACK")
+            .expect("release the write lock");
+    });
+    locked_rx.recv().expect("lock taken");
+    proxy.restore();
+    tokio::task::spawn_blocking(move || holder.join().expect("lock holder"))
+        .await
+        .expect("join");
+
+    let deliveries = consumer.collect(ROWS * 10, Duration::from_secs(5)).await;
+    let mut per_message: BTreeMap<String, usize> = BTreeMap::new();
+    for delivery in &deliveries {
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .expect("message id")
+            .to_string();
+        *per_message.entry(id).or_default() += 1;
+    }
+    assert_eq!(per_message.len(), ROWS, "every acked webhook was published");
+    let republished: Vec<_> = per_message.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        republished.is_empty(),
+        "confirmed rows were published again while their settle failed: {republished:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while relay.outbox_count(Some("published")) < ROWS as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the settle was recorded once the lock was gone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -227,7 +227,10 @@ async fn outbox_show_redacts_like_the_published_message_unless_asked_for_raw() {
 
     let shown = relay.outbox_command(&["show", &id]);
     let body = shown["body"].as_str().expect("body text");
-    assert!(body.contains(r#""external_order_id":"[redacted]""#), "{body}");
+    assert!(
+        body.contains(r#""external_order_id":"[redacted]""#),
+        "{body}"
+    );
     assert!(!body.contains("m-r-1"), "{body}");
     let raw = relay.outbox_command(&["show", &id, "--raw"]);
     assert_eq!(

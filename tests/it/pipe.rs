@@ -516,3 +516,39 @@ async fn a_source_without_its_secret_refuses_and_says_which_setting_is_missing()
     }
     assert_eq!(relay.outbox_count(None), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_relay_exports_every_labelled_counter_at_zero_and_process_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("freshmetrics");
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let text = relay.metrics().await;
+    for sample in [
+        r#"hookrelay_publish_failures_total{reason="nack"} 0"#,
+        r#"hookrelay_publish_failures_total{reason="timeout"} 0"#,
+        r#"hookrelay_webhooks_received_total{outcome="unauthorized",provider="whitepay",source="whitepay"} 0"#,
+        r#"hookrelay_webhooks_received_total{outcome="accepted",provider="whitepay",source="whitepay"} 0"#,
+        r#"hookrelay_webhooks_received_total{outcome="unknown_source",provider="",source=""} 0"#,
+        r#"hookrelay_outbox_commit_failures_total{reason="disk_full"} 0"#,
+        concat!(
+            r#"hookrelay_build_info{version=""#,
+            env!("CARGO_PKG_VERSION"),
+            r#""} 1"#
+        ),
+    ] {
+        assert!(
+            text.lines().any(|line| line == sample),
+            "missing `{sample}` in:\n{text}"
+        );
+    }
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            text.lines().any(|line| line.starts_with(name)),
+            "missing {name}"
+        );
+    }
+}
