@@ -73,9 +73,13 @@ async fn shutdown_signal() {
 pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     let metrics = Arc::new(Metrics::new().map_err(RelayError::Metrics)?);
     let sources = providers::build_sources(&config).map_err(RelayError::Config)?;
-    let outbox = outbox::open(&config.outbox_url, Arc::clone(&metrics))
-        .await
-        .map_err(RelayError::Outbox)?;
+    let outbox = outbox::open(
+        &config.outbox_url,
+        outbox::Access::Serve,
+        Arc::clone(&metrics),
+    )
+    .await
+    .map_err(RelayError::Outbox)?;
     for source in sources.values() {
         let name = &source.config.name;
         if source.config.allow_unsigned {
@@ -84,6 +88,10 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
             for key in source.provider.missing_credentials() {
                 tracing::warn!(source = %name, setting = %key,
                     "source `{name}` has no `{key}` and will refuse its webhooks with 401");
+            }
+            if !source.provider.signs_body() && source.config.allow_ips.is_empty() {
+                tracing::warn!(source = %name,
+                    "source `{name}`'s provider does not sign the body: set allow_ips to the provider's addresses, or anyone holding one signed request can post any body");
             }
         }
     }

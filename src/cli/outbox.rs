@@ -123,7 +123,10 @@ fn time_arg(text: &str, now: time::OffsetDateTime) -> Result<i64, OutboxCommandE
         Err(_) => {
             let ago = humantime::parse_duration(text)
                 .map_err(|_| OutboxCommandError::Time(text.to_owned()))?;
-            now - ago
+            time::Duration::try_from(ago)
+                .ok()
+                .and_then(|ago| now.checked_sub(ago))
+                .ok_or_else(|| OutboxCommandError::Time(text.to_owned()))?
         }
     };
     Ok(crate::clock::micros(at))
@@ -145,7 +148,12 @@ pub(crate) async fn run(
     command: OutboxCommand,
 ) -> Result<String, OutboxCommandError> {
     let metrics = crate::metrics::Metrics::new().map_err(OutboxCommandError::Metrics)?;
-    let outbox = crate::outbox::open(&config.outbox_url, std::sync::Arc::new(metrics)).await?;
+    let outbox = crate::outbox::open(
+        &config.outbox_url,
+        crate::outbox::Access::Operate,
+        std::sync::Arc::new(metrics),
+    )
+    .await?;
     let now = time::OffsetDateTime::now_utc();
     let mut out = String::new();
     match command {
@@ -265,4 +273,20 @@ pub(crate) async fn run(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_the_calendar_are_errors_not_panics() {
+        let now = time::OffsetDateTime::now_utc();
+        assert!(matches!(
+            time_arg("100000y", now),
+            Err(OutboxCommandError::Time(_))
+        ));
+        assert!(time_arg("2h", now).is_ok());
+        assert!(time_arg("2026-11-30T00:00:00Z", now).is_ok());
+    }
 }

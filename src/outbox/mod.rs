@@ -242,6 +242,16 @@ pub enum OutboxError {
     /// `HOOKRELAY_OUTBOX_URL` is not a URL the outbox understands.
     #[error("invalid HOOKRELAY_OUTBOX_URL: {0}")]
     InvalidUrl(&'static str),
+    /// The `outbox` commands were pointed at an outbox that does not exist.
+    #[error(
+        "there is no outbox at {0}: check HOOKRELAY_OUTBOX_URL (`hookrelay serve` creates the outbox)"
+    )]
+    Missing(String),
+    /// Another `serve` holds the outbox.
+    #[error(
+        "another `hookrelay serve` is using the outbox at {0}: stop it first, or give this relay its own HOOKRELAY_OUTBOX_URL (replicas share one outbox only on PostgreSQL)"
+    )]
+    InUse(String),
     /// The outbox URL names a backend this build does not have yet.
     #[error("the PostgreSQL outbox is not built yet; use sqlite://PATH")]
     PostgresNotBuilt,
@@ -255,7 +265,8 @@ impl OutboxError {
             Self::Overloaded => "overloaded",
             Self::Storage(fault) => fault.kind.as_str(),
             Self::Closed => "closed",
-            Self::InvalidUrl(_) | Self::PostgresNotBuilt => "config",
+            Self::InvalidUrl(_) | Self::PostgresNotBuilt | Self::Missing(_) => "config",
+            Self::InUse(_) => "in_use",
         }
     }
 }
@@ -465,9 +476,20 @@ pub(crate) fn describe_url(url: &str) -> Result<String, OutboxError> {
     }
 }
 
-/// Opens the outbox named by the URL, creating it if absent.
+/// Who opens the outbox, which decides what may happen to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// `serve`: creates the outbox if absent, and is its only server.
+    Serve,
+    /// The `outbox` commands: the outbox must exist already (a mistyped path must
+    /// not leave an empty outbox behind), and may be in use by `serve`.
+    Operate,
+}
+
+/// Opens the outbox named by the URL.
 pub(crate) async fn open(
     url: &str,
+    access: Access,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Arc<dyn Outbox>, OutboxError> {
     match Location::parse(url)? {
@@ -478,7 +500,9 @@ pub(crate) async fn open(
                     .outbox_commit_failures
                     .with_label_values(&[kind.as_str()]);
             }
-            Ok(Arc::new(sqlite::SqliteOutbox::open(&path, metrics).await?))
+            Ok(Arc::new(
+                sqlite::SqliteOutbox::open(&path, access, metrics).await?,
+            ))
         }
         Location::Postgres => Err(OutboxError::PostgresNotBuilt),
     }

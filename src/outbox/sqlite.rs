@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Fault, FaultKind, InsertOutcome, Inventory, ListFilter, NewEvent, Outbox, OutboxError,
+    Access, Fault, FaultKind, InsertOutcome, Inventory, ListFilter, NewEvent, Outbox, OutboxError,
     PendingEvent, ReplaySelector, RowView, Settlement, Stats,
 };
 use crate::clock::{from_micros, now_micros};
@@ -88,6 +88,37 @@ pub(crate) struct SqliteOutbox {
     writer: mpsc::Sender<Command>,
     reader: Arc<Mutex<Connection>>,
     path: std::path::PathBuf,
+    /// Held while `serve` runs: the lock that keeps a second `serve` out.
+    _serve_lock: Option<std::fs::File>,
+}
+
+/// Takes `{database}.lock` exclusively. Two relays on one SQLite file would each
+/// publish the other's rows and break the order per subject, so the second refuses
+/// to start. The lock dies with the process, however it ends.
+fn serve_lock(path: &Path) -> Result<std::fs::File, OutboxError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(|e| {
+            fault(
+                FaultKind::Io,
+                format_args!("cannot open {}: {e}", Path::new(&name).display()),
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(OutboxError::InUse(path.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(fault(
+            FaultKind::Io,
+            format_args!("cannot lock {}: {e}", Path::new(&name).display()),
+        )),
+    }
 }
 
 impl From<rusqlite::Error> for OutboxError {
@@ -125,11 +156,20 @@ fn open_connection(path: &Path) -> Result<Connection, OutboxError> {
 }
 
 impl SqliteOutbox {
-    /// Opens (creating file, folder and schema if absent) and starts the writer thread.
-    pub(crate) async fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Self, OutboxError> {
+    /// Opens the database and starts the writer thread. For `serve`, creates file,
+    /// folder and schema if absent, and takes the serve lock; for the `outbox`
+    /// commands, the file must exist.
+    pub(crate) async fn open(
+        path: &Path,
+        access: Access,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, OutboxError> {
         let db_path = path.to_owned();
         let path = path.to_owned();
-        let (writer_conn, reader_conn) = tokio::task::spawn_blocking(move || {
+        let (writer_conn, reader_conn, serve_lock) = tokio::task::spawn_blocking(move || {
+            if access == Access::Operate && !path.exists() {
+                return Err(OutboxError::Missing(path.display().to_string()));
+            }
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| {
                     fault(
@@ -138,10 +178,14 @@ impl SqliteOutbox {
                     )
                 })?;
             }
+            let serve_lock = match access {
+                Access::Serve => Some(serve_lock(&path)?),
+                Access::Operate => None,
+            };
             let writer = open_connection(&path)?;
             writer.execute_batch(SCHEMA)?;
             let reader = open_connection(&path)?;
-            Ok::<_, OutboxError>((writer, reader))
+            Ok::<_, OutboxError>((writer, reader, serve_lock))
         })
         .await
         .map_err(|e| fault(FaultKind::Other, e))??;
@@ -159,6 +203,7 @@ impl SqliteOutbox {
             writer: tx,
             reader: Arc::new(Mutex::new(reader_conn)),
             path: db_path,
+            _serve_lock: serve_lock,
         })
     }
 
@@ -648,7 +693,7 @@ mod tests {
     async fn rows_in_flight_are_skipped_and_the_batch_still_fills() {
         let dir = tempfile::tempdir().expect("tempdir");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let outbox = SqliteOutbox::open(&dir.path().join("o.db"), metrics)
+        let outbox = SqliteOutbox::open(&dir.path().join("o.db"), Access::Serve, metrics)
             .await
             .expect("open");
         for body in ["a", "b", "c", "d"] {

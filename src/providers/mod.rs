@@ -223,6 +223,13 @@ pub trait Provider: Send + Sync {
     fn routing_prefix(&self) -> Option<&str> {
         None
     }
+
+    /// Whether the signature covers the body. When it does not (OSL Pay signs only
+    /// its app id and a timestamp), anyone who saw one signed request can send any
+    /// body with it, and only `allow_ips` keeps strangers out.
+    fn signs_body(&self) -> bool {
+        true
+    }
 }
 
 /// A source setting that cannot be used.

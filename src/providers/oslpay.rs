@@ -222,6 +222,10 @@ impl OslPay {
 }
 
 impl Provider for OslPay {
+    fn signs_body(&self) -> bool {
+        false
+    }
+
     fn missing_credentials(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
         if self.app_id.is_none() {

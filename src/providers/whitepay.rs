@@ -127,8 +127,14 @@ impl Provider for Whitepay {
             _ if entity_key == "order" => Kind::Order,
             _ => Kind::Transaction,
         };
-        let Some(id) = entity.get("id").and_then(Value::as_str) else {
-            return unrecognized("the entity has no string `id`");
+        // An empty id would make unrelated events share the subject `""` and hold
+        // each other back.
+        let Some(id) = entity
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.trim().is_empty())
+        else {
+            return unrecognized("the entity has no non-empty string `id`");
         };
         let provider_status = entity
             .get("status")

@@ -239,3 +239,42 @@ async fn outbox_show_redacts_like_the_published_message_unless_asked_for_raw() {
         "the outbox keeps the body as received"
     );
 }
+
+#[test]
+fn outbox_commands_on_a_wrong_path_say_so_and_create_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("typo").join("outbox.db");
+    let url = format!("sqlite://{}", path.display());
+    let (ok, stderr) = hookrelay(&["outbox", "stats"], &[("HOOKRELAY_OUTBOX_URL", &url)]);
+    assert!(!ok);
+    assert!(stderr.contains("there is no outbox at"), "{stderr}");
+    assert!(!path.exists(), "no empty outbox was created");
+    assert!(!dir.path().join("typo").exists(), "no folder either");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_sqlite_outbox_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("secondserve");
+    let config = RelayConfig::new(&exchange, dir.path());
+    let first = Relay::start(&config);
+    let url = format!("sqlite://{}", config.outbox.display());
+    let (ok, stderr) = hookrelay(
+        &["serve"],
+        &[
+            ("HOOKRELAY_OUTBOX_URL", &url),
+            ("HOOKRELAY_LISTEN", "127.0.0.1:0"),
+            ("HOOKRELAY_ADMIN_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert!(!ok, "the second serve exits non-zero");
+    assert!(
+        stderr.contains("another `hookrelay serve` is using the outbox"),
+        "{stderr}"
+    );
+    assert_eq!(first.post_whitepay(&whitepay_order("still-1")).await.0, 200);
+    drop(first);
+    // The lock goes with the process that held it.
+    let again = Relay::start(&config);
+    assert_eq!(again.post_whitepay(&whitepay_order("still-2")).await.0, 200);
+}

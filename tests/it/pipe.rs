@@ -552,3 +552,31 @@ async fn a_fresh_relay_exports_every_labelled_counter_at_zero_and_process_metric
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_warns_about_an_unsigned_body_source_without_allow_ips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("oslwarn");
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    for (source, ips) in [("osl_open", None), ("osl_fenced", Some("203.0.113.0/24"))] {
+        let upper = source.to_ascii_uppercase();
+        config.env.push((
+            format!("HOOKRELAY_SOURCES__{upper}__PROVIDER"),
+            "oslpay".to_owned(),
+        ));
+        if let Some(ips) = ips {
+            config.env.push((
+                format!("HOOKRELAY_SOURCES__{upper}__ALLOW_IPS"),
+                ips.to_owned(),
+            ));
+        }
+    }
+    let relay = Relay::start(&config);
+    let warned: Vec<String> = relay
+        .logs()
+        .into_iter()
+        .filter(|line| line.contains("does not sign the body"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(warned[0].contains("osl_open"), "{warned:#?}");
+}

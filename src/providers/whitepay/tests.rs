@@ -157,3 +157,19 @@ fn bodies_outside_the_tables_are_unrecognized_not_guessed() {
         );
     }
 }
+
+#[test]
+fn an_empty_entity_id_is_unrecognized_not_a_shared_subject() {
+    for body in [
+        r#"{"order":{"id":"","status":"COMPLETE"},"event_type":"order::completed"}"#,
+        r#"{"transaction":{"id":"  ","status":"COMPLETE"},"event_type":"transaction::completed"}"#,
+    ] {
+        assert!(
+            matches!(
+                provider(&[]).parse(&WebhookRequest::body_only(body.as_bytes())),
+                Parsed::Unrecognized { .. }
+            ),
+            "{body}"
+        );
+    }
+}
