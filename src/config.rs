@@ -75,6 +75,37 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Text that may hold a credential (a password in a URL, a signing key): its
+/// `Debug` and `Display` show `****`, so a logged or printed configuration never
+/// carries it. [`Secret::expose`] is the one way to the text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The text itself, for the code that needs it (a connection, a signature).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"****\"")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("****")
+    }
+}
+
 /// Log output format (`HOOKRELAY_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -91,13 +122,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener address (`/metrics`, `/healthz`, `/readyz`).
     pub admin_listen: SocketAddr,
-    /// RabbitMQ URL (may hold a password: never log it whole).
-    pub amqp_url: String,
+    /// RabbitMQ URL (may hold a password).
+    pub amqp_url: Secret,
     /// Topic exchange the relay publishes to.
     pub exchange: String,
     /// Outbox location, as written: the outbox parses it, so that only `outbox/`
     /// knows which backends exist (it may hold a password: never log it whole).
-    pub outbox_url: String,
+    pub outbox_url: Secret,
     /// How long published rows are kept.
     pub retention: Duration,
     /// Largest accepted body in bytes.
@@ -128,8 +159,9 @@ pub struct SourceConfig {
     /// JSON paths redacted in published payloads; `None` means the provider default.
     pub redact: Option<Vec<String>>,
     /// Every key of the source as text (lists comma-joined), for the provider to read
-    /// its own credential keys from.
-    pub settings: BTreeMap<String, String>,
+    /// its own credential keys from. Values are [`Secret`]s: which keys are
+    /// credentials is the provider's to say, so none is printed by accident.
+    pub settings: BTreeMap<String, Secret>,
 }
 
 impl SourceConfig {
@@ -137,7 +169,7 @@ impl SourceConfig {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.settings
             .get(key)
-            .map(String::as_str)
+            .map(Secret::expose)
             .filter(|v| !v.trim().is_empty())
     }
 
@@ -251,9 +283,9 @@ impl Config {
         Ok(Self {
             listen,
             admin_listen,
-            amqp_url,
+            amqp_url: Secret(amqp_url),
             exchange,
-            outbox_url,
+            outbox_url: Secret(outbox_url),
             retention,
             max_body,
             trusted_proxies,
@@ -276,7 +308,7 @@ fn read_file(path: &Path) -> Result<(Settings, BTreeMap<String, Settings>), Conf
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Toml {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: toml_problem(&text, &e),
         })?;
     let mut top = BTreeMap::new();
     let mut sources = BTreeMap::new();
@@ -304,6 +336,21 @@ fn read_file(path: &Path) -> Result<(Settings, BTreeMap<String, Settings>), Conf
         }
     }
     Ok((top, sources))
+}
+
+/// Where and what the TOML parser found wrong, without the parser's quote of the
+/// line: that line may hold a secret (`sign_key = "…`).
+fn toml_problem(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
+    }
 }
 
 /// TOML values as the text the environment form would carry; arrays are joined with
@@ -380,7 +427,10 @@ impl SourceConfig {
             timestamp_tolerance,
             allow_ips,
             redact,
-            settings,
+            settings: settings
+                .into_iter()
+                .map(|(key, value)| (key, Secret(value)))
+                .collect(),
         })
     }
 
@@ -458,7 +508,7 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(cfg.admin_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(cfg.exchange, "webhooks");
-        assert_eq!(cfg.outbox_url, "sqlite://data/outbox.db");
+        assert_eq!(cfg.outbox_url.expose(), "sqlite://data/outbox.db");
         assert_eq!(cfg.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(cfg.max_body, 1024 * 1024);
         assert!(
@@ -509,6 +559,31 @@ mod tests {
         let shop = &cfg.sources["shop"];
         assert_eq!(shop.get_list("webhook_token"), vec!["t1", "t2"]);
         assert!(shop.allow_unsigned);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output_or_toml_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hookrelay.toml");
+        std::fs::write(
+            &path,
+            "amqp_url = \"amqp://relay:pa55word@mq/%2f\"\n[sources.shop]\nprovider = \"whitepay\"\nwebhook_token = \"t0ken-s3cret\"\n",
+        )
+        .expect("write");
+        let cfg = Config::load_from(Some(&path), &[]).expect("valid");
+        let debug = format!("{cfg:?}");
+        for secret in ["pa55word", "t0ken-s3cret"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert_eq!(
+            cfg.sources["shop"].get("webhook_token"),
+            Some("t0ken-s3cret")
+        );
+        std::fs::write(&path, "[sources.shop]\nwebhook_token = \"t0ken-s3cret\n").expect("write");
+        let err = Config::load_from(Some(&path), &[]).map(|_| ()).unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("t0ken-s3cret"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
     }
 
     #[test]

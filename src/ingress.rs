@@ -26,7 +26,7 @@ use crate::event::{EventMeta, Origin};
 use crate::metrics::Metrics;
 use crate::outbox::{InsertOutcome, NewEvent, Outbox, OutboxError};
 use crate::providers::{Source, VerifyError, WebhookRequest};
-use crate::telemetry::TraceParent;
+use crate::telemetry::{Throttle, TraceParent};
 
 /// Headers never written to the outbox: credentials of the caller, not of the event.
 const SECRET_HEADERS: &[&str] = &[
@@ -53,6 +53,26 @@ pub(crate) struct Ingress {
     pub(crate) read_timeout: std::time::Duration,
     /// Notified on every stored webhook, so the publisher starts at once.
     pub(crate) wake: Arc<Notify>,
+    /// Log lines a sender can cause, at most one a second of each kind.
+    pub(crate) logs: LogThrottles,
+}
+
+/// One [`Throttle`] per kind of log line a sender controls.
+pub(crate) struct LogThrottles {
+    refused: Throttle,
+    unrecognized: Throttle,
+    unavailable: Throttle,
+}
+
+impl Default for LogThrottles {
+    fn default() -> Self {
+        let second = std::time::Duration::from_secs(1);
+        Self {
+            refused: Throttle::new(second),
+            unrecognized: Throttle::new(second),
+            unavailable: Throttle::new(second),
+        }
+    }
 }
 
 /// Every `outcome` a source's webhooks can have (`unknown_source` is counted
@@ -244,7 +264,10 @@ async fn handle(
             client.is_some_and(|ip| source.config.allow_ips.iter().any(|net| net.contains(&ip)));
         if !allowed {
             count("forbidden");
-            tracing::warn!(client = ?client, "webhook refused: client address not in allow_ips");
+            if let Some(left_out) = ingress.logs.refused.allow() {
+                tracing::warn!(client = ?client, left_out,
+                    "webhook refused: client address not in allow_ips (one line a second at most; see hookrelay_webhooks_received_total)");
+            }
             return error(
                 StatusCode::FORBIDDEN,
                 "client address is not allowed to post to this source",
@@ -301,13 +324,16 @@ async fn handle(
         let verdict = source.provider.verify(&webhook);
         if let Err(e) = verdict {
             count("unauthorized");
-            match &e {
-                VerifyError::MissingCredential(key) => tracing::error!(
-                    setting = %key,
-                    "source `{name}` refuses its webhooks: set `{key}` (HOOKRELAY_SOURCES__{}__{}) or allow_unsigned",
-                    name.to_ascii_uppercase(), key.to_ascii_uppercase()
-                ),
-                other => tracing::warn!(reason = %other, "webhook refused"),
+            if let Some(left_out) = ingress.logs.refused.allow() {
+                match &e {
+                    VerifyError::MissingCredential(key) => tracing::error!(
+                        setting = %key, left_out,
+                        "source `{name}` refuses its webhooks: set `{key}` (HOOKRELAY_SOURCES__{}__{}) or allow_unsigned",
+                        name.to_ascii_uppercase(), key.to_ascii_uppercase()
+                    ),
+                    other => tracing::warn!(reason = %other, left_out,
+                        "webhook refused (one line a second at most; see hookrelay_webhooks_received_total)"),
+                }
             }
             return error(StatusCode::UNAUTHORIZED, e.to_string());
         }
@@ -317,9 +343,10 @@ async fn handle(
         reason,
         provider_event_type,
     } = &parsed
+        && let Some(left_out) = ingress.logs.unrecognized.allow()
     {
-        tracing::warn!(%reason, provider_event_type = provider_event_type.as_deref().unwrap_or(""),
-            "authentic webhook not understood; stored and published as unrecognized");
+        tracing::warn!(%reason, provider_event_type = provider_event_type.as_deref().unwrap_or(""), left_out,
+            "authentic webhook not understood; stored and published as unrecognized (one line a second at most)");
     }
     let origin = Origin {
         provider: provider_name,
@@ -351,17 +378,12 @@ async fn handle(
         }
         Err(e) => {
             count("unavailable");
-            // An overload is counted (outcome="unavailable"), not logged per request:
+            // Counted (outcome="unavailable") always, logged once a second at most:
             // a flood would otherwise also flood the logs.
-            if matches!(e, OutboxError::Overloaded) {
-                tracing::debug!(error = %e, "webhook not stored; answering 503 so the provider retries");
-            } else {
-                tracing::error!(error = %e, "webhook not stored; answering 503 so the provider retries");
+            if let Some(left_out) = ingress.logs.unavailable.allow() {
+                tracing::error!(error = %e, left_out, "webhook not stored; answering 503 so the provider retries");
             }
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{e}; the webhook was not stored"),
-            );
+            return error(StatusCode::SERVICE_UNAVAILABLE, unavailable_message(&e));
         }
     }
     let ack = source.provider.ack();
@@ -375,6 +397,15 @@ async fn handle(
         );
     }
     response
+}
+
+/// The 503 body: what happened in a word and what the sender should do, never the
+/// storage layer's own message (paths, SQL), which goes to the log.
+fn unavailable_message(error: &OutboxError) -> String {
+    format!(
+        "the relay cannot store webhooks right now ({}); the webhook was not stored: retry later",
+        error.reason()
+    )
 }
 
 /// The address the request came from: the socket peer, or, when the peer is a
@@ -457,6 +488,18 @@ mod tests {
             client_ip(ip("::ffff:198.51.100.1"), &HeaderMap::new(), &trusted),
             Some(ip("198.51.100.1"))
         );
+    }
+
+    #[test]
+    fn a_503_body_names_the_cause_but_never_the_storage_message() {
+        let fault = crate::outbox::Fault::new(
+            crate::outbox::FaultKind::Io,
+            "disk I/O error at /var/lib/hookrelay/outbox.db",
+        );
+        let body = unavailable_message(&OutboxError::Storage(fault));
+        assert!(body.contains("(io)"), "{body}");
+        assert!(body.contains("not stored"), "{body}");
+        assert!(!body.contains("/var/lib"), "{body}");
     }
 
     #[test]

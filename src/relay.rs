@@ -74,7 +74,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     let metrics = Arc::new(Metrics::new().map_err(RelayError::Metrics)?);
     let sources = providers::build_sources(&config).map_err(RelayError::Config)?;
     let outbox = outbox::open(
-        &config.outbox_url,
+        config.outbox_url.expose(),
         outbox::Access::Serve,
         Arc::clone(&metrics),
     )
@@ -103,7 +103,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let link = BrokerLink::new(
-        config.amqp_url.clone(),
+        config.amqp_url.expose().to_owned(),
         config.exchange.clone(),
         Arc::clone(&metrics),
     );
@@ -129,6 +129,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         trusted_proxies: config.trusted_proxies.clone(),
         read_timeout: config.read_timeout,
         wake,
+        logs: ingress::LogThrottles::default(),
     });
     ingress.count_from_zero();
     let admin = Arc::new(Admin {

@@ -23,6 +23,49 @@ pub(crate) fn init(format: LogFormat) {
     };
 }
 
+/// At most one log line per interval for a kind of event that a sender controls
+/// (refusals, unrecognized bodies): a sender can cause thousands a second, and the
+/// counters, not the log, are the signal. The lines left out are counted and
+/// reported with the next line written.
+pub(crate) struct Throttle {
+    every: std::time::Duration,
+    state: std::sync::Mutex<ThrottleState>,
+}
+
+struct ThrottleState {
+    next: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// One line per `every` at most.
+    pub(crate) const fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            state: std::sync::Mutex::new(ThrottleState {
+                next: None,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// `Some(left_out)` when a line may be written now, `left_out` being how many
+    /// were left out since the last one; `None` when this one is left out.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.next.is_some_and(|next| now < next) {
+            state.suppressed += 1;
+            return None;
+        }
+        state.next = Some(now + self.every);
+        Some(std::mem::take(&mut state.suppressed))
+    }
+}
+
 /// A W3C trace context (`traceparent`, version 00).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TraceParent {
@@ -93,6 +136,18 @@ fn random_hex<const N: usize>() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_writes_one_line_per_interval_and_counts_the_rest() {
+        let throttle = Throttle::new(std::time::Duration::from_secs(3600));
+        assert_eq!(throttle.allow(), Some(0));
+        for _ in 0..999 {
+            assert_eq!(throttle.allow(), None);
+        }
+        let open = Throttle::new(std::time::Duration::ZERO);
+        assert_eq!(open.allow(), Some(0));
+        assert_eq!(open.allow(), Some(0));
+    }
 
     #[test]
     fn a_valid_traceparent_keeps_its_trace_id_with_a_new_span() {

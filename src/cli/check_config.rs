@@ -26,7 +26,7 @@ pub(crate) fn run(config: &Config) -> ExitCode {
 fn check(config: &Config) -> (String, Vec<String>) {
     let mut out = String::new();
     let mut problems = Vec::new();
-    let outbox = crate::outbox::describe_url(&config.outbox_url).unwrap_or_else(|e| {
+    let outbox = crate::outbox::describe_url(config.outbox_url.expose()).unwrap_or_else(|e| {
         problems.push(e.to_string());
         "(invalid)".to_owned()
     });
@@ -35,7 +35,7 @@ fn check(config: &Config) -> (String, Vec<String>) {
     let _ = writeln!(
         out,
         "amqp_url        {}",
-        crate::amqp::redact_url(&config.amqp_url)
+        crate::amqp::redact_url(config.amqp_url.expose())
     );
     let _ = writeln!(out, "exchange        {}", config.exchange);
     let _ = writeln!(out, "outbox_url      {outbox}");
@@ -58,7 +58,7 @@ fn check(config: &Config) -> (String, Vec<String>) {
                 );
                 for (key, value) in &settings.settings {
                     let secret = source.spec.secret_keys.contains(&key.as_str());
-                    let shown = if secret { "********" } else { value.as_str() };
+                    let shown = if secret { "********" } else { value.expose() };
                     let _ = writeln!(out, "    {key} = {shown}");
                 }
                 if settings.allow_unsigned {

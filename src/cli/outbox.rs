@@ -149,7 +149,7 @@ pub(crate) async fn run(
 ) -> Result<String, OutboxCommandError> {
     let metrics = crate::metrics::Metrics::new().map_err(OutboxCommandError::Metrics)?;
     let outbox = crate::outbox::open(
-        &config.outbox_url,
+        config.outbox_url.expose(),
         crate::outbox::Access::Operate,
         std::sync::Arc::new(metrics),
     )

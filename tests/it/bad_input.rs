@@ -201,3 +201,38 @@ async fn header_floods_are_refused_and_slow_clients_are_cut_off() {
     );
     relay.assert_still_serving().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_is_counted_not_logged_line_by_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("logflood");
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let started = Instant::now();
+    for i in 0..200 {
+        let body = whitepay_order(&format!("flood-{i}"));
+        let (status, _) = post(
+            &relay.url("whitepay"),
+            body,
+            &[("Signature", "00".repeat(32))],
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let lines = relay
+        .logs()
+        .iter()
+        .filter(|line| line.contains("webhook refused"))
+        .count();
+    assert!(
+        (1..=usize::try_from(seconds).expect("seconds") + 1).contains(&lines),
+        "{lines} refusal lines for 200 refusals in {seconds} s"
+    );
+    assert_eq!(
+        relay
+            .metric(r#"hookrelay_webhooks_received_total{outcome="unauthorized",provider="whitepay",source="whitepay"}"#)
+            .await,
+        200.0,
+        "every refusal is counted"
+    );
+}
