@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -107,7 +107,6 @@ impl Ingress {
 
 /// The ingress router.
 pub(crate) fn router(ingress: Arc<Ingress>) -> Router {
-    let max_body = ingress.max_body;
     Router::new()
         .route(
             "/webhooks/{source}",
@@ -124,7 +123,6 @@ pub(crate) fn router(ingress: Arc<Ingress>) -> Router {
                 "no such endpoint; webhooks go to POST /webhooks/{source}",
             )
         })
-        .layer(DefaultBodyLimit::max(max_body))
         .with_state(ingress)
 }
 
@@ -276,35 +274,44 @@ async fn handle(
     }
     let too_large = || {
         count("too_large");
-        error(
+        let mut response = error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "body is larger than the relay's limit of {} bytes",
                 ingress.max_body
             ),
-        )
+        );
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        response
     };
     let declared_length = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|len| len > ingress.max_body as u64) {
+    let (parts, mut body) = request.into_parts();
+    let headers = parts.headers;
+    if let Some(length) = declared_length.filter(|len| *len > ingress.max_body as u64) {
+        if length - ingress.max_body as u64 <= LINGER_BYTES {
+            linger(&mut body).await;
+        }
         return too_large();
     }
-    let headers = request.headers().clone();
-    let read = tokio::time::timeout(ingress.read_timeout, Bytes::from_request(request, &())).await;
-    let body = match read {
-        Ok(Ok(body)) => body,
-        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let body = match read_body(&mut body, ingress.max_body, ingress.read_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            linger(&mut body).await;
             return too_large();
         }
-        Ok(Err(rejection)) => {
-            tracing::debug!(error = %rejection, "could not read the request body");
+        Err(BodyError::Unreadable(e)) => {
+            tracing::debug!(error = %e, "could not read the request body");
             return error(StatusCode::BAD_REQUEST, "could not read the request body");
         }
-        Err(_) => {
-            tracing::warn!("request body not received in time");
+        Err(BodyError::TimedOut) => {
+            tracing::debug!("request body not received in time");
             return error(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -397,6 +404,65 @@ async fn handle(
         );
     }
     response
+}
+
+/// Most bytes of an oversized body read and thrown away before its 413 …
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+/// … and the longest time spent on it.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why a body was not read.
+enum BodyError {
+    /// It is larger than `HOOKRELAY_MAX_BODY`.
+    TooLarge,
+    /// The connection failed or the framing is broken.
+    Unreadable(String),
+    /// It did not arrive within `HOOKRELAY_READ_TIMEOUT`.
+    TimedOut,
+}
+
+/// Reads the body, holding at most `max` bytes: one byte more is `TooLarge`, and
+/// the rest stays unread in `body`.
+async fn read_body(
+    body: &mut axum::body::Body,
+    max: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut bytes = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                if bytes.len() + data.len() > max {
+                    return Err(BodyError::TooLarge);
+                }
+                bytes.extend_from_slice(data);
+            }
+        }
+        Ok(bytes.freeze())
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
+}
+
+/// Reads and discards what the client is still sending of a body the relay will
+/// not take, up to [`LINGER_BYTES`] and [`LINGER_TIME`], as nginx's lingering close
+/// does: a client that writes its whole request before reading (most HTTP
+/// libraries) then reads the 413 instead of a broken pipe.
+async fn linger(body: &mut axum::body::Body) {
+    use http_body_util::BodyExt;
+    let drain = async {
+        let mut drained = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            drained += frame.data_ref().map_or(0, |data| data.len() as u64);
+            if drained > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// The 503 body: what happened in a word and what the sender should do, never the

@@ -236,3 +236,63 @@ async fn a_flood_of_refusals_is_counted_not_logged_line_by_line() {
         "every refusal is counted"
     );
 }
+
+/// An ordinary client writes its whole request before it reads the answer. The
+/// relay reads and discards an oversized body (bounded in bytes and time), as
+/// nginx's lingering close does, so such a client gets to read its 413 instead of
+/// a broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_its_whole_oversized_body_reads_the_413() {
+    let (relay, _exchange, _dir) = start("linger", &[]);
+    let body = vec![b'a'; 2 * 1024 * 1024];
+    for framing in ["length", "chunked"] {
+        let addr = relay.ingress;
+        let body = body.clone();
+        let (written, status) = tokio::task::spawn_blocking(move || {
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut request = match framing {
+                "length" => format!(
+                    "POST /webhooks/whitepay HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes(),
+                _ => b"POST /webhooks/whitepay HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .to_vec(),
+            };
+            if framing == "length" {
+                request.extend_from_slice(&body);
+            } else {
+                for chunk in body.chunks(64 * 1024) {
+                    request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    request.extend_from_slice(chunk);
+                    request.extend_from_slice(b"\r\n");
+                }
+                request.extend_from_slice(b"0\r\n\r\n");
+            }
+            // Headers (and the first bytes) first, the rest a moment later, as
+            // urllib does: by then the relay has answered.
+            let (head, rest) = request.split_at(request.len() - body.len() / 2);
+            let written = stream
+                .write_all(head)
+                .and_then(|()| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    stream.write_all(rest)
+                })
+                .map_err(|e| e.kind());
+            let mut answer = [0u8; 12];
+            let status = stream
+                .read_exact(&mut answer)
+                .ok()
+                .map(|()| String::from_utf8_lossy(&answer[9..12]).into_owned());
+            (written, status)
+        })
+        .await
+        .expect("client");
+        assert_eq!(written, Ok(()), "{framing}: the whole request was written");
+        assert_eq!(status.as_deref(), Some("413"), "{framing}");
+    }
+    relay.assert_still_serving().await;
+}
