@@ -11,7 +11,11 @@ use axum::{Json, Router};
 
 use crate::clock::now_micros;
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxError};
+
+/// Longest wait for the outbox in a probe or a scrape: probes have deadlines of
+/// their own, and an answer that says "unknown" beats none.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Shared state of the admin handlers.
 pub(crate) struct Admin {
@@ -33,14 +37,17 @@ pub(crate) fn router(admin: Arc<Admin>) -> Router {
 /// Ready means the outbox takes writes; a broker outage does not make the relay
 /// unready, because the outbox absorbs it (contract §5).
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
-    let writable =
-        tokio::time::timeout(Duration::from_secs(2), admin.outbox.check_writable()).await;
+    let writable = tokio::time::timeout(READ_TIMEOUT, admin.outbox.check_writable()).await;
     let outbox_error = match writable {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some((e.reason(), e.to_string())),
         Err(_) => Some(("timeout", "the outbox did not answer within 2 s".to_owned())),
     };
-    let stats = admin.outbox.stats().await.ok();
+    // A stalled read must not hold the probe (or the prober) either.
+    let stats = tokio::time::timeout(READ_TIMEOUT, admin.outbox.stats())
+        .await
+        .ok()
+        .and_then(Result::ok);
     let body = serde_json::json!({
         "ready": outbox_error.is_none(),
         "outbox": {
@@ -62,7 +69,10 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     // Outbox gauges are read at scrape time so they are never stale.
-    match admin.outbox.stats().await {
+    match tokio::time::timeout(READ_TIMEOUT, admin.outbox.stats())
+        .await
+        .unwrap_or(Err(OutboxError::TimedOut(READ_TIMEOUT.as_secs())))
+    {
         Ok(stats) => {
             let gauges = &admin.metrics.outbox_events;
             gauges
@@ -85,5 +95,23 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
             format!("cannot render metrics: {e}\n"),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn probes_and_scrapes_answer_even_when_the_outbox_hangs() {
+        let admin = Arc::new(Admin {
+            outbox: Arc::new(crate::outbox::fake::Hanging),
+            metrics: Arc::new(Metrics::new().expect("metrics")),
+        });
+        tokio::time::pause();
+        let ready = readyz(State(Arc::clone(&admin))).await;
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let scrape = metrics(State(admin)).await;
+        assert_eq!(scrape.status(), StatusCode::OK);
     }
 }

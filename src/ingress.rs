@@ -141,6 +141,7 @@ pub(crate) const MAX_HEADERS: usize = 100;
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    max_connections: usize,
     read_timeout: std::time::Duration,
     drain: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()>,
@@ -149,7 +150,7 @@ pub(crate) async fn serve(
     use tower::ServiceExt;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -157,8 +158,13 @@ pub(crate) async fn serve(
         .max_headers(MAX_HEADERS);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
+        // With every slot taken, the shutdown signal must still be heard.
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -554,6 +560,32 @@ mod tests {
             client_ip(ip("::ffff:198.51.100.1"), &HeaderMap::new(), &trusted),
             Some(ip("198.51.100.1"))
         );
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_heard_when_every_connection_slot_is_taken() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Router::new(),
+            1,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_millis(100),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        // One idle client takes the only slot and holds it for the header timeout.
+        let _idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _waiting = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stop.send(()).expect("signal");
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        assert!(ended.is_ok(), "serve returned after the shutdown signal");
     }
 
     #[test]

@@ -42,6 +42,39 @@ pub enum RelayError {
     /// A server failed while running.
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    /// A part that runs for the whole life of the relay ended on its own.
+    #[error(
+        "the {part} stopped unexpectedly ({detail}); exiting so that the process supervisor restarts the relay"
+    )]
+    Crashed {
+        /// Which part.
+        part: &'static str,
+        /// How it ended.
+        detail: String,
+    },
+}
+
+/// Runs `serving` (the ingress, until the shutdown signal) while watching the
+/// parts that must never end on their own: if the publisher or the outbox's writer
+/// ends first, the relay would go on acking with nothing published, or answering
+/// 503 while `/healthz` says 200. It exits instead, non-zero, for a restart.
+async fn supervise(
+    serving: impl std::future::Future<Output = ()>,
+    publisher: &mut tokio::task::JoinHandle<()>,
+    outbox: &dyn outbox::Outbox,
+) -> Result<(), RelayError> {
+    let crashed = |part, detail: String| {
+        tracing::error!(part, %detail, "a part of the relay stopped unexpectedly; exiting");
+        Err(RelayError::Crashed { part, detail })
+    };
+    tokio::select! {
+        () = serving => Ok(()),
+        ended = publisher => crashed(
+            "publisher",
+            ended.map_or_else(|e| e.to_string(), |()| "it returned".to_owned()),
+        ),
+        () = outbox.failed() => crashed("outbox writer", "its thread ended".to_owned()),
+    }
 }
 
 async fn bind(addr: SocketAddr, var: &'static str) -> Result<TcpListener, RelayError> {
@@ -145,17 +178,19 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     tracing::info!(addr = %admin_addr, "admin listening");
     tracing::info!(addr = %ingress_addr, "ingress listening");
 
-    ingress::serve(
+    let mut publisher_task = publisher_task;
+    let serving = ingress::serve(
         ingress_listener,
         ingress::router(ingress),
+        ingress::MAX_CONNECTIONS,
         config.read_timeout,
         CONFIRM_TIMEOUT,
         async {
             shutdown_signal().await;
             tracing::info!("shutting down: no new requests; answering those in flight");
         },
-    )
-    .await;
+    );
+    supervise(serving, &mut publisher_task, outbox.as_ref()).await?;
     // Ingress has answered everything in flight; now the publisher finishes its batch.
     let _ = stop_tx.send(true);
     match tokio::time::timeout(CONFIRM_TIMEOUT + Duration::from_secs(5), publisher_task).await {
@@ -168,4 +203,33 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     let _ = tokio::time::timeout(Duration::from_secs(2), retention_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_relay_exits_when_the_publisher_ends_on_its_own() {
+        let mut publisher = tokio::spawn(async {});
+        let outcome = supervise(
+            std::future::pending(),
+            &mut publisher,
+            &outbox::fake::Hanging,
+        )
+        .await;
+        assert!(
+            matches!(
+                outcome,
+                Err(RelayError::Crashed {
+                    part: "publisher",
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+        let mut publisher = tokio::spawn(std::future::pending::<()>());
+        let outcome = supervise(async {}, &mut publisher, &outbox::fake::Hanging).await;
+        assert!(outcome.is_ok(), "a shutdown is not a crash: {outcome:?}");
+    }
 }

@@ -17,6 +17,9 @@ use crate::event::EventMeta;
 
 pub(crate) mod sqlite;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 /// Row states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
@@ -239,6 +242,9 @@ pub enum OutboxError {
     /// The outbox is shutting down.
     #[error("the outbox is shutting down")]
     Closed,
+    /// A commit did not finish in time (a stalled disk).
+    #[error("the outbox did not commit within {0} s; retry later")]
+    TimedOut(u64),
     /// `HOOKRELAY_OUTBOX_URL` is not a URL the outbox understands.
     #[error("invalid HOOKRELAY_OUTBOX_URL: {0}")]
     InvalidUrl(&'static str),
@@ -265,6 +271,7 @@ impl OutboxError {
             Self::Overloaded => "overloaded",
             Self::Storage(fault) => fault.kind.as_str(),
             Self::Closed => "closed",
+            Self::TimedOut(_) => "timeout",
             Self::InvalidUrl(_) | Self::PostgresNotBuilt | Self::Missing(_) => "config",
             Self::InUse(_) => "in_use",
         }
@@ -374,7 +381,8 @@ pub(crate) trait Outbox: Send + Sync {
     /// Counts by state and the oldest pending receive time.
     async fn stats(&self) -> Result<Stats, OutboxError>;
 
-    /// Succeeds when the outbox can take writes now.
+    /// Succeeds when the outbox can take writes now: a probe write commits, and no
+    /// insert commit has failed recently without one succeeding since.
     async fn check_writable(&self) -> Result<(), OutboxError>;
 
     /// Counts by state and size on disk (slower than [`stats`](Self::stats): it
@@ -394,6 +402,10 @@ pub(crate) trait Outbox: Send + Sync {
     /// Deletes at most `limit` published rows confirmed before `cutoff_us`; returns
     /// how many. Never touches pending or dead rows.
     async fn purge_published(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError>;
+
+    /// Resolves when the outbox can no longer work at all (its writer is gone), so
+    /// the process can exit and be restarted instead of answering 503 forever.
+    async fn failed(&self);
 }
 
 /// Rows deleted per transaction by retention and `outbox purge`, so a purge never

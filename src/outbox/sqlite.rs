@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -30,6 +30,10 @@ pub(crate) const MAX_BATCH: usize = 512;
 /// Most commands waiting for the writer; beyond it ingress answers 503 at once
 /// instead of holding requests (and their bodies) in memory.
 pub(crate) const QUEUE_CAPACITY: usize = 2048;
+/// Longest wait for an insert's commit; then the webhook gets 503. Well under the
+/// 10 s and more that providers wait for an answer, and over the 5 s that the
+/// writer waits for another process's lock, so that case keeps its own message.
+pub(crate) const INSERT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
 /// Queue slots webhooks may not take: kept for the publisher's settlements and the
 /// operator's commands, so an ingress flood cannot starve the publisher of the
 /// writer (and the outbox keep growing while nothing is marked published).
@@ -60,7 +64,20 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_state_id ON events (state, id);
 CREATE INDEX IF NOT EXISTS events_published_at ON events (published_at) WHERE state = 'published';
 CREATE INDEX IF NOT EXISTS events_pending_subject ON events (source, subject, id) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS health (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    probed_at INTEGER NOT NULL
+);
 ";
+
+/// How long a failed insert commit keeps the outbox unready when no insert has
+/// succeeded since: long enough for `/readyz` probes to see it, short enough that
+/// a relay taken out of a load balancer (so getting no webhooks to prove recovery)
+/// comes back on its write probe alone.
+const RECENT_FAILURE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The last insert commit that failed, while no insert commit has succeeded since.
+type InsertHealth = Arc<Mutex<Option<(std::time::Instant, OutboxError)>>>;
 
 type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
 
@@ -86,6 +103,9 @@ enum Outcome {
 /// The SQLite outbox handle; cheap to share.
 pub(crate) struct SqliteOutbox {
     writer: mpsc::Sender<Command>,
+    inserts: InsertHealth,
+    /// [`INSERT_TIMEOUT`]; a field so a test can shorten it.
+    insert_timeout: std::time::Duration,
     reader: Arc<Mutex<Connection>>,
     path: std::path::PathBuf,
     /// Held while `serve` runs: the lock that keeps a second `serve` out.
@@ -190,9 +210,11 @@ impl SqliteOutbox {
         .await
         .map_err(|e| fault(FaultKind::Other, e))??;
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let inserts = InsertHealth::default();
+        let health = Arc::clone(&inserts);
         std::thread::Builder::new()
             .name("outbox-writer".to_owned())
-            .spawn(move || writer_loop(writer_conn, rx, &metrics))
+            .spawn(move || writer_loop(writer_conn, rx, &metrics, &health))
             .map_err(|e| {
                 fault(
                     FaultKind::Other,
@@ -201,6 +223,8 @@ impl SqliteOutbox {
             })?;
         Ok(Self {
             writer: tx,
+            inserts,
+            insert_timeout: INSERT_TIMEOUT,
             reader: Arc::new(Mutex::new(reader_conn)),
             path: db_path,
             _serve_lock: serve_lock,
@@ -223,7 +247,12 @@ impl SqliteOutbox {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, metrics: &Metrics) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    metrics: &Metrics,
+    health: &InsertHealth,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -267,6 +296,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, metrics: &
                 }
                 if inserts > 0 {
                     metrics.outbox_commit_batch_size.observe(inserts as f64);
+                    *health.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 }
             }
             Err(e) => {
@@ -276,6 +306,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, metrics: &
                     .outbox_commit_failures
                     .with_label_values(&[err.reason()])
                     .inc();
+                if inserts > 0 {
+                    *health.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((std::time::Instant::now(), err.clone()));
+                }
                 for cmd in batch.drain(..) {
                     match cmd {
                         Command::Insert(_, reply) => {
@@ -363,7 +397,15 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                     }
                     outcomes.push(Outcome::Done);
                 }
-                Command::Ping(_) => outcomes.push(Outcome::Done),
+                Command::Ping(_) => {
+                    // A real write, so a probe fails where inserts would.
+                    tx.execute(
+                        "INSERT INTO health (id, probed_at) VALUES (1, ?1)
+                         ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+                        [now_us],
+                    )?;
+                    outcomes.push(Outcome::Done);
+                }
                 Command::Replay(selector, _) => {
                     outcomes.push(Outcome::Count(replay(&tx, selector, now_us)?));
                 }
@@ -462,7 +504,12 @@ impl Outbox for SqliteOutbox {
             return Err(OutboxError::Overloaded);
         }
         permit.send(Command::Insert(Box::new(event), reply));
-        rx.await.map_err(|_| OutboxError::Closed)?
+        // A stalled disk must not pile requests up without bound. If the commit
+        // lands after this 503, the provider's retry is a duplicate and gets a 200.
+        match tokio::time::timeout(self.insert_timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| OutboxError::Closed)?,
+            Err(_) => Err(OutboxError::TimedOut(self.insert_timeout.as_secs())),
+        }
     }
 
     async fn fetch_due(
@@ -657,7 +704,23 @@ impl Outbox for SqliteOutbox {
         rx.await.map_err(|_| OutboxError::Closed)?
     }
 
+    async fn failed(&self) {
+        // The writer thread owns the receiver: it is dropped when the thread ends,
+        // by return or by panic.
+        self.writer.closed().await;
+    }
+
     async fn check_writable(&self) -> Result<(), OutboxError> {
+        let failed = self
+            .inserts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some((at, error)) = failed
+            && at.elapsed() < RECENT_FAILURE
+        {
+            return Err(error);
+        }
         let (reply, rx) = oneshot::channel();
         self.writer
             .try_send(Command::Ping(reply))
@@ -714,5 +777,29 @@ mod tests {
         assert_eq!(due(HashSet::new()).await, vec![1, 2]);
         assert_eq!(due(HashSet::from([1, 2])).await, vec![3, 4]);
         assert_eq!(due(HashSet::from([1, 3])).await, vec![2, 4]);
+    }
+
+    #[tokio::test]
+    async fn an_insert_that_cannot_commit_in_time_fails_instead_of_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let mut outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
+            .await
+            .expect("open");
+        // The commit stalls (here: another process holds the write lock, which
+        // the writer waits 5 s for) for longer than the insert may wait.
+        outbox.insert_timeout = std::time::Duration::from_secs(1);
+        let holder = Connection::open(&path).expect("open");
+        holder
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("take the write lock");
+        let stalled = outbox.insert(event("a")).await;
+        assert!(
+            matches!(stalled, Err(OutboxError::TimedOut(1))),
+            "{stalled:?}"
+        );
+        holder.execute_batch("ROLLBACK").expect("release");
+        outbox.insert(event("b")).await.expect("inserts work again");
     }
 }

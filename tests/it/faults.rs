@@ -481,6 +481,9 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
         unavailable > 0,
         "the outbox ran out of space and said so with 503"
     );
+    let (status, ready) = relay.readyz().await;
+    assert_eq!(status, 503, "not ready while inserts fail: {ready}");
+    assert_eq!(ready["outbox"]["reason"], "disk_full", "{ready}");
     std::fs::remove_file(&ballast).expect("free the disk");
     // Recovery without a restart: the next webhooks are stored again.
     let mut recovered = 0;
@@ -492,6 +495,11 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
             recovered += 1;
         }
     }
+    assert_eq!(
+        relay.readyz().await.0,
+        200,
+        "ready again once inserts commit"
+    );
     assert_eq!(
         recovered, 20,
         "the relay recovered by itself once space returned"

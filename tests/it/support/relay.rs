@@ -250,6 +250,16 @@ impl Relay {
             .unwrap_or(0.0)
     }
 
+    /// `GET /readyz`: status and JSON body.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let response = reqwest::get(format!("http://{}/readyz", self.admin))
+            .await
+            .expect("GET /readyz");
+        let status = response.status().as_u16();
+        let body = response.bytes().await.expect("body");
+        (status, serde_json::from_slice(&body).expect("JSON body"))
+    }
+
     /// Waits until the publisher reports a broker connection.
     pub async fn wait_broker_connected(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);

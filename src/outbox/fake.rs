@@ -1,0 +1,56 @@
+//! An outbox that never answers, for tests of the code that must not wait on it
+//! forever.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+
+use super::{
+    InsertOutcome, Inventory, ListFilter, NewEvent, Outbox, OutboxError, PendingEvent,
+    ReplaySelector, RowView, Settlement, Stats,
+};
+
+/// Every call waits forever; `failed` never resolves.
+pub(crate) struct Hanging;
+
+#[async_trait]
+impl Outbox for Hanging {
+    async fn insert(&self, _: NewEvent) -> Result<InsertOutcome, OutboxError> {
+        std::future::pending().await
+    }
+    async fn fetch_due(
+        &self,
+        _: i64,
+        _: usize,
+        _: &HashSet<i64>,
+    ) -> Result<Vec<PendingEvent>, OutboxError> {
+        std::future::pending().await
+    }
+    async fn settle(&self, _: Vec<Settlement>) -> Result<(), OutboxError> {
+        std::future::pending().await
+    }
+    async fn stats(&self) -> Result<Stats, OutboxError> {
+        std::future::pending().await
+    }
+    async fn check_writable(&self) -> Result<(), OutboxError> {
+        std::future::pending().await
+    }
+    async fn inventory(&self) -> Result<Inventory, OutboxError> {
+        std::future::pending().await
+    }
+    async fn list(&self, _: ListFilter) -> Result<Vec<RowView>, OutboxError> {
+        std::future::pending().await
+    }
+    async fn show(&self, _: i64) -> Result<Option<RowView>, OutboxError> {
+        std::future::pending().await
+    }
+    async fn replay(&self, _: ReplaySelector) -> Result<u64, OutboxError> {
+        std::future::pending().await
+    }
+    async fn purge_published(&self, _: i64, _: usize) -> Result<u64, OutboxError> {
+        std::future::pending().await
+    }
+    async fn failed(&self) {
+        std::future::pending().await
+    }
+}
