@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_state_id ON events (state, id);
 CREATE INDEX IF NOT EXISTS events_published_at ON events (published_at) WHERE state = 'published';
 CREATE INDEX IF NOT EXISTS events_pending_subject ON events (source, subject, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at, id);
 CREATE TABLE IF NOT EXISTS health (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     probed_at INTEGER NOT NULL
@@ -85,7 +86,7 @@ enum Command {
     Insert(Box<NewEvent>, Reply<InsertOutcome>),
     Settle(Vec<Settlement>, Reply<()>),
     Ping(Reply<()>),
-    Replay(ReplaySelector, Reply<u64>),
+    Replay(ReplayChunk, Reply<(u64, Option<Cursor>)>),
     Purge {
         cutoff_us: i64,
         limit: usize,
@@ -93,10 +94,26 @@ enum Command {
     },
 }
 
+/// Where a chunked replay resumes: the `(received_at, id)` of the last row the
+/// previous chunk looked at.
+type Cursor = (i64, i64);
+
+/// One transaction's share of a replay.
+struct ReplayChunk {
+    selector: Arc<ReplaySelector>,
+    after: Option<Cursor>,
+}
+
+/// Rows one replay transaction looks at: a replay of a week runs as many short
+/// transactions, and the webhooks queued behind each one are committed between
+/// them instead of waiting (and timing out) behind the whole replay.
+const REPLAY_CHUNK: i64 = 1000;
+
 /// What one command of a committed batch produced.
 enum Outcome {
     Stored(InsertOutcome),
     Count(u64),
+    Replayed(u64, Option<Cursor>),
     Done,
 }
 
@@ -273,9 +290,11 @@ fn writer_loop(
                         (Command::Insert(_, reply), Outcome::Stored(stored)) => {
                             let _ = reply.send(Ok(stored));
                         }
-                        (Command::Replay(_, reply), Outcome::Count(n))
-                        | (Command::Purge { reply, .. }, Outcome::Count(n)) => {
+                        (Command::Purge { reply, .. }, Outcome::Count(n)) => {
                             let _ = reply.send(Ok(n));
+                        }
+                        (Command::Replay(_, reply), Outcome::Replayed(n, next)) => {
+                            let _ = reply.send(Ok((n, next)));
                         }
                         (Command::Settle(_, reply), _) | (Command::Ping(reply), _) => {
                             let _ = reply.send(Ok(()));
@@ -286,10 +305,16 @@ fn writer_loop(
                                 "internal: insert without outcome",
                             )));
                         }
-                        (Command::Replay(_, reply), _) | (Command::Purge { reply, .. }, _) => {
+                        (Command::Replay(_, reply), _) => {
                             let _ = reply.send(Err(fault(
                                 FaultKind::Other,
-                                "internal: write without a count",
+                                "internal: replay without a count",
+                            )));
+                        }
+                        (Command::Purge { reply, .. }, _) => {
+                            let _ = reply.send(Err(fault(
+                                FaultKind::Other,
+                                "internal: purge without a count",
                             )));
                         }
                     }
@@ -318,7 +343,10 @@ fn writer_loop(
                         Command::Settle(_, reply) | Command::Ping(reply) => {
                             let _ = reply.send(Err(err.clone()));
                         }
-                        Command::Replay(_, reply) | Command::Purge { reply, .. } => {
+                        Command::Replay(_, reply) => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                        Command::Purge { reply, .. } => {
                             let _ = reply.send(Err(err.clone()));
                         }
                     }
@@ -406,8 +434,9 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                     )?;
                     outcomes.push(Outcome::Done);
                 }
-                Command::Replay(selector, _) => {
-                    outcomes.push(Outcome::Count(replay(&tx, selector, now_us)?));
+                Command::Replay(chunk, _) => {
+                    let (n, next) = replay(&tx, chunk, now_us)?;
+                    outcomes.push(Outcome::Replayed(n, next));
                 }
                 Command::Purge {
                     cutoff_us, limit, ..
@@ -428,41 +457,56 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
     Ok(outcomes)
 }
 
-/// Puts the selected rows back to pending, due now. Attempts restart from zero so the
-/// retry schedule and the dead-letter bound start afresh; `last_error` is kept for
-/// the record.
+/// Puts the next chunk of selected rows back to pending, due now; returns how many
+/// changed and where the next chunk starts (`None`: done). Attempts restart from
+/// zero so the retry schedule and the dead-letter bound start afresh;
+/// `last_error` is kept for the record.
 fn replay(
     tx: &rusqlite::Transaction<'_>,
-    selector: &ReplaySelector,
+    chunk: &ReplayChunk,
     now_us: i64,
-) -> rusqlite::Result<u64> {
+) -> rusqlite::Result<(u64, Option<Cursor>)> {
     const SET: &str = "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?1, published_at = NULL";
-    let n = match selector {
-        ReplaySelector::Ids(ids) => {
-            let mut stmt =
-                tx.prepare_cached(&format!("{SET} WHERE id = ?2 AND state != 'pending'"))?;
-            let mut n = 0;
-            for id in ids {
-                n += stmt.execute(params![now_us, id])?;
-            }
-            n
-        }
+    let mut again = tx.prepare_cached(&format!("{SET} WHERE id = ?2 AND state != 'pending'"))?;
+    let candidates: Vec<(i64, i64)> = match chunk.selector.as_ref() {
+        ReplaySelector::Ids(ids) => ids.iter().map(|id| (0, *id)).collect(),
         ReplaySelector::Dead => {
-            tx.execute(&format!("{SET} WHERE state = 'dead'"), params![now_us])?
+            let after = chunk.after.map_or(i64::MIN, |(_, id)| id);
+            let mut rows = tx.prepare_cached(
+                "SELECT received_at, id FROM events WHERE state = 'dead' AND id > ?1
+                 ORDER BY id LIMIT ?2",
+            )?;
+            let rows =
+                rows.query_map(params![after, REPLAY_CHUNK], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
         }
         ReplaySelector::Received {
             since_us,
             until_us,
             source,
-        } => tx.execute(
-            &format!(
-                "{SET} WHERE state != 'pending' AND received_at >= ?2 AND received_at < ?3
-                 AND (?4 IS NULL OR source = ?4)"
-            ),
-            params![now_us, since_us, until_us, source],
-        )?,
+        } => {
+            // Walks the (received_at, id) index from the cursor, so each chunk
+            // costs its own rows, not a scan of the whole range.
+            let (at, id) = chunk.after.unwrap_or((*since_us, i64::MIN));
+            let mut rows = tx.prepare_cached(
+                "SELECT received_at, id FROM events
+                 WHERE (received_at, id) > (?1, ?2) AND received_at < ?3
+                   AND (?4 IS NULL OR source = ?4)
+                 ORDER BY received_at, id LIMIT ?5",
+            )?;
+            let rows = rows.query_map(params![at, id, until_us, source, REPLAY_CHUNK], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        }
     };
-    Ok(n as u64)
+    let mut changed = 0;
+    for (_, id) in &candidates {
+        changed += again.execute(params![now_us, id])? as u64;
+    }
+    let full = !matches!(chunk.selector.as_ref(), ReplaySelector::Ids(_))
+        && candidates.len() as i64 == REPLAY_CHUNK;
+    Ok((changed, full.then(|| candidates.last().copied()).flatten()))
 }
 
 const ROW_COLUMNS: &str =
@@ -683,12 +727,26 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn replay(&self, selector: ReplaySelector) -> Result<u64, OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Command::Replay(selector, reply))
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        rx.await.map_err(|_| OutboxError::Closed)?
+        let selector = Arc::new(selector);
+        let mut after = None;
+        let mut total = 0;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            let chunk = ReplayChunk {
+                selector: Arc::clone(&selector),
+                after,
+            };
+            self.writer
+                .send(Command::Replay(chunk, reply))
+                .await
+                .map_err(|_| OutboxError::Closed)?;
+            let (changed, next) = rx.await.map_err(|_| OutboxError::Closed)??;
+            total += changed;
+            match next {
+                Some(cursor) => after = Some(cursor),
+                None => return Ok(total),
+            }
+        }
     }
 
     async fn purge_published(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
@@ -777,6 +835,52 @@ mod tests {
         assert_eq!(due(HashSet::new()).await, vec![1, 2]);
         assert_eq!(due(HashSet::from([1, 2])).await, vec![3, 4]);
         assert_eq!(due(HashSet::from([1, 3])).await, vec![2, 4]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_replay_lets_webhooks_commit_between_its_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = Arc::new(
+            SqliteOutbox::open(&path, Access::Serve, metrics)
+                .await
+                .expect("open"),
+        );
+        // A week of published rows, written straight into the file.
+        const ROWS: i64 = 100 * REPLAY_CHUNK;
+        Connection::open(&path)
+            .expect("open")
+            .execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                 INSERT INTO events (event_id, source, provider, idempotency_key, subject,
+                     routing_key, meta, headers, body, traceparent, received_at,
+                     state, next_attempt_at, published_at)
+                 SELECT 'e' || i, 'whitepay', 'whitepay', 'k' || i, 's' || i, 'rk', '{}', '{}',
+                        x'00', '', i, 'published', i, i FROM n",
+                [ROWS],
+            )
+            .expect("bulk insert");
+        let replaying = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move {
+                outbox
+                    .replay(ReplaySelector::Received {
+                        since_us: 0,
+                        until_us: i64::MAX,
+                        source: None,
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        outbox.insert(event("during")).await.expect("insert");
+        let replayed_so_far = outbox.stats().await.expect("stats").pending - 1;
+        assert!(
+            replayed_so_far < ROWS as u64,
+            "the webhook committed while the replay was still going ({replayed_so_far} of {ROWS} replayed)"
+        );
+        assert_eq!(replaying.await.expect("join").expect("replay"), ROWS as u64);
     }
 
     #[tokio::test]
