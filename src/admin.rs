@@ -56,6 +56,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             "error": outbox_error.as_ref().map(|(_, message)| message),
             "pending": stats.map(|s| s.pending),
             "dead": stats.map(|s| s.dead),
+            "held_subjects": stats.map(|s| s.held_subjects),
         },
         "broker": { "connected": admin.metrics.broker_connected.get() == 1 },
     });
@@ -85,6 +86,10 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
                 .oldest_pending_us
                 .map_or(0.0, |oldest| (now_micros() - oldest).max(0) as f64 / 1e6);
             admin.metrics.outbox_oldest_pending.set(age);
+            admin
+                .metrics
+                .outbox_held_subjects
+                .set(i64::try_from(stats.held_subjects).unwrap_or(i64::MAX));
         }
         Err(e) => tracing::warn!(error = %e, "cannot read outbox stats for /metrics"),
     }

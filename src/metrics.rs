@@ -23,6 +23,8 @@ pub(crate) struct Metrics {
     pub(crate) delivery_lag: Histogram,
     /// `hookrelay_outbox_events{state}` for pending and dead.
     pub(crate) outbox_events: IntGaugeVec,
+    /// `hookrelay_outbox_held_subjects`: subjects held back by a dead row.
+    pub(crate) outbox_held_subjects: IntGauge,
     /// `hookrelay_outbox_oldest_pending_seconds`.
     pub(crate) outbox_oldest_pending: prometheus::Gauge,
     /// `hookrelay_broker_connected`: 1 or 0.
@@ -96,6 +98,10 @@ impl Metrics {
             "hookrelay_outbox_oldest_pending_seconds",
             "Age of the oldest pending outbox row (0 when none)",
         )?;
+        let outbox_held_subjects = IntGauge::new(
+            "hookrelay_outbox_held_subjects",
+            "Subjects whose later events wait behind a dead row nobody replayed or released",
+        )?;
         let broker_connected = IntGauge::new(
             "hookrelay_broker_connected",
             "1 when the publisher has a broker channel",
@@ -125,6 +131,7 @@ impl Metrics {
         registry.register(Box::new(outbox_events.clone()))?;
         registry.register(Box::new(outbox_oldest_pending.clone()))?;
         registry.register(Box::new(broker_connected.clone()))?;
+        registry.register(Box::new(outbox_held_subjects.clone()))?;
         registry.register(Box::new(outbox_commit_batch_size.clone()))?;
         registry.register(Box::new(outbox_commit_failures.clone()))?;
         for state in ["pending", "dead"] {
@@ -152,6 +159,7 @@ impl Metrics {
             delivery_lag,
             outbox_events,
             outbox_oldest_pending,
+            outbox_held_subjects,
             broker_connected,
             outbox_commit_batch_size,
             outbox_commit_failures,

@@ -467,21 +467,35 @@ impl Shared {
 
     /// A failure that will happen again however often the row is retried (it cannot
     /// be encoded, or the broker refuses its size): retried a bounded number of
-    /// times in case the cause was misjudged, then `dead`.
+    /// times in case the cause was misjudged, then `dead`. Only permanent failures
+    /// count towards that bound; a broker outage never makes a row dead.
     fn permanent(&self, row: &PendingEvent, reason: Failure, error: String) -> Settlement {
-        if row.attempts + 1 >= MAX_PERMANENT_ATTEMPTS {
+        if row.permanent_attempts + 1 >= MAX_PERMANENT_ATTEMPTS {
             self.metrics
                 .publish_failures
                 .with_label_values(&[reason.as_str()])
                 .inc();
-            tracing::error!(event_id = %row.meta.id, attempts = row.attempts + 1, %error,
-                "giving up on this event: it is now dead (see `hookrelay outbox list --state dead`)");
-            return Settlement::Dead { id: row.id, error };
+            let (id, subject, source) = (row.id, &row.meta.subject, &row.meta.source);
+            tracing::error!(event_id = %row.meta.id, row = id, %subject, %source,
+                attempts = row.attempts + 1, %error,
+                "row {id} is dead and holds back the later events of subject `{subject}` of source `{source}`: fix the cause and `hookrelay outbox replay {id}`, or `hookrelay outbox release {id}` to let them pass");
+            return Settlement::Dead { id, error };
         }
-        self.retry(row, reason, error)
+        self.settle_retry(row, reason, error, true)
     }
 
+    /// A failure that may pass by itself (broker down, nack, timeout).
     fn retry(&self, row: &PendingEvent, reason: Failure, error: String) -> Settlement {
+        self.settle_retry(row, reason, error, false)
+    }
+
+    fn settle_retry(
+        &self,
+        row: &PendingEvent,
+        reason: Failure,
+        error: String,
+        permanent: bool,
+    ) -> Settlement {
         self.metrics
             .publish_failures
             .with_label_values(&[reason.as_str()])
@@ -493,6 +507,7 @@ impl Shared {
             error,
             next_attempt_at_us: now_micros()
                 + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2),
+            permanent,
         }
     }
 }
@@ -522,6 +537,61 @@ fn properties(row: &PendingEvent) -> BasicProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(attempts: u32, permanent_attempts: u32) -> PendingEvent {
+        let origin = crate::event::Origin {
+            provider: "whitepay",
+            source: "whitepay",
+            routing_prefix: "whitepay",
+            redact: &[],
+        };
+        let parsed = crate::event::Parsed::unrecognized("test", None);
+        let received = time::OffsetDateTime::now_utc();
+        PendingEvent {
+            id: 7,
+            meta: crate::event::EventMeta::new(&origin, &parsed, b"x", received),
+            body: b"x".to_vec(),
+            received_at_us: 0,
+            traceparent: String::new(),
+            attempts,
+            permanent_attempts,
+        }
+    }
+
+    #[test]
+    fn only_permanent_failures_count_towards_dead() {
+        let shared = Shared {
+            outbox: Arc::new(crate::outbox::fake::Hanging),
+            metrics: Arc::new(Metrics::new().expect("metrics")),
+        };
+        let why = || "refused as too large".to_owned();
+        // Five broker timeouts, then the first permanent failure: not dead yet.
+        let after_outage = shared.permanent(&row(5, 0), Failure::TooLarge, why());
+        assert!(
+            matches!(
+                after_outage,
+                Settlement::Retry {
+                    permanent: true,
+                    ..
+                }
+            ),
+            "{after_outage:?}"
+        );
+        let last = shared.permanent(
+            &row(9, MAX_PERMANENT_ATTEMPTS - 1),
+            Failure::TooLarge,
+            why(),
+        );
+        assert!(matches!(last, Settlement::Dead { id: 7, .. }), "{last:?}");
+        let transient = shared.retry(&row(50, 0), Failure::Timeout, why());
+        assert!(matches!(
+            transient,
+            Settlement::Retry {
+                permanent: false,
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn the_oversized_message_is_told_from_its_batch() {

@@ -64,6 +64,17 @@ pub(crate) enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Let the later events of dead rows' subjects be published past them. The
+    /// rows stay dead (replay them once the cause is fixed); the release time is
+    /// recorded with each row.
+    Release {
+        /// Dead row ids.
+        #[arg(required = true)]
+        ids: Vec<i64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete published rows confirmed longer ago than DURATION (pending and dead rows
     /// are never deleted).
     Purge {
@@ -250,6 +261,17 @@ pub(crate) async fn run(
                 to_json(&serde_json::json!({ "replayed": n }))
             } else {
                 format!("{n} rows back to pending; a running relay publishes them within a second")
+            };
+        }
+        OutboxCommand::Release { ids, json } => {
+            let n = outbox.release(ids).await?;
+            out = if json {
+                to_json(&serde_json::json!({ "released": n }))
+            } else {
+                format!(
+                    "{n} dead rows released: the later events of their subjects are published \
+                     past them; the rows stay dead until replayed"
+                )
             };
         }
         OutboxCommand::Purge {

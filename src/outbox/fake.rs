@@ -47,6 +47,9 @@ impl Outbox for Hanging {
     async fn replay(&self, _: ReplaySelector) -> Result<u64, OutboxError> {
         std::future::pending().await
     }
+    async fn release(&self, _: Vec<i64>) -> Result<u64, OutboxError> {
+        std::future::pending().await
+    }
     async fn purge_published(&self, _: i64, _: usize) -> Result<u64, OutboxError> {
         std::future::pending().await
     }

@@ -81,6 +81,8 @@ pub(crate) struct PendingEvent {
     pub(crate) traceparent: String,
     /// Publish attempts so far.
     pub(crate) attempts: u32,
+    /// Of those, the ones that failed for a reason that will not pass by itself.
+    pub(crate) permanent_attempts: u32,
 }
 
 /// What became of one publish attempt.
@@ -99,6 +101,9 @@ pub(crate) enum Settlement {
         error: String,
         /// Earliest next attempt, Unix microseconds.
         next_attempt_at_us: i64,
+        /// The failure will not pass by itself (counted apart: only these lead to
+        /// `dead`).
+        permanent: bool,
     },
     /// It failed permanently too often: the row becomes `dead` until a person
     /// replays it.
@@ -136,6 +141,10 @@ pub(crate) struct RowView {
     pub(crate) state: String,
     /// Publish attempts so far.
     pub(crate) attempts: u32,
+    /// Of those, the permanent failures.
+    pub(crate) permanent_attempts: u32,
+    /// When an operator released this dead row's subject, RFC 3339.
+    pub(crate) released_at: Option<String>,
     /// Last publish error.
     pub(crate) last_error: Option<String>,
     /// Receive time, RFC 3339.
@@ -227,6 +236,8 @@ pub(crate) struct Stats {
     pub(crate) dead: u64,
     /// Receive time of the oldest pending row, Unix microseconds.
     pub(crate) oldest_pending_us: Option<i64>,
+    /// Subjects whose later events wait behind a dead row nobody released.
+    pub(crate) held_subjects: u64,
 }
 
 /// Why the outbox could not do what was asked. Ingress answers all of them with 503,
@@ -398,6 +409,11 @@ pub(crate) trait Outbox: Send + Sync {
     /// Puts rows back to `pending`, due now, so they are published again with the
     /// same message id. Returns how many rows changed.
     async fn replay(&self, selector: ReplaySelector) -> Result<u64, OutboxError>;
+
+    /// Lets the later events of these dead rows' subjects be published while the
+    /// rows themselves stay dead (until replayed). Returns how many rows were
+    /// released; the time is recorded with each.
+    async fn release(&self, ids: Vec<i64>) -> Result<u64, OutboxError>;
 
     /// Deletes at most `limit` published rows confirmed before `cutoff_us`; returns
     /// how many. Never touches pending or dead rows.

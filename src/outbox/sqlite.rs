@@ -39,37 +39,77 @@ pub(crate) const INSERT_TIMEOUT: std::time::Duration = std::time::Duration::from
 /// writer (and the outbox keep growing while nothing is marked published).
 pub(crate) const RESERVED_SLOTS: usize = 64;
 
-const SCHEMA: &str = "
+/// The tables, as a new outbox gets them. An outbox made by an older relay is
+/// brought to the same shape by [`migrate`].
+const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS events (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id         TEXT    NOT NULL,
-    source           TEXT    NOT NULL,
-    provider         TEXT    NOT NULL,
-    idempotency_key  TEXT    NOT NULL,
-    subject          TEXT    NOT NULL,
-    routing_key      TEXT    NOT NULL,
-    meta             TEXT    NOT NULL,
-    headers          TEXT    NOT NULL,
-    body             BLOB    NOT NULL,
-    traceparent      TEXT    NOT NULL,
-    received_at      INTEGER NOT NULL,
-    state            TEXT    NOT NULL DEFAULT 'pending'
-                     CHECK (state IN ('pending', 'published', 'dead')),
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  INTEGER NOT NULL,
-    last_error       TEXT,
-    published_at     INTEGER,
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id           TEXT    NOT NULL,
+    source             TEXT    NOT NULL,
+    provider           TEXT    NOT NULL,
+    idempotency_key    TEXT    NOT NULL,
+    subject            TEXT    NOT NULL,
+    routing_key        TEXT    NOT NULL,
+    meta               TEXT    NOT NULL,
+    headers            TEXT    NOT NULL,
+    body               BLOB    NOT NULL,
+    traceparent        TEXT    NOT NULL,
+    received_at        INTEGER NOT NULL,
+    state              TEXT    NOT NULL DEFAULT 'pending'
+                       CHECK (state IN ('pending', 'published', 'dead')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    permanent_attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at    INTEGER NOT NULL,
+    last_error         TEXT,
+    published_at       INTEGER,
+    released_at        INTEGER,
     UNIQUE (source, idempotency_key)
 );
-CREATE INDEX IF NOT EXISTS events_state_id ON events (state, id);
-CREATE INDEX IF NOT EXISTS events_published_at ON events (published_at) WHERE state = 'published';
-CREATE INDEX IF NOT EXISTS events_pending_subject ON events (source, subject, id) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at, id);
 CREATE TABLE IF NOT EXISTS health (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     probed_at INTEGER NOT NULL
 );
 ";
+
+/// A row that holds back the later rows of its subject: pending, or dead and not
+/// released by an operator. The fetch query and its index spell it the same way,
+/// so SQLite can use the partial index.
+const HOLDS_SUBJECT: &str = "(state = 'pending' OR (state = 'dead' AND released_at IS NULL))";
+
+/// The indexes, created after [`migrate`] has added the columns they name.
+fn indexes() -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS events_state_id ON events (state, id);
+         CREATE INDEX IF NOT EXISTS events_published_at ON events (published_at) WHERE state = 'published';
+         DROP INDEX IF EXISTS events_pending_subject;
+         CREATE INDEX IF NOT EXISTS events_holding_subject ON events (source, subject, id) WHERE {HOLDS_SUBJECT};
+         CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at, id);"
+    )
+}
+
+/// The schema version this relay writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Brings an outbox to [`SCHEMA_VERSION`]. Version 1 added `permanent_attempts`
+/// (permanent failures counted apart from transient ones) and `released_at` (an
+/// operator let a dead row's subject go on).
+fn migrate(conn: &Connection) -> Result<(), OutboxError> {
+    conn.execute_batch(TABLES)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1
+        && conn
+            .prepare("SELECT released_at FROM events LIMIT 0")
+            .is_err()
+    {
+        conn.execute_batch(
+            "ALTER TABLE events ADD COLUMN permanent_attempts INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE events ADD COLUMN released_at INTEGER;",
+        )?;
+    }
+    conn.execute_batch(&indexes())?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
 
 /// How long a failed insert commit keeps the outbox unready when no insert has
 /// succeeded since: long enough for `/readyz` probes to see it, short enough that
@@ -86,6 +126,7 @@ enum Command {
     Insert(Box<NewEvent>, Reply<InsertOutcome>),
     Settle(Vec<Settlement>, Reply<()>),
     Ping(Reply<()>),
+    Release(Vec<i64>, Reply<u64>),
     Replay(ReplayChunk, Reply<(u64, Option<Cursor>)>),
     Purge {
         cutoff_us: i64,
@@ -220,7 +261,7 @@ impl SqliteOutbox {
                 Access::Operate => None,
             };
             let writer = open_connection(&path)?;
-            writer.execute_batch(SCHEMA)?;
+            migrate(&writer)?;
             let reader = open_connection(&path)?;
             Ok::<_, OutboxError>((writer, reader, serve_lock))
         })
@@ -290,7 +331,8 @@ fn writer_loop(
                         (Command::Insert(_, reply), Outcome::Stored(stored)) => {
                             let _ = reply.send(Ok(stored));
                         }
-                        (Command::Purge { reply, .. }, Outcome::Count(n)) => {
+                        (Command::Purge { reply, .. }, Outcome::Count(n))
+                        | (Command::Release(_, reply), Outcome::Count(n)) => {
                             let _ = reply.send(Ok(n));
                         }
                         (Command::Replay(_, reply), Outcome::Replayed(n, next)) => {
@@ -311,10 +353,10 @@ fn writer_loop(
                                 "internal: replay without a count",
                             )));
                         }
-                        (Command::Purge { reply, .. }, _) => {
+                        (Command::Purge { reply, .. }, _) | (Command::Release(_, reply), _) => {
                             let _ = reply.send(Err(fault(
                                 FaultKind::Other,
-                                "internal: purge without a count",
+                                "internal: write without a count",
                             )));
                         }
                     }
@@ -346,7 +388,7 @@ fn writer_loop(
                         Command::Replay(_, reply) => {
                             let _ = reply.send(Err(err.clone()));
                         }
-                        Command::Purge { reply, .. } => {
+                        Command::Purge { reply, .. } | Command::Release(_, reply) => {
                             let _ = reply.send(Err(err.clone()));
                         }
                     }
@@ -373,11 +415,13 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
              WHERE id = ?1 AND state = 'pending'",
         )?;
         let mut retry = tx.prepare_cached(
-            "UPDATE events SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
+            "UPDATE events SET attempts = attempts + 1, permanent_attempts = permanent_attempts + ?4,
+                               last_error = ?2, next_attempt_at = ?3
              WHERE id = ?1 AND state = 'pending'",
         )?;
         let mut dead = tx.prepare_cached(
-            "UPDATE events SET state = 'dead', attempts = attempts + 1, last_error = ?2
+            "UPDATE events SET state = 'dead', attempts = attempts + 1,
+                               permanent_attempts = permanent_attempts + 1, last_error = ?2
              WHERE id = ?1 AND state = 'pending'",
         )?;
         let now_us = now_micros();
@@ -415,8 +459,14 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                                 id,
                                 error,
                                 next_attempt_at_us,
+                                permanent,
                             } => {
-                                retry.execute(params![id, error, next_attempt_at_us])?;
+                                retry.execute(params![
+                                    id,
+                                    error,
+                                    next_attempt_at_us,
+                                    i64::from(*permanent)
+                                ])?;
                             }
                             Settlement::Dead { id, error } => {
                                 dead.execute(params![id, error])?;
@@ -437,6 +487,17 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                 Command::Replay(chunk, _) => {
                     let (n, next) = replay(&tx, chunk, now_us)?;
                     outcomes.push(Outcome::Replayed(n, next));
+                }
+                Command::Release(ids, _) => {
+                    let mut release = tx.prepare_cached(
+                        "UPDATE events SET released_at = ?2
+                         WHERE id = ?1 AND state = 'dead' AND released_at IS NULL",
+                    )?;
+                    let mut n = 0;
+                    for id in ids {
+                        n += release.execute(params![id, now_us])? as u64;
+                    }
+                    outcomes.push(Outcome::Count(n));
                 }
                 Command::Purge {
                     cutoff_us, limit, ..
@@ -466,7 +527,8 @@ fn replay(
     chunk: &ReplayChunk,
     now_us: i64,
 ) -> rusqlite::Result<(u64, Option<Cursor>)> {
-    const SET: &str = "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?1, published_at = NULL";
+    const SET: &str = "UPDATE events SET state = 'pending', attempts = 0, permanent_attempts = 0,
+                                         next_attempt_at = ?1, published_at = NULL, released_at = NULL";
     let mut again = tx.prepare_cached(&format!("{SET} WHERE id = ?2 AND state != 'pending'"))?;
     let candidates: Vec<(i64, i64)> = match chunk.selector.as_ref() {
         ReplaySelector::Ids(ids) => ids.iter().map(|id| (0, *id)).collect(),
@@ -511,7 +573,8 @@ fn replay(
 
 const ROW_COLUMNS: &str =
     "id, event_id, source, provider, routing_key, state, attempts, last_error,
-     received_at, next_attempt_at, published_at, idempotency_key";
+     received_at, next_attempt_at, published_at, idempotency_key, permanent_attempts,
+     released_at";
 
 fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
     let time = |us: i64| from_micros(us).map_or_else(|| us.to_string(), crate::event::rfc3339);
@@ -528,6 +591,8 @@ fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
         next_attempt_at: time(row.get(9)?),
         published_at: row.get::<_, Option<i64>>(10)?.map(time),
         idempotency_key: row.get(11)?,
+        permanent_attempts: row.get(12)?,
+        released_at: row.get::<_, Option<i64>>(13)?.map(time),
         headers: None,
         body: None,
         redact: Vec::new(),
@@ -570,20 +635,23 @@ impl Outbox for SqliteOutbox {
             .read(move |conn| {
                 let tx = conn.unchecked_transaction()?;
                 let ids: Vec<i64> = {
-                    let mut due = tx.prepare_cached(
+                    // A row waits while an older row of its subject is pending, or
+                    // dead and not released: the order per subject holds.
+                    let mut due = tx.prepare_cached(&format!(
                         "SELECT e.id FROM events e
                          WHERE e.state = 'pending' AND e.next_attempt_at <= ?1
                            AND NOT EXISTS (SELECT 1 FROM events o
-                                           WHERE o.state = 'pending' AND o.source = e.source
+                                           WHERE {HOLDS_SUBJECT} AND o.source = e.source
                                              AND o.subject = e.subject AND o.id < e.id)
                          ORDER BY e.id
-                         LIMIT ?2",
-                    )?;
+                         LIMIT ?2"
+                    ))?;
                     let ids = due.query_map(params![now_us, wanted], |row| row.get(0))?;
                     ids.collect::<rusqlite::Result<Vec<i64>>>()?
                 };
                 let mut row = tx.prepare_cached(
-                    "SELECT meta, body, received_at, traceparent, attempts FROM events WHERE id = ?1",
+                    "SELECT meta, body, received_at, traceparent, attempts, permanent_attempts
+                     FROM events WHERE id = ?1",
                 )?;
                 ids.into_iter()
                     .filter(|id| !in_flight.contains(id))
@@ -597,6 +665,7 @@ impl Outbox for SqliteOutbox {
                                 r.get::<_, i64>(2)?,
                                 r.get::<_, String>(3)?,
                                 r.get::<_, u32>(4)?,
+                                r.get::<_, u32>(5)?,
                             ))
                         })
                     })
@@ -604,22 +673,25 @@ impl Outbox for SqliteOutbox {
             })
             .await?;
         rows.into_iter()
-            .map(|(id, meta, body, received_at_us, traceparent, attempts)| {
-                let meta: EventMeta = serde_json::from_str(&meta).map_err(|e| {
-                    fault(
-                        FaultKind::Corrupt,
-                        format_args!("row {id} has unreadable metadata: {e}"),
-                    )
-                })?;
-                Ok(PendingEvent {
-                    id,
-                    meta,
-                    body,
-                    received_at_us,
-                    traceparent,
-                    attempts,
-                })
-            })
+            .map(
+                |(id, meta, body, received_at_us, traceparent, attempts, permanent_attempts)| {
+                    let meta: EventMeta = serde_json::from_str(&meta).map_err(|e| {
+                        fault(
+                            FaultKind::Corrupt,
+                            format_args!("row {id} has unreadable metadata: {e}"),
+                        )
+                    })?;
+                    Ok(PendingEvent {
+                        id,
+                        meta,
+                        body,
+                        received_at_us,
+                        traceparent,
+                        attempts,
+                        permanent_attempts,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -649,10 +721,17 @@ impl Outbox for SqliteOutbox {
                     |r| r.get::<_, i64>(0),
                 )
                 .optional()?;
+            let held_subjects = conn.query_row(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT source, subject FROM events
+                                       WHERE state = 'dead' AND released_at IS NULL)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?;
             Ok(Stats {
                 pending: count("pending")?,
                 dead: count("dead")?,
                 oldest_pending_us,
+                held_subjects: u64::try_from(held_subjects).unwrap_or(0),
             })
         })
         .await
@@ -711,10 +790,10 @@ impl Outbox for SqliteOutbox {
                 [id],
                 |row| {
                     let mut view = row_view(row)?;
-                    let headers: String = row.get(12)?;
+                    let headers: String = row.get(14)?;
                     view.headers = serde_json::from_str(&headers).ok();
-                    view.body = Some(row.get(13)?);
-                    let meta: String = row.get(14)?;
+                    view.body = Some(row.get(15)?);
+                    let meta: String = row.get(16)?;
                     view.redact = serde_json::from_str::<EventMeta>(&meta)
                         .map(|meta| meta.redact)
                         .unwrap_or_default();
@@ -747,6 +826,15 @@ impl Outbox for SqliteOutbox {
                 None => return Ok(total),
             }
         }
+    }
+
+    async fn release(&self, ids: Vec<i64>) -> Result<u64, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Command::Release(ids, reply))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
     }
 
     async fn purge_published(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
@@ -835,6 +923,81 @@ mod tests {
         assert_eq!(due(HashSet::new()).await, vec![1, 2]);
         assert_eq!(due(HashSet::from([1, 2])).await, vec![3, 4]);
         assert_eq!(due(HashSet::from([1, 3])).await, vec![2, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_row_holds_its_subject_until_released_or_replayed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
+            .await
+            .expect("open");
+        for body in ["first", "second", "third"] {
+            outbox.insert(event(body)).await.expect("insert");
+        }
+        // Rows 1 and 2 share a subject; row 1 went dead.
+        Connection::open(&path)
+            .expect("open")
+            .execute_batch(
+                "UPDATE events SET subject = 'order-1' WHERE id IN (1, 2);
+                 UPDATE events SET state = 'dead' WHERE id = 1;",
+            )
+            .expect("arrange");
+        let due = || async {
+            outbox
+                .fetch_due(i64::MAX, 10, &HashSet::new())
+                .await
+                .expect("fetch")
+                .iter()
+                .map(|row| row.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(due().await, vec![3], "row 2 waits behind dead row 1");
+        assert_eq!(outbox.stats().await.expect("stats").held_subjects, 1);
+        assert_eq!(outbox.release(vec![1, 3]).await.expect("release"), 1);
+        assert_eq!(due().await, vec![2, 3], "released: row 2 goes on");
+        assert_eq!(outbox.stats().await.expect("stats").held_subjects, 0);
+        assert_eq!(
+            outbox.stats().await.expect("stats").dead,
+            1,
+            "row 1 stays dead"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outbox_of_an_older_relay_is_migrated_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        // The schema before version 1: no permanent_attempts, no released_at.
+        Connection::open(&path)
+            .expect("open")
+            .execute_batch(
+                "CREATE TABLE events (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
+                    source TEXT NOT NULL, provider TEXT NOT NULL,
+                    idempotency_key TEXT NOT NULL, subject TEXT NOT NULL,
+                    routing_key TEXT NOT NULL, meta TEXT NOT NULL, headers TEXT NOT NULL,
+                    body BLOB NOT NULL, traceparent TEXT NOT NULL,
+                    received_at INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+                    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL,
+                    last_error TEXT, published_at INTEGER,
+                    UNIQUE (source, idempotency_key));
+                 CREATE INDEX events_pending_subject ON events (source, subject, id)
+                    WHERE state = 'pending';",
+            )
+            .expect("old schema");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
+            .await
+            .expect("open migrates");
+        outbox.insert(event("after")).await.expect("insert");
+        assert_eq!(outbox.release(vec![1]).await.expect("release"), 0);
+        let version: i64 = Connection::open(&path)
+            .expect("open")
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

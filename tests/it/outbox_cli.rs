@@ -278,3 +278,119 @@ async fn a_second_serve_on_the_same_sqlite_outbox_refuses_to_start() {
     let again = Relay::start(&config);
     assert_eq!(again.post_whitepay(&whitepay_order("still-2")).await.0, 200);
 }
+
+/// A Whitepay order event whose body is padded past the broker's lowered limit.
+fn oversized_order(id: &str) -> Vec<u8> {
+    let body = String::from_utf8(whitepay_order(id)).expect("text");
+    let padding = "x".repeat(100 * 1024);
+    body.replacen(
+        r#""event_type""#,
+        &format!(r#""padding":"{padding}","event_type""#),
+        1,
+    )
+    .into_bytes()
+}
+
+/// The same order, a later status (another idempotency key, the same subject).
+fn declined_order(id: &str) -> Vec<u8> {
+    String::from_utf8(whitepay_order(id))
+        .expect("text")
+        .replace(r#""status":"COMPLETE""#, r#""status":"DECLINED""#)
+        .replace("order::completed", "order::declined")
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_row_holds_its_subject_until_replayed_or_released() {
+    let Some(limit) = BrokerMaxMessageSize::set(64 * 1024).await else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to run rabbitmqctl"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("deadhold");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    relay.wait_broker_connected().await;
+    // Two subjects, each an oversized event followed by a later one.
+    for body in [
+        oversized_order("held-a"),
+        declined_order("held-a"),
+        oversized_order("held-b"),
+        declined_order("held-b"),
+    ] {
+        assert_eq!(relay.post_whitepay(&body).await.0, 200);
+    }
+    wait_for("both oversized rows to go dead", || {
+        relay.outbox_count(Some("dead")) == 2
+    })
+    .await;
+    assert!(
+        consumer.next(Duration::from_secs(3)).await.is_none(),
+        "nothing of a held subject is published past its dead row"
+    );
+    assert!(
+        relay
+            .metrics()
+            .await
+            .contains("hookrelay_outbox_held_subjects 2"),
+        "the gauge shows both held subjects"
+    );
+
+    // Released: the later event of held-b goes on; the dead row stays dead.
+    let dead = relay.outbox_command(&["list", "--state", "dead"]);
+    let id_of = |subject: &str| -> String {
+        dead.as_array()
+            .expect("array")
+            .iter()
+            .find(|row| {
+                row["idempotency_key"]
+                    .as_str()
+                    .expect("key")
+                    .contains(subject)
+            })
+            .expect("dead row of the subject")["id"]
+            .to_string()
+    };
+    let released = relay.outbox_command(&["release", &id_of("held-b")]);
+    assert_eq!(released["released"], 1);
+    let next = consumer
+        .next(Duration::from_secs(20))
+        .await
+        .expect("the released subject goes on");
+    let envelope: serde_json::Value = serde_json::from_slice(&next.data).expect("JSON");
+    assert_eq!(envelope["subject"], "held-b");
+    assert_eq!(envelope["data"]["status"], "failed");
+    assert_eq!(
+        relay.outbox_count(Some("dead")),
+        2,
+        "a release publishes nothing of the row"
+    );
+
+    // Replayed once the broker takes it: held-a's events arrive in received order.
+    drop(limit);
+    let replayed = relay.outbox_command(&["replay", &id_of("held-a")]);
+    assert_eq!(replayed["replayed"], 1);
+    let first = consumer
+        .next(Duration::from_secs(30))
+        .await
+        .expect("replayed");
+    let second = consumer
+        .next(Duration::from_secs(30))
+        .await
+        .expect("then the held one");
+    let statuses: Vec<String> = [first, second]
+        .iter()
+        .map(|d| {
+            let envelope: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
+            assert_eq!(envelope["subject"], "held-a");
+            envelope["data"]["status"]
+                .as_str()
+                .expect("status")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(statuses, ["succeeded", "failed"], "received order");
+}
