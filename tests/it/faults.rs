@@ -575,3 +575,102 @@ async fn a_failing_settle_is_retried_without_publishing_again() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A Whitepay order event of `id` with the provider status `status`.
+fn order_at(id: &str, status: &str) -> Vec<u8> {
+    String::from_utf8(whitepay_order(id))
+        .expect("text")
+        .replace(r#""status":"COMPLETE""#, &format!(r#""status":"{status}""#))
+        .into_bytes()
+}
+
+/// Per subject, the first delivery of each event is in received order, through
+/// confirm timeouts and retries with backoff, a kill -9 while the first events wait
+/// for their retry (the later ones are due at once), and a broker cut. (A dead row
+/// that is then replayed: `outbox_cli::a_dead_row_holds_its_subject_until_replayed_or_released`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_subject_are_first_delivered_in_received_order_through_faults() {
+    const STATUSES: [&str; 4] = ["INIT", "OPEN", "PARTIALLY_FULFILLED", "COMPLETE"];
+    const SUBJECTS: usize = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("ordering");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let proxy = TcpProxy::start(BROKER).await;
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.broker = proxy.addr.to_string();
+    let subject = |s: usize| format!("ordered-{s}");
+    let post_step = |relay: &Relay, step: usize| {
+        let bodies: Vec<Vec<u8>> = (0..SUBJECTS)
+            .map(|s| order_at(&subject(s), STATUSES[step]))
+            .collect();
+        let url = relay.url("whitepay");
+        async move {
+            for body in bodies {
+                let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
+                let (status, _) = post(&url, body, &[("Signature", signature)]).await;
+                assert_eq!(status, 200);
+            }
+        }
+    };
+
+    let relay = Relay::start(&config);
+    relay.wait_broker_connected().await;
+    // The broker stops answering: the first events are published, their confirms
+    // time out, and they are retried with backoff (due a second or two later).
+    proxy.freeze();
+    post_step(&relay, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay
+        .metric(r#"hookrelay_publish_failures_total{reason="timeout"}"#)
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the confirms timed out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Killed while they wait for their retry; the next events arrive due at once.
+    relay.kill9();
+    proxy.cut();
+    proxy.thaw();
+    proxy.restore();
+    let relay = Relay::start(&config);
+    post_step(&relay, 1).await;
+    post_step(&relay, 2).await;
+    // Another cut mid-way.
+    proxy.cut();
+    post_step(&relay, 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+
+    let total = (SUBJECTS * STATUSES.len()) as i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while relay.outbox_count(Some("published")) < total {
+        assert!(
+            Instant::now() < deadline,
+            "everything is published in the end"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deliveries = consumer
+        .collect(SUBJECTS * STATUSES.len() * 3, Duration::from_secs(3))
+        .await;
+    let mut first_seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for delivery in &deliveries {
+        let envelope: serde_json::Value =
+            serde_json::from_slice(&delivery.data).expect("JSON envelope");
+        let seen = first_seen
+            .entry(envelope["subject"].as_str().expect("subject").to_owned())
+            .or_default();
+        let status = envelope["data"]["provider_status"]
+            .as_str()
+            .expect("provider status")
+            .to_owned();
+        if !seen.contains(&status) {
+            seen.push(status);
+        }
+    }
+    assert_eq!(first_seen.len(), SUBJECTS);
+    for (subject, seen) in &first_seen {
+        assert_eq!(seen, &STATUSES, "first deliveries of {subject}");
+    }
+}
