@@ -100,4 +100,39 @@ proptest! {
             prop_assert!(ack.status.is_success(), "{name}");
         }
     }
+
+    /// Standard Webhooks signature headers of any number of entries, well formed
+    /// or not, with a real id and a current timestamp: never a panic, never
+    /// accepted, and more entries than the cap are refused as such.
+    #[test]
+    fn signature_headers_of_any_length_are_refused_within_the_cap(
+        entries in prop::collection::vec(
+            prop_oneof!["v1,[A-Za-z0-9+/=]{0,48}", "v1a,[A-Za-z0-9+/=]{0,8}", "[ -~]{0,12}"],
+            0..40,
+        ),
+        body in body_strategy(),
+    ) {
+        let config = config();
+        let source = &config.sources["standard"];
+        let provider = (providers::find("standard").expect("standard").build)(source)
+            .expect("build");
+        let now = OffsetDateTime::now_utc();
+        let signature = entries.join(" ");
+        let mut map = HeaderMap::new();
+        map.insert("webhook-id", HeaderValue::from_static("msg_fuzz"));
+        map.insert(
+            "webhook-timestamp",
+            HeaderValue::from_str(&now.unix_timestamp().to_string()).expect("digits"),
+        );
+        if let Ok(value) = HeaderValue::from_str(&signature) {
+            map.insert("webhook-signature", value);
+        }
+        let request = WebhookRequest { headers: &map, body: &body, now };
+        let verdict = provider.verify(&request);
+        prop_assert!(verdict.is_err());
+        let counted = signature.split_ascii_whitespace().count();
+        if counted > 16 && map.contains_key("webhook-signature") {
+            prop_assert_eq!(verdict, Err(providers::VerifyError::TooManySignatures(16)));
+        }
+    }
 }
