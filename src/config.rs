@@ -154,6 +154,9 @@ pub struct SourceConfig {
     pub allow_unsigned: bool,
     /// Override of the provider's timestamp window.
     pub timestamp_tolerance: Option<Duration>,
+    /// How long the source may go without an accepted webhook before the
+    /// `HookrelaySourceSilent` alert fires (exported per source).
+    pub silence_threshold: Duration,
     /// Client networks allowed to post; empty means any.
     pub allow_ips: Vec<IpNet>,
     /// JSON paths redacted in published payloads; `None` means the provider default.
@@ -188,11 +191,16 @@ fn split_list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// A day without an accepted webhook is a silent source unless the source says
+/// otherwise: it catches a dead integration without paging for a quiet one.
+const DEFAULT_SILENCE_THRESHOLD: &str = "24h";
+
 /// Keys every source may set, whatever its provider (contract §6).
 const COMMON_SOURCE_KEYS: &[&str] = &[
     "provider",
     "allow_unsigned",
     "timestamp_tolerance",
+    "silence_threshold",
     "allow_ips",
     "redact",
 ];
@@ -415,6 +423,12 @@ impl SourceConfig {
             .get("timestamp_tolerance")
             .map(|v| parse_duration(&key("timestamp_tolerance"), v))
             .transpose()?;
+        let silence_threshold = parse_duration(
+            &key("silence_threshold"),
+            settings
+                .get("silence_threshold")
+                .map_or(DEFAULT_SILENCE_THRESHOLD, String::as_str),
+        )?;
         let allow_ips = parse_cidrs(
             &key("allow_ips"),
             settings.get("allow_ips").map_or("", String::as_str),
@@ -425,6 +439,7 @@ impl SourceConfig {
             provider,
             allow_unsigned,
             timestamp_tolerance,
+            silence_threshold,
             allow_ips,
             redact,
             settings: settings

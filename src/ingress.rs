@@ -90,10 +90,28 @@ const OUTCOMES: [&str; 7] = [
 impl Ingress {
     /// Exports every source's outcome counters at 0, so `rate()` over them is
     /// defined before the first webhook (an alert on an absent series never fires).
+    /// Also sets each source's last-received and last-accepted times to now (the
+    /// start), so a silent source alerts one threshold after a restart, not at
+    /// once, and exports each source's silence threshold.
     pub(crate) fn count_from_zero(&self) {
         let received = &self.metrics.webhooks_received;
         received.with_label_values(&["", "", "unknown_source"]);
+        let now = unix_seconds();
         for source in self.sources.values() {
+            let name = source.config.name.as_str();
+            let metrics = &self.metrics;
+            metrics
+                .source_last_received
+                .with_label_values(&[name])
+                .set(now);
+            metrics
+                .source_last_accepted
+                .with_label_values(&[name])
+                .set(now);
+            metrics
+                .source_silence_threshold
+                .with_label_values(&[name])
+                .set(source.config.silence_threshold.as_secs_f64());
             for outcome in OUTCOMES {
                 received.with_label_values(&[
                     source.config.name.as_str(),
@@ -103,6 +121,11 @@ impl Ingress {
             }
         }
     }
+}
+
+/// Now as Unix seconds, for the per-source timestamp gauges.
+fn unix_seconds() -> f64 {
+    crate::clock::now_micros() as f64 / 1e6
 }
 
 /// The ingress router.
@@ -233,6 +256,11 @@ async fn receive(
             "unknown source: check the URL against the sources in the relay's configuration",
         );
     };
+    ingress
+        .metrics
+        .source_last_received
+        .with_label_values(&[source_name.as_str()])
+        .set(unix_seconds());
     let span = tracing::info_span!("webhook", source = %source_name, provider = %source.config.provider,
         trace_id = %trace.trace_id, %peer);
     let response = handle(&ingress, source, peer.ip(), request, trace)
@@ -376,9 +404,17 @@ async fn handle(
         received_at_us: crate::clock::micros(received),
         traceparent: trace.header_value(),
     };
+    let accepted = || {
+        ingress
+            .metrics
+            .source_last_accepted
+            .with_label_values(&[name])
+            .set(unix_seconds());
+    };
     match ingress.outbox.insert(event).await {
         Ok(InsertOutcome::Inserted) => {
             ingress.wake.notify_one();
+            accepted();
             count(match parsed {
                 Parsed::Event(_) => "accepted",
                 Parsed::Unrecognized { .. } => "unrecognized",
@@ -386,6 +422,7 @@ async fn handle(
             tracing::debug!(%event_id, "webhook stored");
         }
         Ok(InsertOutcome::Duplicate) => {
+            accepted();
             count("duplicate");
             tracing::info!(%event_id, "duplicate webhook acknowledged, not stored again");
         }

@@ -2,8 +2,8 @@
 //! so that tests can run several relays in one process.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the relay exports.
@@ -29,6 +29,15 @@ pub(crate) struct Metrics {
     pub(crate) outbox_oldest_pending: prometheus::Gauge,
     /// `hookrelay_broker_connected`: 1 or 0.
     pub(crate) broker_connected: IntGauge,
+    /// `hookrelay_source_last_received_timestamp_seconds{source}`: last request,
+    /// whatever its outcome.
+    pub(crate) source_last_received: GaugeVec,
+    /// `hookrelay_source_last_accepted_timestamp_seconds{source}`: last webhook
+    /// acked (stored, or a duplicate of a stored one).
+    pub(crate) source_last_accepted: GaugeVec,
+    /// `hookrelay_source_silence_threshold_seconds{source}`: the source's
+    /// `silence_threshold`, for the alert to compare against.
+    pub(crate) source_silence_threshold: GaugeVec,
     /// `hookrelay_outbox_commit_batch_size`: webhooks stored per commit (group commit).
     pub(crate) outbox_commit_batch_size: Histogram,
     /// `hookrelay_outbox_commit_failures_total{reason}`: the outbox's fault kinds.
@@ -98,6 +107,19 @@ impl Metrics {
             "hookrelay_outbox_oldest_pending_seconds",
             "Age of the oldest pending outbox row (0 when none)",
         )?;
+        let per_source = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["source"]);
+        let source_last_received = per_source(
+            "hookrelay_source_last_received_timestamp_seconds",
+            "Last request for the source, whatever its outcome (the relay's start time until then)",
+        )?;
+        let source_last_accepted = per_source(
+            "hookrelay_source_last_accepted_timestamp_seconds",
+            "Last webhook of the source that got the provider's ack (the relay's start time until then)",
+        )?;
+        let source_silence_threshold = per_source(
+            "hookrelay_source_silence_threshold_seconds",
+            "How long the source may go without an accepted webhook (its silence_threshold)",
+        )?;
         let outbox_held_subjects = IntGauge::new(
             "hookrelay_outbox_held_subjects",
             "Subjects whose later events wait behind a dead row nobody replayed or released",
@@ -132,6 +154,9 @@ impl Metrics {
         registry.register(Box::new(outbox_oldest_pending.clone()))?;
         registry.register(Box::new(broker_connected.clone()))?;
         registry.register(Box::new(outbox_held_subjects.clone()))?;
+        registry.register(Box::new(source_last_received.clone()))?;
+        registry.register(Box::new(source_last_accepted.clone()))?;
+        registry.register(Box::new(source_silence_threshold.clone()))?;
         registry.register(Box::new(outbox_commit_batch_size.clone()))?;
         registry.register(Box::new(outbox_commit_failures.clone()))?;
         for state in ["pending", "dead"] {
@@ -160,6 +185,9 @@ impl Metrics {
             outbox_events,
             outbox_oldest_pending,
             outbox_held_subjects,
+            source_last_received,
+            source_last_accepted,
+            source_silence_threshold,
             broker_connected,
             outbox_commit_batch_size,
             outbox_commit_failures,

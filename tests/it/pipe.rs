@@ -580,3 +580,39 @@ async fn serve_warns_about_an_unsigned_body_source_without_allow_ips() {
     assert_eq!(warned.len(), 1, "{warned:#?}");
     assert!(warned[0].contains("osl_open"), "{warned:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_source_timestamps_tell_received_from_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("sourcetimes");
+    let mut config = RelayConfig::new(&exchange, dir.path());
+    config.env.push((
+        "HOOKRELAY_SOURCES__WHITEPAY__SILENCE_THRESHOLD".to_owned(),
+        "10m".to_owned(),
+    ));
+    let relay = Relay::start(&config);
+    let received = r#"hookrelay_source_last_received_timestamp_seconds{source="whitepay"}"#;
+    let accepted = r#"hookrelay_source_last_accepted_timestamp_seconds{source="whitepay"}"#;
+    let started = relay.metric(accepted).await;
+    assert!(started > 1.0e9, "the start time until the first webhook");
+    assert_eq!(
+        relay
+            .metric(r#"hookrelay_source_silence_threshold_seconds{source="whitepay"}"#)
+            .await,
+        600.0
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = post(
+        &relay.url("whitepay"),
+        whitepay_order("times-1"),
+        &[("Signature", "00".repeat(32))],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let refused_at = relay.metric(received).await;
+    assert!(refused_at > started, "a refused request counts as received");
+    assert_eq!(relay.metric(accepted).await, started, "but not as accepted");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(relay.post_whitepay(&whitepay_order("times-1")).await.0, 200);
+    assert!(relay.metric(accepted).await > refused_at);
+}

@@ -205,6 +205,10 @@ fn dashboard_shows_every_metric_the_issue_asks_for() {
         "hookrelay_delivery_lag_seconds_bucket",
         "hookrelay_publish_failures_total",
         "hookrelay_broker_connected",
+        "time() - max by (source) (hookrelay_source_last_accepted_timestamp_seconds",
+        "hookrelay_source_silence_threshold_seconds",
+        "outcome=~\"unauthorized|forbidden\"",
+        "hookrelay_outbox_held_subjects",
     ] {
         assert!(shows(needle), "a panel shows {needle}");
     }
@@ -250,6 +254,15 @@ fn alert_rules_cover_the_failure_modes_the_issue_lists() {
             "hookrelay_outbox_events{state=\"dead\"}",
         ),
         ("HookrelayDown", "up{job=\"hookrelay\"} == 0"),
+        (
+            "HookrelaySourceSilent",
+            "hookrelay_source_silence_threshold_seconds",
+        ),
+        (
+            "HookrelaySourceRefusedOnly",
+            "outcome=~\"accepted|duplicate|unrecognized\"",
+        ),
+        ("HookrelaySubjectsHeld", "hookrelay_outbox_held_subjects"),
     ] {
         let rule = by_name
             .get(alert)
