@@ -26,7 +26,7 @@ use crate::event::{EventMeta, Origin};
 use crate::metrics::Metrics;
 use crate::outbox::{InsertOutcome, NewEvent, Outbox, OutboxError};
 use crate::providers::{Source, VerifyError, WebhookRequest};
-use crate::telemetry::{Throttle, TraceParent};
+use crate::telemetry::{self, Throttle, TraceParent};
 
 /// Headers never written to the outbox: credentials of the caller, not of the event.
 const SECRET_HEADERS: &[&str] = &[
@@ -238,12 +238,11 @@ async fn receive(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    let trace = TraceParent::continue_or_start(
-        request
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let incoming = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let Some(source) = ingress.sources.get(&source_name) else {
         // The source label stays empty: names from the URL must not grow metric cardinality.
         ingress
@@ -261,11 +260,27 @@ async fn receive(
         .source_last_received
         .with_label_values(&[source_name.as_str()])
         .set(unix_seconds());
-    let span = tracing::info_span!("webhook", source = %source_name, provider = %source.config.provider,
-        trace_id = %trace.trace_id, %peer);
-    let response = handle(&ingress, source, peer.ip(), request, trace)
-        .instrument(span)
+    // The server span of the request, named and attributed after OpenTelemetry's
+    // HTTP conventions; exported only when OTLP export is on.
+    let span = tracing::info_span!("webhook",
+        otel.name = "POST /webhooks/{source}", otel.kind = "server",
+        http.request.method = "POST", http.route = "/webhooks/{source}",
+        url.path = %format!("/webhooks/{source_name}"), client.address = %peer.ip(),
+        http.response.status_code = tracing::field::Empty,
+        source = %source_name, provider = %source.config.provider,
+        trace_id = tracing::field::Empty, %peer);
+    if let Some(incoming) = &incoming {
+        telemetry::continue_trace(&span, incoming);
+    }
+    // Stored with the row: the publish span continues from it. Without export, the
+    // relay's own W3C context (the caller's trace, a new span id).
+    let traceparent = telemetry::span_traceparent(&span)
+        .unwrap_or_else(|| TraceParent::continue_or_start(incoming.as_deref()).header_value());
+    span.record("trace_id", traceparent.get(3..35).unwrap_or_default());
+    let response = handle(&ingress, source, peer.ip(), request, traceparent)
+        .instrument(span.clone())
         .await;
+    span.record("http.response.status_code", response.status().as_u16());
     ingress
         .metrics
         .ingest_duration
@@ -279,7 +294,7 @@ async fn handle(
     source: &Source,
     peer: IpAddr,
     request: Request,
-    trace: TraceParent,
+    traceparent: String,
 ) -> Response {
     let name = source.config.name.as_str();
     let provider_name = source.config.provider.as_str();
@@ -362,7 +377,8 @@ async fn handle(
         now: received,
     };
     if !source.config.allow_unsigned {
-        let verdict = source.provider.verify(&webhook);
+        let verdict = tracing::info_span!("verify", otel.name = "verify signature")
+            .in_scope(|| source.provider.verify(&webhook));
         if let Err(e) = verdict {
             count("unauthorized");
             if let Some(left_out) = ingress.logs.refused.allow() {
@@ -402,7 +418,7 @@ async fn handle(
         headers_json: audit_headers(&headers),
         body,
         received_at_us: crate::clock::micros(received),
-        traceparent: trace.header_value(),
+        traceparent,
     };
     let accepted = || {
         ingress
@@ -411,7 +427,8 @@ async fn handle(
             .with_label_values(&[name])
             .set(unix_seconds());
     };
-    match ingress.outbox.insert(event).await {
+    let commit = tracing::info_span!("outbox commit", otel.name = "outbox commit");
+    match ingress.outbox.insert(event).instrument(commit).await {
         Ok(InsertOutcome::Inserted) => {
             ingress.wake.notify_one();
             accepted();

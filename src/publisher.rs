@@ -26,6 +26,7 @@ use crate::clock::now_micros;
 use crate::event::cloudevent_json;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxError, PendingEvent, Settlement};
+use crate::telemetry;
 
 /// Most confirms outstanding at once (and rows per outbox fetch).
 pub(crate) const WINDOW: usize = 256;
@@ -137,7 +138,13 @@ enum ChannelTrouble {
 struct SentBatch {
     settled: Vec<Settlement>,
     unsent: Vec<i64>,
-    awaiting: Vec<(PendingEvent, lapin::PublisherConfirm, Instant, usize)>,
+    awaiting: Vec<(
+        PendingEvent,
+        lapin::PublisherConfirm,
+        Instant,
+        usize,
+        tracing::Span,
+    )>,
     trouble: Option<ChannelTrouble>,
     deadline: tokio::time::Instant,
 }
@@ -330,27 +337,47 @@ impl Publisher {
                 continue;
             }
             let size = body.len();
-            let span = tracing::info_span!("publish", event_id = %row.meta.id, routing_key = %row.meta.routing_key(),
-                traceparent = %row.traceparent);
+            let routing_key = row.meta.routing_key();
+            // The producer span, after OpenTelemetry's messaging conventions, in the
+            // webhook's trace; it ends with the broker's answer.
+            let span = tracing::info_span!("publish",
+                otel.name = %format!("publish {}", self.exchange), otel.kind = "producer",
+                messaging.system = "rabbitmq", messaging.operation.type = "send",
+                messaging.operation.name = "publish",
+                messaging.destination.name = %self.exchange,
+                messaging.rabbitmq.destination.routing_key = %routing_key,
+                messaging.message.id = %row.meta.id,
+                hookrelay.confirm = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                event_id = %row.meta.id, routing_key = %routing_key);
+            telemetry::continue_trace(&span, &row.traceparent);
+            // Consumers continue the publish span's context when spans are exported,
+            // the stored one otherwise.
+            let traceparent =
+                telemetry::span_traceparent(&span).unwrap_or_else(|| row.traceparent.clone());
             let publish = channel.basic_publish(
                 self.exchange.as_str().into(),
-                row.meta.routing_key().into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
                 &body,
-                properties(&row),
+                properties(&row, &traceparent),
             );
-            match tokio::time::timeout_at(deadline, publish.instrument(span)).await {
-                Ok(Ok(confirm)) => batch.awaiting.push((row, confirm, Instant::now(), size)),
+            match tokio::time::timeout_at(deadline, publish.instrument(span.clone())).await {
+                Ok(Ok(confirm)) => batch
+                    .awaiting
+                    .push((row, confirm, Instant::now(), size, span)),
                 Ok(Err(e)) => {
+                    confirmed(&span, "channel");
                     batch
                         .settled
                         .push(self.shared.retry(&row, Failure::Channel, e.to_string()));
                     batch.trouble = Some(ChannelTrouble::Error(e));
                 }
                 Err(_) => {
+                    confirmed(&span, "timeout");
                     batch.settled.push(self.shared.retry(
                         &row,
                         Failure::Timeout,
@@ -375,9 +402,10 @@ impl Shared {
             mut trouble,
             deadline,
         } = batch;
-        for (row, confirm, started, size) in awaiting {
+        for (row, confirm, started, size, span) in awaiting {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => {
+                    confirmed(&span, "ack");
                     self.metrics
                         .publish_duration
                         .observe(started.elapsed().as_secs_f64());
@@ -392,10 +420,12 @@ impl Shared {
                     settled.push(Settlement::Published { id: row.id });
                 }
                 Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                    confirmed(&span, "returned");
                     let why = format!("returned by the broker: {}", returned.reply_text);
                     settled.push(self.retry(&row, Failure::Returned, why));
                 }
                 Ok(Ok(Confirmation::Nack(_))) => {
+                    confirmed(&span, "nack");
                     settled.push(self.retry(
                         &row,
                         Failure::Nack,
@@ -403,6 +433,7 @@ impl Shared {
                     ));
                 }
                 Ok(Ok(Confirmation::NotRequested)) => {
+                    confirmed(&span, "not_requested");
                     settled.push(self.retry(
                         &row,
                         Failure::Channel,
@@ -411,14 +442,17 @@ impl Shared {
                     trouble.get_or_insert(ChannelTrouble::Timeout);
                 }
                 Ok(Err(e)) if rejected_size(&e.to_string()) == Some(size) => {
+                    confirmed(&span, "too_large");
                     settled.push(self.permanent(&row, Failure::TooLarge, e.to_string()));
                     trouble.get_or_insert(ChannelTrouble::Error(e));
                 }
                 Ok(Err(e)) => {
+                    confirmed(&span, "channel");
                     settled.push(self.retry(&row, Failure::Channel, e.to_string()));
                     trouble.get_or_insert(ChannelTrouble::Error(e));
                 }
                 Err(_) => {
+                    confirmed(&span, "timeout");
                     settled.push(self.retry(
                         &row,
                         Failure::Timeout,
@@ -512,7 +546,17 @@ impl Shared {
     }
 }
 
-fn properties(row: &PendingEvent) -> BasicProperties {
+/// Records the broker's answer on a publish span (an error status unless it is
+/// an ack).
+fn confirmed(span: &tracing::Span, answer: &str) {
+    span.record("hookrelay.confirm", answer);
+    span.record(
+        "otel.status_code",
+        if answer == "ack" { "ok" } else { "error" },
+    );
+}
+
+fn properties(row: &PendingEvent, traceparent: &str) -> BasicProperties {
     let (kind, status) = row.meta.kind_status();
     let mut headers = FieldTable::default();
     for (key, value) in [
@@ -520,7 +564,7 @@ fn properties(row: &PendingEvent) -> BasicProperties {
         ("source", row.meta.source.as_str()),
         ("kind", kind),
         ("status", status),
-        ("traceparent", row.traceparent.as_str()),
+        ("traceparent", traceparent),
     ] {
         headers.insert(key.into(), AMQPValue::LongString(value.into()));
     }

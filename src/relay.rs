@@ -17,6 +17,9 @@ use crate::outbox::{self, OutboxError};
 use crate::providers;
 use crate::publisher::{CONFIRM_TIMEOUT, Publisher};
 
+/// Longest wait for buffered spans at shutdown.
+const TRACE_FLUSH: Duration = Duration::from_secs(5);
+
 /// Why the relay could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -201,6 +204,10 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), retention_task).await;
+    // Spans still buffered go out now, bounded: a collector that is down costs
+    // the shutdown at most this long.
+    let flush = tokio::task::spawn_blocking(|| crate::telemetry::flush_traces(TRACE_FLUSH));
+    let _ = tokio::time::timeout(TRACE_FLUSH + Duration::from_secs(1), flush).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -18,6 +18,7 @@ mod architecture;
 mod bad_input;
 mod faults;
 mod ops;
+mod otel;
 mod outbox_cli;
 mod pipe;
 mod provider_fuzz;
