@@ -164,6 +164,9 @@ async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_th
     );
 
     drop(limit);
+    // Another test may lower the limit again as soon as this one lets go: wait
+    // until the broker takes large messages, and keep it so while replaying.
+    let _unlimited = BrokerMaxMessageSize::unchanged().await;
     let replayed = relay.outbox_command(&["replay", "--dead"]);
     assert_eq!(replayed["replayed"], 1);
     let delivery = consumer
@@ -374,6 +377,9 @@ async fn a_dead_row_holds_its_subject_until_replayed_or_released() {
 
     // Replayed once the broker takes it: held-a's events arrive in received order.
     drop(limit);
+    // Another test may lower the limit again as soon as this one lets go: wait
+    // until the broker takes large messages, and keep it so while replaying.
+    let _unlimited = BrokerMaxMessageSize::unchanged().await;
     let replayed = relay.outbox_command(&["replay", &id_of("held-a")]);
     assert_eq!(replayed["replayed"], 1);
     let first = consumer
