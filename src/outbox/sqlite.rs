@@ -627,49 +627,39 @@ impl Outbox for SqliteOutbox {
         limit: usize,
         in_flight: &HashSet<i64>,
     ) -> Result<Vec<PendingEvent>, OutboxError> {
-        // In-flight rows are still pending, so the due-rows query returns them: ask
-        // for enough ids to skip them, and read bodies only for the rows kept.
-        let wanted = i64::try_from(limit.saturating_add(in_flight.len())).unwrap_or(i64::MAX);
-        let in_flight = in_flight.clone();
+        // In-flight rows are still pending: the query leaves them out itself (as a
+        // JSON array SQLite reads with json_each), so no body of theirs is read and
+        // one query fills the batch.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let in_flight = serde_json::to_string(in_flight).map_err(|e| fault(FaultKind::Other, e))?;
         let rows = self
             .read(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                let ids: Vec<i64> = {
-                    // A row waits while an older row of its subject is pending, or
-                    // dead and not released: the order per subject holds.
-                    let mut due = tx.prepare_cached(&format!(
-                        "SELECT e.id FROM events e
-                         WHERE e.state = 'pending' AND e.next_attempt_at <= ?1
-                           AND NOT EXISTS (SELECT 1 FROM events o
-                                           WHERE {HOLDS_SUBJECT} AND o.source = e.source
-                                             AND o.subject = e.subject AND o.id < e.id)
-                         ORDER BY e.id
-                         LIMIT ?2"
-                    ))?;
-                    let ids = due.query_map(params![now_us, wanted], |row| row.get(0))?;
-                    ids.collect::<rusqlite::Result<Vec<i64>>>()?
-                };
-                let mut row = tx.prepare_cached(
-                    "SELECT meta, body, received_at, traceparent, attempts, permanent_attempts
-                     FROM events WHERE id = ?1",
-                )?;
-                ids.into_iter()
-                    .filter(|id| !in_flight.contains(id))
-                    .take(limit)
-                    .map(|id| {
-                        row.query_row([id], |r| {
-                            Ok((
-                                id,
-                                r.get::<_, String>(0)?,
-                                r.get::<_, Vec<u8>>(1)?,
-                                r.get::<_, i64>(2)?,
-                                r.get::<_, String>(3)?,
-                                r.get::<_, u32>(4)?,
-                                r.get::<_, u32>(5)?,
-                            ))
-                        })
-                    })
-                    .collect::<rusqlite::Result<Vec<_>>>()
+                // A row waits while an older row of its subject is pending, or dead
+                // and not released: the order per subject holds.
+                let mut due = conn.prepare_cached(&format!(
+                    "SELECT e.id, e.meta, e.body, e.received_at, e.traceparent, e.attempts,
+                            e.permanent_attempts
+                     FROM events e
+                     WHERE e.state = 'pending' AND e.next_attempt_at <= ?1
+                       AND e.id NOT IN (SELECT value FROM json_each(?3))
+                       AND NOT EXISTS (SELECT 1 FROM events o
+                                       WHERE {HOLDS_SUBJECT} AND o.source = e.source
+                                         AND o.subject = e.subject AND o.id < e.id)
+                     ORDER BY e.id
+                     LIMIT ?2"
+                ))?;
+                let rows = due.query_map(params![now_us, limit, in_flight], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, u32>(5)?,
+                        r.get::<_, u32>(6)?,
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
         rows.into_iter()
