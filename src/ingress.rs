@@ -97,9 +97,9 @@ impl Ingress {
         let received = &self.metrics.webhooks_received;
         received.with_label_values(&["", "", "unknown_source"]);
         let now = unix_seconds();
+        let metrics = &self.metrics;
         for source in self.sources.values() {
             let name = source.config.name.as_str();
-            let metrics = &self.metrics;
             metrics
                 .source_last_received
                 .with_label_values(&[name])
@@ -113,11 +113,7 @@ impl Ingress {
                 .with_label_values(&[name])
                 .set(source.config.silence_threshold.as_secs_f64());
             for outcome in OUTCOMES {
-                received.with_label_values(&[
-                    source.config.name.as_str(),
-                    source.config.provider.as_str(),
-                    outcome,
-                ]);
+                received.with_label_values(&[name, source.config.provider.as_str(), outcome]);
             }
         }
     }
@@ -265,7 +261,7 @@ async fn receive(
     let span = tracing::info_span!("webhook",
         otel.name = "POST /webhooks/{source}", otel.kind = "server",
         http.request.method = "POST", http.route = "/webhooks/{source}",
-        url.path = %format!("/webhooks/{source_name}"), client.address = %peer.ip(),
+        url.path = request.uri().path(), client.address = %peer.ip(),
         http.response.status_code = tracing::field::Empty,
         source = %source_name, provider = %source.config.provider,
         trace_id = tracing::field::Empty, %peer);

@@ -78,6 +78,8 @@ pub(crate) const MAX_BATCHES_IN_FLIGHT: usize = 4;
 pub(crate) struct Publisher {
     link: BrokerLink,
     exchange: String,
+    /// `publish {exchange}`: every publish span's name, built once.
+    span_name: String,
     wake: Arc<Notify>,
     shared: Arc<Shared>,
 }
@@ -174,6 +176,7 @@ impl Publisher {
         }
         Self {
             link,
+            span_name: format!("publish {exchange}"),
             exchange,
             wake,
             shared: Arc::new(Shared { outbox, metrics }),
@@ -341,7 +344,7 @@ impl Publisher {
             // The producer span, after OpenTelemetry's messaging conventions, in the
             // webhook's trace; it ends with the broker's answer.
             let span = tracing::info_span!("publish",
-                otel.name = %format!("publish {}", self.exchange), otel.kind = "producer",
+                otel.name = %self.span_name, otel.kind = "producer",
                 messaging.system = "rabbitmq", messaging.operation.type = "send",
                 messaging.operation.name = "publish",
                 messaging.destination.name = %self.exchange,
@@ -474,6 +477,7 @@ impl Shared {
     /// gives up; its rows stay pending and the next start publishes them again (a
     /// duplicate, never a loss).
     async fn settle_until_recorded(&self, settled: Vec<Settlement>) {
+        let settled: Arc<[Settlement]> = settled.into();
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(5))
@@ -481,7 +485,7 @@ impl Shared {
             .without_max_times()
             .build();
         loop {
-            match self.outbox.settle(settled.clone()).await {
+            match self.outbox.settle(Arc::clone(&settled)).await {
                 Ok(()) => return,
                 Err(OutboxError::Closed) => {
                     tracing::warn!(

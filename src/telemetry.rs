@@ -122,7 +122,7 @@ pub(crate) fn flush_traces(within: std::time::Duration) {
 }
 
 /// The OpenTelemetry context of a `traceparent` value, to continue its trace.
-pub(crate) fn remote_context(header: &str) -> Option<opentelemetry::Context> {
+fn remote_context(header: &str) -> Option<opentelemetry::Context> {
     let (trace_id, parent_id, flags) = parse_full(header)?;
     let span_context = SpanContext::new(
         TraceId::from_hex(&trace_id).ok()?,
@@ -148,12 +148,12 @@ pub(crate) fn span_traceparent(span: &tracing::Span) -> Option<String> {
     let span_ref = context.span();
     let current = span_ref.span_context();
     current.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            current.trace_id(),
-            current.span_id(),
-            current.trace_flags().to_u8()
-        )
+        TraceParent {
+            trace_id: current.trace_id().to_string(),
+            span_id: current.span_id().to_string(),
+            flags: current.trace_flags().to_u8(),
+        }
+        .header_value()
     })
 }
 

@@ -2,6 +2,7 @@
 //! forever.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -26,7 +27,7 @@ impl Outbox for Hanging {
     ) -> Result<Vec<PendingEvent>, OutboxError> {
         std::future::pending().await
     }
-    async fn settle(&self, _: Vec<Settlement>) -> Result<(), OutboxError> {
+    async fn settle(&self, _: Arc<[Settlement]>) -> Result<(), OutboxError> {
         std::future::pending().await
     }
     async fn stats(&self) -> Result<Stats, OutboxError> {

@@ -387,7 +387,8 @@ pub(crate) trait Outbox: Send + Sync {
     ) -> Result<Vec<PendingEvent>, OutboxError>;
 
     /// Records the outcome of a batch of publish attempts in one transaction.
-    async fn settle(&self, settlements: Vec<Settlement>) -> Result<(), OutboxError>;
+    /// Shared, so a caller that retries after a failure does not copy the batch.
+    async fn settle(&self, settlements: Arc<[Settlement]>) -> Result<(), OutboxError>;
 
     /// Counts by state and the oldest pending receive time.
     async fn stats(&self) -> Result<Stats, OutboxError>;
@@ -520,18 +521,18 @@ pub(crate) async fn open(
     access: Access,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Arc<dyn Outbox>, OutboxError> {
-    match Location::parse(url)? {
-        Location::Sqlite(path) => {
-            // Every reason present from the start, so `rate()` over it is defined.
-            for kind in FaultKind::ALL {
-                metrics
-                    .outbox_commit_failures
-                    .with_label_values(&[kind.as_str()]);
-            }
-            Ok(Arc::new(
-                sqlite::SqliteOutbox::open(&path, access, metrics).await?,
-            ))
-        }
+    let location = Location::parse(url)?;
+    // Every reason present from the start, whatever the backend, so `rate()` over
+    // it is defined.
+    for kind in FaultKind::ALL {
+        metrics
+            .outbox_commit_failures
+            .with_label_values(&[kind.as_str()]);
+    }
+    match location {
+        Location::Sqlite(path) => Ok(Arc::new(
+            sqlite::SqliteOutbox::open(&path, access, metrics).await?,
+        )),
         Location::Postgres => Err(OutboxError::PostgresNotBuilt),
     }
 }

@@ -124,7 +124,7 @@ type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
 
 enum Command {
     Insert(Box<NewEvent>, Reply<InsertOutcome>),
-    Settle(Vec<Settlement>, Reply<()>),
+    Settle(Arc<[Settlement]>, Reply<()>),
     Ping(Reply<()>),
     Release(Vec<i64>, Reply<u64>),
     Replay(ReplayChunk, Reply<(u64, Option<Cursor>)>),
@@ -450,7 +450,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                     }));
                 }
                 Command::Settle(settlements, _) => {
-                    for s in settlements {
+                    for s in settlements.iter() {
                         match s {
                             Settlement::Published { id } => {
                                 published.execute(params![id, now_us])?;
@@ -685,7 +685,7 @@ impl Outbox for SqliteOutbox {
             .collect()
     }
 
-    async fn settle(&self, settlements: Vec<Settlement>) -> Result<(), OutboxError> {
+    async fn settle(&self, settlements: Arc<[Settlement]>) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(Command::Settle(settlements, reply))
