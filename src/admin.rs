@@ -57,6 +57,8 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             "pending": stats.map(|s| s.pending),
             "dead": stats.map(|s| s.dead),
             "held_subjects": stats.map(|s| s.held_subjects),
+            "fenced": stats.map(|s| s.fenced),
+            "partitions": stats.map(|s| s.partitions),
         },
         "broker": { "connected": admin.metrics.broker_connected.get() == 1 },
     });
@@ -90,6 +92,10 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
                 .metrics
                 .outbox_held_subjects
                 .set(i64::try_from(stats.held_subjects).unwrap_or(i64::MAX));
+            admin
+                .metrics
+                .outbox_fenced_rows
+                .set(i64::try_from(stats.fenced).unwrap_or(i64::MAX));
         }
         Err(e) => tracing::warn!(error = %e, "cannot read outbox stats for /metrics"),
     }

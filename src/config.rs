@@ -24,6 +24,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "amqp_url",
     "exchange",
     "outbox_url",
+    "outbox_lease",
     "retention",
     "max_body",
     "trusted_proxies",
@@ -129,6 +130,9 @@ pub struct Config {
     /// Outbox location, as written: the outbox parses it, so that only `outbox/`
     /// knows which backends exist (it may hold a password: never log it whole).
     pub outbox_url: Secret,
+    /// How long a replica's lease on its share of a shared (PostgreSQL) outbox
+    /// lasts: a dead replica's subjects are taken over within about this long.
+    pub outbox_lease: Duration,
     /// How long published rows are kept.
     pub retention: Duration,
     /// Largest accepted body in bytes.
@@ -266,6 +270,13 @@ impl Config {
             return Err(invalid("exchange", "must be 1 to 200 characters"));
         }
         let outbox_url = get("outbox_url", "sqlite://data/outbox.db");
+        let outbox_lease = parse_duration("outbox_lease", &get("outbox_lease", "10s"))?;
+        if outbox_lease < Duration::from_secs(2) {
+            return Err(invalid(
+                "outbox_lease",
+                "must be at least 2s (leases are renewed every fifth of it)",
+            ));
+        }
         let retention = parse_duration("retention", &get("retention", "7d"))?;
         let max_body = parse_size("max_body", &get("max_body", "1MiB"))?;
         let trusted_proxies = parse_cidrs("trusted_proxies", &get("trusted_proxies", ""))?;
@@ -294,6 +305,7 @@ impl Config {
             amqp_url: Secret(amqp_url),
             exchange,
             outbox_url: Secret(outbox_url),
+            outbox_lease,
             retention,
             max_body,
             trusted_proxies,

@@ -42,6 +42,14 @@ pub(crate) struct Metrics {
     pub(crate) outbox_commit_batch_size: Histogram,
     /// `hookrelay_outbox_commit_failures_total{reason}`: the outbox's fault kinds.
     pub(crate) outbox_commit_failures: IntCounterVec,
+    /// `hookrelay_outbox_fenced_rows`: committed pending rows held behind an older,
+    /// still open transaction (PostgreSQL).
+    pub(crate) outbox_fenced_rows: IntGauge,
+    /// `hookrelay_outbox_partitions_owned`: partitions this replica leases.
+    pub(crate) outbox_partitions_owned: IntGauge,
+    /// `hookrelay_outbox_fenced_settles_total`: publish outcomes refused because
+    /// the lease had passed.
+    pub(crate) outbox_fenced_settles: prometheus::IntCounter,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: acks are expected in milliseconds, delivery
@@ -144,6 +152,21 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let outbox_fenced_rows = IntGauge::new(
+            "hookrelay_outbox_fenced_rows",
+            "Committed pending rows the publisher may not read yet because an older transaction is still open (PostgreSQL; 0 on SQLite)",
+        )?;
+        let outbox_partitions_owned = IntGauge::new(
+            "hookrelay_outbox_partitions_owned",
+            "Subject partitions this replica leases and publishes (PostgreSQL; 0 on SQLite)",
+        )?;
+        let outbox_fenced_settles = prometheus::IntCounter::new(
+            "hookrelay_outbox_fenced_settles_total",
+            "Publish outcomes refused because this replica's lease had passed (their rows are published again by the new owner)",
+        )?;
+        registry.register(Box::new(outbox_fenced_rows.clone()))?;
+        registry.register(Box::new(outbox_partitions_owned.clone()))?;
+        registry.register(Box::new(outbox_fenced_settles.clone()))?;
         registry.register(Box::new(webhooks_received.clone()))?;
         registry.register(Box::new(ingest_duration.clone()))?;
         registry.register(Box::new(events_published.clone()))?;
@@ -191,6 +214,9 @@ impl Metrics {
             broker_connected,
             outbox_commit_batch_size,
             outbox_commit_failures,
+            outbox_fenced_rows,
+            outbox_partitions_owned,
+            outbox_fenced_settles,
         })
     }
 

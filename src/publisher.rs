@@ -315,8 +315,10 @@ impl Publisher {
             deadline,
         };
         for row in rows {
-            if batch.trouble.is_some() {
-                // Never sent: the row stays due as it is, no attempt counted.
+            // Never sent (the channel broke, or on a shared outbox this relay's
+            // lease on the row's subject passed): the row stays due as it is, no
+            // attempt counted.
+            if batch.trouble.is_some() || !self.shared.outbox.may_publish(row.id) {
                 batch.unsent.push(row.id);
                 continue;
             }

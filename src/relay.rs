@@ -109,10 +109,17 @@ async fn shutdown_signal() {
 pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     let metrics = Arc::new(Metrics::new().map_err(RelayError::Metrics)?);
     let sources = providers::build_sources(&config).map_err(RelayError::Config)?;
+    // Woken by ingress on every stored webhook, and by a shared outbox when another
+    // replica committed some.
+    let wake = Arc::new(Notify::new());
     let outbox = outbox::open(
         config.outbox_url.expose(),
         outbox::Access::Serve,
         Arc::clone(&metrics),
+        outbox::Options {
+            lease: config.outbox_lease,
+            wake: Arc::clone(&wake),
+        },
     )
     .await
     .map_err(RelayError::Outbox)?;
@@ -131,7 +138,6 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
             }
         }
     }
-    let wake = Arc::new(Notify::new());
     let ingress_listener = bind(config.listen, "HOOKRELAY_LISTEN").await?;
     let admin_listener = bind(config.admin_listen, "HOOKRELAY_ADMIN_LISTEN").await?;
     let ingress_addr = ingress_listener.local_addr().map_err(RelayError::Serve)?;
@@ -204,6 +210,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), retention_task).await;
+    outbox.close().await;
     // Spans still buffered go out now, bounded: a collector that is down costs
     // the shutdown at most this long.
     let flush = tokio::task::spawn_blocking(|| crate::telemetry::flush_traces(TRACE_FLUSH));

@@ -163,6 +163,7 @@ pub(crate) async fn run(
         config.outbox_url.expose(),
         crate::outbox::Access::Operate,
         std::sync::Arc::new(metrics),
+        crate::outbox::Options::default(),
     )
     .await?;
     let now = time::OffsetDateTime::now_utc();

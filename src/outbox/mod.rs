@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use crate::event::EventMeta;
 
+pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 #[cfg(test)]
@@ -238,6 +239,12 @@ pub(crate) struct Stats {
     pub(crate) oldest_pending_us: Option<i64>,
     /// Subjects whose later events wait behind a dead row nobody released.
     pub(crate) held_subjects: u64,
+    /// Committed pending rows the publisher may not read yet, because a transaction
+    /// that started before them is still open (PostgreSQL's fence; 0 on SQLite).
+    pub(crate) fenced: u64,
+    /// Partitions this relay leases (PostgreSQL; 0 on SQLite, where one relay
+    /// publishes everything).
+    pub(crate) partitions: u64,
 }
 
 /// Why the outbox could not do what was asked. Ingress answers all of them with 503,
@@ -269,9 +276,6 @@ pub enum OutboxError {
         "another `hookrelay serve` is using the outbox at {0}: stop it first, or give this relay its own HOOKRELAY_OUTBOX_URL (replicas share one outbox only on PostgreSQL)"
     )]
     InUse(String),
-    /// The outbox URL names a backend this build does not have yet.
-    #[error("the PostgreSQL outbox is not built yet; use sqlite://PATH")]
-    PostgresNotBuilt,
 }
 
 impl OutboxError {
@@ -283,7 +287,7 @@ impl OutboxError {
             Self::Storage(fault) => fault.kind.as_str(),
             Self::Closed => "closed",
             Self::TimedOut(_) => "timeout",
-            Self::InvalidUrl(_) | Self::PostgresNotBuilt | Self::Missing(_) => "config",
+            Self::InvalidUrl(_) | Self::Missing(_) => "config",
             Self::InUse(_) => "in_use",
         }
     }
@@ -323,6 +327,9 @@ impl Fault {
             FaultKind::Corrupt => {
                 format!("the outbox database is damaged ({detail}): restore it from a backup")
             }
+            FaultKind::Unavailable => format!(
+                "cannot reach the outbox database ({detail}): check that it runs and that HOOKRELAY_OUTBOX_URL points at it"
+            ),
             FaultKind::Other => format!("the outbox failed: {detail}"),
         }
     }
@@ -341,18 +348,21 @@ pub enum FaultKind {
     Io,
     /// The file is not a (healthy) database.
     Corrupt,
+    /// The database server cannot be reached, or dropped the connection.
+    Unavailable,
     /// Anything else.
     Other,
 }
 
 impl FaultKind {
     /// Every kind, for metrics initialised at zero.
-    pub(crate) const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::DiskFull,
         Self::Busy,
         Self::ReadOnly,
         Self::Io,
         Self::Corrupt,
+        Self::Unavailable,
         Self::Other,
     ];
 
@@ -364,6 +374,7 @@ impl FaultKind {
             Self::ReadOnly => "read_only",
             Self::Io => "io",
             Self::Corrupt => "corrupt",
+            Self::Unavailable => "unavailable",
             Self::Other => "other",
         }
     }
@@ -385,6 +396,13 @@ pub(crate) trait Outbox: Send + Sync {
         limit: usize,
         in_flight: &HashSet<i64>,
     ) -> Result<Vec<PendingEvent>, OutboxError>;
+
+    /// Whether the row fetched as `id` may still be published by this relay. On a
+    /// shared outbox, false once the lease that the row was fetched under has
+    /// passed: another relay may be publishing its subject by now.
+    fn may_publish(&self, _id: i64) -> bool {
+        true
+    }
 
     /// Records the outcome of a batch of publish attempts in one transaction.
     /// Shared, so a caller that retries after a failure does not copy the batch.
@@ -423,6 +441,10 @@ pub(crate) trait Outbox: Send + Sync {
     /// Resolves when the outbox can no longer work at all (its writer is gone), so
     /// the process can exit and be restarted instead of answering 503 forever.
     async fn failed(&self);
+
+    /// Called once at shutdown, after the publisher stopped: a shared outbox hands
+    /// this relay's share of the work to the others at once.
+    async fn close(&self) {}
 }
 
 /// Rows deleted per transaction by retention and `outbox purge`, so a purge never
@@ -474,7 +496,7 @@ enum Location {
     /// `sqlite://PATH`: an embedded database file.
     Sqlite(PathBuf),
     /// `postgres://…` or `postgresql://…`: a server shared by replicas.
-    Postgres,
+    Postgres(String),
 }
 
 impl Location {
@@ -487,7 +509,7 @@ impl Location {
             }
             Ok(Self::Sqlite(PathBuf::from(path)))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres)
+            Ok(Self::Postgres(url.to_owned()))
         } else {
             Err(OutboxError::InvalidUrl(
                 "expected sqlite://PATH or postgres://…",
@@ -501,7 +523,7 @@ impl Location {
 pub(crate) fn describe_url(url: &str) -> Result<String, OutboxError> {
     match Location::parse(url)? {
         Location::Sqlite(path) => Ok(format!("sqlite://{}", path.display())),
-        Location::Postgres => Ok("postgres://***".to_owned()),
+        Location::Postgres(url) => postgres::describe_url(&url),
     }
 }
 
@@ -515,11 +537,29 @@ pub(crate) enum Access {
     Operate,
 }
 
+/// What `serve` tells the outbox beyond its URL.
+pub(crate) struct Options {
+    /// How long a shared outbox's partition lease lasts (`HOOKRELAY_OUTBOX_LEASE`).
+    pub(crate) lease: std::time::Duration,
+    /// Notified when another relay committed webhooks, to wake the publisher.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lease: std::time::Duration::from_secs(10),
+            wake: Arc::default(),
+        }
+    }
+}
+
 /// Opens the outbox named by the URL.
 pub(crate) async fn open(
     url: &str,
     access: Access,
     metrics: Arc<crate::metrics::Metrics>,
+    options: Options,
 ) -> Result<Arc<dyn Outbox>, OutboxError> {
     let location = Location::parse(url)?;
     // Every reason present from the start, whatever the backend, so `rate()` over
@@ -533,7 +573,9 @@ pub(crate) async fn open(
         Location::Sqlite(path) => Ok(Arc::new(
             sqlite::SqliteOutbox::open(&path, access, metrics).await?,
         )),
-        Location::Postgres => Err(OutboxError::PostgresNotBuilt),
+        Location::Postgres(url) => Ok(Arc::new(
+            postgres::PostgresOutbox::open(&url, access, metrics, options).await?,
+        )),
     }
 }
 
@@ -549,7 +591,7 @@ mod tests {
         ));
         assert!(matches!(
             Location::parse("postgresql://h/db"),
-            Ok(Location::Postgres)
+            Ok(Location::Postgres(_))
         ));
         let err = describe_url("mysql://x").map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("sqlite://"), "{err}");
@@ -558,7 +600,7 @@ mod tests {
             describe_url("postgres://app:s3cret@db/outbox")
                 .ok()
                 .as_deref(),
-            Some("postgres://***")
+            Some("postgres://app@db:5432/outbox?sslmode=prefer")
         );
     }
 }

@@ -722,6 +722,7 @@ impl Outbox for SqliteOutbox {
                 dead: count("dead")?,
                 oldest_pending_us,
                 held_subjects: u64::try_from(held_subjects).unwrap_or(0),
+                ..Stats::default()
             })
         })
         .await

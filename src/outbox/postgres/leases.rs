@@ -1,0 +1,310 @@
+//! Partition leases: which replica publishes which subjects.
+//!
+//! Subjects hash into [`PARTITIONS`] partitions. Each live replica leases about
+//! `PARTITIONS / live replicas` of them in `hr_partition`, and only the owner
+//! fetches, publishes and settles their rows, so one subject has one publisher and
+//! its order holds across replicas.
+//!
+//! Every tick (a fifth of the lease) a replica heartbeats, renews its leases, and
+//! takes or gives back partitions towards its fair share. It stops publishing a
+//! partition `lease − tick` after the renewal was *sent*, by its own monotonic
+//! clock, before the database could hand the partition to anyone else; and each
+//! acquisition bumps the partition's epoch, which every settle checks, so a replica
+//! that was paused or cut off cannot record anything once its lease has passed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::sync::watch;
+
+use super::schema::PARTITIONS;
+use super::{pg_error, pooled};
+use crate::outbox::OutboxError;
+
+/// Longest wait for a partition's rows in flight before it is given back anyway:
+/// longer than a publish batch may take to be confirmed (10 s). A row whose outcome
+/// was not recorded by then is published again by the next owner.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(15);
+
+/// A partition this replica holds.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    epoch: i64,
+    /// After this the replica must not publish the partition's rows.
+    valid_until: Instant,
+    /// Being given back: nothing new is fetched; it is released once its rows in
+    /// flight are settled.
+    releasing_since: Option<Instant>,
+}
+
+/// This replica's leases, shared by the lease task and the outbox's fetch, publish
+/// check and settle.
+pub(super) struct Leases {
+    pub(super) replica: String,
+    ttl: Duration,
+    held: Mutex<HashMap<i16, Lease>>,
+}
+
+impl Leases {
+    pub(super) fn new(replica: String, ttl: Duration) -> Self {
+        Self {
+            replica,
+            ttl,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<i16, Lease>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How often leases are renewed.
+    pub(super) fn tick(&self) -> Duration {
+        self.ttl / 5
+    }
+
+    /// Partitions to fetch from, with their epochs: held, valid, not being given back.
+    pub(super) fn fetchable(&self) -> Vec<(i16, i64)> {
+        let now = Instant::now();
+        self.held()
+            .iter()
+            .filter(|(_, l)| l.valid_until > now && l.releasing_since.is_none())
+            .map(|(p, l)| (*p, l.epoch))
+            .collect()
+    }
+
+    /// Whether a row fetched under `(part, epoch)` may still be published.
+    pub(super) fn valid(&self, part: i16, epoch: i64) -> bool {
+        self.held()
+            .get(&part)
+            .is_some_and(|l| l.epoch == epoch && l.valid_until > Instant::now())
+    }
+
+    /// How many partitions are held.
+    pub(super) fn count(&self) -> usize {
+        self.held().len()
+    }
+
+    /// One tick: heartbeat, renew, then move towards the fair share. `in_flight`
+    /// tells whether a partition still has rows published and not yet settled.
+    pub(super) async fn tick_once(
+        &self,
+        pool: &Pool,
+        in_flight: impl Fn(i16) -> bool,
+    ) -> Result<(), OutboxError> {
+        let client = pooled(pool).await?;
+        let sent = Instant::now();
+        let ttl = self.ttl.as_secs_f64();
+        let valid_until = sent + self.ttl - self.tick();
+        client
+            .execute(
+                "INSERT INTO hr_member (replica, heartbeat_at) VALUES ($1, now())
+                 ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now()",
+                &[&self.replica],
+            )
+            .await
+            .map_err(pg_error)?;
+        let live: i64 = client
+            .query_one(
+                "SELECT count(*) FROM hr_member WHERE heartbeat_at > now() - make_interval(secs => $1)",
+                &[&ttl],
+            )
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        // Renewal reports what the database says is ours; anything else was taken.
+        let renewed = client
+            .query(
+                "UPDATE hr_partition SET lease_until = now() + make_interval(secs => $2)
+                 WHERE owner = $1 RETURNING p, epoch",
+                &[&self.replica, &ttl],
+            )
+            .await
+            .map_err(pg_error)?;
+        {
+            let mut held = self.held();
+            let mut next = HashMap::with_capacity(renewed.len());
+            for row in &renewed {
+                let (p, epoch): (i16, i64) = (row.get(0), row.get(1));
+                let releasing_since = held
+                    .get(&p)
+                    .filter(|l| l.epoch == epoch)
+                    .and_then(|l| l.releasing_since);
+                next.insert(
+                    p,
+                    Lease {
+                        epoch,
+                        valid_until,
+                        releasing_since,
+                    },
+                );
+            }
+            let lost = held.keys().filter(|p| !next.contains_key(p)).count();
+            if lost > 0 {
+                tracing::warn!(
+                    partitions = lost,
+                    "leases lost to another replica (this one was paused or cut off); their rows are published by the new owner"
+                );
+            }
+            *held = next;
+        }
+        let share = usize::try_from((i64::from(PARTITIONS) + live.max(1) - 1) / live.max(1))
+            .unwrap_or(usize::from(PARTITIONS as u16));
+        self.give_back(&client, share, in_flight).await?;
+        self.take(&client, share, valid_until).await
+    }
+
+    /// Marks partitions over the fair share for release, and releases those whose
+    /// rows in flight are settled (or that waited out a confirm timeout).
+    async fn give_back(
+        &self,
+        client: &tokio_postgres::Client,
+        share: usize,
+        in_flight: impl Fn(i16) -> bool,
+    ) -> Result<(), OutboxError> {
+        let done: Vec<i16> = {
+            let mut held = self.held();
+            let keeping = held
+                .values()
+                .filter(|l| l.releasing_since.is_none())
+                .count();
+            if keeping > share {
+                let mut extra: Vec<i16> = held
+                    .iter()
+                    .filter(|(_, l)| l.releasing_since.is_none())
+                    .map(|(p, _)| *p)
+                    .collect();
+                extra.sort_unstable_by(|a, b| b.cmp(a));
+                for p in extra.into_iter().take(keeping - share) {
+                    if let Some(lease) = held.get_mut(&p) {
+                        lease.releasing_since = Some(Instant::now());
+                    }
+                }
+            }
+            held.iter()
+                .filter(|(p, l)| {
+                    l.releasing_since
+                        .is_some_and(|since| !in_flight(**p) || since.elapsed() > RELEASE_PATIENCE)
+                })
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        if done.is_empty() {
+            return Ok(());
+        }
+        client
+            .execute(
+                "UPDATE hr_partition SET owner = NULL, lease_until = now()
+                 WHERE owner = $1 AND p = ANY($2)",
+                &[&self.replica, &done],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut held = self.held();
+        for p in &done {
+            held.remove(p);
+        }
+        tracing::info!(
+            partitions = done.len(),
+            "gave partitions back for rebalancing"
+        );
+        Ok(())
+    }
+
+    /// Takes free or expired partitions up to the fair share, and any left without
+    /// an owner for a whole lease whatever the share (so none stays orphaned).
+    async fn take(
+        &self,
+        client: &tokio_postgres::Client,
+        share: usize,
+        valid_until: Instant,
+    ) -> Result<(), OutboxError> {
+        let wanted = i64::try_from(share.saturating_sub(self.count())).unwrap_or(0);
+        let ttl = self.ttl.as_secs_f64();
+        let acquire = |orphaned_for: f64, limit: i64| {
+            let replica = self.replica.clone();
+            async move {
+                client
+                    .query(
+                        "UPDATE hr_partition SET owner = $1, epoch = epoch + 1,
+                                                 lease_until = now() + make_interval(secs => $2)
+                         WHERE p IN (SELECT p FROM hr_partition
+                                     WHERE owner IS NULL
+                                        OR lease_until < now() - make_interval(secs => $3)
+                                     ORDER BY p LIMIT $4 FOR UPDATE SKIP LOCKED)
+                         RETURNING p, epoch",
+                        &[&replica, &ttl, &orphaned_for, &limit],
+                    )
+                    .await
+                    .map_err(pg_error)
+            }
+        };
+        let mut rows = Vec::new();
+        if wanted > 0 {
+            rows.extend(acquire(0.0, wanted).await?);
+        }
+        rows.extend(acquire(ttl, i64::from(PARTITIONS)).await?);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut held = self.held();
+        for row in &rows {
+            held.insert(
+                row.get(0),
+                Lease {
+                    epoch: row.get(1),
+                    valid_until,
+                    releasing_since: None,
+                },
+            );
+        }
+        tracing::info!(taken = rows.len(), held = held.len(), "partitions leased");
+        Ok(())
+    }
+
+    /// Gives every partition back and leaves the member list, so that the others
+    /// take over at their next tick instead of after the lease.
+    pub(super) async fn leave(&self, pool: &Pool) -> Result<(), OutboxError> {
+        self.held().clear();
+        let client = pooled(pool).await?;
+        client
+            .execute(
+                "UPDATE hr_partition SET owner = NULL, lease_until = now() WHERE owner = $1",
+                &[&self.replica],
+            )
+            .await
+            .map_err(pg_error)?;
+        client
+            .execute("DELETE FROM hr_member WHERE replica = $1", &[&self.replica])
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+}
+
+/// Renews and balances the leases every tick until `stop`.
+pub(super) async fn run(
+    leases: Arc<Leases>,
+    pool: Pool,
+    in_flight: impl Fn(i16) -> bool + Send + Sync + 'static,
+    partitions_owned: prometheus::IntGauge,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let tick = tokio::time::timeout(leases.tick(), leases.tick_once(&pool, &in_flight));
+        match tick.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot renew partition leases; retrying")
+            }
+            Err(_) => tracing::warn!("renewing partition leases timed out; retrying"),
+        }
+        partitions_owned.set(i64::try_from(leases.count()).unwrap_or(0));
+        tokio::select! {
+            () = tokio::time::sleep(leases.tick()) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
