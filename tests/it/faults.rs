@@ -243,13 +243,12 @@ fn env_count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly() {
+async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly(backend: Backend) {
     let kills = env_count("HOOKRELAY_FAULT_KILLS", 10);
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("kill9");
     let mut consumer = Consumer::bind(&exchange, "#").await;
-    let config = RelayConfig::new(&exchange, dir.path());
+    let config = RelayConfig::on(backend, &exchange, dir.path());
     let mut relay = Relay::start(&config);
     let stream = Stream::start(relay.url("whitepay"), 4, Duration::from_millis(5));
     let mut seen = Seen::default();
@@ -279,14 +278,13 @@ async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly() {
     drop(relay);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly() {
+async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly(backend: Backend) {
     let cuts = env_count("HOOKRELAY_FAULT_CUTS", 4);
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("cuts");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::new(&exchange, dir.path());
+    let mut config = RelayConfig::on(backend, &exchange, dir.path());
     config.broker = proxy.addr.to_string();
     let relay = Relay::start(&config);
     let stream = Stream::start(relay.url("whitepay"), 4, Duration::from_millis(5));
@@ -337,13 +335,12 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly() {
     drop(relay);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_stops_confirming_never_gets_rows_marked_published() {
+async fn a_broker_that_stops_confirming_never_gets_rows_marked_published(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("freeze");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::new(&exchange, dir.path());
+    let mut config = RelayConfig::on(backend, &exchange, dir.path());
     config.broker = proxy.addr.to_string();
     let relay = Relay::start(&config);
     relay.wait_broker_connected().await;
@@ -365,15 +362,7 @@ async fn a_broker_that_stops_confirming_never_gets_rows_marked_published() {
     assert!(timeouts >= 1.0, "the freeze outlasted the confirm timeout");
     assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
     // Every row marked published was really delivered.
-    let conn = rusqlite::Connection::open(&config.outbox).expect("outbox");
-    let mut stmt = conn
-        .prepare("SELECT subject FROM events WHERE state = 'published'")
-        .expect("query");
-    let published: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("subjects");
+    let published = config.published_subjects();
     let unseen: Vec<&String> = published
         .iter()
         .filter(|s| !seen.by_subject.contains_key(*s))
@@ -594,15 +583,14 @@ fn order_at(id: &str, status: &str) -> Vec<u8> {
 /// confirm timeouts and retries with backoff, a kill -9 while the first events wait
 /// for their retry (the later ones are due at once), and a broker cut. (A dead row
 /// that is then replayed: `outbox_cli::a_dead_row_holds_its_subject_until_replayed_or_released`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_of_a_subject_are_first_delivered_in_received_order_through_faults() {
+async fn events_of_a_subject_are_first_delivered_in_received_order_through_faults(backend: Backend) {
     const STATUSES: [&str; 4] = ["INIT", "OPEN", "PARTIALLY_FULFILLED", "COMPLETE"];
     const SUBJECTS: usize = 8;
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("ordering");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::new(&exchange, dir.path());
+    let mut config = RelayConfig::on(backend, &exchange, dir.path());
     config.broker = proxy.addr.to_string();
     let subject = |s: usize| format!("ordered-{s}");
     let post_step = |relay: &Relay, step: usize| {
@@ -680,3 +668,10 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
         assert_eq!(seen, &STATUSES, "first deliveries of {subject}");
     }
 }
+
+crate::on_both_backends!(
+    nothing_acked_is_lost_when_the_relay_is_killed_repeatedly,
+    nothing_acked_is_lost_when_the_broker_is_cut_repeatedly,
+    a_broker_that_stops_confirming_never_gets_rows_marked_published,
+    events_of_a_subject_are_first_delivered_in_received_order_through_faults,
+);

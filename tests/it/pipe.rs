@@ -22,12 +22,11 @@ fn header_text(delivery: &lapin::message::Delivery, name: &str) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte() {
+async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("pipe");
     let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let relay = Relay::start(&RelayConfig::on(backend, &exchange, dir.path()));
     let body = fixture("whitepay", "transaction_completed.json");
     assert!(
         body.windows(2).any(|w| w == b"\\/"),
@@ -140,12 +139,11 @@ async fn every_whitepay_fixture_gets_its_routing_key() {
     drop(relay);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_stored() {
+async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_stored(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("refuse");
     let mut consumer = Consumer::bind(&exchange, "#").await;
-    let mut config = RelayConfig::new(&exchange, dir.path());
+    let mut config = RelayConfig::on(backend, &exchange, dir.path());
     config
         .env
         .push(("HOOKRELAY_MAX_BODY".to_owned(), "2KiB".to_owned()));
@@ -211,12 +209,11 @@ async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_st
     drop(relay);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_webhook_sent_twice_is_published_once() {
+async fn the_same_webhook_sent_twice_is_published_once(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("dup");
     let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let relay = Relay::start(&RelayConfig::on(backend, &exchange, dir.path()));
     let body = fixture("whitepay", "order_declined.json");
     for _ in 0..2 {
         let (status, ack) = relay.post_whitepay(&body).await;
@@ -281,13 +278,12 @@ async fn malformed_json_from_an_authentic_sender_is_published_as_unrecognized() 
     drop(relay);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acked_webhooks_survive_a_broker_outage() {
+async fn acked_webhooks_survive_a_broker_outage(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("outage");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::new(&exchange, dir.path());
+    let mut config = RelayConfig::on(backend, &exchange, dir.path());
     config.broker = proxy.addr.to_string();
     let relay = Relay::start(&config);
     relay.wait_broker_connected().await;
@@ -330,13 +326,12 @@ async fn acked_webhooks_survive_a_broker_outage() {
     drop(relay);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acked_webhooks_survive_kill_9_and_restart() {
+async fn acked_webhooks_survive_kill_9_and_restart(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("kill");
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::new(&exchange, dir.path());
+    let mut config = RelayConfig::on(backend, &exchange, dir.path());
     config.broker = proxy.addr.to_string();
     // The broker is unreachable, so every acked webhook is still only in the outbox
     // when the process dies.
@@ -374,11 +369,10 @@ async fn acked_webhooks_survive_kill_9_and_restart() {
     drop(relay);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_webhooks_share_outbox_commits() {
+async fn concurrent_webhooks_share_outbox_commits(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("group");
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let relay = Relay::start(&RelayConfig::on(backend, &exchange, dir.path()));
     let n = 300;
     let mut tasks = Vec::new();
     for i in 0..n {
@@ -404,12 +398,11 @@ async fn concurrent_webhooks_share_outbox_commits() {
     drop(relay);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_zero() {
+async fn sigterm_drains_and_exits_zero(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("term");
     let mut consumer = Consumer::bind(&exchange, "#").await;
-    let config = RelayConfig::new(&exchange, dir.path());
+    let config = RelayConfig::on(backend, &exchange, dir.path());
     let relay = Relay::start(&config);
     let (status, _) = relay
         .post_whitepay(&fixture("whitepay", "order_declined.json"))
@@ -616,3 +609,13 @@ async fn per_source_timestamps_tell_received_from_accepted() {
     assert_eq!(relay.post_whitepay(&whitepay_order("times-1")).await.0, 200);
     assert!(relay.metric(accepted).await > refused_at);
 }
+
+crate::on_both_backends!(
+    signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte,
+    unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_stored,
+    the_same_webhook_sent_twice_is_published_once,
+    acked_webhooks_survive_a_broker_outage,
+    acked_webhooks_survive_kill_9_and_restart,
+    concurrent_webhooks_share_outbox_commits,
+    sigterm_drains_and_exits_zero,
+);

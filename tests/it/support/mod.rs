@@ -6,11 +6,32 @@
 
 pub mod broker;
 pub mod fixtures;
+pub mod postgres;
 pub mod proxy;
 pub mod relay;
 pub mod schema;
 
 pub use broker::*;
 pub use fixtures::*;
+pub use postgres::*;
 pub use proxy::*;
 pub use relay::*;
+
+/// Runs each named async test, `async fn NAME(backend: Backend)`, once per outbox
+/// backend, as `NAME::sqlite` and `NAME::postgres`: one body, both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::support::Backend::Postgres).await
+            }
+        }
+    )*};
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::broker::BROKER;
 use super::fixtures::{WHITEPAY_TOKEN, whitepay_order, whitepay_signature};
+use super::postgres::{Backend, Database};
 
 /// A running relay process.
 pub struct Relay {
@@ -29,8 +30,12 @@ pub struct RelayConfig {
     pub exchange: String,
     /// Broker address the relay connects to (the proxy, in outage tests).
     pub broker: String,
-    /// Outbox database file.
+    /// Outbox database file (SQLite).
     pub outbox: PathBuf,
+    /// The PostgreSQL outbox instead, shared by every relay started from this config.
+    pub database: Option<Arc<Database>>,
+    /// Where the relay reaches PostgreSQL, when not directly (a proxy, in cut tests).
+    pub database_via: Option<SocketAddr>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
 }
@@ -42,6 +47,8 @@ impl RelayConfig {
             exchange: exchange.to_owned(),
             broker: BROKER.to_owned(),
             outbox: dir.join("outbox.db"),
+            database: None,
+            database_via: None,
             env: vec![(
                 "HOOKRELAY_SOURCES__WHITEPAY__WEBHOOK_TOKEN".to_owned(),
                 WHITEPAY_TOKEN.to_owned(),
@@ -49,9 +56,52 @@ impl RelayConfig {
         }
     }
 
+    /// The same on `backend`: on PostgreSQL, a new database of the test's own.
+    pub fn on(backend: Backend, exchange: &str, dir: &Path) -> Self {
+        let mut config = Self::new(exchange, dir);
+        if backend == Backend::Postgres {
+            config.database = Some(Arc::new(Database::create()));
+        }
+        config
+    }
+
+    /// `HOOKRELAY_OUTBOX_URL` for this config.
+    pub fn outbox_url(&self) -> String {
+        match &self.database {
+            Some(db) => db.url_via(self.database_via),
+            None => format!("sqlite://{}", self.outbox.display()),
+        }
+    }
+
+    /// Subjects of the rows marked published, read straight from the outbox.
+    pub fn published_subjects(&self) -> Vec<String> {
+        if let Some(db) = &self.database {
+            return db
+                .sql("SELECT subject FROM hr_delivery WHERE state = 'published'")
+                .lines()
+                .map(str::to_owned)
+                .collect();
+        }
+        let conn = rusqlite::Connection::open(&self.outbox).expect("outbox");
+        let mut stmt = conn
+            .prepare("SELECT subject FROM events WHERE state = 'published'")
+            .expect("query");
+        stmt.query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("subjects")
+    }
+
     /// Counts the outbox rows in a state (every row for `None`), read straight from
-    /// the SQLite file: also while no relay runs, e.g. after kill -9.
+    /// the outbox: also while no relay runs, e.g. after kill -9.
     pub fn outbox_count(&self, state: Option<&str>) -> i64 {
+        if let Some(db) = &self.database {
+            let filter = state.map_or_else(String::new, |s| format!(" WHERE state = '{s}'"));
+            return db
+                .sql(&format!("SELECT count(*) FROM hr_delivery{filter}"))
+                .parse()
+                .expect("count");
+        }
         let conn = rusqlite::Connection::open(&self.outbox).expect("open outbox");
         match state {
             Some(state) => conn.query_row(
@@ -82,10 +132,7 @@ impl Relay {
                 "HOOKRELAY_AMQP_URL",
                 format!("amqp://guest:guest@{}/%2f", config.broker),
             )
-            .env(
-                "HOOKRELAY_OUTBOX_URL",
-                format!("sqlite://{}", config.outbox.display()),
-            )
+            .env("HOOKRELAY_OUTBOX_URL", config.outbox_url())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in &config.env {
@@ -185,10 +232,7 @@ impl Relay {
             .args(args)
             .arg("--json")
             .env_clear()
-            .env(
-                "HOOKRELAY_OUTBOX_URL",
-                format!("sqlite://{}", self.config.outbox.display()),
-            )
+            .env("HOOKRELAY_OUTBOX_URL", self.config.outbox_url())
             .output()
             .expect("run hookrelay outbox");
         assert!(
