@@ -367,7 +367,7 @@ async fn a_broker_that_stops_confirming_never_gets_rows_marked_published() {
     // Every row marked published was really delivered.
     let conn = rusqlite::Connection::open(&config.outbox).expect("outbox");
     let mut stmt = conn
-        .prepare("SELECT subject FROM events WHERE state = 'published'")
+        .prepare("SELECT subject FROM deliveries WHERE state = 'published'")
         .expect("query");
     let published: Vec<String> = stmt
         .query_map([], |r| r.get(0))

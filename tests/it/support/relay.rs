@@ -50,12 +50,13 @@ impl RelayConfig {
     }
 
     /// Counts the outbox rows in a state (every row for `None`), read straight from
-    /// the SQLite file: also while no relay runs, e.g. after kill -9.
+    /// the SQLite file: also while no relay runs, e.g. after kill -9. The state is
+    /// in `deliveries`, the webhooks in `events`.
     pub fn outbox_count(&self, state: Option<&str>) -> i64 {
         let conn = rusqlite::Connection::open(&self.outbox).expect("open outbox");
         match state {
             Some(state) => conn.query_row(
-                "SELECT COUNT(*) FROM events WHERE state = ?1",
+                "SELECT COUNT(*) FROM deliveries WHERE state = ?1",
                 [state],
                 |r| r.get(0),
             ),
