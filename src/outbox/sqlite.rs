@@ -8,6 +8,14 @@
 //!
 //! Reads (`fetch_due`, `stats`) use a second connection, which WAL lets run beside
 //! the writer.
+//!
+//! **Two tables.** A webhook is stored in `events` (body, headers, metadata),
+//! which is only ever inserted into and deleted from; its publishing state (state,
+//! attempts, next attempt, last error…) is a small row of the same id in
+//! `deliveries`. Settles, replays and releases update only `deliveries`, so they
+//! never rewrite a body: a settle logs a few small pages in the WAL, however large
+//! the webhook. The fetch joins the two for the bodies of the rows it returns.
+//! The schema and its migrations from older relays: [`tables`], [`migrate`].
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -39,32 +47,52 @@ pub(crate) const INSERT_TIMEOUT: std::time::Duration = std::time::Duration::from
 /// writer (and the outbox keep growing while nothing is marked published).
 pub(crate) const RESERVED_SLOTS: usize = 64;
 
-/// The tables, as a new outbox gets them. An outbox made by an older relay is
-/// brought to the same shape by [`migrate`].
-const TABLES: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id           TEXT    NOT NULL,
-    source             TEXT    NOT NULL,
-    provider           TEXT    NOT NULL,
-    idempotency_key    TEXT    NOT NULL,
-    subject            TEXT    NOT NULL,
-    routing_key        TEXT    NOT NULL,
-    meta               TEXT    NOT NULL,
-    headers            TEXT    NOT NULL,
-    body               BLOB    NOT NULL,
-    traceparent        TEXT    NOT NULL,
-    received_at        INTEGER NOT NULL,
-    state              TEXT    NOT NULL DEFAULT 'pending'
-                       CHECK (state IN ('pending', 'published', 'dead')),
-    attempts           INTEGER NOT NULL DEFAULT 0,
-    permanent_attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at    INTEGER NOT NULL,
-    last_error         TEXT,
-    published_at       INTEGER,
-    released_at        INTEGER,
-    UNIQUE (source, idempotency_key)
-);
+/// The tables of schema version 2, under the names given. A new outbox gets them
+/// as `events` and `deliveries`; [`migrate`] builds them under other names beside
+/// an older outbox's table, then renames them.
+///
+/// `events` is the webhook as received: written once by the insert, deleted by
+/// retention, never updated. `deliveries` is its publishing state, one small row
+/// per event with the same id: settles, replays and releases change only that
+/// row, so they never rewrite (and log in the WAL) a body. `source` and `subject`
+/// are copied into it so the order per subject is decided without reading
+/// `events`. Its rows go with their event (`ON DELETE CASCADE`, with
+/// `foreign_keys` on in every connection the relay opens).
+fn tables(events: &str, deliveries: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {events} (
+             id              INTEGER PRIMARY KEY AUTOINCREMENT,
+             event_id        TEXT    NOT NULL,
+             source          TEXT    NOT NULL,
+             provider        TEXT    NOT NULL,
+             idempotency_key TEXT    NOT NULL,
+             subject         TEXT    NOT NULL,
+             routing_key     TEXT    NOT NULL,
+             meta            TEXT    NOT NULL,
+             headers         TEXT    NOT NULL,
+             body            BLOB    NOT NULL,
+             traceparent     TEXT    NOT NULL,
+             received_at     INTEGER NOT NULL,
+             UNIQUE (source, idempotency_key)
+         );
+         CREATE TABLE IF NOT EXISTS {deliveries} (
+             id                 INTEGER PRIMARY KEY REFERENCES {events} (id) ON DELETE CASCADE,
+             source             TEXT    NOT NULL,
+             subject            TEXT    NOT NULL,
+             state              TEXT    NOT NULL DEFAULT 'pending'
+                                CHECK (state IN ('pending', 'published', 'dead')),
+             attempts           INTEGER NOT NULL DEFAULT 0,
+             permanent_attempts INTEGER NOT NULL DEFAULT 0,
+             next_attempt_at    INTEGER NOT NULL,
+             last_error         TEXT,
+             published_at       INTEGER,
+             released_at        INTEGER
+         );"
+    )
+}
+
+/// The table of the write probe, unchanged since version 0.
+const HEALTH: &str = "
 CREATE TABLE IF NOT EXISTS health (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     probed_at INTEGER NOT NULL
@@ -76,38 +104,119 @@ CREATE TABLE IF NOT EXISTS health (
 /// so SQLite can use the partial index.
 const HOLDS_SUBJECT: &str = "(state = 'pending' OR (state = 'dead' AND released_at IS NULL))";
 
-/// The indexes, created after [`migrate`] has added the columns they name.
+/// The indexes, created once the tables they name have their final names.
 fn indexes() -> String {
     format!(
-        "CREATE INDEX IF NOT EXISTS events_state_id ON events (state, id);
-         CREATE INDEX IF NOT EXISTS events_published_at ON events (published_at) WHERE state = 'published';
-         DROP INDEX IF EXISTS events_pending_subject;
-         CREATE INDEX IF NOT EXISTS events_holding_subject ON events (source, subject, id) WHERE {HOLDS_SUBJECT};
+        "CREATE INDEX IF NOT EXISTS deliveries_state_id ON deliveries (state, id);
+         CREATE INDEX IF NOT EXISTS deliveries_published_at ON deliveries (published_at) WHERE state = 'published';
+         CREATE INDEX IF NOT EXISTS deliveries_holding_subject ON deliveries (source, subject, id) WHERE {HOLDS_SUBJECT};
          CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at, id);"
     )
 }
 
 /// The schema version this relay writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+///
+/// - 0: one `events` table holding both the webhook and its publishing state.
+/// - 1: added `permanent_attempts` (permanent failures counted apart from
+///   transient ones) and `released_at` (an operator let a dead row's subject go on).
+/// - 2: the webhook in `events`, its publishing state in `deliveries` (see
+///   [`tables`]).
+const SCHEMA_VERSION: i64 = 2;
 
-/// Brings an outbox to [`SCHEMA_VERSION`]. Version 1 added `permanent_attempts`
-/// (permanent failures counted apart from transient ones) and `released_at` (an
-/// operator let a dead row's subject go on).
-fn migrate(conn: &Connection) -> Result<(), OutboxError> {
-    conn.execute_batch(TABLES)?;
+/// Whether `table` exists and has `column`.
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        [table, column],
+        |r| r.get(0),
+    )
+}
+
+/// Whether the outbox has the one table of versions 0 and 1 (the publishing state
+/// in `events`), which [`migrate`] copies into the two tables of version 2.
+fn has_one_table(conn: &Connection) -> rusqlite::Result<bool> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version < 1
-        && conn
-            .prepare("SELECT released_at FROM events LIMIT 0")
-            .is_err()
-    {
-        conn.execute_batch(
-            "ALTER TABLE events ADD COLUMN permanent_attempts INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE events ADD COLUMN released_at INTEGER;",
+    Ok(version < 2 && has_column(conn, "events", "state")?)
+}
+
+/// Brings an outbox to [`SCHEMA_VERSION`], in one transaction: a relay killed
+/// during the migration leaves the outbox as it was, and the next start migrates
+/// it again.
+///
+/// An outbox of version 0 or 1 has one `events` table with the publishing state
+/// in it (detected by its `state` column, whatever `user_version` says). Version 0
+/// first gets the two columns of version 1; then the rows are copied into the two
+/// tables of version 2, made under temporary names, the old table (and its
+/// indexes) is dropped and the new ones take the final names. The copy rewrites
+/// every body once, so it takes time and free disk in proportion to the outbox's
+/// size; later starts find version 2 and copy nothing.
+fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let copy = has_one_table(&tx)?;
+    if copy {
+        if !has_column(&tx, "events", "released_at")? {
+            tx.execute_batch(
+                "ALTER TABLE events ADD COLUMN permanent_attempts INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE events ADD COLUMN released_at INTEGER;",
+            )?;
+        }
+        // Row ids must not be handed out again after the migration: rows may have
+        // been purged above the highest id left, and an operator may have noted
+        // ids in logs.
+        let sequence: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.execute_batch(&tables("events_v2", "deliveries_v2"))?;
+        tx.execute_batch(
+            "INSERT INTO events_v2 (id, event_id, source, provider, idempotency_key, subject,
+                                    routing_key, meta, headers, body, traceparent, received_at)
+             SELECT id, event_id, source, provider, idempotency_key, subject,
+                    routing_key, meta, headers, body, traceparent, received_at
+             FROM events ORDER BY id;
+             INSERT INTO deliveries_v2 (id, source, subject, state, attempts, permanent_attempts,
+                                        next_attempt_at, last_error, published_at, released_at)
+             SELECT id, source, subject, state, attempts, permanent_attempts,
+                    next_attempt_at, last_error, published_at, released_at
+             FROM events ORDER BY id;
+             DROP TABLE events;
+             ALTER TABLE events_v2 RENAME TO events;
+             ALTER TABLE deliveries_v2 RENAME TO deliveries;",
         )?;
+        if let Some(sequence) = sequence {
+            // The copy left the counter at the highest id copied (the rename
+            // carried it over), or without a row if nothing was copied.
+            let raised = tx.execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'events'",
+                [sequence],
+            )?;
+            if raised == 0 {
+                tx.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?1)",
+                    [sequence],
+                )?;
+            }
+        }
     }
-    conn.execute_batch(&indexes())?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.execute_batch(&tables("events", "deliveries"))?;
+    tx.execute_batch(HEALTH)?;
+    tx.execute_batch(&indexes())?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    if copy {
+        // The copy went through the WAL, which keeps its size once checkpointed:
+        // give the space back now rather than carry a WAL as large as the outbox.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "the outbox was migrated but its write-ahead log was not truncated");
+        }
+        tracing::info!(
+            version = SCHEMA_VERSION,
+            "outbox migrated: webhooks in `events`, their publishing state in `deliveries`"
+        );
+    }
     Ok(())
 }
 
@@ -230,6 +339,9 @@ fn open_connection(path: &Path) -> Result<Connection, OutboxError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Off by default in SQLite, per connection: on, deleting an event deletes its
+    // `deliveries` row too.
+    conn.pragma_update(None, "foreign_keys", true)?;
     Ok(conn)
 }
 
@@ -256,14 +368,32 @@ impl SqliteOutbox {
                     )
                 })?;
             }
-            let serve_lock = match access {
+            let held = match access {
                 Access::Serve => Some(serve_lock(&path)?),
                 Access::Operate => None,
             };
-            let writer = open_connection(&path)?;
-            migrate(&writer)?;
+            let mut writer = open_connection(&path)?;
+            // An `outbox` command may run beside a `serve` of the release that made
+            // the outbox: copying its table into two would pull the tables from
+            // under that relay's statements (and answer every webhook with 503).
+            // So a command migrates only an outbox no `serve` holds, and holds the
+            // serve lock while it does.
+            let _migrating = if access == Access::Operate && has_one_table(&writer)? {
+                Some(serve_lock(&path).map_err(|e| match e {
+                    OutboxError::InUse(path) => fault(
+                        FaultKind::Other,
+                        format_args!(
+                            "the outbox at {path} has the layout of an older release and a `hookrelay serve` is using it: upgrade that relay first (`serve` migrates the outbox when it starts)"
+                        ),
+                    ),
+                    other => other,
+                })?)
+            } else {
+                None
+            };
+            migrate(&mut writer)?;
             let reader = open_connection(&path)?;
-            Ok::<_, OutboxError>((writer, reader, serve_lock))
+            Ok::<_, OutboxError>((writer, reader, held))
         })
         .await
         .map_err(|e| fault(FaultKind::Other, e))??;
@@ -406,22 +536,26 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO events (event_id, source, provider, idempotency_key, subject, routing_key, meta,
-                                 headers, body, traceparent, received_at, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+                                 headers, body, traceparent, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (source, idempotency_key) DO NOTHING",
         )?;
+        let mut deliver = tx.prepare_cached(
+            "INSERT INTO deliveries (id, source, subject, next_attempt_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
         let mut published = tx.prepare_cached(
-            "UPDATE events SET state = 'published', attempts = attempts + 1, last_error = NULL, published_at = ?2
+            "UPDATE deliveries SET state = 'published', attempts = attempts + 1, last_error = NULL,
+                                   published_at = ?2
              WHERE id = ?1 AND state = 'pending'",
         )?;
         let mut retry = tx.prepare_cached(
-            "UPDATE events SET attempts = attempts + 1, permanent_attempts = permanent_attempts + ?4,
-                               last_error = ?2, next_attempt_at = ?3
+            "UPDATE deliveries SET attempts = attempts + 1, permanent_attempts = permanent_attempts + ?4,
+                                   last_error = ?2, next_attempt_at = ?3
              WHERE id = ?1 AND state = 'pending'",
         )?;
         let mut dead = tx.prepare_cached(
-            "UPDATE events SET state = 'dead', attempts = attempts + 1,
-                               permanent_attempts = permanent_attempts + 1, last_error = ?2
+            "UPDATE deliveries SET state = 'dead', attempts = attempts + 1,
+                                   permanent_attempts = permanent_attempts + 1, last_error = ?2
              WHERE id = ?1 AND state = 'pending'",
         )?;
         let now_us = now_micros();
@@ -443,11 +577,20 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                         ev.traceparent,
                         ev.received_at_us,
                     ])?;
-                    outcomes.push(Outcome::Stored(if changed == 0 {
+                    let stored = if changed == 0 {
                         InsertOutcome::Duplicate
                     } else {
+                        // The row was inserted just now, so the last rowid is
+                        // its id (on a duplicate it would be an older row's).
+                        deliver.execute(params![
+                            tx.last_insert_rowid(),
+                            ev.meta.source,
+                            ev.meta.subject,
+                            ev.received_at_us,
+                        ])?;
                         InsertOutcome::Inserted
-                    }));
+                    };
+                    outcomes.push(Outcome::Stored(stored));
                 }
                 Command::Settle(settlements, _) => {
                     for s in settlements.iter() {
@@ -490,7 +633,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                 }
                 Command::Release(ids, _) => {
                     let mut release = tx.prepare_cached(
-                        "UPDATE events SET released_at = ?2
+                        "UPDATE deliveries SET released_at = ?2
                          WHERE id = ?1 AND state = 'dead' AND released_at IS NULL",
                     )?;
                     let mut n = 0;
@@ -503,9 +646,11 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                     cutoff_us, limit, ..
                 } => {
                     let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+                    // The `deliveries` rows go with their events (ON DELETE
+                    // CASCADE); the count is of events.
                     let n = tx.execute(
                         "DELETE FROM events WHERE id IN (
-                             SELECT id FROM events WHERE state = 'published' AND published_at < ?1
+                             SELECT id FROM deliveries WHERE state = 'published' AND published_at < ?1
                              ORDER BY id LIMIT ?2)",
                         params![cutoff_us, limit],
                     )?;
@@ -527,15 +672,16 @@ fn replay(
     chunk: &ReplayChunk,
     now_us: i64,
 ) -> rusqlite::Result<(u64, Option<Cursor>)> {
-    const SET: &str = "UPDATE events SET state = 'pending', attempts = 0, permanent_attempts = 0,
-                                         next_attempt_at = ?1, published_at = NULL, released_at = NULL";
+    const SET: &str = "UPDATE deliveries SET state = 'pending', attempts = 0, permanent_attempts = 0,
+                                             next_attempt_at = ?1, published_at = NULL, released_at = NULL";
     let mut again = tx.prepare_cached(&format!("{SET} WHERE id = ?2 AND state != 'pending'"))?;
     let candidates: Vec<(i64, i64)> = match chunk.selector.as_ref() {
         ReplaySelector::Ids(ids) => ids.iter().map(|id| (0, *id)).collect(),
         ReplaySelector::Dead => {
+            // Walks dead rows by id: the cursor's receive time is not used here.
             let after = chunk.after.map_or(i64::MIN, |(_, id)| id);
             let mut rows = tx.prepare_cached(
-                "SELECT received_at, id FROM events WHERE state = 'dead' AND id > ?1
+                "SELECT 0, id FROM deliveries WHERE state = 'dead' AND id > ?1
                  ORDER BY id LIMIT ?2",
             )?;
             let rows =
@@ -571,10 +717,12 @@ fn replay(
     Ok((changed, full.then(|| candidates.last().copied()).flatten()))
 }
 
+/// What `list` and `show` read, from `events e JOIN deliveries d` (in the order
+/// [`row_view`] reads it).
 const ROW_COLUMNS: &str =
-    "id, event_id, source, provider, routing_key, state, attempts, last_error,
-     received_at, next_attempt_at, published_at, idempotency_key, permanent_attempts,
-     released_at";
+    "d.id, e.event_id, d.source, e.provider, e.routing_key, d.state, d.attempts, d.last_error,
+     e.received_at, d.next_attempt_at, d.published_at, e.idempotency_key, d.permanent_attempts,
+     d.released_at";
 
 fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
     let time = |us: i64| from_micros(us).map_or_else(|| us.to_string(), crate::event::rfc3339);
@@ -635,17 +783,19 @@ impl Outbox for SqliteOutbox {
         let rows = self
             .read(move |conn| {
                 // A row waits while an older row of its subject is pending, or dead
-                // and not released: the order per subject holds.
+                // and not released: the order per subject holds. The rows are chosen
+                // in `deliveries` alone; CROSS JOIN keeps SQLite from walking `events`
+                // instead, so only the bodies of the rows returned are read.
                 let mut due = conn.prepare_cached(&format!(
-                    "SELECT e.id, e.meta, e.body, e.received_at, e.traceparent, e.attempts,
-                            e.permanent_attempts
-                     FROM events e
-                     WHERE e.state = 'pending' AND e.next_attempt_at <= ?1
-                       AND e.id NOT IN (SELECT value FROM json_each(?3))
-                       AND NOT EXISTS (SELECT 1 FROM events o
-                                       WHERE {HOLDS_SUBJECT} AND o.source = e.source
-                                         AND o.subject = e.subject AND o.id < e.id)
-                     ORDER BY e.id
+                    "SELECT d.id, e.meta, e.body, e.received_at, e.traceparent, d.attempts,
+                            d.permanent_attempts
+                     FROM deliveries d CROSS JOIN events e ON e.id = d.id
+                     WHERE d.state = 'pending' AND d.next_attempt_at <= ?1
+                       AND d.id NOT IN (SELECT value FROM json_each(?3))
+                       AND NOT EXISTS (SELECT 1 FROM deliveries o
+                                       WHERE {HOLDS_SUBJECT} AND o.source = d.source
+                                         AND o.subject = d.subject AND o.id < d.id)
+                     ORDER BY d.id
                      LIMIT ?2"
                 ))?;
                 let rows = due.query_map(params![now_us, limit, in_flight], |r| {
@@ -698,7 +848,7 @@ impl Outbox for SqliteOutbox {
         self.read(|conn| {
             let count = |state: &str| {
                 conn.query_row(
-                    "SELECT COUNT(*) FROM events WHERE state = ?1",
+                    "SELECT COUNT(*) FROM deliveries WHERE state = ?1",
                     [state],
                     |r| r.get::<_, i64>(0),
                 )
@@ -706,13 +856,14 @@ impl Outbox for SqliteOutbox {
             };
             let oldest_pending_us = conn
                 .query_row(
-                    "SELECT received_at FROM events WHERE state = 'pending' ORDER BY id LIMIT 1",
+                    "SELECT e.received_at FROM deliveries d CROSS JOIN events e ON e.id = d.id
+                     WHERE d.state = 'pending' ORDER BY d.id LIMIT 1",
                     [],
                     |r| r.get::<_, i64>(0),
                 )
                 .optional()?;
             let held_subjects = conn.query_row(
-                "SELECT COUNT(*) FROM (SELECT DISTINCT source, subject FROM events
+                "SELECT COUNT(*) FROM (SELECT DISTINCT source, subject FROM deliveries
                                        WHERE state = 'dead' AND released_at IS NULL)",
                 [],
                 |r| r.get::<_, i64>(0),
@@ -733,7 +884,7 @@ impl Outbox for SqliteOutbox {
         let published = self
             .read(|conn| {
                 conn.query_row(
-                    "SELECT COUNT(*) FROM events WHERE state = 'published'",
+                    "SELECT COUNT(*) FROM deliveries WHERE state = 'published'",
                     [],
                     |r| r.get::<_, i64>(0),
                 )
@@ -764,9 +915,9 @@ impl Outbox for SqliteOutbox {
         let state = filter.state.map(|s| s.as_str());
         self.read(move |conn| {
             let mut stmt = conn.prepare(&format!(
-                "SELECT {ROW_COLUMNS} FROM events
-                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR source = ?2)
-                 ORDER BY id DESC LIMIT ?3"
+                "SELECT {ROW_COLUMNS} FROM deliveries d CROSS JOIN events e ON e.id = d.id
+                 WHERE (?1 IS NULL OR d.state = ?1) AND (?2 IS NULL OR d.source = ?2)
+                 ORDER BY d.id DESC LIMIT ?3"
             ))?;
             let rows = stmt.query_map(params![state, filter.source, limit], row_view)?;
             rows.collect()
@@ -777,7 +928,10 @@ impl Outbox for SqliteOutbox {
     async fn show(&self, id: i64) -> Result<Option<RowView>, OutboxError> {
         self.read(move |conn| {
             conn.query_row(
-                &format!("SELECT {ROW_COLUMNS}, headers, body, meta FROM events WHERE id = ?1"),
+                &format!(
+                    "SELECT {ROW_COLUMNS}, e.headers, e.body, e.meta
+                     FROM deliveries d CROSS JOIN events e ON e.id = d.id WHERE d.id = ?1"
+                ),
                 [id],
                 |row| {
                     let mut view = row_view(row)?;
@@ -932,7 +1086,8 @@ mod tests {
             .expect("open")
             .execute_batch(
                 "UPDATE events SET subject = 'order-1' WHERE id IN (1, 2);
-                 UPDATE events SET state = 'dead' WHERE id = 1;",
+                 UPDATE deliveries SET subject = 'order-1' WHERE id IN (1, 2);
+                 UPDATE deliveries SET state = 'dead' WHERE id = 1;",
             )
             .expect("arrange");
         let due = || async {
@@ -961,34 +1116,547 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("o.db");
         // The schema before version 1: no permanent_attempts, no released_at.
-        Connection::open(&path)
-            .expect("open")
-            .execute_batch(
-                "CREATE TABLE events (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
-                    source TEXT NOT NULL, provider TEXT NOT NULL,
-                    idempotency_key TEXT NOT NULL, subject TEXT NOT NULL,
-                    routing_key TEXT NOT NULL, meta TEXT NOT NULL, headers TEXT NOT NULL,
-                    body BLOB NOT NULL, traceparent TEXT NOT NULL,
-                    received_at INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
-                    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL,
-                    last_error TEXT, published_at INTEGER,
-                    UNIQUE (source, idempotency_key));
-                 CREATE INDEX events_pending_subject ON events (source, subject, id)
-                    WHERE state = 'pending';",
-            )
-            .expect("old schema");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
+                source TEXT NOT NULL, provider TEXT NOT NULL,
+                idempotency_key TEXT NOT NULL, subject TEXT NOT NULL,
+                routing_key TEXT NOT NULL, meta TEXT NOT NULL, headers TEXT NOT NULL,
+                body BLOB NOT NULL, traceparent TEXT NOT NULL,
+                received_at INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+                attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL,
+                last_error TEXT, published_at INTEGER,
+                UNIQUE (source, idempotency_key));
+             CREATE INDEX events_pending_subject ON events (source, subject, id)
+                WHERE state = 'pending';",
+        )
+        .expect("old schema");
+        // A dead row of that relay goes through versions 1 and 2.
+        let old = event("before");
+        conn.execute(
+            "INSERT INTO events (event_id, source, provider, idempotency_key, subject, routing_key,
+                                 meta, headers, body, traceparent, received_at, state, attempts,
+                                 next_attempt_at, last_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'rk', ?6, '{}', ?7, '', 1, 'dead', 3, 1, 'too large')",
+            params![
+                old.meta.id,
+                old.meta.source,
+                old.meta.provider,
+                old.meta.idempotency_key,
+                old.meta.subject,
+                serde_json::to_string(&old.meta).expect("meta"),
+                &old.body[..],
+            ],
+        )
+        .expect("old row");
+        drop(conn);
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
             .await
             .expect("open migrates");
-        outbox.insert(event("after")).await.expect("insert");
-        assert_eq!(outbox.release(vec![1]).await.expect("release"), 0);
+        let dead = outbox.show(1).await.expect("show").expect("row 1");
+        assert_eq!(
+            (dead.state.as_str(), dead.attempts, dead.permanent_attempts),
+            ("dead", 3, 0)
+        );
+        assert_eq!(dead.last_error.as_deref(), Some("too large"));
+        assert_eq!(dead.body.as_deref(), Some(&b"before"[..]));
+        assert_eq!(
+            outbox.insert(event("after")).await.expect("insert"),
+            InsertOutcome::Inserted
+        );
+        assert_eq!(outbox.release(vec![1, 2]).await.expect("release"), 1);
         let version: i64 = Connection::open(&path)
             .expect("open")
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    /// The schema of the previous release (version 1), as it made a new outbox.
+    const V1_SCHEMA: &str = "
+        CREATE TABLE events (
+            id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id           TEXT    NOT NULL,
+            source             TEXT    NOT NULL,
+            provider           TEXT    NOT NULL,
+            idempotency_key    TEXT    NOT NULL,
+            subject            TEXT    NOT NULL,
+            routing_key        TEXT    NOT NULL,
+            meta               TEXT    NOT NULL,
+            headers            TEXT    NOT NULL,
+            body               BLOB    NOT NULL,
+            traceparent        TEXT    NOT NULL,
+            received_at        INTEGER NOT NULL,
+            state              TEXT    NOT NULL DEFAULT 'pending'
+                               CHECK (state IN ('pending', 'published', 'dead')),
+            attempts           INTEGER NOT NULL DEFAULT 0,
+            permanent_attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at    INTEGER NOT NULL,
+            last_error         TEXT,
+            published_at       INTEGER,
+            released_at        INTEGER,
+            UNIQUE (source, idempotency_key)
+        );
+        CREATE TABLE health (
+            id        INTEGER PRIMARY KEY CHECK (id = 1),
+            probed_at INTEGER NOT NULL
+        );
+        CREATE INDEX events_state_id ON events (state, id);
+        CREATE INDEX events_published_at ON events (published_at) WHERE state = 'published';
+        CREATE INDEX events_holding_subject ON events (source, subject, id)
+            WHERE (state = 'pending' OR (state = 'dead' AND released_at IS NULL));
+        CREATE INDEX events_received_at ON events (received_at, id);
+        PRAGMA user_version = 1;";
+
+    /// A row of a version-1 outbox: the webhook and its publishing state.
+    struct V1Row {
+        event: NewEvent,
+        id: i64,
+        state: &'static str,
+        attempts: u32,
+        permanent_attempts: u32,
+        next_attempt_at: i64,
+        last_error: Option<&'static str>,
+        published_at: Option<i64>,
+        released_at: Option<i64>,
+    }
+
+    impl V1Row {
+        fn insert(&self, conn: &Connection) {
+            let ev = &self.event;
+            conn.execute(
+                "INSERT INTO events (id, event_id, source, provider, idempotency_key, subject,
+                                     routing_key, meta, headers, body, traceparent, received_at,
+                                     state, attempts, permanent_attempts, next_attempt_at,
+                                     last_error, published_at, released_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                         ?17, ?18, ?19)",
+                params![
+                    self.id,
+                    ev.meta.id,
+                    ev.meta.source,
+                    ev.meta.provider,
+                    ev.meta.idempotency_key,
+                    ev.meta.subject,
+                    ev.meta.routing_key(),
+                    serde_json::to_string(&ev.meta).expect("meta"),
+                    ev.headers_json,
+                    &ev.body[..],
+                    ev.traceparent,
+                    ev.received_at_us,
+                    self.state,
+                    self.attempts,
+                    self.permanent_attempts,
+                    self.next_attempt_at,
+                    self.last_error,
+                    self.published_at,
+                    self.released_at,
+                ],
+            )
+            .expect("v1 row");
+        }
+
+        /// The row as `show` must present it.
+        fn view(&self) -> serde_json::Value {
+            let time = |us: i64| crate::event::rfc3339(from_micros(us).expect("time"));
+            let ev = &self.event;
+            serde_json::to_value(RowView {
+                id: self.id,
+                event_id: ev.meta.id.clone(),
+                source: ev.meta.source.clone(),
+                provider: ev.meta.provider.clone(),
+                routing_key: ev.meta.routing_key(),
+                state: self.state.to_owned(),
+                attempts: self.attempts,
+                permanent_attempts: self.permanent_attempts,
+                released_at: self.released_at.map(time),
+                last_error: self.last_error.map(str::to_owned),
+                received_at: time(ev.received_at_us),
+                next_attempt_at: time(self.next_attempt_at),
+                published_at: self.published_at.map(time),
+                idempotency_key: ev.meta.idempotency_key.clone(),
+                headers: Some(serde_json::from_str(&ev.headers_json).expect("headers")),
+                body: Some(ev.body.to_vec()),
+                redact: Vec::new(),
+            })
+            .expect("view")
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outbox_of_the_previous_release_is_migrated_with_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let t0 = now_micros() - 3_600_000_000;
+        let with = |body: &str, received_at_us: i64| NewEvent {
+            headers_json: format!(r#"{{"x-signature":"sig-{body}"}}"#),
+            traceparent: format!(
+                "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b{received_at_us}-01"
+            ),
+            received_at_us,
+            ..event(body)
+        };
+        let mut binary = with("published", t0 + 2);
+        // Not UTF-8, so a text column would not have kept it.
+        binary.body = bytes::Bytes::from_static(b"\x00\xff\xfe raw \x80");
+        let rows = [
+            V1Row {
+                event: with("pending", t0 + 1),
+                id: 1,
+                state: "pending",
+                attempts: 4,
+                permanent_attempts: 1,
+                next_attempt_at: t0 + 10,
+                last_error: Some("confirm timed out"),
+                published_at: None,
+                released_at: None,
+            },
+            V1Row {
+                event: binary,
+                id: 2,
+                state: "published",
+                attempts: 1,
+                permanent_attempts: 0,
+                next_attempt_at: t0 + 2,
+                last_error: None,
+                published_at: Some(t0 + 20),
+                released_at: None,
+            },
+            V1Row {
+                event: with("dead", t0 + 3),
+                id: 3,
+                state: "dead",
+                attempts: 5,
+                permanent_attempts: 3,
+                next_attempt_at: t0 + 30,
+                last_error: Some("message too large"),
+                published_at: None,
+                released_at: Some(t0 + 40),
+            },
+        ];
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(V1_SCHEMA).expect("v1 schema");
+        for row in &rows {
+            row.insert(&conn);
+        }
+        // Rows 4 and 5 were purged: their ids are not handed out again.
+        conn.execute_batch(
+            "UPDATE sqlite_sequence SET seq = 5 WHERE name = 'events';
+             INSERT INTO health (id, probed_at) VALUES (1, 7);",
+        )
+        .expect("arrange");
+        drop(conn);
+
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
+            .await
+            .expect("open migrates");
+
+        let conn = Connection::open(&path).expect("open");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let mut names = conn
+            .prepare("SELECT name FROM sqlite_schema ORDER BY name")
+            .expect("schema");
+        let names: Vec<String> = names
+            .query_map([], |r| r.get(0))
+            .expect("names")
+            .collect::<Result<_, _>>()
+            .expect("names");
+        assert_eq!(
+            names,
+            [
+                "deliveries",
+                "deliveries_holding_subject",
+                "deliveries_published_at",
+                "deliveries_state_id",
+                "events",
+                "events_received_at",
+                "health",
+                "sqlite_autoindex_events_1",
+                "sqlite_sequence",
+            ],
+            "the old table's indexes went with it, and no temporary table is left"
+        );
+        assert!(!has_column(&conn, "events", "state").expect("columns"));
+
+        for row in &rows {
+            let shown = outbox.show(row.id).await.expect("show").expect("row");
+            assert_eq!(shown.body.as_deref(), Some(&row.event.body[..]));
+            assert_eq!(
+                serde_json::to_value(&shown).expect("json"),
+                row.view(),
+                "row {}",
+                row.id
+            );
+        }
+        let listed = outbox
+            .list(ListFilter {
+                limit: 10,
+                ..ListFilter::default()
+            })
+            .await
+            .expect("list");
+        let listed: Vec<(i64, String)> = listed.into_iter().map(|r| (r.id, r.state)).collect();
+        assert_eq!(
+            listed,
+            [
+                (3, "dead".to_owned()),
+                (2, "published".to_owned()),
+                (1, "pending".to_owned())
+            ]
+        );
+        assert_eq!(
+            outbox.stats().await.expect("stats"),
+            Stats {
+                pending: 1,
+                dead: 1,
+                oldest_pending_us: Some(t0 + 1),
+                held_subjects: 0,
+            },
+            "the dead row stays released"
+        );
+        assert_eq!(outbox.inventory().await.expect("inventory").published, 1);
+
+        let due = outbox
+            .fetch_due(now_micros(), 10, &HashSet::new())
+            .await
+            .expect("fetch");
+        assert_eq!(due.len(), 1, "{due:?}");
+        let pending = &rows[0].event;
+        assert_eq!(
+            (due[0].id, due[0].attempts, due[0].permanent_attempts),
+            (1, 4, 1)
+        );
+        assert_eq!(due[0].meta, pending.meta);
+        assert_eq!(due[0].body, pending.body);
+        assert_eq!(due[0].received_at_us, pending.received_at_us);
+        assert_eq!(due[0].traceparent, pending.traceparent);
+
+        assert_eq!(
+            outbox.insert(event("new")).await.expect("insert"),
+            InsertOutcome::Inserted
+        );
+        let new = outbox.show(6).await.expect("show");
+        assert_eq!(
+            new.map(|row| row.state).as_deref(),
+            Some("pending"),
+            "the new row took the id after the purged ones"
+        );
+        // A published row is still a duplicate of its idempotency key.
+        assert_eq!(
+            outbox.insert(rows[1].event.clone()).await.expect("insert"),
+            InsertOutcome::Duplicate
+        );
+        outbox
+            .settle(Arc::from([
+                Settlement::Published { id: 1 },
+                Settlement::Dead {
+                    id: 6,
+                    error: "no".to_owned(),
+                },
+            ]))
+            .await
+            .expect("settle");
+        let states = outbox
+            .list(ListFilter {
+                limit: 10,
+                ..ListFilter::default()
+            })
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| (r.id, r.state, r.attempts))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            states,
+            [
+                (6, "dead".to_owned(), 1),
+                (3, "dead".to_owned(), 5),
+                (2, "published".to_owned(), 1),
+                (1, "published".to_owned(), 5),
+            ]
+        );
+        assert_eq!(
+            outbox.purge_published(i64::MAX, 10).await.expect("purge"),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_does_not_migrate_an_outbox_an_older_serve_is_using() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(V1_SCHEMA).expect("v1 schema");
+        V1Row {
+            event: event("a"),
+            id: 1,
+            state: "pending",
+            attempts: 0,
+            permanent_attempts: 0,
+            next_attempt_at: 0,
+            last_error: None,
+            published_at: None,
+            released_at: None,
+        }
+        .insert(&conn);
+        let version = || -> i64 {
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .expect("version")
+        };
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let running = serve_lock(&path).expect("an older serve");
+        let refused = SqliteOutbox::open(&path, Access::Operate, Arc::clone(&metrics))
+            .await
+            .map(|_| ());
+        assert!(
+            matches!(&refused, Err(e) if e.to_string().contains("upgrade that relay first")),
+            "{refused:?}"
+        );
+        assert_eq!(version(), 1, "left as the running relay needs it");
+        drop(running);
+        let outbox = SqliteOutbox::open(&path, Access::Operate, metrics)
+            .await
+            .expect("no serve: the command migrates");
+        assert_eq!(version(), SCHEMA_VERSION);
+        assert_eq!(outbox.stats().await.expect("stats").pending, 1);
+        drop(outbox);
+        serve_lock(&path).expect("the command let the serve lock go");
+    }
+
+    #[tokio::test]
+    async fn settles_replays_and_releases_never_write_the_event_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
+            .await
+            .expect("open");
+        for body in ["a", "b", "c"] {
+            outbox.insert(event(body)).await.expect("insert");
+        }
+        // From here on, any UPDATE of `events` fails the writer's transaction.
+        Connection::open(&path)
+            .expect("open")
+            .execute_batch(
+                "CREATE TRIGGER events_are_not_updated BEFORE UPDATE ON events
+                 BEGIN SELECT RAISE(ABORT, 'an event row was rewritten'); END;",
+            )
+            .expect("trigger");
+        outbox
+            .settle(Arc::from([
+                Settlement::Published { id: 1 },
+                Settlement::Retry {
+                    id: 2,
+                    error: "nack".to_owned(),
+                    next_attempt_at_us: 0,
+                    permanent: true,
+                },
+                Settlement::Dead {
+                    id: 3,
+                    error: "too large".to_owned(),
+                },
+            ]))
+            .await
+            .expect("settle writes deliveries only");
+        assert_eq!(outbox.release(vec![3]).await.expect("release"), 1);
+        assert_eq!(
+            outbox
+                .replay(ReplaySelector::Ids(vec![1, 3]))
+                .await
+                .expect("replay"),
+            2
+        );
+        assert_eq!(
+            outbox
+                .replay(ReplaySelector::Received {
+                    since_us: 0,
+                    until_us: i64::MAX,
+                    source: None,
+                })
+                .await
+                .expect("replay"),
+            0,
+            "all pending already"
+        );
+        let stats = outbox.stats().await.expect("stats");
+        assert_eq!((stats.pending, stats.dead), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn a_settle_logs_far_less_than_the_body_in_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
+            .await
+            .expect("open");
+        const BODY: usize = 1 << 20;
+        let mut large = event("large");
+        large.body = bytes::Bytes::from(vec![b'x'; BODY]);
+        outbox.insert(large).await.expect("insert");
+        // An empty WAL, so its size afterwards is what the settle wrote.
+        let (busy, _, _): (i64, i64, i64) = Connection::open(&path)
+            .expect("open")
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .expect("checkpoint");
+        assert_eq!(busy, 0, "the checkpoint ran");
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
+        outbox
+            .settle(Arc::from([Settlement::Published { id: 1 }]))
+            .await
+            .expect("settle");
+        let logged = std::fs::metadata(&wal).expect("wal").len();
+        assert!(
+            logged < BODY as u64 / 16,
+            "a settle of a 1 MiB webhook logged {logged} bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_purge_deletes_the_event_and_its_delivery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
+            .await
+            .expect("open");
+        for body in ["a", "b", "c"] {
+            outbox.insert(event(body)).await.expect("insert");
+        }
+        outbox
+            .settle(Arc::from([
+                Settlement::Published { id: 1 },
+                Settlement::Published { id: 2 },
+            ]))
+            .await
+            .expect("settle");
+        assert_eq!(outbox.purge_published(i64::MAX, 1).await.expect("purge"), 1);
+        assert_eq!(
+            outbox.purge_published(i64::MAX, 10).await.expect("purge"),
+            1
+        );
+        let conn = Connection::open(&path).expect("open");
+        let ids = |table: &str| {
+            let mut stmt = conn
+                .prepare(&format!("SELECT id FROM {table} ORDER BY id"))
+                .expect("select");
+            stmt.query_map([], |r| r.get::<_, i64>(0))
+                .expect("ids")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("ids")
+        };
+        assert_eq!(ids("events"), [3]);
+        assert_eq!(ids("deliveries"), [3]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1003,18 +1671,22 @@ mod tests {
         );
         // A week of published rows, written straight into the file.
         const ROWS: i64 = 100 * REPLAY_CHUNK;
-        Connection::open(&path)
-            .expect("open")
-            .execute(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
-                 INSERT INTO events (event_id, source, provider, idempotency_key, subject,
-                     routing_key, meta, headers, body, traceparent, received_at,
-                     state, next_attempt_at, published_at)
-                 SELECT 'e' || i, 'whitepay', 'whitepay', 'k' || i, 's' || i, 'rk', '{}', '{}',
-                        x'00', '', i, 'published', i, i FROM n",
-                [ROWS],
-            )
-            .expect("bulk insert");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO events (event_id, source, provider, idempotency_key, subject,
+                 routing_key, meta, headers, body, traceparent, received_at)
+             SELECT 'e' || i, 'whitepay', 'whitepay', 'k' || i, 's' || i, 'rk', '{}', '{}',
+                    x'00', '', i FROM n",
+            [ROWS],
+        )
+        .expect("bulk insert");
+        conn.execute(
+            "INSERT INTO deliveries (id, source, subject, state, next_attempt_at, published_at)
+             SELECT id, source, subject, 'published', received_at, received_at FROM events",
+            [],
+        )
+        .expect("bulk insert");
         let replaying = {
             let outbox = Arc::clone(&outbox);
             tokio::spawn(async move {

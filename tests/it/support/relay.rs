@@ -84,7 +84,7 @@ impl RelayConfig {
         }
         let conn = rusqlite::Connection::open(&self.outbox).expect("outbox");
         let mut stmt = conn
-            .prepare("SELECT subject FROM events WHERE state = 'published'")
+            .prepare("SELECT subject FROM deliveries WHERE state = 'published'")
             .expect("query");
         stmt.query_map([], |r| r.get(0))
             .expect("rows")
@@ -105,7 +105,7 @@ impl RelayConfig {
         let conn = rusqlite::Connection::open(&self.outbox).expect("open outbox");
         match state {
             Some(state) => conn.query_row(
-                "SELECT COUNT(*) FROM events WHERE state = ?1",
+                "SELECT COUNT(*) FROM deliveries WHERE state = ?1",
                 [state],
                 |r| r.get(0),
             ),
