@@ -1417,6 +1417,7 @@ mod tests {
                 dead: 1,
                 oldest_pending_us: Some(t0 + 1),
                 held_subjects: 0,
+                ..Stats::default()
             },
             "the dead row stays released"
         );
