@@ -571,19 +571,13 @@ async fn a_failing_settle_is_retried_without_publishing_again() {
     }
 }
 
-/// A Whitepay order event of `id` with the provider status `status`.
-fn order_at(id: &str, status: &str) -> Vec<u8> {
-    String::from_utf8(whitepay_order(id))
-        .expect("text")
-        .replace(r#""status":"COMPLETE""#, &format!(r#""status":"{status}""#))
-        .into_bytes()
-}
-
 /// Per subject, the first delivery of each event is in received order, through
 /// confirm timeouts and retries with backoff, a kill -9 while the first events wait
 /// for their retry (the later ones are due at once), and a broker cut. (A dead row
 /// that is then replayed: `outbox_cli::a_dead_row_holds_its_subject_until_replayed_or_released`.)
-async fn events_of_a_subject_are_first_delivered_in_received_order_through_faults(backend: Backend) {
+async fn events_of_a_subject_are_first_delivered_in_received_order_through_faults(
+    backend: Backend,
+) {
     const STATUSES: [&str; 4] = ["INIT", "OPEN", "PARTIALLY_FULFILLED", "COMPLETE"];
     const SUBJECTS: usize = 8;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -595,7 +589,7 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
     let subject = |s: usize| format!("ordered-{s}");
     let post_step = |relay: &Relay, step: usize| {
         let bodies: Vec<Vec<u8>> = (0..SUBJECTS)
-            .map(|s| order_at(&subject(s), STATUSES[step]))
+            .map(|s| whitepay_order_at(&subject(s), STATUSES[step]))
             .collect();
         let url = relay.url("whitepay");
         async move {

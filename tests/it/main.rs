@@ -23,3 +23,4 @@ mod outbox_cli;
 mod pipe;
 mod provider_fuzz;
 mod providers;
+mod replicas;

@@ -26,7 +26,9 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_message_id(backend: Backend) {
+async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_message_id(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("outboxcli");
     let mut consumer = Consumer::bind(&exchange, "#").await;
@@ -111,7 +113,9 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
     drop(relay);
 }
 
-async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_the_same_id(backend: Backend) {
+async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_the_same_id(
+    backend: Backend,
+) {
     let Some(limit) = lowered_max_message_size().await else {
         return;
     };

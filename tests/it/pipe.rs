@@ -139,7 +139,9 @@ async fn every_whitepay_fixture_gets_its_routing_key() {
     drop(relay);
 }
 
-async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_stored(backend: Backend) {
+async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_stored(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("refuse");
     let mut consumer = Consumer::bind(&exchange, "#").await;

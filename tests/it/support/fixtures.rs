@@ -32,3 +32,12 @@ pub fn whitepay_order(id: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// A Whitepay order event of `id` with the provider status `status` (a new
+/// idempotency key per status: the next event of the same order).
+pub fn whitepay_order_at(id: &str, status: &str) -> Vec<u8> {
+    String::from_utf8(whitepay_order(id))
+        .expect("text")
+        .replace(r#""status":"COMPLETE""#, &format!(r#""status":"{status}""#))
+        .into_bytes()
+}

@@ -24,7 +24,17 @@ pub enum Backend {
 /// (unaligned, tuples only).
 fn psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
-        .args(["-h", SHARED.0, "-U", "postgres", "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1"])
+        .args([
+            "-h",
+            SHARED.0,
+            "-U",
+            "postgres",
+            "-X",
+            "-q",
+            "-tA",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
         .args(["-p", &port.to_string(), "-d", db, "-c", sql])
         .output()
         .map_err(|e| format!("cannot run psql: {e}"))?;
@@ -76,11 +86,6 @@ impl Database {
     pub fn sql(&self, sql: &str) -> String {
         psql(self.port, &self.name, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
-
-    /// Runs SQL in this database, or says why it could not (the server is down).
-    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
-        psql(self.port, &self.name, sql)
-    }
 }
 
 impl Drop for Database {
@@ -105,7 +110,9 @@ pub struct PgServer {
 /// Debian's server programs, newest version first.
 fn server_bin() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL's server programs under /usr/lib/postgresql (Debian's postgresql package)")
+        .expect(
+            "PostgreSQL's server programs under /usr/lib/postgresql (Debian's postgresql package)",
+        )
         .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
         .filter(|bin| bin.join("pg_ctl").exists())
         .collect();
@@ -122,7 +129,10 @@ fn as_postgres(program: &Path, args: &[&str]) -> std::process::Output {
     } else {
         Command::new(program)
     };
-    command.args(args).output().expect("run a PostgreSQL server program")
+    command
+        .args(args)
+        .output()
+        .expect("run a PostgreSQL server program")
 }
 
 fn nix_is_root() -> bool {
@@ -146,9 +156,22 @@ impl PgServer {
         let bin = server_bin();
         let init = as_postgres(
             &bin.join("initdb"),
-            &["-D", data.to_str().expect("path"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            &[
+                "-D",
+                data.to_str().expect("path"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
         );
-        assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -177,8 +200,21 @@ impl PgServer {
             self.data.display()
         );
         let log = self.data.join("server.log");
-        let out = self.pg_ctl(&["-w", "-t", "60", "-o", &options, "-l", log.to_str().expect("path"), "start"]);
-        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.pg_ctl(&[
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            &options,
+            "-l",
+            log.to_str().expect("path"),
+            "start",
+        ]);
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         while psql(self.port, "postgres", "SELECT 1").is_err() {
             assert!(Instant::now() < deadline, "the server accepts connections");
@@ -190,7 +226,11 @@ impl PgServer {
     /// no checkpoint, connections cut, recovery from the WAL at the next start.
     pub fn stop_immediate(&self) {
         let out = self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

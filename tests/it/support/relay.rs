@@ -243,6 +243,26 @@ impl Relay {
         serde_json::from_slice(&output.stdout).expect("--json prints JSON")
     }
 
+    /// Freezes the process (SIGSTOP), as a long pause or a stalled VM would.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "send signal {signal}"
+        );
+    }
+
     /// Kills the process with SIGKILL: no shutdown code runs.
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");
@@ -251,9 +271,7 @@ impl Relay {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self, within: Duration) -> ExitStatus {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        // SAFETY: plain kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "send SIGTERM");
+        self.signal(libc::SIGTERM);
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

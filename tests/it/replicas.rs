@@ -1,0 +1,541 @@
+//! Several relays on one PostgreSQL outbox, with real processes, a real server and
+//! real faults: replicas killed, paused past their lease, cut off from PostgreSQL;
+//! PostgreSQL itself restarted; a transaction held open beside them.
+//!
+//! The oracle is the fault suite's, per event: every webhook that got a 2xx is
+//! published (lost = 0), nothing is published that no one acked (phantom = 0), and
+//! per subject the first deliveries come in the order the events were acked, which
+//! is the order they were sent: each subject's next event goes to another replica
+//! only after the previous one was acked. Duplicates are reported.
+//!
+//! `HOOKRELAY_REPLICA_KILLS` (default 10) makes the kill run longer.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::support::*;
+
+/// Short leases, so takeovers happen within the test's patience.
+const LEASE: &str = "2s";
+
+/// Each subject's events, in the order they were acked.
+type Acked = BTreeMap<String, Vec<String>>;
+
+/// The statuses of an order's life, in the order its events are sent.
+const STATUSES: [&str; 4] = ["INIT", "OPEN", "PARTIALLY_FULFILLED", "COMPLETE"];
+
+/// Orders whose events are sent one after another, each to the next replica in
+/// turn, each retried on the next replica until one acks it (a provider retries).
+/// Each worker goes through one order's [`STATUSES`], then starts a new order.
+struct Load {
+    urls: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    refusals: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<Acked>>,
+}
+
+impl Load {
+    fn start(urls: Vec<String>, workers: usize, pause: Duration) -> Self {
+        let urls = Arc::new(Mutex::new(urls));
+        let stop = Arc::new(AtomicBool::new(false));
+        let refusals = Arc::new(AtomicUsize::new(0));
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let workers = (0..workers)
+            .map(|w| {
+                let (urls, stop, refusals) =
+                    (Arc::clone(&urls), Arc::clone(&stop), Arc::clone(&refusals));
+                let run = run.clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .expect("client");
+                    let mut acked = Acked::new();
+                    let mut target = w;
+                    for order in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let subject = format!("{run}-{w}-{order}");
+                        for status in STATUSES {
+                            let body = whitepay_order_at(&subject, status);
+                            let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
+                            let deadline = Instant::now() + Duration::from_secs(90);
+                            loop {
+                                assert!(
+                                    Instant::now() < deadline,
+                                    "{subject} {status} never acked"
+                                );
+                                let url = {
+                                    let urls = urls.lock().expect("urls");
+                                    urls[target % urls.len()].clone()
+                                };
+                                target += 1;
+                                let answer = client
+                                    .post(&url)
+                                    .header("Signature", &signature)
+                                    .body(body.clone())
+                                    .send()
+                                    .await;
+                                if answer.is_ok_and(|r| r.status().is_success()) {
+                                    break;
+                                }
+                                refusals.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            acked
+                                .entry(subject.clone())
+                                .or_default()
+                                .push(status.to_owned());
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        Self {
+            urls,
+            stop,
+            refusals,
+            workers,
+        }
+    }
+
+    fn retarget(&self, replica: usize, url: String) {
+        self.urls.lock().expect("urls")[replica] = url;
+    }
+
+    async fn finish(self) -> (Acked, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut acked = Acked::new();
+        for worker in self.workers {
+            acked.extend(worker.await.expect("worker"));
+        }
+        (acked, self.refusals.load(Ordering::Relaxed))
+    }
+}
+
+/// Every delivery per subject, in arrival order.
+type Delivered = BTreeMap<String, Vec<String>>;
+
+/// Reads until every acked event was delivered, or `patience` passes without one.
+async fn drain(consumer: &mut Consumer, acked: &Acked, patience: Duration) -> Delivered {
+    let mut delivered = Delivered::new();
+    let missing = |delivered: &Delivered| {
+        acked.iter().any(|(subject, steps)| {
+            let got = delivered.get(subject);
+            steps.iter().any(|s| got.is_none_or(|g| !g.contains(s)))
+        })
+    };
+    loop {
+        let wait = if missing(&delivered) {
+            patience
+        } else {
+            Duration::from_millis(500)
+        };
+        let Some(delivery) = consumer.next(wait).await else {
+            return delivered;
+        };
+        let envelope: serde_json::Value =
+            serde_json::from_slice(&delivery.data).expect("JSON envelope");
+        delivered
+            .entry(envelope["subject"].as_str().expect("subject").to_owned())
+            .or_default()
+            .push(
+                envelope["data"]["provider_status"]
+                    .as_str()
+                    .expect("provider status")
+                    .to_owned(),
+            );
+    }
+}
+
+/// The oracle's verdict.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Verdict {
+    acked: usize,
+    lost: usize,
+    phantom: usize,
+    duplicated: usize,
+    out_of_order: usize,
+}
+
+fn judge(acked: &Acked, delivered: &Delivered) -> Verdict {
+    let mut v = Verdict::default();
+    for (subject, steps) in acked {
+        v.acked += steps.len();
+        let got = delivered.get(subject).cloned().unwrap_or_default();
+        let mut first: Vec<&String> = Vec::new();
+        for step in &got {
+            if first.contains(&step) {
+                v.duplicated += 1;
+            } else {
+                first.push(step);
+            }
+        }
+        v.lost += steps.iter().filter(|s| !got.contains(s)).count();
+        v.phantom += first.iter().filter(|s| !steps.contains(s)).count();
+        let in_order: Vec<&String> = first.into_iter().filter(|s| steps.contains(s)).collect();
+        if in_order != steps.iter().collect::<Vec<_>>() {
+            v.out_of_order += 1;
+        }
+    }
+    v.phantom += delivered.keys().filter(|s| !acked.contains_key(*s)).count();
+    v
+}
+
+fn report(class: &str, v: &Verdict, extra: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "replicas [{class}] acked={} lost={} phantom={} duplicated={} out_of_order_subjects={} {extra}",
+        v.acked,
+        v.lost,
+        v.phantom,
+        v.duplicated,
+        v.out_of_order
+    );
+}
+
+/// A config for replicas sharing `database`, with short leases.
+fn replica_config(exchange: &str, dir: &std::path::Path, database: Arc<Database>) -> RelayConfig {
+    let mut config = RelayConfig::new(exchange, dir);
+    config.database = Some(database);
+    config
+        .env
+        .push(("HOOKRELAY_OUTBOX_LEASE".to_owned(), LEASE.to_owned()));
+    config
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_lose_nothing_and_keep_each_subjects_order_through_kill_9() {
+    let kills = env_count("HOOKRELAY_REPLICA_KILLS", 10);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("replicas");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let config = replica_config(&exchange, dir.path(), Arc::new(Database::create()));
+    let mut relays: Vec<Relay> = (0..3).map(|_| Relay::start(&config)).collect();
+    let load = Load::start(
+        relays.iter().map(|r| r.url("whitepay")).collect(),
+        24,
+        Duration::from_millis(10),
+    );
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(300..1500))).await;
+        let victim = rand::rng().random_range(0..relays.len());
+        let fresh = Relay::start(&config);
+        load.retarget(victim, fresh.url("whitepay"));
+        std::mem::replace(&mut relays[victim], fresh).kill9();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, refusals) = load.finish().await;
+    let delivered = drain(&mut consumer, &acked, Duration::from_secs(30)).await;
+    let v = judge(&acked, &delivered);
+    report(
+        "kill -9",
+        &v,
+        &format!("replicas=3 kills={kills} refused_then_retried={refusals}"),
+    );
+    assert!(v.acked > 100, "the load ran: {v:?}");
+    assert_eq!((v.lost, v.phantom, v.out_of_order), (0, 0, 0), "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_webhook_sent_to_two_replicas_at_once_is_one_row_and_two_acks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("samekey");
+    let config = replica_config(&exchange, dir.path(), Arc::new(Database::create()));
+    let (a, b) = (Relay::start(&config), Relay::start(&config));
+    const KEYS: usize = 30;
+    for i in 0..KEYS {
+        let body = whitepay_order(&format!("twice-{i}"));
+        let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
+        let (url_a, url_b) = (a.url("whitepay"), b.url("whitepay"));
+        let headers = [("Signature", signature)];
+        let (first, second) = tokio::join!(
+            post(&url_a, body.clone(), &headers),
+            post(&url_b, body, &headers),
+        );
+        assert_eq!((first.0, second.0), (200, 200), "both replicas ack key {i}");
+    }
+    assert_eq!(config.outbox_count(None), KEYS as i64, "one row per key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_past_its_lease_has_its_late_outcomes_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("paused");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let database = Arc::new(Database::create());
+    // A reaches the broker through a proxy that will stop moving bytes, so its
+    // publishes wait for confirms when it is paused; B reaches it directly.
+    let proxy = TcpProxy::start(BROKER).await;
+    let mut config_a = replica_config(&exchange, dir.path(), Arc::clone(&database));
+    config_a.broker = proxy.addr.to_string();
+    let config_b = replica_config(&exchange, dir.path(), database);
+    let a = Relay::start(&config_a);
+    let b = Relay::start(&config_b);
+    a.wait_broker_connected().await;
+    // Both hold a share of the partitions.
+    wait_until(
+        "the partitions are shared",
+        Duration::from_secs(20),
+        async || {
+            a.metric("hookrelay_outbox_partitions_owned").await == 128.0
+                && b.metric("hookrelay_outbox_partitions_owned").await == 128.0
+        },
+    )
+    .await;
+    proxy.freeze();
+    let mut acked = Acked::new();
+    for s in 0..32 {
+        let subject = format!("paused-{s}-{}", uuid::Uuid::new_v4().simple());
+        assert_eq!(
+            a.post_whitepay(&whitepay_order_at(&subject, STATUSES[0]))
+                .await
+                .0,
+            200
+        );
+        acked.insert(subject, vec![STATUSES[0].to_owned()]);
+    }
+    // A has published its share and waits for confirms; now it stops for longer
+    // than its lease.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.pause();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for (subject, steps) in &mut acked {
+        assert_eq!(
+            b.post_whitepay(&whitepay_order_at(subject, STATUSES[1]))
+                .await
+                .0,
+            200
+        );
+        steps.push(STATUSES[1].to_owned());
+    }
+    proxy.thaw();
+    a.resume();
+    // A's confirms time out (or arrive) after the resume; its outcomes must be
+    // refused, since B took the partitions over.
+    wait_until(
+        "the paused replica's outcomes are refused",
+        hookrelay::publisher::CONFIRM_TIMEOUT + Duration::from_secs(15),
+        async || a.metric("hookrelay_outbox_fenced_settles_total").await > 0.0,
+    )
+    .await;
+    let delivered = drain(&mut consumer, &acked, Duration::from_secs(20)).await;
+    let v = judge(&acked, &delivered);
+    report(
+        "paused past the lease",
+        &v,
+        &format!(
+            "fenced_settles={}",
+            a.metric("hookrelay_outbox_fenced_settles_total").await
+        ),
+    );
+    assert_eq!((v.lost, v.phantom, v.out_of_order), (0, 0, 0), "{v:?}");
+}
+
+/// Cuts one replica off PostgreSQL twice, once for less than its lease and once for
+/// more, under load on both replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_postgresql_answers_503_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("pgcut");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let database = Arc::new(Database::create());
+    let proxy = TcpProxy::start(&database.addr().to_string()).await;
+    let mut config_a = replica_config(&exchange, dir.path(), Arc::clone(&database));
+    config_a.database_via = Some(proxy.addr);
+    let config_b = replica_config(&exchange, dir.path(), database);
+    let a = Relay::start(&config_a);
+    let b = Relay::start(&config_b);
+    let load = Load::start(
+        vec![a.url("whitepay"), b.url("whitepay")],
+        12,
+        Duration::from_millis(20),
+    );
+    let mut unready = 0;
+    // Webhooks refused during the cuts; like a provider, the test sends them again
+    // until they are acked.
+    let mut probes = Acked::new();
+    for cut in [Duration::from_secs(1), Duration::from_secs(6)] {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.cut();
+        let cut_at = Instant::now();
+        let probe = format!("during-cut-{}", uuid::Uuid::new_v4().simple());
+        let (status, reply) = a.post_whitepay(&whitepay_order(&probe)).await;
+        probes.insert(probe, vec!["COMPLETE".to_owned()]);
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&reply));
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(9),
+            "503 within a bounded wait"
+        );
+        if a.readyz().await.0 == 503 {
+            unready += 1;
+        }
+        tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
+        proxy.restore();
+    }
+    for probe in probes.keys() {
+        wait_until(
+            "the cut replica serves again",
+            Duration::from_secs(20),
+            async || a.post_whitepay(&whitepay_order(probe)).await.0 == 200,
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut acked, refusals) = load.finish().await;
+    acked.extend(probes);
+    let delivered = drain(&mut consumer, &acked, Duration::from_secs(30)).await;
+    let v = judge(&acked, &delivered);
+    report(
+        "cut off PostgreSQL",
+        &v,
+        &format!("refused_then_retried={refusals}"),
+    );
+    assert_eq!(unready, 2, "unready during both cuts");
+    assert_eq!((v.lost, v.phantom, v.out_of_order), (0, 0, 0), "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_under_load_costs_503s_and_no_acked_webhook() {
+    let server = PgServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("pgrestart");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let config = replica_config(
+        &exchange,
+        dir.path(),
+        Arc::new(Database::create_on(server.port)),
+    );
+    let (a, b) = (Relay::start(&config), Relay::start(&config));
+    let load = Load::start(
+        vec![a.url("whitepay"), b.url("whitepay")],
+        12,
+        Duration::from_millis(10),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.stop_immediate();
+    let (status, _) = a.post_whitepay(&whitepay_order("while-down")).await;
+    assert_eq!(status, 503, "no ack while PostgreSQL is down");
+    assert_eq!(a.readyz().await.0, 503, "unready while PostgreSQL is down");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.start_again();
+    wait_until("ready again", Duration::from_secs(45), async || {
+        a.readyz().await.0 == 200 && b.readyz().await.0 == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (acked, refusals) = load.finish().await;
+    let delivered = drain(&mut consumer, &acked, Duration::from_secs(30)).await;
+    let v = judge(&acked, &delivered);
+    report(
+        "PostgreSQL restarted (-m immediate)",
+        &v,
+        &format!("refused_then_retried={refusals}"),
+    );
+    assert!(refusals > 0, "the restart cost some 503s");
+    assert_eq!((v.lost, v.phantom, v.out_of_order), (0, 0, 0), "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_held_open_holds_publishing_back_and_says_so() {
+    // A server of its own: the held transaction would hold back every other test's
+    // outbox on a shared server.
+    let server = PgServer::start();
+    let database = Arc::new(Database::create_on(server.port));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("fence");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let relay = Relay::start(&replica_config(
+        &exchange,
+        dir.path(),
+        Arc::clone(&database),
+    ));
+    let (holder, connection) = tokio_postgres::connect(&database.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    holder
+        .batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .expect("a transaction that holds an id");
+    for i in 0..5 {
+        assert_eq!(
+            relay
+                .post_whitepay(&whitepay_order(&format!("fenced-{i}")))
+                .await
+                .0,
+            200
+        );
+    }
+    wait_until(
+        "the metric shows the fenced rows",
+        Duration::from_secs(10),
+        async || relay.metric("hookrelay_outbox_fenced_rows").await == 5.0,
+    )
+    .await;
+    assert!(
+        consumer.next(Duration::from_secs(2)).await.is_none(),
+        "nothing is published past the open transaction"
+    );
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let got = consumer.collect(5, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 5, "published once the transaction ended");
+    assert_eq!(relay.metric("hookrelay_outbox_fenced_rows").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_reaches_postgresql_over_tls_with_sslmode_require() {
+    let database = Arc::new(Database::create());
+    assert_eq!(
+        database.sql("SHOW ssl"),
+        "on",
+        "the machine's PostgreSQL serves TLS (Debian's default, with its snakeoil certificate)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("pgtls");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let mut config = replica_config(&exchange, dir.path(), Arc::clone(&database));
+    let url = database.url().replace("sslmode=disable", "sslmode=require");
+    config.env.push(("HOOKRELAY_OUTBOX_URL".to_owned(), url));
+    let relay = Relay::start(&config);
+    assert_eq!(
+        relay.post_whitepay(&whitepay_order("over-tls")).await.0,
+        200
+    );
+    assert!(consumer.next(Duration::from_secs(20)).await.is_some());
+    let plain = database.sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = '{}' AND a.application_name = 'hookrelay' AND NOT s.ssl",
+        database.name
+    ));
+    let encrypted = database.sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.datname = '{}' AND a.application_name = 'hookrelay' AND s.ssl",
+        database.name
+    ));
+    assert_eq!(plain, "0", "no connection of the relay is in the clear");
+    assert_ne!(encrypted, "0", "the relay's connections are encrypted");
+}
