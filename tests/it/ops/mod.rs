@@ -81,6 +81,54 @@ fn sqlite_path(url: &str) -> PathBuf {
     )
 }
 
+/// The parts of a `postgres://` (or `postgresql://`) outbox URL that the kit wires
+/// to a database.
+#[derive(Debug)]
+struct PostgresUrl {
+    user: String,
+    password: String,
+    host: String,
+    port: u16,
+    database: String,
+    /// The query string (`sslmode`, `sslrootcert`, …).
+    params: BTreeMap<String, String>,
+}
+
+fn postgres_url(url: &str) -> PostgresUrl {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .unwrap_or_else(|| panic!("not a postgres:// URL: {url}"));
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, database) = rest
+        .split_once('/')
+        .unwrap_or_else(|| panic!("postgres://…/DATABASE: {url}"));
+    let (userinfo, host_port) = authority
+        .rsplit_once('@')
+        .unwrap_or_else(|| panic!("postgres://USER:PASSWORD@HOST: {url}"));
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().expect("port")),
+        None => (host_port, 5432),
+    };
+    let params = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    PostgresUrl {
+        user: user.to_owned(),
+        password: password.to_owned(),
+        host: host.to_owned(),
+        port,
+        database: database.to_owned(),
+        params,
+    }
+}
+
 /// Every metric name the relay registers, read from src/metrics.rs so a renamed
 /// metric is noticed without a hand-kept list.
 fn relay_metric_names() -> BTreeSet<String> {

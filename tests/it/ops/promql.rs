@@ -263,6 +263,7 @@ fn alert_rules_cover_the_failure_modes_the_issue_lists() {
             "outcome=~\"accepted|duplicate|unrecognized\"",
         ),
         ("HookrelaySubjectsHeld", "hookrelay_outbox_held_subjects"),
+        ("HookrelayOutboxFenceHeld", "hookrelay_outbox_fenced_rows"),
     ] {
         let rule = by_name
             .get(alert)
