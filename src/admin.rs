@@ -70,6 +70,11 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Seconds since a receive time; 0 when there is none.
+fn age(received_us: Option<i64>) -> f64 {
+    received_us.map_or(0.0, |at| (now_micros() - at).max(0) as f64 / 1e6)
+}
+
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     // Outbox gauges are read at scrape time so they are never stale.
     match tokio::time::timeout(READ_TIMEOUT, admin.outbox.stats())
@@ -84,10 +89,10 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
             gauges
                 .with_label_values(&["dead"])
                 .set(i64::try_from(stats.dead).unwrap_or(i64::MAX));
-            let age = stats
-                .oldest_pending_us
-                .map_or(0.0, |oldest| (now_micros() - oldest).max(0) as f64 / 1e6);
-            admin.metrics.outbox_oldest_pending.set(age);
+            admin
+                .metrics
+                .outbox_oldest_pending
+                .set(age(stats.oldest_pending_us));
             admin
                 .metrics
                 .outbox_held_subjects
@@ -96,6 +101,10 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
                 .metrics
                 .outbox_fenced_rows
                 .set(i64::try_from(stats.fenced).unwrap_or(i64::MAX));
+            admin
+                .metrics
+                .outbox_fence_wait
+                .set(age(stats.oldest_fenced_us));
         }
         Err(e) => tracing::warn!(error = %e, "cannot read outbox stats for /metrics"),
     }

@@ -45,6 +45,8 @@ pub(crate) struct Metrics {
     /// `hookrelay_outbox_fenced_rows`: committed pending rows held behind an older,
     /// still open transaction (PostgreSQL).
     pub(crate) outbox_fenced_rows: IntGauge,
+    /// `hookrelay_outbox_fence_wait_seconds`: age of the oldest of those rows.
+    pub(crate) outbox_fence_wait: prometheus::Gauge,
     /// `hookrelay_outbox_partitions_owned`: partitions this replica leases.
     pub(crate) outbox_partitions_owned: IntGauge,
     /// `hookrelay_outbox_fenced_settles_total`: publish outcomes refused because
@@ -156,6 +158,10 @@ impl Metrics {
             "hookrelay_outbox_fenced_rows",
             "Committed pending rows the publisher may not read yet because an older transaction is still open (PostgreSQL; 0 on SQLite)",
         )?;
+        let outbox_fence_wait = prometheus::Gauge::new(
+            "hookrelay_outbox_fence_wait_seconds",
+            "Age of the oldest committed pending row held behind an older, still open transaction (PostgreSQL; 0 when none, and on SQLite)",
+        )?;
         let outbox_partitions_owned = IntGauge::new(
             "hookrelay_outbox_partitions_owned",
             "Subject partitions this replica leases and publishes (PostgreSQL; 0 on SQLite)",
@@ -165,6 +171,7 @@ impl Metrics {
             "Publish outcomes refused because this replica's lease had passed (their rows are published again by the new owner)",
         )?;
         registry.register(Box::new(outbox_fenced_rows.clone()))?;
+        registry.register(Box::new(outbox_fence_wait.clone()))?;
         registry.register(Box::new(outbox_partitions_owned.clone()))?;
         registry.register(Box::new(outbox_fenced_settles.clone()))?;
         registry.register(Box::new(webhooks_received.clone()))?;
@@ -215,6 +222,7 @@ impl Metrics {
             outbox_commit_batch_size,
             outbox_commit_failures,
             outbox_fenced_rows,
+            outbox_fence_wait,
             outbox_partitions_owned,
             outbox_fenced_settles,
         })

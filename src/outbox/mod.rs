@@ -242,6 +242,10 @@ pub(crate) struct Stats {
     /// Committed pending rows the publisher may not read yet, because a transaction
     /// that started before them is still open (PostgreSQL's fence; 0 on SQLite).
     pub(crate) fenced: u64,
+    /// Receive time of the oldest of those, Unix microseconds: how long the fence
+    /// has held publishing back (a moment whenever commits overlap; long when a
+    /// transaction stays open).
+    pub(crate) oldest_fenced_us: Option<i64>,
     /// Partitions this relay leases (PostgreSQL; 0 on SQLite, where one relay
     /// publishes everything).
     pub(crate) partitions: u64,

@@ -497,6 +497,10 @@ async fn a_transaction_held_open_holds_publishing_back_and_says_so() {
     )
     .await;
     assert!(
+        relay.metric("hookrelay_outbox_fence_wait_seconds").await > 0.0,
+        "and how long they have waited"
+    );
+    assert!(
         consumer.next(Duration::from_secs(2)).await.is_none(),
         "nothing is published past the open transaction"
     );

@@ -685,7 +685,10 @@ impl Outbox for PostgresOutbox {
                        (SELECT count(*) FROM (SELECT DISTINCT source, subject FROM hr_delivery
                                               WHERE state = 'dead' AND released_at IS NULL) h),
                        (SELECT count(*) FROM hr_delivery WHERE state = 'pending'
-                          AND txid >= pg_snapshot_xmin(pg_current_snapshot()))",
+                          AND txid >= pg_snapshot_xmin(pg_current_snapshot())),
+                       (SELECT min(e.received_at) FROM hr_delivery d JOIN hr_event e ON e.id = d.id
+                        WHERE d.state = 'pending'
+                          AND d.txid >= pg_snapshot_xmin(pg_current_snapshot()))",
                     &[],
                 )
                 .await
@@ -698,6 +701,7 @@ impl Outbox for PostgresOutbox {
             oldest_pending_us: row.get(2),
             held_subjects: count(row.get(3)),
             fenced: count(row.get(4)),
+            oldest_fenced_us: row.get(5),
             partitions: self.leases.count() as u64,
         })
     }
