@@ -451,6 +451,43 @@ pub(crate) trait Outbox: Send + Sync {
     async fn close(&self) {}
 }
 
+/// How long a failed insert commit keeps the outbox unready when no insert has
+/// succeeded since: long enough for `/readyz` probes to see it, short enough that
+/// a relay taken out of a load balancer (so getting no webhooks to prove recovery)
+/// comes back on its write probe alone.
+const RECENT_FAILURE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The last insert commit that failed, while no insert commit has succeeded since:
+/// what `check_writable` reports before it even probes. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub(crate) struct InsertHealth(Arc<std::sync::Mutex<Option<(std::time::Instant, OutboxError)>>>);
+
+impl InsertHealth {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, OutboxError)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An insert commit succeeded: whatever failed before is over.
+    pub(crate) fn succeeded(&self) {
+        *self.slot() = None;
+    }
+
+    /// An insert commit failed with `error`.
+    pub(crate) fn failed(&self, error: &OutboxError) {
+        *self.slot() = Some((std::time::Instant::now(), error.clone()));
+    }
+
+    /// The failure, if one happened lately and nothing succeeded since.
+    pub(crate) fn recent_failure(&self) -> Result<(), OutboxError> {
+        match self.slot().as_ref() {
+            Some((at, error)) if at.elapsed() < RECENT_FAILURE => Err(error.clone()),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Rows deleted per transaction by retention and `outbox purge`, so a purge never
 /// holds the write lock for long.
 pub(crate) const PURGE_BATCH: usize = 1000;

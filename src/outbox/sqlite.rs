@@ -19,15 +19,15 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Access, Fault, FaultKind, InsertOutcome, Inventory, ListFilter, NewEvent, Outbox, OutboxError,
-    PendingEvent, ReplaySelector, RowView, Settlement, Stats,
+    Access, Fault, FaultKind, InsertHealth, InsertOutcome, Inventory, ListFilter, NewEvent, Outbox,
+    OutboxError, PendingEvent, ReplaySelector, RowView, Settlement, Stats,
 };
 use crate::clock::{from_micros, now_micros};
 use crate::event::EventMeta;
@@ -220,15 +220,6 @@ fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
     Ok(())
 }
 
-/// How long a failed insert commit keeps the outbox unready when no insert has
-/// succeeded since: long enough for `/readyz` probes to see it, short enough that
-/// a relay taken out of a load balancer (so getting no webhooks to prove recovery)
-/// comes back on its write probe alone.
-const RECENT_FAILURE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// The last insert commit that failed, while no insert commit has succeeded since.
-type InsertHealth = Arc<Mutex<Option<(std::time::Instant, OutboxError)>>>;
-
 type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
 
 enum Command {
@@ -399,7 +390,7 @@ impl SqliteOutbox {
         .map_err(|e| fault(FaultKind::Other, e))??;
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let inserts = InsertHealth::default();
-        let health = Arc::clone(&inserts);
+        let health = inserts.clone();
         std::thread::Builder::new()
             .name("outbox-writer".to_owned())
             .spawn(move || writer_loop(writer_conn, rx, &metrics, &health))
@@ -493,7 +484,7 @@ fn writer_loop(
                 }
                 if inserts > 0 {
                     metrics.outbox_commit_batch_size.observe(inserts as f64);
-                    *health.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    health.succeeded();
                 }
             }
             Err(e) => {
@@ -504,8 +495,7 @@ fn writer_loop(
                     .with_label_values(&[err.reason()])
                     .inc();
                 if inserts > 0 {
-                    *health.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some((std::time::Instant::now(), err.clone()));
+                    health.failed(&err);
                 }
                 for cmd in batch.drain(..) {
                     match cmd {
@@ -1002,16 +992,7 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn check_writable(&self) -> Result<(), OutboxError> {
-        let failed = self
-            .inserts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some((at, error)) = failed
-            && at.elapsed() < RECENT_FAILURE
-        {
-            return Err(error);
-        }
+        self.inserts.recent_failure()?;
         let (reply, rx) = oneshot::channel();
         self.writer
             .try_send(Command::Ping(reply))

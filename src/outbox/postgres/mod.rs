@@ -33,8 +33,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::{
-    Access, Fault, FaultKind, InsertOutcome, Inventory, ListFilter, NewEvent, Options, Outbox,
-    OutboxError, PendingEvent, ReplaySelector, RowView, Settlement, Stats,
+    Access, Fault, FaultKind, InsertHealth, InsertOutcome, Inventory, ListFilter, NewEvent,
+    Options, Outbox, OutboxError, PendingEvent, ReplaySelector, RowView, Settlement, Stats,
 };
 use crate::clock::{from_micros, now_micros};
 use crate::event::EventMeta;
@@ -64,8 +64,6 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(3);
 const INSERT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Longest wait for any other statement.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a failed insert keeps the outbox unready while none has succeeded since.
-const RECENT_FAILURE: Duration = Duration::from_secs(30);
 /// Rows one replay statement changes, so a replay of a week is many short
 /// transactions.
 const REPLAY_CHUNK: i64 = 1000;
@@ -79,7 +77,6 @@ type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
 type Queued = (Box<NewEvent>, Reply<InsertOutcome>);
 /// The writers' shared queue: whichever writer is free takes the next batch.
 type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>;
-type InsertHealth = Arc<Mutex<Option<(std::time::Instant, OutboxError)>>>;
 /// Rows handed to the publisher: row id → (partition, lease epoch) at fetch time.
 type Claims = Arc<Mutex<HashMap<i64, (i16, i64)>>>;
 
@@ -225,7 +222,7 @@ impl PostgresOutbox {
                     pool.clone(),
                     Arc::clone(&rx),
                     Arc::clone(&metrics),
-                    Arc::clone(&inserts),
+                    inserts.clone(),
                 ));
             }
             writer = Some(tx);
@@ -282,7 +279,7 @@ async fn write_loop(pool: Pool, queue: Queue, metrics: Arc<Metrics>, health: Ins
         match stored {
             Ok(outcomes) => {
                 metrics.outbox_commit_batch_size.observe(batch.len() as f64);
-                *health.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                health.succeeded();
                 for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
@@ -305,8 +302,7 @@ async fn write_loop(pool: Pool, queue: Queue, metrics: Arc<Metrics>, health: Ins
                     .outbox_commit_failures
                     .with_label_values(&[e.reason()])
                     .inc();
-                *health.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some((std::time::Instant::now(), e.clone()));
+                health.failed(&e);
                 for (_, reply) in batch {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -707,16 +703,7 @@ impl Outbox for PostgresOutbox {
     }
 
     async fn check_writable(&self) -> Result<(), OutboxError> {
-        let failed = self
-            .inserts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some((at, error)) = failed
-            && at.elapsed() < RECENT_FAILURE
-        {
-            return Err(error);
-        }
+        self.inserts.recent_failure()?;
         bounded(CHECKOUT_TIMEOUT, async {
             let client = pooled(&self.pool).await?;
             // A real write: a standby (read-only) or a full disk fails it.
