@@ -134,7 +134,15 @@ fn only_the_outbox_speaks_sql_or_names_a_backend() {
         if path.starts_with(&outbox) {
             continue;
         }
-        for needle in ["rusqlite", "sqlite::", "Sqlite", "Postgres"] {
+        for needle in [
+            "rusqlite",
+            "sqlite::",
+            "Sqlite",
+            "Postgres",
+            "postgres::",
+            "tokio_postgres",
+            "deadpool",
+        ] {
             let lines = code_lines_with(&text, needle);
             assert!(lines.is_empty(), "{}: {lines:?}", path.display());
         }

@@ -258,6 +258,19 @@ async fn three_replicas_lose_nothing_and_keep_each_subjects_order_through_kill_9
     );
     assert!(v.acked > 100, "the load ran: {v:?}");
     assert_eq!((v.lost, v.phantom, v.out_of_order), (0, 0, 0), "{v:?}");
+    // The killed replicas' partitions were taken over, and the shares evened out.
+    wait_until(
+        "every partition leased, about a third each",
+        Duration::from_secs(20),
+        async || {
+            let mut shares = Vec::new();
+            for relay in &relays {
+                shares.push(relay.metric("hookrelay_outbox_partitions_owned").await);
+            }
+            shares.iter().sum::<f64>() == 256.0 && shares.iter().all(|s| (80.0..=90.0).contains(s))
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

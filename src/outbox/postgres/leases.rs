@@ -213,8 +213,10 @@ impl Leases {
         Ok(())
     }
 
-    /// Takes free or expired partitions up to the fair share, and any left without
-    /// an owner for a whole lease whatever the share (so none stays orphaned).
+    /// Takes free or expired partitions up to the fair share, and any whose lease
+    /// passed a whole lease ago whatever the share, so none stays orphaned (a
+    /// partition just given back is not orphaned: its `lease_until` is the moment
+    /// it was given back, and the replicas under their share take it first).
     async fn take(
         &self,
         client: &tokio_postgres::Client,
@@ -231,7 +233,7 @@ impl Leases {
                         "UPDATE hr_partition SET owner = $1, epoch = epoch + 1,
                                                  lease_until = now() + make_interval(secs => $2)
                          WHERE p IN (SELECT p FROM hr_partition
-                                     WHERE owner IS NULL
+                                     WHERE ($3::float8 = 0 AND owner IS NULL)
                                         OR lease_until < now() - make_interval(secs => $3)
                                      ORDER BY p LIMIT $4 FOR UPDATE SKIP LOCKED)
                          RETURNING p, epoch",

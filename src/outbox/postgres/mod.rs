@@ -120,7 +120,12 @@ pub(super) fn pg_error(e: tokio_postgres::Error) -> OutboxError {
         }
         Some(code) if code.code().starts_with("XX") => FaultKind::Corrupt,
         Some(_) => FaultKind::Other,
-        None => FaultKind::Unavailable,
+        // No SQLSTATE: the driver's own failure. Losing the server is the usual
+        // one; a parameter it could not encode is a bug, not an outage.
+        None if e.is_closed() || UNREACHABLE.iter().any(|w| e.to_string().starts_with(w)) => {
+            FaultKind::Unavailable
+        }
+        None => FaultKind::Other,
     };
     let detail = match e.as_db_error() {
         Some(db) => db.message().to_owned(),
@@ -137,6 +142,15 @@ pub(super) fn pg_error(e: tokio_postgres::Error) -> OutboxError {
     };
     OutboxError::Storage(Fault::new(kind, detail))
 }
+
+/// How tokio-postgres words the failures that mean "the server is out of reach".
+const UNREACHABLE: [&str; 5] = [
+    "error connecting to server",
+    "error communicating with the server",
+    "connection closed",
+    "timeout waiting for server",
+    "error performing TLS handshake",
+];
 
 /// A pooled connection, or a 503-worthy error within [`CHECKOUT_TIMEOUT`].
 pub(super) async fn pooled(pool: &Pool) -> Result<deadpool_postgres::Object, OutboxError> {

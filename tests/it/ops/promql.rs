@@ -263,7 +263,10 @@ fn alert_rules_cover_the_failure_modes_the_issue_lists() {
             "outcome=~\"accepted|duplicate|unrecognized\"",
         ),
         ("HookrelaySubjectsHeld", "hookrelay_outbox_held_subjects"),
-        ("HookrelayOutboxFenceHeld", "hookrelay_outbox_fenced_rows"),
+        (
+            "HookrelayOutboxFenceHeld",
+            "hookrelay_outbox_fence_wait_seconds",
+        ),
     ] {
         let rule = by_name
             .get(alert)
