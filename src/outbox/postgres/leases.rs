@@ -11,6 +11,9 @@
 //! clock, before the database could hand the partition to anyone else; and each
 //! acquisition bumps the partition's epoch, which every settle checks, so a replica
 //! that was paused or cut off cannot record anything once its lease has passed.
+//!
+//! Every statement that locks several `hr_partition` rows locks them in `p` order
+//! (the settle's `FOR SHARE` too), so a renewal and a settle never deadlock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -118,7 +121,8 @@ impl Leases {
         let renewed = client
             .query(
                 "UPDATE hr_partition SET lease_until = now() + make_interval(secs => $2)
-                 WHERE owner = $1 RETURNING p, epoch",
+                 WHERE p IN (SELECT p FROM hr_partition WHERE owner = $1 ORDER BY p FOR UPDATE)
+                 RETURNING p, epoch",
                 &[&self.replica, &ttl],
             )
             .await
@@ -197,7 +201,8 @@ impl Leases {
         client
             .execute(
                 "UPDATE hr_partition SET owner = NULL, lease_until = now()
-                 WHERE owner = $1 AND p = ANY($2)",
+                 WHERE p IN (SELECT p FROM hr_partition WHERE owner = $1 AND p = ANY($2)
+                             ORDER BY p FOR UPDATE)",
                 &[&self.replica, &done],
             )
             .await
@@ -273,7 +278,8 @@ impl Leases {
         let client = pooled(pool).await?;
         client
             .execute(
-                "UPDATE hr_partition SET owner = NULL, lease_until = now() WHERE owner = $1",
+                "UPDATE hr_partition SET owner = NULL, lease_until = now()
+                 WHERE p IN (SELECT p FROM hr_partition WHERE owner = $1 ORDER BY p FOR UPDATE)",
                 &[&self.replica],
             )
             .await

@@ -50,6 +50,9 @@ use schema::HOLDS_SUBJECT;
 
 /// Most webhooks one insert statement takes.
 const MAX_BATCH: usize = 512;
+/// Body bytes past which a batch takes no more webhooks: one statement carries
+/// its whole batch, so large bodies make smaller batches.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// Most webhooks waiting for a writer; beyond it ingress answers 503 at once.
 const QUEUE_CAPACITY: usize = 2048;
 /// Writer tasks, each with its own connection while it writes: batches overlap, so
@@ -280,10 +283,14 @@ async fn write_loop(pool: Pool, queue: Queue, metrics: Arc<Metrics>, health: Ins
             let Some(first) = queue.recv().await else {
                 return;
             };
+            let mut bytes = first.0.body.len();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match queue.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => {
+                        bytes += next.0.body.len();
+                        batch.push(next);
+                    }
                     Err(_) => break,
                 }
             }
@@ -326,6 +333,12 @@ async fn write_loop(pool: Pool, queue: Queue, metrics: Arc<Metrics>, health: Ins
 }
 
 /// Stores a batch with one statement; returns each webhook's outcome in order.
+///
+/// The arrays are sorted by `(source, idempotency_key)` and inserted in that order
+/// (`ORDER BY n`), so two batches that share keys take their index locks in the
+/// same order and never deadlock. Ids within a batch therefore follow key order,
+/// not arrival order: those webhooks were in flight together, and none of them
+/// was acked before another arrived.
 async fn insert_batch(pool: &Pool, batch: &[Queued]) -> Result<Vec<InsertOutcome>, OutboxError> {
     let mut rows: Vec<&NewEvent> = batch.iter().map(|(ev, _)| ev.as_ref()).collect();
     rows.sort_by(|a, b| {
@@ -635,7 +648,7 @@ impl Outbox for PostgresOutbox {
                      ), held AS (
                          SELECT p.p, p.epoch FROM hr_partition p
                          WHERE p.p = ANY($2) AND p.owner = $8 AND p.lease_until > now()
-                         FOR SHARE
+                         ORDER BY p.p FOR SHARE
                      )
                      UPDATE hr_delivery d SET
                          state = s.state,
