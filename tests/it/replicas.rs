@@ -368,6 +368,64 @@ async fn a_replica_paused_past_its_lease_has_its_late_outcomes_refused() {
     assert_eq!((v.lost, v.phantom, v.out_of_order), (0, 0, 0), "{v:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_the_broker_hands_its_subjects_to_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("brokercut");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let database = Arc::new(Database::create());
+    let proxy = TcpProxy::start(BROKER).await;
+    let mut config_a = replica_config(&exchange, dir.path(), Arc::clone(&database));
+    config_a.broker = proxy.addr.to_string();
+    let config_b = replica_config(&exchange, dir.path(), database);
+    let (a, b) = (Relay::start(&config_a), Relay::start(&config_b));
+    let shares = async || {
+        (
+            a.metric("hookrelay_outbox_partitions_owned").await,
+            b.metric("hookrelay_outbox_partitions_owned").await,
+        )
+    };
+    wait_until(
+        "the partitions are shared",
+        Duration::from_secs(20),
+        async || shares().await == (128.0, 128.0),
+    )
+    .await;
+    proxy.cut();
+    wait_until(
+        "the replica without a broker gave its partitions away",
+        Duration::from_secs(20),
+        async || shares().await == (0.0, 256.0),
+    )
+    .await;
+    // It still takes webhooks, and the other replica publishes them.
+    let mut acked = Acked::new();
+    for s in 0..20 {
+        let subject = format!("handed-{s}-{}", uuid::Uuid::new_v4().simple());
+        assert_eq!(
+            a.post_whitepay(&whitepay_order_at(&subject, STATUSES[0]))
+                .await
+                .0,
+            200
+        );
+        acked.insert(subject, vec![STATUSES[0].to_owned()]);
+    }
+    let delivered = drain(&mut consumer, &acked, Duration::from_secs(20)).await;
+    let v = judge(&acked, &delivered);
+    assert_eq!(
+        (v.lost, v.phantom),
+        (0, 0),
+        "published while A is still cut: {v:?}"
+    );
+    proxy.restore();
+    wait_until(
+        "the replica takes its share again once the broker is back",
+        Duration::from_secs(30),
+        async || shares().await == (128.0, 128.0),
+    )
+    .await;
+}
+
 /// Cuts one replica off PostgreSQL twice, once for less than its lease and once for
 /// more, under load on both replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

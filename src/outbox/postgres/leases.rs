@@ -92,21 +92,27 @@ impl Leases {
 
     /// One tick: heartbeat, renew, then move towards the fair share. `in_flight`
     /// tells whether a partition still has rows published and not yet settled.
+    /// A replica that cannot publish (its broker link has been down for a lease)
+    /// leaves the member list and gives all its partitions back, so the others
+    /// publish its subjects meanwhile; it still takes webhooks.
     pub(super) async fn tick_once(
         &self,
         pool: &Pool,
         in_flight: impl Fn(i16) -> bool,
+        publishing: bool,
     ) -> Result<(), OutboxError> {
         let client = pooled(pool).await?;
         let sent = Instant::now();
         let ttl = self.ttl.as_secs_f64();
         let valid_until = sent + self.ttl - self.tick();
+        let heartbeat = if publishing {
+            "INSERT INTO hr_member (replica, heartbeat_at) VALUES ($1, now())
+             ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now()"
+        } else {
+            "DELETE FROM hr_member WHERE replica = $1"
+        };
         client
-            .execute(
-                "INSERT INTO hr_member (replica, heartbeat_at) VALUES ($1, now())
-                 ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now()",
-                &[&self.replica],
-            )
+            .execute(heartbeat, &[&self.replica])
             .await
             .map_err(pg_error)?;
         let live: i64 = client
@@ -154,8 +160,12 @@ impl Leases {
             }
             *held = next;
         }
-        let share = usize::try_from((i64::from(PARTITIONS) + live.max(1) - 1) / live.max(1))
-            .unwrap_or(usize::from(PARTITIONS as u16));
+        let share = if publishing {
+            usize::try_from((i64::from(PARTITIONS) + live.max(1) - 1) / live.max(1))
+                .unwrap_or(usize::from(PARTITIONS.unsigned_abs()))
+        } else {
+            0
+        };
         self.give_back(&client, share, in_flight).await?;
         self.take(&client, share, valid_until).await
     }
@@ -297,11 +307,31 @@ pub(super) async fn run(
     leases: Arc<Leases>,
     pool: Pool,
     in_flight: impl Fn(i16) -> bool + Send + Sync + 'static,
-    partitions_owned: prometheus::IntGauge,
+    metrics: Arc<crate::metrics::Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // When the broker link was last seen up (or the task started).
+    let mut broker_seen = Instant::now();
+    let mut publishing = true;
     loop {
-        let tick = tokio::time::timeout(leases.tick(), leases.tick_once(&pool, &in_flight));
+        if metrics.broker_connected.get() == 1 {
+            broker_seen = Instant::now();
+        }
+        let able = broker_seen.elapsed() < leases.ttl;
+        if able != publishing {
+            publishing = able;
+            if publishing {
+                tracing::info!("the broker is back: taking a share of the partitions again");
+            } else {
+                tracing::warn!(
+                    "the broker has been unreachable for longer than the lease: giving this replica's partitions to the others (webhooks are still taken)"
+                );
+            }
+        }
+        let tick = tokio::time::timeout(
+            leases.tick(),
+            leases.tick_once(&pool, &in_flight, publishing),
+        );
         match tick.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -309,7 +339,9 @@ pub(super) async fn run(
             }
             Err(_) => tracing::warn!("renewing partition leases timed out; retrying"),
         }
-        partitions_owned.set(i64::try_from(leases.count()).unwrap_or(0));
+        metrics
+            .outbox_partitions_owned
+            .set(i64::try_from(leases.count()).unwrap_or(0));
         tokio::select! {
             () = tokio::time::sleep(leases.tick()) => {}
             _ = stop.wait_for(|s| *s) => return,

@@ -254,7 +254,7 @@ impl PostgresOutbox {
                         .values()
                         .any(|(p, _)| *p == part)
                 },
-                metrics.outbox_partitions_owned.clone(),
+                Arc::clone(&metrics),
                 stop_rx.clone(),
             ));
             tokio::spawn(listen(target, tls, options.wake, stop_rx));
@@ -733,10 +733,12 @@ impl Outbox for PostgresOutbox {
         self.inserts.recent_failure()?;
         bounded(CHECKOUT_TIMEOUT, async {
             let client = pooled(&self.pool).await?;
-            // A real write: a standby (read-only) or a full disk fails it.
+            // A real write: a standby (read-only) or a full disk fails it. A row
+            // it creates is no heartbeat: only the lease task makes a replica live.
             client
                 .execute(
-                    "INSERT INTO hr_member (replica, heartbeat_at, probed_at) VALUES ($1, now(), now())
+                    "INSERT INTO hr_member (replica, heartbeat_at, probed_at)
+                     VALUES ($1, '-infinity', now())
                      ON CONFLICT (replica) DO UPDATE SET probed_at = now()",
                     &[&self.leases.replica],
                 )
