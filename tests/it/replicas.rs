@@ -273,6 +273,41 @@ async fn three_replicas_lose_nothing_and_keep_each_subjects_order_through_kill_9
     .await;
 }
 
+#[test]
+fn replicas_starting_together_on_an_empty_database_migrate_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = Arc::new(Database::create());
+    let config = replica_config("hookrelay-it-migrate", dir.path(), Arc::clone(&database));
+    let relays: Vec<Relay> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| Relay::start(&config)))
+            .collect();
+        starting
+            .into_iter()
+            .map(|s| s.join().expect("a replica started"))
+            .collect()
+    });
+    assert_eq!(relays.len(), 3);
+    assert_eq!(
+        database.sql("SELECT string_agg(version::text, ',') FROM hr_schema"),
+        "1",
+        "each migration applied once"
+    );
+    let migrated: usize = relays
+        .iter()
+        .map(|r| {
+            r.logs()
+                .iter()
+                .filter(|l| l.contains("outbox schema migrated"))
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        migrated, 1,
+        "one replica migrated, the others found it done"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_webhook_sent_to_two_replicas_at_once_is_one_row_and_two_acks() {
     let dir = tempfile::tempdir().expect("tempdir");
