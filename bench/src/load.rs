@@ -64,7 +64,9 @@ pub enum Mode {
 /// One load run.
 #[derive(Clone)]
 pub struct LoadSpec {
-    pub addr: SocketAddr,
+    /// Where to send: connection *i* goes to `addrs[i % addrs.len()]` (round robin,
+    /// so several relays share the connections evenly).
+    pub addrs: Vec<SocketAddr>,
     pub path: String,
     pub token: String,
     /// Order-id prefix, unique per scenario.
@@ -197,7 +199,10 @@ const CONNECT_PHASE: Duration = Duration::from_secs(30);
 /// server's listen backlog and stall on SYN retransmits); then the clock starts.
 /// Bounded by the connect phase (30 s), `warmup + duration`, and one request timeout.
 pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
-    http::ensure_loopback(spec.addr)?;
+    anyhow::ensure!(!spec.addrs.is_empty(), "at least one target address");
+    for addr in &spec.addrs {
+        http::ensure_loopback(*addr)?;
+    }
     anyhow::ensure!(spec.connections > 0, "at least one connection");
     if let Mode::Open { rate } = spec.mode {
         anyhow::ensure!(
@@ -225,8 +230,9 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
         spec,
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..run.spec.connections {
-        tasks.spawn(worker(Arc::clone(&run)));
+    for i in 0..run.spec.connections {
+        let addr = run.spec.addrs[i % run.spec.addrs.len()];
+        tasks.spawn(worker(Arc::clone(&run), addr));
     }
     run.ready.wait().await;
     let start = Instant::now();
@@ -315,14 +321,14 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
     Ok(result)
 }
 
-async fn worker(run: Arc<Run>) -> Worker {
+async fn worker(run: Arc<Run>, addr: SocketAddr) -> Worker {
     let spec = &run.spec;
     let mut w = Worker {
         ok_per_second: vec![0; spec.duration.as_secs() as usize + 1],
         ..Worker::default()
     };
     let uri = spec.path.clone();
-    let host = spec.addr.to_string();
+    let host = addr.to_string();
     // Connect phase.
     let mut connection: Option<SendRequest<Body>> = None;
     let phase_end = Instant::now() + CONNECT_PHASE;
@@ -330,7 +336,7 @@ async fn worker(run: Arc<Run>) -> Worker {
         let Ok(_permit) = run.connecting.acquire().await else {
             break;
         };
-        match tokio::time::timeout(Duration::from_secs(5), http::connect::<Body>(spec.addr)).await {
+        match tokio::time::timeout(Duration::from_secs(5), http::connect::<Body>(addr)).await {
             Ok(Ok(c)) => connection = Some(c),
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -376,7 +382,7 @@ async fn worker(run: Arc<Run>) -> Worker {
         }
         // (Re)connect if needed; a failure counts as a failed request.
         if connection.as_ref().is_none_or(SendRequest::is_closed) {
-            match tokio::time::timeout(spec.timeout, http::connect::<Body>(spec.addr)).await {
+            match tokio::time::timeout(spec.timeout, http::connect::<Body>(addr)).await {
                 Ok(Ok(c)) => connection = Some(c),
                 Ok(Err(e)) => {
                     let measured = Instant::now() >= t.measure_from;

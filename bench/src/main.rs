@@ -14,6 +14,13 @@
 //!    `--overload-connections`, so requests outnumber the relay's bounded queue.
 //! 6. `backlog`: `--backlog` (100,000) webhooks acked while the relay is cut off the
 //!    broker (through a TCP proxy), then the broker is given back: drain rate.
+//! 7. `pg-steady`: `steady` with the relay on a PostgreSQL outbox (`--postgres`).
+//! 8. `pg-backlog`: `backlog` on PostgreSQL.
+//! 9. `pg-steady-3`: three relays on one PostgreSQL database, the closed-loop
+//!    connections spread round robin over their three ingress addresses.
+//!
+//! The SQLite scenarios run first, so one run has them as the reference for the
+//! PostgreSQL ones.
 //!
 //! See bench/README.md for how to run it and read the table.
 
@@ -21,6 +28,7 @@ mod broker;
 mod disk;
 mod http;
 mod load;
+mod postgres;
 mod procfs;
 mod relay;
 mod report;
@@ -35,14 +43,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::load::{LoadResult, LoadSpec, Mode};
 use crate::procfs::{CpuWindow, SystemWindow};
-use crate::relay::{Relay, RelaySpec};
-use crate::report::{Check, Latency, Report, Resources, Scenario};
+use crate::relay::{Backend, OutboxHome, Relay, RelaySpec};
+use crate::report::{Check, Latency, PostgresWindow, Report, Resources, Scenario};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "hookrelay-bench",
     about = "Benchmarks hookrelay (the release binary) against an HTTP and a broker ceiling measured in the same run",
-    after_help = "Build the relay first: cargo build --release --bin hookrelay. RabbitMQ must listen on --broker (loopback only)."
+    after_help = "Build the relay first: cargo build --release --bin hookrelay. RabbitMQ must listen on --broker, and PostgreSQL on --postgres for the pg-* scenarios (loopback only)."
 )]
 struct Args {
     #[command(subcommand)]
@@ -76,6 +84,15 @@ struct Args {
     /// RabbitMQ address (host:port, loopback only).
     #[arg(long, default_value = "127.0.0.1:5672")]
     broker: String,
+    /// PostgreSQL server of the pg-* scenarios, as a URL prefix (loopback only): each
+    /// scenario creates and drops its own database `hookrelay_bench_{run}_{scenario}`
+    /// on it, and the relays get `{prefix}/{database}?sslmode=disable`.
+    #[arg(
+        long,
+        value_name = "URL_PREFIX",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    postgres: String,
     /// The relay binary [default: <repository>/target/release/hookrelay].
     #[arg(long)]
     relay_bin: Option<PathBuf>,
@@ -90,7 +107,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fsync-probe,http-ceiling,broker-ceiling,steady,half-rate,overload,backlog"
+        default_value = "fsync-probe,http-ceiling,broker-ceiling,steady,half-rate,overload,backlog,pg-steady,pg-backlog,pg-steady-3"
     )]
     scenarios: Vec<Name>,
     /// Outstanding confirms of the broker ceiling's publisher (the relay's window is 256).
@@ -120,6 +137,16 @@ enum Name {
     HalfRate,
     Overload,
     Backlog,
+    PgSteady,
+    PgBacklog,
+    #[value(name = "pg-steady-3")]
+    PgSteady3,
+}
+
+impl Name {
+    fn is_postgres(self) -> bool {
+        matches!(self, Self::PgSteady | Self::PgBacklog | Self::PgSteady3)
+    }
 }
 
 /// Settings shared by the scenarios.
@@ -133,11 +160,28 @@ struct Ctx {
     duration: Duration,
     backlog: u64,
     bench_pid: u32,
+    /// The `--postgres` server, checked (loopback) and reached when a pg-* scenario runs.
+    postgres: Option<postgres::Server>,
 }
 
 impl Ctx {
     fn broker_pids(&self) -> Vec<u32> {
         procfs::pids_named("beam.smp")
+    }
+
+    fn postgres(&self) -> anyhow::Result<&postgres::Server> {
+        self.postgres
+            .as_ref()
+            .context("no PostgreSQL server (a pg-* scenario was not selected)")
+    }
+
+    /// The database of a PostgreSQL scenario: `hookrelay_bench_{run}_{scenario}`.
+    fn database(&self, scenario: &str) -> String {
+        format!(
+            "hookrelay_bench_{}_{}",
+            self.run_id,
+            scenario.replace('-', "_")
+        )
     }
 
     fn exchange(&self, scenario: &str) -> String {
@@ -172,13 +216,17 @@ fn main() -> std::process::ExitCode {
         }
     };
     let broker = args.broker.clone();
+    let postgres = postgres::Server::new(&args.postgres).ok();
     let outcome = runtime.block_on(async {
         let outcome = tokio::select! {
             r = run(args) => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         };
-        // Whatever happened, leave nothing behind in RabbitMQ.
+        // Whatever happened, leave nothing behind in RabbitMQ and PostgreSQL.
         broker::cleanup_all(&broker).await;
+        if let Some(server) = postgres {
+            server.cleanup_all().await;
+        }
         outcome
     });
     match outcome {
@@ -227,6 +275,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // Fail early, with a clear message, when the broker is not there.
     let probe = broker::connect(&args.broker, "hookrelay-bench probe").await?;
     let _ = probe.close(200, "probe".into()).await;
+    // And PostgreSQL, when a scenario needs it.
+    let postgres = if args.scenarios.iter().any(|s| s.is_postgres()) {
+        let server = postgres::Server::new(&args.postgres)?;
+        progress(server.probe().await?);
+        Some(server)
+    } else {
+        None
+    };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let outbox_parent = args.outbox_dir.clone().unwrap_or_else(std::env::temp_dir);
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
@@ -240,6 +296,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         warmup: Duration::from_secs_f64(warmup),
         duration: Duration::from_secs_f64(duration),
         bench_pid: std::process::id(),
+        postgres,
     };
     progress(format!(
         "run {}: scenarios {:?}, {} s measured after {} s warm-up each",
@@ -290,20 +347,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         scenarios.push(s);
     }
     if want(Name::Steady) {
-        let spec = |addr| LoadSpec {
-            addr,
-            path: "/webhooks/whitepay".to_owned(),
-            token: relay::TOKEN.to_owned(),
-            tag: ctx.tag("steady"),
-            connections: ctx.args.concurrency,
-            mode: Mode::Closed,
-            warmup: ctx.warmup,
-            duration: ctx.duration,
-            limit: None,
-            timeout: ctx.timeout(),
-            epoch: ctx.epoch,
-        };
-        let s = relay_scenario(&ctx, "steady", "closed loop: sustained fsync'd acks", &spec).await;
+        let spec = |addrs| closed_spec(&ctx, "steady", addrs);
+        let s = relay_scenario(
+            &ctx,
+            "steady",
+            "closed loop: sustained fsync'd acks",
+            Backend::Sqlite,
+            1,
+            &spec,
+        )
+        .await;
         let s = finish_scenario(&ctx, "steady", s).await?;
         steady = Some(s.clone());
         scenarios.push(s);
@@ -318,8 +371,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             bail!("half-rate needs the steady scenario or --max-rate");
         };
         let rate = max_rate / 2.0;
-        let spec = |addr| LoadSpec {
-            addr,
+        let spec = |addrs| LoadSpec {
+            addrs,
             path: "/webhooks/whitepay".to_owned(),
             token: relay::TOKEN.to_owned(),
             tag: ctx.tag("half"),
@@ -335,6 +388,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             &ctx,
             "half-rate",
             "open loop at half the steady acked rate; latency from the due time",
+            Backend::Sqlite,
+            1,
             &spec,
         )
         .await;
@@ -347,8 +402,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             bail!("overload needs the steady scenario or --max-rate");
         };
         let rate = max_rate * ctx.args.overload_factor;
-        let spec = |addr| LoadSpec {
-            addr,
+        let spec = |addrs| LoadSpec {
+            addrs,
             path: "/webhooks/whitepay".to_owned(),
             token: relay::TOKEN.to_owned(),
             tag: ctx.tag("over"),
@@ -364,6 +419,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             &ctx,
             "overload",
             "open loop at overload-factor × the steady acked rate: expect 503s, bounded RSS",
+            Backend::Sqlite,
+            1,
             &spec,
         )
         .await;
@@ -372,10 +429,41 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         scenarios.push(s);
     }
     if want(Name::Backlog) {
-        let s = backlog_scenario(&ctx).await;
+        let s = backlog_scenario(&ctx, "backlog", Backend::Sqlite).await;
         let s = finish_scenario(&ctx, "backlog", s).await?;
         backlog = Some(s.clone());
         scenarios.push(s);
+    }
+    // PostgreSQL, after the SQLite scenarios: the same run has the reference.
+    if want(Name::PgSteady) {
+        let spec = |addrs| closed_spec(&ctx, "pg-steady", addrs);
+        let s = relay_scenario(
+            &ctx,
+            "pg-steady",
+            "closed loop, one relay on a PostgreSQL outbox",
+            Backend::Postgres,
+            1,
+            &spec,
+        )
+        .await;
+        scenarios.push(finish_scenario(&ctx, "pg-steady", s).await?);
+    }
+    if want(Name::PgBacklog) {
+        let s = backlog_scenario(&ctx, "pg-backlog", Backend::Postgres).await;
+        scenarios.push(finish_scenario(&ctx, "pg-backlog", s).await?);
+    }
+    if want(Name::PgSteady3) {
+        let spec = |addrs| closed_spec(&ctx, "pg-steady-3", addrs);
+        let s = relay_scenario(
+            &ctx,
+            "pg-steady-3",
+            "closed loop spread round robin over three relays sharing one PostgreSQL outbox",
+            Backend::Postgres,
+            3,
+            &spec,
+        )
+        .await;
+        scenarios.push(finish_scenario(&ctx, "pg-steady-3", s).await?);
     }
     let checks = checks(
         &ctx,
@@ -414,6 +502,23 @@ async fn finish_scenario(
 ) -> anyhow::Result<Scenario> {
     broker::cleanup_all(&ctx.args.broker).await;
     result.with_context(|| format!("scenario {name}"))
+}
+
+/// The closed loop of `steady` and its PostgreSQL variants.
+fn closed_spec(ctx: &Ctx, scenario: &str, addrs: Vec<std::net::SocketAddr>) -> LoadSpec {
+    LoadSpec {
+        addrs,
+        path: "/webhooks/whitepay".to_owned(),
+        token: relay::TOKEN.to_owned(),
+        tag: ctx.tag(short(scenario)),
+        connections: ctx.args.concurrency,
+        mode: Mode::Closed,
+        warmup: ctx.warmup,
+        duration: ctx.duration,
+        limit: None,
+        timeout: ctx.timeout(),
+        epoch: ctx.epoch,
+    }
 }
 
 /// Fills the common fields from a load result.
@@ -455,37 +560,58 @@ fn from_load(name: &str, description: &str, spec: &LoadSpec, r: &LoadResult) -> 
     }
 }
 
-/// Measures CPU from `after` (the end of the warm-up) until the returned windows are read.
-async fn cpu_windows_after(
-    after: Duration,
-    server: u32,
-    broker: Vec<u32>,
-    bench: u32,
-) -> (CpuWindow, CpuWindow, CpuWindow, SystemWindow) {
-    tokio::time::sleep(after).await;
-    (
-        CpuWindow::start(&[server]),
-        CpuWindow::start(&broker),
-        CpuWindow::start(&[bench]),
-        SystemWindow::start(),
-    )
+/// CPU of the processes a scenario reports, over its measured window.
+struct CpuWindows {
+    /// The relay (all replicas together), or the ceiling's server.
+    server: CpuWindow,
+    broker: CpuWindow,
+    /// PostgreSQL, every process named `postgres` (PostgreSQL scenarios only).
+    postgres: Option<CpuWindow>,
+    bench: CpuWindow,
+    system: SystemWindow,
 }
 
+impl CpuWindows {
+    fn start(ctx: &Ctx, server: &[u32], with_postgres: bool) -> Self {
+        Self {
+            server: CpuWindow::start(server),
+            broker: CpuWindow::start(&ctx.broker_pids()),
+            postgres: with_postgres.then(|| CpuWindow::named(postgres::PROCESS)),
+            bench: CpuWindow::start(&[ctx.bench_pid]),
+            system: SystemWindow::start(),
+        }
+    }
+}
+
+/// Measures CPU from `after` (the end of the warm-up) until the returned windows are read.
+async fn cpu_windows_after(
+    ctx: &Ctx,
+    after: Duration,
+    server: Vec<u32>,
+    with_postgres: bool,
+) -> CpuWindows {
+    tokio::time::sleep(after).await;
+    CpuWindows::start(ctx, &server, with_postgres)
+}
+
+/// `server_pid`: the process whose `VmHWM` is reported (the largest replica), and
+/// whether the server is the broker itself (the broker ceiling).
 fn resources(
-    cpu: &(CpuWindow, CpuWindow, CpuWindow, SystemWindow),
+    cpu: &CpuWindows,
     rss: &procfs::RssSeries,
     server_pid: u32,
     with_broker: bool,
 ) -> Resources {
     let broker_is_server = procfs::pids_named("beam.smp").contains(&server_pid);
-    let (server, broker, bench, busy) = (
-        cpu.0.percent(),
-        cpu.1.percent(),
-        cpu.2.percent(),
-        cpu.3.percent(),
+    let (server, broker, db, bench, busy) = (
+        cpu.server.percent(),
+        cpu.broker.percent(),
+        cpu.postgres.as_ref().map(CpuWindow::percent),
+        cpu.bench.percent(),
+        cpu.system.percent(),
     );
     let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-    let ours = broker + bench + if broker_is_server { 0.0 } else { server };
+    let ours = broker + bench + db.unwrap_or(0.0) + if broker_is_server { 0.0 } else { server };
     Resources {
         server_rss_max_mib: Some(rss.max_mib()),
         server_rss_halves_mib: Some(rss.halves_mib()),
@@ -494,6 +620,7 @@ fn resources(
         server_hwm_mib: procfs::sample(server_pid).map(|s| s.hwm_kib as f64 / 1024.0),
         server_cpu_pct: (!broker_is_server).then_some(server),
         broker_cpu_pct: with_broker.then_some(broker),
+        postgres_cpu_pct: db,
         bench_cpu_pct: Some(bench),
         machine_busy_pct: Some(busy),
         other_cpu_pct: Some((busy * cores - ours).max(0.0)),
@@ -550,7 +677,7 @@ async fn http_ceiling_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
         server.addr, ctx.args.concurrency
     ));
     let spec = LoadSpec {
-        addr: server.addr,
+        addrs: vec![server.addr],
         path: "/webhooks/whitepay".to_owned(),
         token: relay::TOKEN.to_owned(),
         tag: ctx.tag("http"),
@@ -565,7 +692,7 @@ async fn http_ceiling_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
     let (stop_rss, rss) = procfs::spawn_rss_sampler(pid, Duration::from_millis(250));
     let (result, cpu) = tokio::join!(
         load::run(spec.clone()),
-        cpu_windows_after(ctx.warmup, pid, ctx.broker_pids(), ctx.bench_pid)
+        cpu_windows_after(ctx, ctx.warmup, vec![pid], false)
     );
     let result = result?;
     let _ = stop_rss.send(true);
@@ -608,7 +735,7 @@ async fn broker_ceiling_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
             ctx.warmup,
             ctx.duration,
         ),
-        cpu_windows_after(ctx.warmup, rss_pid, broker_pids.clone(), ctx.bench_pid)
+        cpu_windows_after(ctx, ctx.warmup, vec![rss_pid], false)
     );
     let published = published?;
     // The "server" of this scenario is the broker itself.
@@ -722,14 +849,33 @@ fn spawn_pending_poller(
     (stop, task)
 }
 
-/// Starts a relay on a fresh outbox and exchange, with the bench's consumer bound.
+/// Relays on a fresh outbox and exchange, with the bench's consumer bound.
 struct RelayRun {
-    relay: Relay,
+    relays: Vec<Relay>,
     consumer: broker::Consumer,
-    _outbox: tempfile::TempDir,
+    home: OutboxHome,
+    /// Several replicas: how the partitions were shared when the load started.
+    partitions: Option<String>,
 }
 
-async fn start_relay_run(ctx: &Ctx, scenario: &str, broker_addr: &str) -> anyhow::Result<RelayRun> {
+/// Stops the relays (SIGTERM to all, then waits for each) and removes the outbox.
+async fn stop_all(mut relays: Vec<Relay>, home: OutboxHome) {
+    for relay in &mut relays {
+        relay.terminate();
+    }
+    for relay in relays {
+        relay.stop();
+    }
+    home.remove().await;
+}
+
+async fn start_relay_run(
+    ctx: &Ctx,
+    scenario: &str,
+    broker_addr: &str,
+    backend: Backend,
+    replicas: usize,
+) -> anyhow::Result<RelayRun> {
     let exchange = ctx.exchange(scenario);
     let connection = broker::connect(&ctx.args.broker, "hookrelay-bench topology").await?;
     let queue = broker::declare(&connection, &exchange).await?;
@@ -741,46 +887,123 @@ async fn start_relay_run(ctx: &Ctx, scenario: &str, broker_addr: &str) -> anyhow
         ctx.epoch,
     )
     .await?;
-    std::fs::create_dir_all(&ctx.outbox_parent)?;
-    let outbox = tempfile::Builder::new()
-        .prefix("hookrelay-bench-")
-        .tempdir_in(&ctx.outbox_parent)?;
-    let relay = Relay::start(&RelaySpec {
-        binary: &ctx.relay_bin,
-        exchange: &exchange,
-        broker: broker_addr.to_owned(),
-        outbox_dir: outbox.path(),
-    })?;
-    // Wait (bounded) until it is connected, so the run does not measure a cold start.
+    let home = match backend {
+        Backend::Sqlite => OutboxHome::sqlite(&ctx.outbox_parent)?,
+        Backend::Postgres => OutboxHome::postgres(ctx.postgres()?, &ctx.database(scenario)).await?,
+    };
+    let mut relays = Vec::with_capacity(replicas);
+    for _ in 0..replicas.max(1) {
+        relays.push(Relay::start(&RelaySpec {
+            binary: &ctx.relay_bin,
+            exchange: &exchange,
+            broker: broker_addr.to_owned(),
+            outbox: home.outbox(),
+        })?);
+    }
+    // Wait (bounded) until they are connected, so the run does not measure a cold start.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if relay
-            .metrics()
+        if metrics_each(&relays)
             .await
-            .is_ok_and(|m| m.broker_connected >= 1.0)
+            .is_ok_and(|all| all.iter().all(|m| m.broker_connected >= 1.0))
         {
             break;
         }
         if Instant::now() > deadline {
             bail!(
-                "the relay did not connect to the broker within 30 s:\n{}",
-                relay.log_tail(20)
+                "the relays did not connect to the broker within 30 s:\n{}",
+                relays
+                    .iter()
+                    .map(|r| r.log_tail(20))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    progress(format!(
-        "{scenario}: relay pid {} ingress {} admin {}, outbox {}",
-        relay.pid,
-        relay.ingress,
-        relay.admin,
-        relay.outbox.display()
-    ));
+    for relay in &relays {
+        progress(format!(
+            "{scenario}: relay pid {} ingress {} admin {}, outbox {}",
+            relay.pid,
+            relay.ingress,
+            relay.admin,
+            redact(&relay.outbox)
+        ));
+    }
+    let partitions = if relays.len() > 1 {
+        Some(wait_partitions_shared(scenario, &relays).await)
+    } else {
+        None
+    };
     Ok(RelayRun {
-        relay,
+        relays,
         consumer,
-        _outbox: outbox,
+        home,
+        partitions,
     })
+}
+
+/// The outbox URL without a password, for progress lines.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = &url[scheme + 3..at];
+            match user.split_once(':') {
+                Some((name, _)) => format!("{}{name}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Waits (at most 45 s) until the replicas have shared PostgreSQL's 256 partitions
+/// evenly (each within 2 of its floor share), so the load does not start while they
+/// are still being handed over; returns how they were shared and when.
+async fn wait_partitions_shared(scenario: &str, relays: &[Relay]) -> String {
+    const PARTITIONS: f64 = 256.0;
+    let floor = (PARTITIONS / relays.len() as f64).floor();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(45);
+    let mut owned = Vec::new();
+    loop {
+        if let Ok(all) = metrics_each(relays).await {
+            owned = all.iter().map(|m| m.partitions_owned).collect();
+            let sum: f64 = owned.iter().sum();
+            if sum == PARTITIONS && owned.iter().all(|o| *o >= floor - 2.0) {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = owned
+        .iter()
+        .map(|o| format!("{o:.0}"))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let text = if owned.iter().sum::<f64>() == PARTITIONS && owned.iter().all(|o| *o >= floor - 2.0)
+    {
+        format!(
+            "partitions owned when the load started: {list} (shared {:.1} s after the last relay started)",
+            started.elapsed().as_secs_f64()
+        )
+    } else {
+        format!("partitions NOT evenly shared after 45 s, the load started anyway: {list}")
+    };
+    progress(format!("{scenario}: {text}"));
+    text
+}
+
+/// Every relay's metrics, in order.
+async fn metrics_each(relays: &[Relay]) -> anyhow::Result<Vec<relay::Metrics>> {
+    let mut out = Vec::with_capacity(relays.len());
+    for relay in relays {
+        out.push(relay.metrics().await?);
+    }
+    Ok(out)
 }
 
 /// The tag suffix of a scenario (order ids stay short).
@@ -790,7 +1013,54 @@ fn short(scenario: &str) -> &str {
         "half-rate" => "half",
         "overload" => "over",
         "backlog" => "backlog",
+        "pg-steady" => "pgsteady",
+        "pg-backlog" => "pgbacklog",
+        "pg-steady-3" => "pgsteady3",
         other => other,
+    }
+}
+
+/// PostgreSQL's counters over a window, from two readings `secs` apart.
+fn postgres_window(
+    before: Option<postgres::Stats>,
+    after: Option<postgres::Stats>,
+    secs: f64,
+) -> Option<PostgresWindow> {
+    let (b, a) = (before?, after?);
+    let secs = secs.max(1e-3);
+    Some(PostgresWindow {
+        write_transactions_per_s: (a.next_xid - b.next_xid) as f64 / secs,
+        wal_mib_per_s: (a.wal_bytes - b.wal_bytes) / (1024.0 * 1024.0) / secs,
+        other_transactions: a.other_transactions - b.other_transactions,
+    })
+}
+
+/// The notes of a PostgreSQL scenario's counters, per second of the window and per
+/// `per_second` events (acked webhooks, or published messages for a drain).
+fn postgres_notes(s: &mut Scenario, during: &str, per_second: f64, per_what: &str) {
+    let Some(pg) = s.postgres else { return };
+    let per = |v: f64| {
+        if per_second > 0.0 {
+            format!("{:.2}", v / per_second)
+        } else {
+            "–".to_owned()
+        }
+    };
+    s.notes.push(format!(
+        "PostgreSQL {during}: {:.0} write transactions/s ({} per {per_what}; each a synchronous commit), WAL {:.1} MiB/s ({} KiB per {per_what}), CPU {} ms per 1000 {per_what}s",
+        pg.write_transactions_per_s,
+        per(pg.write_transactions_per_s),
+        pg.wal_mib_per_s,
+        per(pg.wal_mib_per_s * 1024.0),
+        s.resources
+            .postgres_cpu_pct
+            .map_or("–".to_owned(), |cpu| per(cpu * 10.0 * 1000.0)),
+    ));
+    if pg.other_transactions > 50 {
+        s.notes.push(format!(
+            "other databases of the PostgreSQL server ran at least {} transactions {during}: that work is in the PostgreSQL CPU column too",
+            pg.other_transactions
+        ));
     }
 }
 
@@ -798,56 +1068,96 @@ async fn relay_scenario(
     ctx: &Ctx,
     name: &str,
     description: &str,
-    spec: &dyn Fn(std::net::SocketAddr) -> LoadSpec,
+    backend: Backend,
+    replicas: usize,
+    spec: &dyn Fn(Vec<std::net::SocketAddr>) -> LoadSpec,
 ) -> anyhow::Result<Scenario> {
     let RelayRun {
-        mut relay,
+        mut relays,
         consumer,
-        _outbox,
-    } = start_relay_run(ctx, name, &ctx.args.broker).await?;
-    let spec = spec(relay.ingress);
+        home,
+        partitions,
+    } = start_relay_run(ctx, name, &ctx.args.broker, backend, replicas).await?;
+    let spec = spec(relays.iter().map(|r| r.ingress).collect());
     progress(format!(
-        "{name}: {:?}, {} connections, {:.0} s + {:.0} s warm-up",
+        "{name}: {:?}, {} connections over {} relay(s), {:.0} s + {:.0} s warm-up",
         spec.mode,
         spec.connections,
+        relays.len(),
         spec.duration.as_secs_f64(),
         spec.warmup.as_secs_f64()
     ));
-    let before = relay.metrics().await?;
+    let pids: Vec<u32> = relays.iter().map(|r| r.pid).collect();
+    let before_each = metrics_each(&relays).await?;
+    let before = relay::Metrics::merged(&before_each);
     let before_at = Instant::now();
-    let (stop_rss, rss) = procfs::spawn_rss_sampler(relay.pid, Duration::from_millis(250));
-    let (stop_pending, pending) = spawn_pending_poller(relay.admin);
-    let relay_pid = relay.pid;
-    let (result, cpu, threads_before) = tokio::join!(
+    let samplers: Vec<_> = pids
+        .iter()
+        .map(|pid| procfs::spawn_rss_sampler(*pid, Duration::from_millis(250)))
+        .collect();
+    let (stop_pending, pending) = spawn_pending_poller(relays[0].admin);
+    let with_postgres = backend == Backend::Postgres;
+    let (result, cpu, threads_before, pg_before) = tokio::join!(
         load::run(spec.clone()),
-        cpu_windows_after(ctx.warmup, relay.pid, ctx.broker_pids(), ctx.bench_pid),
-        async move {
+        cpu_windows_after(ctx, ctx.warmup, pids.clone(), with_postgres),
+        async {
             tokio::time::sleep(ctx.warmup).await;
-            (procfs::thread_ticks(relay_pid), Instant::now())
+            (procfs::thread_ticks_of(&pids), Instant::now())
+        },
+        async {
+            tokio::time::sleep(ctx.warmup).await;
+            (home.postgres_stats().await, Instant::now())
         }
     );
     let result = result?;
+    let pg_after = home.postgres_stats().await;
+    let pg_secs = pg_before.1.elapsed().as_secs_f64();
     let threads = procfs::thread_percent(
         &threads_before.0,
-        &procfs::thread_ticks(relay_pid),
+        &procfs::thread_ticks_of(&pids),
         threads_before.1.elapsed().as_secs_f64(),
     );
-    let threads_at_end =
-        std::fs::read_dir(format!("/proc/{relay_pid}/task")).map_or(0, Iterator::count);
-    let rss_parts = procfs::rss_parts(relay_pid);
-    let outbox_mib = relay.outbox.parent().map_or(0.0, procfs::dir_mib);
-    let after_load = relay.metrics().await;
+    let threads_at_end: usize = pids
+        .iter()
+        .map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count))
+        .sum();
+    let rss_parts: Vec<_> = pids.iter().map(|pid| procfs::rss_parts(*pid)).collect();
+    let after_each = metrics_each(&relays).await;
+    let after_load = after_each.as_ref().map(|all| relay::Metrics::merged(all));
     let between = before_at.elapsed().as_secs_f64();
-    let resources = resources(&cpu, &rss_stop(stop_rss, rss).await?, relay.pid, true);
+    // RSS per replica; the table shows the largest one's.
+    let mut series = Vec::with_capacity(samplers.len());
+    for (stop, task) in samplers {
+        series.push(rss_stop(stop, task).await?);
+    }
+    let largest = (0..series.len())
+        .max_by(|a, b| series[*a].max_mib().total_cmp(&series[*b].max_mib()))
+        .unwrap_or(0);
+    let resources = resources(&cpu, &series[largest], pids[largest], true);
+    let outbox_mib = home.size_mib().await;
     let _ = stop_pending.send(true);
     let max_pending = pending.await?;
-    let survived = relay.alive();
+    let survived = relays.iter_mut().all(Relay::alive);
     let bound = 60.0 + result.acked.len() as f64 / 1000.0;
-    let drained =
-        survived && wait_delivered(&consumer, Some(&relay), result.acked.len() as u64, bound).await;
+    let drained = survived
+        && wait_delivered(
+            &consumer,
+            Some(&relays[0]),
+            result.acked.len() as u64,
+            bound,
+        )
+        .await;
     let consumed = consumer.finish().await?;
     let (lost, unacked) = consumed.conservation(&result.acked);
     let mut s = from_load(name, description, &spec, &result);
+    s.outbox = Some(backend.name().to_owned());
+    s.relays = Some(relays.len());
+    if relays.len() > 1 {
+        s.load = format!("{} over {} relays", s.load, relays.len());
+    }
+    if let Some(text) = &partitions {
+        s.notes.push(text.clone());
+    }
     if let (Some(lag), Some(stall)) = (
         Latency::of(&result.send_lag),
         Latency::of(&result.runtime_stall),
@@ -890,17 +1200,58 @@ async fn relay_scenario(
     s.resources = resources;
     s.relay_survived = Some(survived);
     s.relay_threads = threads;
+    s.postgres = postgres_window(pg_before.0, pg_after, pg_secs);
+    let who = if relays.len() > 1 {
+        format!("the {} relays together", relays.len())
+    } else {
+        "relay".to_owned()
+    };
     s.notes.push(format!(
-        "relay threads, CPU %: {} ({} threads at the end of the load)",
+        "{who} threads, CPU %: {} ({threads_at_end} threads at the end of the load)",
         thread_list(&s.relay_threads),
-        threads_at_end
     ));
-    if let Some((anon, file, shmem)) = rss_parts {
+    if relays.len() > 1
+        && let Ok(after) = &after_each
+    {
         s.notes.push(format!(
-            "relay RSS at the end of the load: {anon:.1} MiB anonymous, {file:.1} MiB file, {shmem:.1} MiB shared; outbox files {outbox_mib:.0} MiB"
+            "per relay, since the load started (acked by its ingress / published by it / partitions owned at the end / RSS max MiB): {}",
+            after
+                .iter()
+                .zip(&before_each)
+                .zip(&series)
+                .map(|((a, b), rss)| format!(
+                    "{:.0} / {:.0} / {:.0} / {:.1}",
+                    a.ingest_count - b.ingest_count,
+                    a.published - b.published,
+                    a.partitions_owned,
+                    rss.max_mib()
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
         ));
     }
+    for (i, parts) in rss_parts.iter().enumerate() {
+        if let Some((anon, file, shmem)) = parts {
+            let which = if pids.len() > 1 {
+                format!("relay {} RSS", i + 1)
+            } else {
+                "relay RSS".to_owned()
+            };
+            s.notes.push(format!(
+                "{which} at the end of the load: {anon:.1} MiB anonymous, {file:.1} MiB file, {shmem:.1} MiB shared"
+            ));
+        }
+    }
+    s.notes.push(format!(
+        "outbox ({}) {outbox_mib:.0} MiB after the load",
+        match backend {
+            Backend::Sqlite => "files",
+            Backend::Postgres => "pg_database_size",
+        }
+    ));
     s.outbox_mib = Some(outbox_mib);
+    let acked_per_s = s.acked_per_s;
+    postgres_notes(&mut s, "in the window", acked_per_s, "acked webhook");
     if let Ok(after) = &after_load {
         // Who owns the tail: the relay's own request timer against the client's.
         let n = after.ingest_count - before.ingest_count;
@@ -917,12 +1268,17 @@ async fn relay_scenario(
             result.ack.len() + result.rejected.len()
         ));
     }
-    let (warnings, errors) = relay.warnings_errors();
+    let (warnings, errors) = warnings_errors(&relays);
     s.relay_warnings = Some(warnings);
     s.relay_errors = Some(errors);
-    if !survived {
-        s.notes
-            .push(format!("the relay DIED:\n{}", relay.log_tail(20)));
+    for relay in &mut relays {
+        if !relay.alive() {
+            s.notes.push(format!(
+                "the relay (pid {}) DIED:\n{}",
+                relay.pid,
+                relay.log_tail(20)
+            ));
+        }
     }
     if !drained {
         s.notes.push(format!(
@@ -944,24 +1300,25 @@ async fn relay_scenario(
     if warnings + errors > 0 {
         s.notes.push(format!(
             "relay logged {warnings} warnings, {errors} errors: {}",
-            problems(&relay)
+            problems(&relays)
         ));
     }
     if let Some(e) = consumed.error {
         s.notes.push(format!("consumer error: {e}"));
     }
-    relay.stop();
+    stop_all(relays, home).await;
     Ok(s)
 }
 
-async fn backlog_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
-    let name = "backlog";
+async fn backlog_scenario(ctx: &Ctx, name: &str, backend: Backend) -> anyhow::Result<Scenario> {
     let proxy = broker::Proxy::start(&ctx.args.broker).await?;
     let RelayRun {
-        mut relay,
+        mut relays,
         consumer,
-        _outbox,
-    } = start_relay_run(ctx, name, &proxy.addr.to_string()).await?;
+        home,
+        partitions: _,
+    } = start_relay_run(ctx, name, &proxy.addr.to_string(), backend, 1).await?;
+    let relay = relays.first().context("no relay")?;
     proxy.cut();
     let deadline = Instant::now() + Duration::from_secs(15);
     while relay
@@ -975,13 +1332,13 @@ async fn backlog_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     progress(format!(
-        "backlog: broker cut; sending {} webhooks at {} connections",
+        "{name}: broker cut; sending {} webhooks at {} connections",
         ctx.backlog, ctx.args.concurrency
     ));
     // Bounded: at least 120 s, or 2 ms per event.
     let build_bound = Duration::from_secs_f64((ctx.backlog as f64 / 500.0).max(120.0));
     let spec = LoadSpec {
-        addr: relay.ingress,
+        addrs: vec![relay.ingress],
         path: "/webhooks/whitepay".to_owned(),
         token: relay::TOKEN.to_owned(),
         tag: ctx.tag(short(name)),
@@ -997,30 +1354,30 @@ async fn backlog_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
     let build = load::run(spec.clone()).await?;
     let built = relay.metrics().await?;
     progress(format!(
-        "backlog: {} acked in {:.1} s, {} pending; giving the broker back",
+        "{name}: {} acked in {:.1} s, {} pending; giving the broker back",
         build.acked.len(),
         build.window_secs(),
         built.pending
     ));
-    let cpu = (
-        CpuWindow::start(&[relay.pid]),
-        CpuWindow::start(&ctx.broker_pids()),
-        CpuWindow::start(&[ctx.bench_pid]),
-        SystemWindow::start(),
-    );
+    let with_postgres = backend == Backend::Postgres;
+    let cpu = CpuWindows::start(ctx, &[relay.pid], with_postgres);
+    let pg_before = home.postgres_stats().await;
     let threads_before = procfs::thread_ticks(relay.pid);
     let restored = Instant::now();
     proxy.restore();
     let bound = 120.0 + build.acked.len() as f64 / 500.0;
-    let drained = wait_delivered(&consumer, Some(&relay), build.acked.len() as u64, bound).await;
+    let drained = wait_delivered(&consumer, Some(relay), build.acked.len() as u64, bound).await;
     let resources = resources(&cpu, &rss_stop(stop_rss, rss).await?, relay.pid, true);
+    let pg_after = home.postgres_stats().await;
+    let pg_secs = restored.elapsed().as_secs_f64();
     let threads = procfs::thread_percent(
         &threads_before,
         &procfs::thread_ticks(relay.pid),
         restored.elapsed().as_secs_f64(),
     );
     let after = relay.metrics().await;
-    let survived = relay.alive();
+    let outbox_mib = home.size_mib().await;
+    let survived = relays.iter_mut().all(Relay::alive);
     let consumed = consumer.finish().await?;
     let (lost, unacked) = consumed.conservation(&build.acked);
     let first = consumed.first.iter().map(|s| s.consumed_us).min();
@@ -1033,6 +1390,8 @@ async fn backlog_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
         &spec,
         &build,
     );
+    s.outbox = Some(backend.name().to_owned());
+    s.relays = Some(1);
     s.load = format!("closed, {} conn, broker cut", spec.connections);
     s.backlog = Some(built.pending as u64);
     if let (Some(first), Some(last)) = (first, last) {
@@ -1053,7 +1412,8 @@ async fn backlog_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
     s.max_pending = Some(built.pending);
     s.resources = resources;
     s.relay_survived = Some(survived);
-    let (warnings, errors) = relay.warnings_errors();
+    s.outbox_mib = Some(outbox_mib);
+    let (warnings, errors) = warnings_errors(&relays);
     s.relay_warnings = Some(warnings);
     s.relay_errors = Some(errors);
     s.notes.push(format!(
@@ -1065,10 +1425,19 @@ async fn backlog_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
         "relay threads during the drain, CPU %: {}",
         thread_list(&s.relay_threads)
     ));
+    // The drain's counters: per published message rather than per acked webhook.
+    s.postgres = postgres_window(pg_before, pg_after, pg_secs);
+    let drain_per_s = s.drain_from_restore_per_s.unwrap_or(0.0);
+    postgres_notes(&mut s, "during the drain", drain_per_s, "published message");
+    if backend == Backend::Postgres {
+        s.notes.push(format!(
+            "outbox {outbox_mib:.0} MiB (pg_database_size) after the drain"
+        ));
+    }
     if warnings + errors > 0 {
         s.notes.push(format!(
             "relay logged {warnings} warnings, {errors} errors (the cut is meant to cause warnings): {}",
-            problems(&relay)
+            problems(&relays)
         ));
     }
     if !drained {
@@ -1084,7 +1453,7 @@ async fn backlog_scenario(ctx: &Ctx) -> anyhow::Result<Scenario> {
     if let Some(e) = consumed.error {
         s.notes.push(format!("consumer error: {e}"));
     }
-    relay.stop();
+    stop_all(relays, home).await;
     drop(proxy);
     Ok(s)
 }
@@ -1098,13 +1467,78 @@ fn thread_list(threads: &[(String, f64)]) -> String {
 }
 
 /// The relay's first distinct WARN/ERROR messages with their counts.
-fn problems(relay: &Relay) -> String {
-    relay
-        .problems()
+/// (Several relays: the same message counted once, over all of them.)
+fn problems(relays: &[Relay]) -> String {
+    let mut merged: Vec<(String, u64)> = Vec::new();
+    for (text, n) in relays.iter().flat_map(Relay::problems) {
+        match merged.iter_mut().find(|(t, _)| *t == text) {
+            Some(seen) => seen.1 += n,
+            None => merged.push((text, n)),
+        }
+    }
+    merged
         .into_iter()
         .map(|(text, n)| format!("{n} × {text}"))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// WARN and ERROR lines logged by the relays, summed.
+fn warnings_errors(relays: &[Relay]) -> (u64, u64) {
+    relays
+        .iter()
+        .map(Relay::warnings_errors)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// PostgreSQL against the SQLite reference of the same run, and three replicas
+/// against one: reported, no target (on 2 cores the replicas share the CPU with
+/// PostgreSQL, RabbitMQ and the bench, so three cannot beat one by much).
+fn postgres_checks(all: &[Scenario]) -> Vec<Check> {
+    let find = |name: &str| all.iter().find(|s| s.name == name);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => pct(a / b),
+        _ => "–".to_owned(),
+    };
+    let mut out = Vec::new();
+    let mut compare = |what: &str, a: Option<&Scenario>, b: Option<&Scenario>| {
+        if a.is_none() || b.is_none() {
+            return;
+        }
+        out.push(Check {
+            what: what.to_owned(),
+            value: format!(
+                "acked/s {}, published/s {}",
+                ratio(a.map(|s| s.acked_per_s), b.map(|s| s.acked_per_s)),
+                ratio(
+                    a.and_then(|s| s.published_per_s),
+                    b.and_then(|s| s.published_per_s)
+                ),
+            ),
+            target: "reported".to_owned(),
+            met: None,
+        });
+    };
+    compare(
+        "PostgreSQL / SQLite outbox, one relay (pg-steady / steady)",
+        find("pg-steady"),
+        find("steady"),
+    );
+    compare(
+        "3 relays / 1 relay on PostgreSQL (pg-steady-3 / pg-steady)",
+        find("pg-steady-3"),
+        find("pg-steady"),
+    );
+    if let (Some(pg), Some(lite)) = (find("pg-backlog"), find("backlog")) {
+        out.push(Check {
+            what: "PostgreSQL / SQLite backlog drain (pg-backlog / backlog, first → last)"
+                .to_owned(),
+            value: ratio(pg.drain_per_s, lite.drain_per_s),
+            target: "reported".to_owned(),
+            met: None,
+        });
+    }
+    out
 }
 
 fn pct(v: f64) -> String {
@@ -1200,6 +1634,7 @@ fn checks(
             met: Some(o.unavailable_503 > 0 && o.relay_survived == Some(true)),
         });
     }
+    out.extend(postgres_checks(all));
     let lost: u64 = all.iter().filter_map(|s| s.lost).sum();
     let dup: u64 = all.iter().filter_map(|s| s.duplicated).sum();
     let undrained = all.iter().filter(|s| s.drained == Some(false)).count();

@@ -11,6 +11,8 @@ pub struct ProcSample {
     pub hwm_kib: u64,
     /// `utime + stime`, clock ticks.
     pub cpu_ticks: u64,
+    /// `cutime + cstime`: CPU of its children that exited and were waited for, ticks.
+    pub children_ticks: u64,
 }
 
 /// Reads `/proc/{pid}/status` and `/proc/{pid}/stat`; `None` once the process is gone.
@@ -30,10 +32,13 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     // Fields 14 and 15 of stat(5) are utime and stime; `after` starts at field 3.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
     Some(ProcSample {
         rss_kib: kib("VmRSS:"),
         hwm_kib: kib("VmHWM:"),
         cpu_ticks: utime + stime,
+        children_ticks: cutime + cstime,
     })
 }
 
@@ -103,10 +108,19 @@ pub fn pids_named(name: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Whose CPU a [`CpuWindow`] measures.
+#[derive(Clone, Debug)]
+enum Who {
+    /// A fixed set of processes.
+    Pids(Vec<u32>),
+    /// Every process of this command name, listed again at each reading.
+    Named(&'static str),
+}
+
 /// CPU of a set of processes over a window, as % of one core.
 #[derive(Clone, Debug)]
 pub struct CpuWindow {
-    pids: Vec<u32>,
+    who: Who,
     start_ticks: u64,
     start: Instant,
 }
@@ -114,26 +128,49 @@ pub struct CpuWindow {
 impl CpuWindow {
     /// Starts measuring now.
     pub fn start(pids: &[u32]) -> Self {
+        Self::start_for(Who::Pids(pids.to_vec()))
+    }
+
+    /// Starts measuring every process named `name` (e.g. PostgreSQL's `postgres`:
+    /// the postmaster and one process per connection, some coming and going within
+    /// the window). The processes are listed again at the end, and each one's
+    /// `cutime + cstime` is counted too, so a backend that exited during the window
+    /// still counts: its CPU moved into its parent's (the postmaster's) children
+    /// time when the parent waited for it. The count is cumulative over the whole
+    /// process tree, so the difference of two readings is the window's CPU.
+    pub fn named(name: &'static str) -> Self {
+        Self::start_for(Who::Named(name))
+    }
+
+    fn start_for(who: Who) -> Self {
         Self {
-            pids: pids.to_vec(),
-            start_ticks: ticks(pids),
+            start_ticks: ticks(&who),
+            who,
             start: Instant::now(),
         }
     }
 
     /// Average CPU % (of one core) since [`start`](Self::start).
     pub fn percent(&self) -> f64 {
-        let used = ticks(&self.pids).saturating_sub(self.start_ticks) as f64;
+        let used = ticks(&self.who).saturating_sub(self.start_ticks) as f64;
         let secs = self.start.elapsed().as_secs_f64().max(1e-3);
         100.0 * used / ticks_per_second() / secs
     }
 }
 
-fn ticks(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|p| sample(*p))
-        .map(|s| s.cpu_ticks)
-        .sum()
+fn ticks(who: &Who) -> u64 {
+    match who {
+        Who::Pids(pids) => pids
+            .iter()
+            .filter_map(|p| sample(*p))
+            .map(|s| s.cpu_ticks)
+            .sum(),
+        Who::Named(name) => pids_named(name)
+            .into_iter()
+            .filter_map(sample)
+            .map(|s| s.cpu_ticks + s.children_ticks)
+            .sum(),
+    }
 }
 
 /// Machine-wide CPU busy % (of all cores, so 100 % = every core busy) over a window.
@@ -267,6 +304,18 @@ pub fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
         *out.entry(name).or_insert(0) += ticks;
+    }
+    out
+}
+
+/// [`thread_ticks`] of several processes, summed per thread name (replicas of the
+/// relay).
+pub fn thread_ticks_of(pids: &[u32]) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for pid in pids {
+        for (name, ticks) in thread_ticks(*pid) {
+            *out.entry(name).or_insert(0) += ticks;
+        }
     }
     out
 }

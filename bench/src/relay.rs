@@ -3,14 +3,14 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 
-use crate::http;
+use crate::{http, postgres};
 
 /// Webhook token of the bench's Whitepay source.
 pub const TOKEN: &str = "bench_token";
@@ -62,13 +62,124 @@ pub fn check_binary(binary: &Path, root: &Path, allow_stale: bool) -> anyhow::Re
     Ok(())
 }
 
+/// The outbox a relay is started on.
+#[derive(Clone, Copy, Debug)]
+pub enum Outbox<'a> {
+    /// A new SQLite file `outbox.db` in this directory.
+    Sqlite { dir: &'a Path },
+    /// A PostgreSQL database (`postgres://…`), possibly shared with other relays.
+    Postgres { url: &'a str },
+}
+
+impl Outbox<'_> {
+    /// `HOOKRELAY_OUTBOX_URL`.
+    fn url(&self) -> String {
+        match self {
+            Self::Sqlite { dir } => format!("sqlite://{}", dir.join("outbox.db").display()),
+            Self::Postgres { url } => (*url).to_owned(),
+        }
+    }
+}
+
+/// Which outbox backend a scenario's relays run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Where a scenario's outbox lives, removed after the scenario: a temp directory
+/// for SQLite, a fresh database for PostgreSQL (dropped by [`remove`](Self::remove),
+/// or by `postgres::Server::cleanup_all` at the end of the run if a scenario fails).
+pub enum OutboxHome {
+    Sqlite(tempfile::TempDir),
+    Postgres {
+        server: postgres::Server,
+        database: String,
+        url: String,
+    },
+}
+
+impl OutboxHome {
+    /// A new SQLite directory under `parent`.
+    pub fn sqlite(parent: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(parent)?;
+        Ok(Self::Sqlite(
+            tempfile::Builder::new()
+                .prefix("hookrelay-bench-")
+                .tempdir_in(parent)?,
+        ))
+    }
+
+    /// A new PostgreSQL database `database` on `server`.
+    pub async fn postgres(server: &postgres::Server, database: &str) -> anyhow::Result<Self> {
+        let url = server.create(database).await?;
+        Ok(Self::Postgres {
+            server: server.clone(),
+            database: database.to_owned(),
+            url,
+        })
+    }
+
+    /// The outbox to give the relays.
+    pub fn outbox(&self) -> Outbox<'_> {
+        match self {
+            Self::Sqlite(dir) => Outbox::Sqlite { dir: dir.path() },
+            Self::Postgres { url, .. } => Outbox::Postgres { url },
+        }
+    }
+
+    /// Size of the outbox, MiB: SQLite's files, or `pg_database_size`.
+    pub async fn size_mib(&self) -> f64 {
+        match self {
+            Self::Sqlite(dir) => crate::procfs::dir_mib(dir.path()),
+            Self::Postgres {
+                server, database, ..
+            } => server
+                .stats(database)
+                .await
+                .map_or(0.0, |s| s.database_bytes as f64 / (1024.0 * 1024.0)),
+        }
+    }
+
+    /// PostgreSQL's counters now (`None` for SQLite, or if they cannot be read).
+    pub async fn postgres_stats(&self) -> Option<postgres::Stats> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres {
+                server, database, ..
+            } => server.stats(database).await.ok(),
+        }
+    }
+
+    /// Removes the outbox (the relays must be stopped).
+    pub async fn remove(self) {
+        if let Self::Postgres {
+            server, database, ..
+        } = self
+            && let Err(e) = server.drop_database(&database).await
+        {
+            eprintln!("bench: cannot drop the PostgreSQL database {database}: {e:#}");
+        }
+    }
+}
+
 /// How to start one relay.
 pub struct RelaySpec<'a> {
     pub binary: &'a Path,
     pub exchange: &'a str,
     /// `host:port` of the broker the relay connects to (possibly the bench's proxy).
     pub broker: String,
-    pub outbox_dir: &'a Path,
+    pub outbox: Outbox<'a>,
 }
 
 /// A running relay.
@@ -77,7 +188,8 @@ pub struct Relay {
     pub pid: u32,
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
-    pub outbox: PathBuf,
+    /// `HOOKRELAY_OUTBOX_URL`.
+    pub outbox: String,
     logs: Arc<Mutex<LogTail>>,
 }
 
@@ -148,7 +260,7 @@ fn read_lines(stream: impl Read + Send + 'static, sink: Arc<Mutex<LogTail>>) {
 impl Relay {
     /// Starts the relay and waits (at most 30 s) for both listeners.
     pub fn start(spec: &RelaySpec<'_>) -> anyhow::Result<Self> {
-        let outbox = spec.outbox_dir.join("outbox.db");
+        let outbox = spec.outbox.url();
         let mut child = Command::new(spec.binary)
             .arg("serve")
             .env_clear()
@@ -162,10 +274,7 @@ impl Relay {
                 "HOOKRELAY_AMQP_URL",
                 format!("amqp://guest:guest@{}/%2f", spec.broker),
             )
-            .env(
-                "HOOKRELAY_OUTBOX_URL",
-                format!("sqlite://{}", outbox.display()),
-            )
+            .env("HOOKRELAY_OUTBOX_URL", &outbox)
             .env("HOOKRELAY_SOURCES__WHITEPAY__WEBHOOK_TOKEN", TOKEN)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -234,10 +343,17 @@ impl Relay {
         Ok(Metrics::parse(&text))
     }
 
+    /// Sends SIGTERM (a graceful stop) without waiting; [`stop`](Self::stop) waits.
+    pub fn terminate(&mut self) {
+        if self.alive() {
+            // SAFETY: kill(2) on our own child's pid, which has not been waited for.
+            let _ = unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        }
+    }
+
     /// Stops the relay with SIGTERM (graceful), SIGKILL after 10 s.
     pub fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        let _ = unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        self.terminate();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if !self.alive() {
@@ -274,6 +390,8 @@ pub struct Metrics {
     pub ingest_count: f64,
     pub ingest_le_10ms: f64,
     pub ingest_le_50ms: f64,
+    /// `hookrelay_outbox_partitions_owned` (PostgreSQL; 0 on SQLite).
+    pub partitions_owned: f64,
 }
 
 impl Metrics {
@@ -298,6 +416,7 @@ impl Metrics {
                     m.unavailable += value;
                 }
                 "hookrelay_broker_connected" => m.broker_connected = value,
+                "hookrelay_outbox_partitions_owned" => m.partitions_owned = value,
                 "hookrelay_ingest_duration_seconds_count" => m.ingest_count += value,
                 "hookrelay_ingest_duration_seconds_bucket" if name.contains("le=\"0.01\"") => {
                     m.ingest_le_10ms += value;
@@ -307,6 +426,30 @@ impl Metrics {
                 }
                 _ => {}
             }
+        }
+        m
+    }
+
+    /// Several replicas' metrics as one: their own counters summed; `pending`, read
+    /// from the shared outbox by every replica, taken once (the largest);
+    /// `broker_connected` the smallest (every replica connected).
+    pub fn merged(all: &[Self]) -> Self {
+        let mut m = Self::default();
+        for (i, r) in all.iter().enumerate() {
+            m.published += r.published;
+            m.batch_sum += r.batch_sum;
+            m.batch_count += r.batch_count;
+            m.pending = m.pending.max(r.pending);
+            m.unavailable += r.unavailable;
+            m.broker_connected = if i == 0 {
+                r.broker_connected
+            } else {
+                m.broker_connected.min(r.broker_connected)
+            };
+            m.ingest_count += r.ingest_count;
+            m.ingest_le_10ms += r.ingest_le_10ms;
+            m.ingest_le_50ms += r.ingest_le_50ms;
+            m.partitions_owned += r.partitions_owned;
         }
         m
     }
@@ -336,6 +479,7 @@ mod tests {
             hookrelay_outbox_events{state=\"dead\"} 1\n\
             hookrelay_outbox_events{state=\"pending\"} 12\n\
             hookrelay_broker_connected 1\n\
+            hookrelay_outbox_partitions_owned 86\n\
             hookrelay_ingest_duration_seconds_bucket{source=\"whitepay\",le=\"0.01\"} 90\n\
             hookrelay_ingest_duration_seconds_bucket{source=\"whitepay\",le=\"0.05\"} 99\n\
             hookrelay_ingest_duration_seconds_count{source=\"whitepay\"} 100\n";
@@ -344,6 +488,10 @@ mod tests {
         assert_eq!(m.pending, 12.0);
         assert_eq!(m.batch_size_since(&Metrics::default()), 10.0);
         assert_eq!(m.broker_connected, 1.0);
+        assert_eq!(m.partitions_owned, 86.0);
+        let two = Metrics::merged(&[m, m]);
+        assert_eq!((two.published, two.pending), (20.0, 12.0));
+        assert_eq!(two.partitions_owned, 172.0);
         assert_eq!(
             (m.ingest_count, m.ingest_le_10ms, m.ingest_le_50ms),
             (100.0, 90.0, 99.0)

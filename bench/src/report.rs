@@ -41,15 +41,35 @@ pub struct Resources {
     pub server_rss_each_second_mib: Vec<f64>,
     /// Peak RSS since the process started (`VmHWM`), MiB.
     pub server_hwm_mib: Option<f64>,
-    /// CPU, % of one core (200 % = both cores of a 2-core machine).
+    /// CPU, % of one core (200 % = both cores of a 2-core machine). With several
+    /// relays (replicas), `server` is their sum.
     pub server_cpu_pct: Option<f64>,
     pub broker_cpu_pct: Option<f64>,
+    /// PostgreSQL: every process named `postgres` (postmaster, backends, WAL writer,
+    /// checkpointer, autovacuum…), the whole server. PostgreSQL scenarios only.
+    pub postgres_cpu_pct: Option<f64>,
     pub bench_cpu_pct: Option<f64>,
     /// Whole machine busy, % of all cores.
     pub machine_busy_pct: Option<f64>,
     /// CPU used by everything else on the machine (% of one core): machine busy
-    /// minus server, broker and bench. Other work running shows here.
+    /// minus server, broker, PostgreSQL (when measured) and bench. Other work
+    /// running shows here.
     pub other_cpu_pct: Option<f64>,
+}
+
+/// PostgreSQL's own counters over a scenario's measured window, for the whole
+/// server.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PostgresWindow {
+    /// Write transactions (those that took a transaction id: inserts, settles,
+    /// lease renewals, `NOTIFY`) per second; each is a synchronous commit.
+    pub write_transactions_per_s: f64,
+    /// WAL written, MiB/s.
+    pub wal_mib_per_s: f64,
+    /// Transactions in the server's other databases during the window (at least;
+    /// the bench's own few statistics queries included): other work in the
+    /// PostgreSQL CPU column.
+    pub other_transactions: i64,
 }
 
 /// One scenario's results.
@@ -57,6 +77,10 @@ pub struct Resources {
 pub struct Scenario {
     pub name: String,
     pub description: String,
+    /// `sqlite` or `postgres` for the relay scenarios.
+    pub outbox: Option<String>,
+    /// Relay processes (replicas on one outbox) in the relay scenarios.
+    pub relays: Option<usize>,
     /// `closed, 64 conn` or `open 4000/s, 64 conn`.
     pub load: String,
     pub window_s: f64,
@@ -105,8 +129,11 @@ pub struct Scenario {
     /// Outbox commits (with inserts) per second; for fsync-probe, fdatasyncs per second.
     pub commits_per_s: Option<f64>,
     pub max_pending: Option<f64>,
-    /// Size of the outbox files (database, WAL, shared memory) after the load, MiB.
+    /// Size of the outbox after the load, MiB: SQLite's files (database, WAL, shared
+    /// memory), or PostgreSQL's `pg_database_size`.
     pub outbox_mib: Option<f64>,
+    /// PostgreSQL scenarios: the server's counters over the window.
+    pub postgres: Option<PostgresWindow>,
     pub resources: Resources,
     /// Backlog: rows pending when the broker came back; drain rate from the first
     /// to the last message consumed; time from restore to the first message.
@@ -191,20 +218,21 @@ impl Report {
             ));
         }
         out.push_str("\n### Resources (measured window; CPU in % of one core, 200 % = the whole 2-core machine)\n\n");
-        out.push_str("| scenario | server RSS max MiB | RSS 1st half → 2nd half | VmHWM MiB | server CPU % | broker CPU % | bench CPU % | other CPU % | commits/s | avg commit batch | max pending |\n");
+        out.push_str("| scenario | server RSS max MiB | RSS 1st half → 2nd half | VmHWM MiB | server CPU % | broker CPU % | PostgreSQL CPU % | bench CPU % | other CPU % | commits/s | avg commit batch | max pending |\n");
         out.push_str(
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for s in &self.scenarios {
             let r = &s.resources;
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 s.name,
                 opt(r.server_rss_max_mib, |v| format!("{v:.1}")),
                 opt(r.server_rss_halves_mib, |(a, b)| format!("{a:.1} → {b:.1}")),
                 opt(r.server_hwm_mib, |v| format!("{v:.1}")),
                 opt(r.server_cpu_pct, |v| format!("{v:.0}")),
                 opt(r.broker_cpu_pct, |v| format!("{v:.0}")),
+                opt(r.postgres_cpu_pct, |v| format!("{v:.0}")),
                 opt(r.bench_cpu_pct, |v| format!("{v:.0}")),
                 opt(r.other_cpu_pct, |v| format!("{v:.0}")),
                 opt(s.commits_per_s, |v| format!("{v:.0}")),
