@@ -12,8 +12,8 @@
 //! acquisition bumps the partition's epoch, which every settle checks, so a replica
 //! that was paused or cut off cannot record anything once its lease has passed.
 //!
-//! Every statement that locks several `hr_partition` rows locks them in `p` order
-//! (the settle's `FOR SHARE` too), so a renewal and a settle never deadlock.
+//! Every statement that locks several `hr_partition` rows locks them in `p` order,
+//! so two replicas' renewals, give-backs and takeovers never deadlock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -74,6 +74,8 @@ const REPLAY_CHUNK: i64 = 1000;
 const RETENTION_LOCK: i64 = 0x686f_6f6b_7265_7470;
 /// The channel commits are announced on.
 const CHANNEL: &str = "hookrelay_outbox";
+/// Least time between two announcements of commits by one replica.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(20);
 
 type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
 /// A webhook waiting for a writer, with where its outcome goes.
@@ -234,14 +236,17 @@ impl PostgresOutbox {
         if access == Access::Serve {
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let committed = Arc::new(Notify::new());
             for _ in 0..WRITERS {
                 tokio::spawn(write_loop(
                     pool.clone(),
                     Arc::clone(&rx),
                     Arc::clone(&metrics),
                     inserts.clone(),
+                    Arc::clone(&committed),
                 ));
             }
+            tokio::spawn(announce(pool.clone(), committed, stop_rx.clone()));
             writer = Some(tx);
             let claimed = Arc::clone(&claims);
             tokio::spawn(leases::run(
@@ -276,7 +281,13 @@ impl PostgresOutbox {
 }
 
 /// One writer: takes a batch off the shared queue, stores it, answers each caller.
-async fn write_loop(pool: Pool, queue: Queue, metrics: Arc<Metrics>, health: InsertHealth) {
+async fn write_loop(
+    pool: Pool,
+    queue: Queue,
+    metrics: Arc<Metrics>,
+    health: InsertHealth,
+    committed: Arc<Notify>,
+) {
     loop {
         let batch = {
             let mut queue = queue.lock().await;
@@ -304,16 +315,7 @@ async fn write_loop(pool: Pool, queue: Queue, metrics: Arc<Metrics>, health: Ins
                 for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
-                // A hint for every replica's publisher; polling covers its loss.
-                if let Ok(client) = pooled(&pool).await {
-                    let _ = bounded(STATEMENT_TIMEOUT, async move {
-                        client
-                            .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
-                            .await
-                            .map_err(pg_error)
-                    })
-                    .await;
-                }
+                committed.notify_one();
             }
             Err(e) => {
                 // The outcome of a commit cut short is unknown: 503, and the
@@ -423,6 +425,31 @@ async fn insert_batch(pool: &Pool, batch: &[Queued]) -> Result<Vec<InsertOutcome
             }
         })
         .collect())
+}
+
+/// Tells the other replicas' publishers that webhooks were committed: one
+/// `NOTIFY` after a commit, then at most one per [`ANNOUNCE_INTERVAL`] however many
+/// batches commit meanwhile (a `Notify` keeps one permit, so the last commit of an
+/// interval is always announced). Each `NOTIFY` is a transaction of its own that
+/// serialises with the others at commit, so one per batch would cost as much as
+/// the inserts. A lost one costs at most the publishers' one-second poll.
+async fn announce(pool: Pool, committed: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = committed.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Ok(client) = pooled(&pool).await {
+            let _ = bounded(STATEMENT_TIMEOUT, async move {
+                client
+                    .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+                    .await
+                    .map_err(pg_error)
+            })
+            .await;
+        }
+        tokio::time::sleep(ANNOUNCE_INTERVAL).await;
+    }
 }
 
 /// Listens for other replicas' commits and wakes the publisher; reconnects after a
@@ -636,9 +663,13 @@ impl Outbox for PostgresOutbox {
         let recorded = bounded(STATEMENT_TIMEOUT, async {
             let client = pooled(&self.pool).await?;
             // Fenced: only rows of partitions this replica still holds, under the
-            // epoch they were fetched with, before the lease passed. The partition
-            // rows are locked so that a takeover waits for this statement or this
-            // statement sees the takeover.
+            // epoch they were fetched with, while the lease has not passed. The
+            // partition rows are not locked: a takeover that commits while this
+            // statement runs can at worst have the new owner publish a row this
+            // one records as published, a duplicate like any takeover's, never a
+            // loss or a reordering (a row is fetched only while pending and only
+            // after the rows before it of its subject). Locking them cost a
+            // multixact and a WAL record per partition per settle.
             let statement = client
                 .prepare_cached(
                     "WITH s AS (
@@ -648,7 +679,6 @@ impl Outbox for PostgresOutbox {
                      ), held AS (
                          SELECT p.p, p.epoch FROM hr_partition p
                          WHERE p.p = ANY($2) AND p.owner = $8 AND p.lease_until > now()
-                         ORDER BY p.p FOR SHARE
                      )
                      UPDATE hr_delivery d SET
                          state = s.state,
