@@ -20,7 +20,7 @@
 //! **One publisher per subject.** See [`leases`]: subjects hash into partitions,
 //! each leased to one live replica, and every settle is fenced by the lease's epoch.
 //!
-//! **Wake-up.** After each batch the writer sends `NOTIFY hookrelay_outbox`; every
+//! **Wake-up.** After commits, `NOTIFY hookrelay_outbox` (at most every 20 ms); every
 //! replica listens on a connection of its own and wakes its publisher. Polling every
 //! second remains the guarantee (a notification sent while disconnected is lost).
 
