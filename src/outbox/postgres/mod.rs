@@ -42,6 +42,7 @@ use crate::metrics::Metrics;
 
 mod connect;
 mod leases;
+mod maintenance;
 mod schema;
 
 use connect::Target;
@@ -262,6 +263,7 @@ impl PostgresOutbox {
                 Arc::clone(&metrics),
                 stop_rx.clone(),
             ));
+            tokio::spawn(maintenance::run(pool.clone(), stop_rx.clone()));
             tokio::spawn(listen(target, tls, options.wake, stop_rx));
         }
         Ok(Self {
