@@ -95,6 +95,14 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
         relay.outbox_count(Some("published")) == 3
     })
     .await;
+    // By receive time: every row of the last hour goes out again.
+    let replayed = relay.outbox_command(&["replay", "--since", "1h"]);
+    assert_eq!(replayed["replayed"], 3);
+    assert_eq!(consumer.collect(3, Duration::from_secs(20)).await.len(), 3);
+    wait_for("rows replayed by time published", || {
+        relay.outbox_count(Some("published")) == 3
+    })
+    .await;
 
     // Retention's manual form: published rows go, pending ones stay.
     proxy.cut();
@@ -417,3 +425,34 @@ crate::on_both_backends!(
     outbox_show_redacts_like_the_published_message_unless_asked_for_raw,
     a_dead_row_holds_its_subject_until_replayed_or_released,
 );
+
+/// A replay by receive time on PostgreSQL runs in chunks of 1,000 rows along the
+/// `(received_at, id)` index; this one needs three, and must change every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_by_time_on_postgresql_walks_every_chunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("replaychunks");
+    // The broker stays out of reach, so nothing is fetched or published meanwhile.
+    let proxy = TcpProxy::start(BROKER).await;
+    proxy.cut();
+    let mut config = RelayConfig::on(Backend::Postgres, &exchange, dir.path());
+    config.broker = proxy.addr.to_string();
+    let relay = Relay::start(&config);
+    let database = config.database.as_ref().expect("a PostgreSQL outbox");
+    // 2,500 published rows received within the last minute, some at the same
+    // microsecond (the cursor must not skip or repeat them).
+    database.sql(
+        "WITH ev AS (
+             INSERT INTO hr_event (event_id, source, provider, idempotency_key, subject, part,
+                                   routing_key, meta, headers, body, traceparent, received_at)
+             SELECT 'e' || i, 'whitepay', 'whitepay', 'k' || i, 's' || i, 0, 'rk', '{}', '{}',
+                    '\\x00', '', (extract(epoch FROM now()) * 1e6)::bigint - (i / 3)
+             FROM generate_series(1, 2500) i
+             RETURNING id, part, source, subject, received_at)
+         INSERT INTO hr_delivery (id, part, source, subject, state, next_attempt_at, published_at)
+         SELECT id, part, source, subject, 'published', received_at, received_at FROM ev",
+    );
+    let replayed = relay.outbox_command(&["replay", "--since", "1h"]);
+    assert_eq!(replayed["replayed"], 2500);
+    assert_eq!(relay.outbox_count(Some("pending")), 2500);
+}
