@@ -568,7 +568,9 @@ impl Outbox for PostgresOutbox {
         let rows = bounded(STATEMENT_TIMEOUT, async {
             let client = pooled(&self.pool).await?;
             // Only rows below the fence, oldest transaction first; a row waits while
-            // an older row of its subject is pending, or dead and not released.
+            // an older row of its subject is pending, or dead and not released. The
+            // rows in flight are left out through a hashed subplan: `<> ALL($3)`
+            // compares each candidate with every id once the plan is generic.
             let statement = client
                 .prepare_cached(&format!(
                     "SELECT d.id, d.part, e.meta, e.body, e.received_at, e.traceparent,
@@ -576,7 +578,7 @@ impl Outbox for PostgresOutbox {
                      FROM hr_delivery d JOIN hr_event e ON e.id = d.id
                      WHERE d.state = 'pending' AND d.part = ANY($1) AND d.next_attempt_at <= $2
                        AND d.txid < pg_snapshot_xmin(pg_current_snapshot())
-                       AND d.id <> ALL($3)
+                       AND d.id NOT IN (SELECT unnest($3::int8[]))
                        AND NOT EXISTS (SELECT 1 FROM hr_delivery o
                                        WHERE {HOLDS_SUBJECT} AND o.source = d.source
                                          AND o.subject = d.subject
