@@ -14,8 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -84,97 +82,12 @@ fn report(class: &str, c: &Conservation, extra: &str) {
     );
 }
 
-/// A steady stream of unique signed webhooks to whatever address `target` holds,
-/// each retried until it is acked (as a provider does), until `stop`.
-struct Stream {
-    target: Arc<Mutex<String>>,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Stream {
-    fn start(url: String, workers: usize, pause: Duration) -> Self {
-        let target = Arc::new(Mutex::new(url));
-        let ledger = Arc::new(Mutex::new(Ledger::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        let handles = (0..workers)
-            .map(|w| {
-                let (target, ledger, stop, sent, run) = (
-                    Arc::clone(&target),
-                    Arc::clone(&ledger),
-                    Arc::clone(&stop),
-                    Arc::clone(&sent),
-                    run.clone(),
-                );
-                tokio::spawn(async move {
-                    let client = reqwest::Client::builder()
-                        .timeout(Duration::from_secs(5))
-                        .build()
-                        .expect("client");
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let id = format!("{run}-{w}-{n}");
-                        let body = whitepay_order(&id);
-                        let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        // Retry until acked, bounded so a broken relay fails the test
-                        // instead of hanging it.
-                        let deadline = Instant::now() + Duration::from_secs(60);
-                        while Instant::now() < deadline {
-                            let url = target.lock().expect("target").clone();
-                            let answer = client
-                                .post(&url)
-                                .header("Signature", &signature)
-                                .body(body.clone())
-                                .send()
-                                .await;
-                            match answer {
-                                Ok(r) if r.status().is_success() => {
-                                    ledger
-                                        .lock()
-                                        .expect("ledger")
-                                        .acked
-                                        .insert(id.clone(), body.clone());
-                                    break;
-                                }
-                                _ => {
-                                    ledger.lock().expect("ledger").refusals += 1;
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                }
-                            }
-                        }
-                        tokio::time::sleep(pause).await;
-                    }
-                })
-            })
-            .collect();
-        Self {
-            target,
-            ledger,
-            stop,
-            sent,
-            workers: handles,
-        }
-    }
-
-    fn retarget(&self, url: String) {
-        *self.target.lock().expect("target") = url;
-    }
-
-    async fn finish(self) -> Ledger {
-        self.stop.store(true, Ordering::Relaxed);
-        for w in self.workers {
-            w.await.expect("worker");
-        }
-        let _ = self.sent.load(Ordering::Relaxed);
-        Arc::try_unwrap(self.ledger)
-            .map(|m| m.into_inner().expect("ledger"))
-            .unwrap_or_else(|_| panic!("ledger still shared"))
+/// The ledger of what `load` got acked, once it has stopped.
+async fn ledger_of(load: Load) -> Ledger {
+    let (acked, refusals) = load.finish().await;
+    Ledger {
+        acked: acked.into_iter().map(|a| (a.subject, a.body)).collect(),
+        refusals,
     }
 }
 
@@ -250,7 +163,12 @@ async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly(backend: Back
     let mut consumer = Consumer::bind(&exchange, "#").await;
     let config = RelayConfig::on(backend, &exchange, dir.path());
     let mut relay = Relay::start(&config);
-    let stream = Stream::start(relay.url("whitepay"), 4, Duration::from_millis(5));
+    let load = Load::start(
+        vec![relay.url("whitepay")],
+        4,
+        Duration::from_millis(5),
+        Walk::NewOrders,
+    );
     let mut seen = Seen::default();
     for _ in 0..kills {
         let uptime = Duration::from_millis(rand::rng().random_range(200..900));
@@ -262,10 +180,10 @@ async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly(backend: Back
         }
         relay.kill9();
         relay = Relay::start(&config);
-        stream.retarget(relay.url("whitepay"));
+        load.retarget(0, relay.url("whitepay"));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ledger = stream.finish().await;
+    let ledger = ledger_of(load).await;
     drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(20)).await;
     let c = check(&ledger, &seen);
     report(
@@ -273,7 +191,7 @@ async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly(backend: Back
         &c,
         &format!("kills={kills} refused_then_retried={}", ledger.refusals),
     );
-    assert!(c.acked > 0, "the stream ran");
+    assert!(c.acked > 0, "the load ran");
     assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
     drop(relay);
 }
@@ -287,7 +205,12 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly(backend: Backen
     let mut config = RelayConfig::on(backend, &exchange, dir.path());
     config.broker = proxy.addr.to_string();
     let relay = Relay::start(&config);
-    let stream = Stream::start(relay.url("whitepay"), 4, Duration::from_millis(5));
+    let load = Load::start(
+        vec![relay.url("whitepay")],
+        4,
+        Duration::from_millis(5),
+        Walk::NewOrders,
+    );
     let mut seen = Seen::default();
     let pump = |seen: &mut Seen, d: lapin::message::Delivery| record(seen, &d.data);
     for _ in 0..cuts {
@@ -317,7 +240,7 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly(backend: Backen
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ledger = stream.finish().await;
+    let ledger = ledger_of(load).await;
     drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(30)).await;
     let c = check(&ledger, &seen);
     report(
@@ -344,7 +267,12 @@ async fn a_broker_that_stops_confirming_never_gets_rows_marked_published(backend
     config.broker = proxy.addr.to_string();
     let relay = Relay::start(&config);
     relay.wait_broker_connected().await;
-    let stream = Stream::start(relay.url("whitepay"), 2, Duration::from_millis(20));
+    let load = Load::start(
+        vec![relay.url("whitepay")],
+        2,
+        Duration::from_millis(20),
+        Walk::NewOrders,
+    );
     let mut seen = Seen::default();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Publishes go out but no confirm comes back for longer than the confirm timeout.
@@ -352,7 +280,7 @@ async fn a_broker_that_stops_confirming_never_gets_rows_marked_published(backend
     tokio::time::sleep(hookrelay::publisher::CONFIRM_TIMEOUT + Duration::from_secs(2)).await;
     proxy.thaw();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let ledger = stream.finish().await;
+    let ledger = ledger_of(load).await;
     drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(30)).await;
     let c = check(&ledger, &seen);
     let timeouts = relay
@@ -578,7 +506,6 @@ async fn a_failing_settle_is_retried_without_publishing_again() {
 async fn events_of_a_subject_are_first_delivered_in_received_order_through_faults(
     backend: Backend,
 ) {
-    const STATUSES: [&str; 4] = ["INIT", "OPEN", "PARTIALLY_FULFILLED", "COMPLETE"];
     const SUBJECTS: usize = 8;
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = TestExchange::new("ordering");
@@ -589,7 +516,7 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
     let subject = |s: usize| format!("ordered-{s}");
     let post_step = |relay: &Relay, step: usize| {
         let bodies: Vec<Vec<u8>> = (0..SUBJECTS)
-            .map(|s| whitepay_order_at(&subject(s), STATUSES[step]))
+            .map(|s| whitepay_order_at(&subject(s), ORDER_LIFE[step]))
             .collect();
         let url = relay.url("whitepay");
         async move {
@@ -630,7 +557,7 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();
 
-    let total = (SUBJECTS * STATUSES.len()) as i64;
+    let total = (SUBJECTS * ORDER_LIFE.len()) as i64;
     let deadline = Instant::now() + Duration::from_secs(60);
     while relay.outbox_count(Some("published")) < total {
         assert!(
@@ -640,7 +567,7 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deliveries = consumer
-        .collect(SUBJECTS * STATUSES.len() * 3, Duration::from_secs(3))
+        .collect(SUBJECTS * ORDER_LIFE.len() * 3, Duration::from_secs(3))
         .await;
     let mut first_seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for delivery in &deliveries {
@@ -659,7 +586,7 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
     }
     assert_eq!(first_seen.len(), SUBJECTS);
     for (subject, seen) in &first_seen {
-        assert_eq!(seen, &STATUSES, "first deliveries of {subject}");
+        assert_eq!(seen, &ORDER_LIFE, "first deliveries of {subject}");
     }
 }
 

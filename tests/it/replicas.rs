@@ -12,8 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -23,102 +22,17 @@ use crate::support::*;
 /// Short leases, so takeovers happen within the test's patience.
 const LEASE: &str = "2s";
 
-/// Each subject's events, in the order they were acked.
+/// Each subject's statuses, in the order they were acked.
 type Acked = BTreeMap<String, Vec<String>>;
 
-/// The statuses of an order's life, in the order its events are sent.
-const STATUSES: [&str; 4] = ["INIT", "OPEN", "PARTIALLY_FULFILLED", "COMPLETE"];
-
-/// Orders whose events are sent one after another, each to the next replica in
-/// turn, each retried on the next replica until one acks it (a provider retries).
-/// Each worker goes through one order's [`STATUSES`], then starts a new order.
-struct Load {
-    urls: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    refusals: Arc<AtomicUsize>,
-    workers: Vec<tokio::task::JoinHandle<Acked>>,
-}
-
-impl Load {
-    fn start(urls: Vec<String>, workers: usize, pause: Duration) -> Self {
-        let urls = Arc::new(Mutex::new(urls));
-        let stop = Arc::new(AtomicBool::new(false));
-        let refusals = Arc::new(AtomicUsize::new(0));
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        let workers = (0..workers)
-            .map(|w| {
-                let (urls, stop, refusals) =
-                    (Arc::clone(&urls), Arc::clone(&stop), Arc::clone(&refusals));
-                let run = run.clone();
-                tokio::spawn(async move {
-                    let client = reqwest::Client::builder()
-                        .timeout(Duration::from_secs(10))
-                        .build()
-                        .expect("client");
-                    let mut acked = Acked::new();
-                    let mut target = w;
-                    for order in 0.. {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let subject = format!("{run}-{w}-{order}");
-                        for status in STATUSES {
-                            let body = whitepay_order_at(&subject, status);
-                            let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
-                            let deadline = Instant::now() + Duration::from_secs(90);
-                            loop {
-                                assert!(
-                                    Instant::now() < deadline,
-                                    "{subject} {status} never acked"
-                                );
-                                let url = {
-                                    let urls = urls.lock().expect("urls");
-                                    urls[target % urls.len()].clone()
-                                };
-                                target += 1;
-                                let answer = client
-                                    .post(&url)
-                                    .header("Signature", &signature)
-                                    .body(body.clone())
-                                    .send()
-                                    .await;
-                                if answer.is_ok_and(|r| r.status().is_success()) {
-                                    break;
-                                }
-                                refusals.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            acked
-                                .entry(subject.clone())
-                                .or_default()
-                                .push(status.to_owned());
-                            tokio::time::sleep(pause).await;
-                        }
-                    }
-                    acked
-                })
-            })
-            .collect();
-        Self {
-            urls,
-            stop,
-            refusals,
-            workers,
-        }
+/// The statuses acked per order (subject), in the order they were acked.
+async fn acked_by(load: Load) -> (Acked, usize) {
+    let (events, refusals) = load.finish().await;
+    let mut acked = Acked::new();
+    for event in events {
+        acked.entry(event.subject).or_default().push(event.status);
     }
-
-    fn retarget(&self, replica: usize, url: String) {
-        self.urls.lock().expect("urls")[replica] = url;
-    }
-
-    async fn finish(self) -> (Acked, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut acked = Acked::new();
-        for worker in self.workers {
-            acked.extend(worker.await.expect("worker"));
-        }
-        (acked, self.refusals.load(Ordering::Relaxed))
-    }
+    (acked, refusals)
 }
 
 /// Every delivery per subject, in arrival order.
@@ -239,6 +153,7 @@ async fn three_replicas_lose_nothing_and_keep_each_subjects_order_through_kill_9
         relays.iter().map(|r| r.url("whitepay")).collect(),
         24,
         Duration::from_millis(10),
+        Walk::OrderLives,
     );
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(rand::rng().random_range(300..1500))).await;
@@ -248,7 +163,7 @@ async fn three_replicas_lose_nothing_and_keep_each_subjects_order_through_kill_9
         std::mem::replace(&mut relays[victim], fresh).kill9();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (acked, refusals) = load.finish().await;
+    let (acked, refusals) = acked_by(load).await;
     let delivered = drain(&mut consumer, &acked, Duration::from_secs(30)).await;
     let v = judge(&acked, &delivered);
     report(
@@ -359,12 +274,12 @@ async fn a_replica_paused_past_its_lease_has_its_late_outcomes_refused() {
     for s in 0..32 {
         let subject = format!("paused-{s}-{}", uuid::Uuid::new_v4().simple());
         assert_eq!(
-            a.post_whitepay(&whitepay_order_at(&subject, STATUSES[0]))
+            a.post_whitepay(&whitepay_order_at(&subject, ORDER_LIFE[0]))
                 .await
                 .0,
             200
         );
-        acked.insert(subject, vec![STATUSES[0].to_owned()]);
+        acked.insert(subject, vec![ORDER_LIFE[0].to_owned()]);
     }
     // A has published its share and waits for confirms; now it stops for longer
     // than its lease.
@@ -373,12 +288,12 @@ async fn a_replica_paused_past_its_lease_has_its_late_outcomes_refused() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     for (subject, steps) in &mut acked {
         assert_eq!(
-            b.post_whitepay(&whitepay_order_at(subject, STATUSES[1]))
+            b.post_whitepay(&whitepay_order_at(subject, ORDER_LIFE[1]))
                 .await
                 .0,
             200
         );
-        steps.push(STATUSES[1].to_owned());
+        steps.push(ORDER_LIFE[1].to_owned());
     }
     proxy.thaw();
     a.resume();
@@ -438,12 +353,12 @@ async fn a_replica_cut_off_the_broker_hands_its_subjects_to_the_others() {
     for s in 0..20 {
         let subject = format!("handed-{s}-{}", uuid::Uuid::new_v4().simple());
         assert_eq!(
-            a.post_whitepay(&whitepay_order_at(&subject, STATUSES[0]))
+            a.post_whitepay(&whitepay_order_at(&subject, ORDER_LIFE[0]))
                 .await
                 .0,
             200
         );
-        acked.insert(subject, vec![STATUSES[0].to_owned()]);
+        acked.insert(subject, vec![ORDER_LIFE[0].to_owned()]);
     }
     let delivered = drain(&mut consumer, &acked, Duration::from_secs(20)).await;
     let v = judge(&acked, &delivered);
@@ -479,6 +394,7 @@ async fn a_replica_cut_off_postgresql_answers_503_and_loses_nothing() {
         vec![a.url("whitepay"), b.url("whitepay")],
         12,
         Duration::from_millis(20),
+        Walk::OrderLives,
     );
     let mut unready = 0;
     // Webhooks refused during the cuts; like a provider, the test sends them again
@@ -511,7 +427,7 @@ async fn a_replica_cut_off_postgresql_answers_503_and_loses_nothing() {
         .await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (mut acked, refusals) = load.finish().await;
+    let (mut acked, refusals) = acked_by(load).await;
     acked.extend(probes);
     let delivered = drain(&mut consumer, &acked, Duration::from_secs(30)).await;
     let v = judge(&acked, &delivered);
@@ -540,6 +456,7 @@ async fn postgresql_restarted_under_load_costs_503s_and_no_acked_webhook() {
         vec![a.url("whitepay"), b.url("whitepay")],
         12,
         Duration::from_millis(10),
+        Walk::OrderLives,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.stop_immediate();
@@ -553,7 +470,7 @@ async fn postgresql_restarted_under_load_costs_503s_and_no_acked_webhook() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (acked, refusals) = load.finish().await;
+    let (acked, refusals) = acked_by(load).await;
     let delivered = drain(&mut consumer, &acked, Duration::from_secs(30)).await;
     let v = judge(&acked, &delivered);
     report(

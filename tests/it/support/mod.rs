@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod fixtures;
+pub mod load;
 pub mod postgres;
 pub mod proxy;
 pub mod relay;
@@ -13,6 +14,7 @@ pub mod schema;
 
 pub use broker::*;
 pub use fixtures::*;
+pub use load::*;
 pub use postgres::*;
 pub use proxy::*;
 pub use relay::*;
