@@ -25,6 +25,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "exchange",
     "outbox_url",
     "outbox_lease",
+    "outbox_max_pending",
     "retention",
     "max_body",
     "trusted_proxies",
@@ -133,6 +134,8 @@ pub struct Config {
     /// How long a replica's lease on its share of a shared (PostgreSQL) outbox
     /// lasts: a dead replica's subjects are taken over within about this long.
     pub outbox_lease: Duration,
+    /// Pending rows past which webhooks get 503 instead of filling the disk.
+    pub outbox_max_pending: u64,
     /// How long published rows are kept.
     pub retention: Duration,
     /// Largest accepted body in bytes.
@@ -277,6 +280,15 @@ impl Config {
                 "must be at least 2s (leases are renewed every fifth of it)",
             ));
         }
+        let outbox_max_pending = match get("outbox_max_pending", "1000000").trim().parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(invalid(
+                    "outbox_max_pending",
+                    "expected a whole number of rows greater than zero",
+                ));
+            }
+        };
         let retention = parse_duration("retention", &get("retention", "7d"))?;
         let max_body = parse_size("max_body", &get("max_body", "1MiB"))?;
         let trusted_proxies = parse_cidrs("trusted_proxies", &get("trusted_proxies", ""))?;
@@ -306,6 +318,7 @@ impl Config {
             exchange,
             outbox_url: Secret(outbox_url),
             outbox_lease,
+            outbox_max_pending,
             retention,
             max_body,
             trusted_proxies,
@@ -538,6 +551,21 @@ mod tests {
         assert_eq!(cfg.outbox_url.expose(), "sqlite://data/outbox.db");
         assert_eq!(cfg.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(cfg.max_body, 1024 * 1024);
+        assert_eq!(cfg.outbox_max_pending, 1_000_000);
+        assert_eq!(cfg.outbox_lease, Duration::from_secs(10));
+        for (key, value) in [
+            ("HOOKRELAY_OUTBOX_MAX_PENDING", "0"),
+            ("HOOKRELAY_OUTBOX_MAX_PENDING", "lots"),
+            ("HOOKRELAY_OUTBOX_LEASE", "1s"),
+        ] {
+            let env = [(key.to_owned(), value.to_owned())];
+            let err = Config::load_from(None, &env).map(|_| ()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&key["HOOKRELAY_".len()..].to_ascii_lowercase()),
+                "{key}={value}: {err}"
+            );
+        }
         assert!(
             cfg.sources.is_empty(),
             "no sources configured: `providers` enables its defaults"

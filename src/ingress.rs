@@ -1,7 +1,8 @@
 //! The webhook ingress: `POST /webhooks/{source}` (contract §3).
 //!
 //! Order of checks: known source (404) → body size (413) → authenticity (401) →
-//! parse (never rejects: unknown shapes become `unrecognized`) → durable outbox
+//! parse (never rejects: unknown shapes become `unrecognized`) → room in the outbox
+//! (503 past `HOOKRELAY_OUTBOX_MAX_PENDING` unpublished rows) → durable outbox
 //! write (503 if it fails) → the provider's own ack. The ack is sent only after the
 //! outbox has committed and synced the raw body; it never waits for RabbitMQ.
 
@@ -55,6 +56,62 @@ pub(crate) struct Ingress {
     pub(crate) wake: Arc<Notify>,
     /// Log lines a sender can cause, at most one a second of each kind.
     pub(crate) logs: LogThrottles,
+    /// The outbox's unpublished rows against their limit.
+    pub(crate) backlog: Arc<Backlog>,
+}
+
+/// How often the outbox's pending rows are counted for admission.
+const BACKLOG_COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The outbox's pending rows as last counted, against `HOOKRELAY_OUTBOX_MAX_PENDING`.
+/// Past it webhooks get 503, so a long broker outage or a sustained overload ends
+/// in retries the providers make later, not in a full disk. Counted once a second
+/// (on a shared outbox, every replica sees the whole outbox), so the limit may be
+/// passed by a second's worth of webhooks.
+pub(crate) struct Backlog {
+    limit: u64,
+    pending: std::sync::atomic::AtomicU64,
+}
+
+impl Backlog {
+    /// A backlog with no rows counted yet.
+    pub(crate) fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            pending: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a webhook may be stored now.
+    fn admit(&self) -> Result<(), OutboxError> {
+        let pending = self.pending.load(std::sync::atomic::Ordering::Relaxed);
+        if pending >= self.limit {
+            return Err(OutboxError::Full {
+                pending,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts the pending rows every second until `stop`; a count that fails keeps
+    /// the last one (the outbox's own failure already answers 503).
+    pub(crate) async fn track(
+        self: Arc<Self>,
+        outbox: Arc<dyn Outbox>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if let Ok(Ok(stats)) = tokio::time::timeout(BACKLOG_COUNT_EVERY, outbox.stats()).await {
+                self.pending
+                    .store(stats.pending, std::sync::atomic::Ordering::Relaxed);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(BACKLOG_COUNT_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
 }
 
 /// One [`Throttle`] per kind of log line a sender controls.
@@ -424,7 +481,11 @@ async fn handle(
             .set(unix_seconds());
     };
     let commit = tracing::info_span!("outbox commit", otel.name = "outbox commit");
-    match ingress.outbox.insert(event).instrument(commit).await {
+    let stored = match ingress.backlog.admit() {
+        Ok(()) => ingress.outbox.insert(event).instrument(commit).await,
+        Err(full) => Err(full),
+    };
+    match stored {
         Ok(InsertOutcome::Inserted) => {
             ingress.wake.notify_one();
             accepted();
@@ -580,6 +641,27 @@ fn audit_headers(headers: &HeaderMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhooks_are_refused_once_the_outbox_holds_its_limit() {
+        let backlog = Backlog::new(3);
+        assert!(backlog.admit().is_ok());
+        backlog
+            .pending
+            .store(3, std::sync::atomic::Ordering::Relaxed);
+        let full = backlog.admit().map_err(|e| (e.reason(), e.to_string()));
+        assert!(
+            matches!(&full, Err(("full", text)) if text.contains("HOOKRELAY_OUTBOX_MAX_PENDING")),
+            "{full:?}"
+        );
+        backlog
+            .pending
+            .store(2, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            backlog.admit().is_ok(),
+            "room again once rows were published"
+        );
+    }
     use axum::http::HeaderValue;
 
     fn ip(s: &str) -> IpAddr {

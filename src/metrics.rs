@@ -45,6 +45,8 @@ pub(crate) struct Metrics {
     /// `hookrelay_outbox_fenced_rows`: committed pending rows held behind an older,
     /// still open transaction (PostgreSQL).
     pub(crate) outbox_fenced_rows: IntGauge,
+    /// `hookrelay_outbox_max_pending`: the pending rows past which ingress answers 503.
+    pub(crate) outbox_max_pending: IntGauge,
     /// `hookrelay_outbox_fence_wait_seconds`: age of the oldest of those rows.
     pub(crate) outbox_fence_wait: prometheus::Gauge,
     /// `hookrelay_outbox_partitions_owned`: partitions this replica leases.
@@ -158,6 +160,10 @@ impl Metrics {
             "hookrelay_outbox_fenced_rows",
             "Committed pending rows the publisher may not read yet because an older transaction is still open (PostgreSQL; 0 on SQLite)",
         )?;
+        let outbox_max_pending = IntGauge::new(
+            "hookrelay_outbox_max_pending",
+            "Pending outbox rows past which webhooks are answered with 503 (HOOKRELAY_OUTBOX_MAX_PENDING)",
+        )?;
         let outbox_fence_wait = prometheus::Gauge::new(
             "hookrelay_outbox_fence_wait_seconds",
             "Age of the oldest committed pending row held behind an older, still open transaction (PostgreSQL; 0 when none, and on SQLite)",
@@ -172,6 +178,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(outbox_fenced_rows.clone()))?;
         registry.register(Box::new(outbox_fence_wait.clone()))?;
+        registry.register(Box::new(outbox_max_pending.clone()))?;
         registry.register(Box::new(outbox_partitions_owned.clone()))?;
         registry.register(Box::new(outbox_fenced_settles.clone()))?;
         registry.register(Box::new(webhooks_received.clone()))?;
@@ -223,6 +230,7 @@ impl Metrics {
             outbox_commit_failures,
             outbox_fenced_rows,
             outbox_fence_wait,
+            outbox_max_pending,
             outbox_partitions_owned,
             outbox_fenced_settles,
         })

@@ -11,7 +11,7 @@ use tokio::sync::{Notify, watch};
 use crate::admin::{self, Admin};
 use crate::amqp::BrokerLink;
 use crate::config::{Config, ConfigError};
-use crate::ingress::{self, Ingress};
+use crate::ingress::{self, Backlog, Ingress};
 use crate::metrics::Metrics;
 use crate::outbox::{self, OutboxError};
 use crate::providers;
@@ -163,6 +163,12 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         stop_rx.clone(),
     ));
 
+    let backlog = Arc::new(Backlog::new(config.outbox_max_pending));
+    metrics
+        .outbox_max_pending
+        .set(i64::try_from(config.outbox_max_pending).unwrap_or(i64::MAX));
+    let backlog_task =
+        tokio::spawn(Arc::clone(&backlog).track(Arc::clone(&outbox), stop_rx.clone()));
     let ingress = Arc::new(Ingress {
         sources,
         outbox: Arc::clone(&outbox),
@@ -172,6 +178,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         read_timeout: config.read_timeout,
         wake,
         logs: ingress::LogThrottles::default(),
+        backlog,
     });
     ingress.count_from_zero();
     let admin = Arc::new(Admin {
@@ -210,6 +217,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), retention_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), backlog_task).await;
     outbox.close().await;
     // Spans still buffered go out now, bounded: a collector that is down costs
     // the shutdown at most this long.

@@ -264,6 +264,18 @@ pub enum OutboxError {
     /// The outbox is shutting down.
     #[error("the outbox is shutting down")]
     Closed,
+    /// The outbox holds as many unpublished webhooks as it may
+    /// (`HOOKRELAY_OUTBOX_MAX_PENDING`): the broker is down or slower than the
+    /// providers, and taking more would only fill the disk.
+    #[error(
+        "the outbox holds {pending} webhooks not yet published, its limit (HOOKRELAY_OUTBOX_MAX_PENDING is {limit}); they go out when the broker takes them: retry later"
+    )]
+    Full {
+        /// Pending rows when last counted.
+        pending: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A commit did not finish in time (a stalled disk).
     #[error("the outbox did not commit within {0} s; retry later")]
     TimedOut(u64),
@@ -290,6 +302,7 @@ impl OutboxError {
             Self::Overloaded => "overloaded",
             Self::Storage(fault) => fault.kind.as_str(),
             Self::Closed => "closed",
+            Self::Full { .. } => "full",
             Self::TimedOut(_) => "timeout",
             Self::InvalidUrl(_) | Self::Missing(_) => "config",
             Self::InUse(_) => "in_use",

@@ -612,7 +612,66 @@ async fn per_source_timestamps_tell_received_from_accepted() {
     assert!(relay.metric(accepted).await > refused_at);
 }
 
+/// Past `HOOKRELAY_OUTBOX_MAX_PENDING` unpublished rows a long outage ends in 503s
+/// the provider retries, not in a full disk; room comes back as rows are published.
+async fn a_full_outbox_answers_503_until_the_broker_drains_it(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("maxpending");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let proxy = TcpProxy::start(BROKER).await;
+    proxy.cut();
+    let mut config = RelayConfig::on(backend, &exchange, dir.path());
+    config.broker = proxy.addr.to_string();
+    config
+        .env
+        .push(("HOOKRELAY_OUTBOX_MAX_PENDING".to_owned(), "20".to_owned()));
+    let relay = Relay::start(&config);
+    assert_eq!(relay.metric("hookrelay_outbox_max_pending").await, 20.0);
+    for i in 0..20 {
+        assert_eq!(
+            relay
+                .post_whitepay(&whitepay_order(&format!("room-{i}")))
+                .await
+                .0,
+            200
+        );
+    }
+    // The count is taken once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, reply) = relay.post_whitepay(&whitepay_order("no-room")).await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&reply));
+    let reply: serde_json::Value = serde_json::from_slice(&reply).expect("JSON error");
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("full") && e.contains("not stored")),
+        "{reply}"
+    );
+    assert_eq!(
+        relay.outbox_count(None),
+        20,
+        "nothing stored past the limit"
+    );
+    proxy.restore();
+    assert_eq!(consumer.collect(20, ARRIVAL).await.len(), 20);
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    while relay.post_whitepay(&whitepay_order("no-room")).await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "room again once published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        relay
+            .metric(r#"hookrelay_webhooks_received_total{outcome="unavailable",provider="whitepay",source="whitepay"}"#)
+            .await
+            >= 1.0
+    );
+}
+
 crate::on_both_backends!(
+    a_full_outbox_answers_503_until_the_broker_drains_it,
     signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte,
     unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_stored,
     the_same_webhook_sent_twice_is_published_once,
