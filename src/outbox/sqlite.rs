@@ -35,6 +35,9 @@ use crate::metrics::Metrics;
 
 /// Most commands one transaction takes.
 pub(crate) const MAX_BATCH: usize = 512;
+/// Most settlements waiting for the writer (the publisher has at most 4 batches in
+/// flight).
+const SETTLE_QUEUE: usize = 64;
 /// Most commands waiting for the writer; beyond it ingress answers 503 at once
 /// instead of holding requests (and their bodies) in memory.
 pub(crate) const QUEUE_CAPACITY: usize = 2048;
@@ -223,6 +226,9 @@ fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
 type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
 
 enum Command {
+    /// Wakes an idle writer to take the publisher's settlements, which wait in a
+    /// queue of their own (never in a batch itself).
+    Wake,
     Insert(Box<NewEvent>, Reply<InsertOutcome>),
     Settle(Arc<[Settlement]>, Reply<()>),
     Ping(Reply<()>),
@@ -261,6 +267,11 @@ enum Outcome {
 /// The SQLite outbox handle; cheap to share.
 pub(crate) struct SqliteOutbox {
     writer: mpsc::Sender<Command>,
+    /// The publisher's settlements: the writer takes all of them into its next
+    /// batch, ahead of the webhooks queued in `writer`. Behind a full queue of
+    /// webhooks they would wait a dozen commits, and every row they settle stays in
+    /// flight, not fetchable, meanwhile.
+    settles: mpsc::Sender<Command>,
     inserts: InsertHealth,
     /// [`INSERT_TIMEOUT`]; a field so a test can shorten it.
     insert_timeout: std::time::Duration,
@@ -389,11 +400,12 @@ impl SqliteOutbox {
         .await
         .map_err(|e| fault(FaultKind::Other, e))??;
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (settles, settles_rx) = mpsc::channel(SETTLE_QUEUE);
         let inserts = InsertHealth::default();
         let health = inserts.clone();
         std::thread::Builder::new()
             .name("outbox-writer".to_owned())
-            .spawn(move || writer_loop(writer_conn, rx, &metrics, &health))
+            .spawn(move || writer_loop(writer_conn, rx, settles_rx, &metrics, &health))
             .map_err(|e| {
                 fault(
                     FaultKind::Other,
@@ -402,6 +414,7 @@ impl SqliteOutbox {
             })?;
         Ok(Self {
             writer: tx,
+            settles,
             inserts,
             insert_timeout: INSERT_TIMEOUT,
             reader: Arc::new(Mutex::new(reader_conn)),
@@ -429,12 +442,21 @@ impl SqliteOutbox {
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Command>,
+    mut settles: mpsc::Receiver<Command>,
     metrics: &Metrics,
     health: &InsertHealth,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+        while let Ok(settle) = settles.try_recv() {
+            batch.push(settle);
+        }
+        if !matches!(first, Command::Wake) {
+            batch.push(first);
+        }
+        if batch.is_empty() {
+            continue;
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(cmd) => batch.push(cmd),
@@ -462,6 +484,7 @@ fn writer_loop(
                         (Command::Settle(_, reply), _) | (Command::Ping(reply), _) => {
                             let _ = reply.send(Ok(()));
                         }
+                        (Command::Wake, _) => {}
                         (Command::Insert(_, reply), _) => {
                             let _ = reply.send(Err(fault(
                                 FaultKind::Other,
@@ -499,6 +522,7 @@ fn writer_loop(
                 }
                 for cmd in batch.drain(..) {
                     match cmd {
+                        Command::Wake => {}
                         Command::Insert(_, reply) => {
                             let _ = reply.send(Err(err.clone()));
                         }
@@ -582,6 +606,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                     };
                     outcomes.push(Outcome::Stored(stored));
                 }
+                Command::Wake => outcomes.push(Outcome::Done),
                 Command::Settle(settlements, _) => {
                     for s in settlements.iter() {
                         match s {
@@ -827,10 +852,15 @@ impl Outbox for SqliteOutbox {
 
     async fn settle(&self, settlements: Arc<[Settlement]>) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
-        self.writer
+        self.settles
             .send(Command::Settle(settlements, reply))
             .await
             .map_err(|_| OutboxError::Closed)?;
+        // A busy writer takes it with its next batch anyway; an idle one is woken.
+        // Full means busy: nothing to wake.
+        if let Err(mpsc::error::TrySendError::Closed(_)) = self.writer.try_send(Command::Wake) {
+            return Err(OutboxError::Closed);
+        }
         rx.await.map_err(|_| OutboxError::Closed)?
     }
 
@@ -1689,6 +1719,58 @@ mod tests {
             "the webhook committed while the replay was still going ({replayed_so_far} of {ROWS} replayed)"
         );
         assert_eq!(replaying.await.expect("join").expect("replay"), ROWS as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn settlements_go_in_the_next_commit_ahead_of_queued_webhooks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = Arc::new(
+            SqliteOutbox::open(&path, Access::Serve, metrics)
+                .await
+                .expect("open"),
+        );
+        outbox.insert(event("to settle")).await.expect("insert");
+        // Another process holds the write lock: the writer stalls and webhooks queue.
+        let holder = Connection::open(&path).expect("open");
+        holder.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+        const QUEUED: usize = 1500;
+        let stored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inserts: Vec<_> = (0..QUEUED)
+            .map(|i| {
+                let (outbox, stored) = (Arc::clone(&outbox), Arc::clone(&stored));
+                tokio::spawn(async move {
+                    outbox
+                        .insert(event(&format!("queued {i}")))
+                        .await
+                        .expect("insert");
+                    stored.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let settling = {
+            let (outbox, stored) = (Arc::clone(&outbox), Arc::clone(&stored));
+            tokio::spawn(async move {
+                outbox
+                    .settle(Arc::from(vec![Settlement::Published { id: 1 }]))
+                    .await
+                    .expect("settle");
+                stored.load(std::sync::atomic::Ordering::SeqCst)
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        holder.execute_batch("ROLLBACK").expect("release");
+        let stored_before_settle = settling.await.expect("join");
+        assert!(
+            stored_before_settle <= 2 * MAX_BATCH,
+            "the settlement waited behind {stored_before_settle} of {QUEUED} queued webhooks"
+        );
+        for insert in inserts {
+            insert.await.expect("join");
+        }
+        assert_eq!(outbox.stats().await.expect("stats").pending, QUEUED as u64);
     }
 
     #[tokio::test]
