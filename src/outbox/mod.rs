@@ -501,6 +501,40 @@ impl InsertHealth {
     }
 }
 
+/// Waits for a writer's answer to an insert, at most `limit`: a stalled disk or a
+/// silent database must not pile requests up without bound. If the commit lands
+/// after this 503, the provider's retry is a duplicate and gets a 200.
+pub(crate) async fn await_commit<T>(
+    answer: tokio::sync::oneshot::Receiver<Result<T, OutboxError>>,
+    limit: std::time::Duration,
+) -> Result<T, OutboxError> {
+    match tokio::time::timeout(limit, answer).await {
+        Ok(answer) => answer.map_err(|_| OutboxError::Closed)?,
+        Err(_) => Err(OutboxError::TimedOut(limit.as_secs())),
+    }
+}
+
+/// A stored time (Unix microseconds) as `outbox list` and `show` print it: RFC 3339,
+/// or the raw number when it is out of range.
+pub(crate) fn shown_time(us: i64) -> String {
+    crate::clock::from_micros(us).map_or_else(|| us.to_string(), crate::event::rfc3339)
+}
+
+impl Inventory {
+    /// The counts `stats` has, with the published rows and the size on disk.
+    pub(crate) fn from_stats(stats: Stats, published: u64, size_bytes: u64) -> Self {
+        Self {
+            pending: stats.pending,
+            published,
+            dead: stats.dead,
+            oldest_pending_seconds: stats.oldest_pending_us.map(|us| {
+                u64::try_from((crate::clock::now_micros() - us) / 1_000_000).unwrap_or(0)
+            }),
+            size_bytes,
+        }
+    }
+}
+
 /// Rows deleted per transaction by retention and `outbox purge`, so a purge never
 /// holds the write lock for long.
 pub(crate) const PURGE_BATCH: usize = 1000;

@@ -29,7 +29,7 @@ use super::{
     Access, Fault, FaultKind, InsertHealth, InsertOutcome, Inventory, ListFilter, NewEvent, Outbox,
     OutboxError, PendingEvent, ReplaySelector, RowView, Settlement, Stats,
 };
-use crate::clock::{from_micros, now_micros};
+use crate::clock::now_micros;
 use crate::event::EventMeta;
 use crate::metrics::Metrics;
 
@@ -740,7 +740,7 @@ const ROW_COLUMNS: &str =
      d.released_at";
 
 fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
-    let time = |us: i64| from_micros(us).map_or_else(|| us.to_string(), crate::event::rfc3339);
+    let time = super::shown_time;
     Ok(RowView {
         id: row.get(0)?,
         event_id: row.get(1)?,
@@ -776,12 +776,7 @@ impl Outbox for SqliteOutbox {
             return Err(OutboxError::Overloaded);
         }
         permit.send(Command::Insert(Box::new(event), reply));
-        // A stalled disk must not pile requests up without bound. If the commit
-        // lands after this 503, the provider's retry is a duplicate and gets a 200.
-        match tokio::time::timeout(self.insert_timeout, rx).await {
-            Ok(answer) => answer.map_err(|_| OutboxError::Closed)?,
-            Err(_) => Err(OutboxError::TimedOut(self.insert_timeout.as_secs())),
-        }
+        super::await_commit(rx, self.insert_timeout).await
     }
 
     async fn fetch_due(
@@ -919,15 +914,11 @@ impl Outbox for SqliteOutbox {
             })
             .map(|m| m.len())
             .sum();
-        Ok(Inventory {
-            pending: stats.pending,
-            published: u64::try_from(published).unwrap_or(0),
-            dead: stats.dead,
-            oldest_pending_seconds: stats
-                .oldest_pending_us
-                .map(|us| u64::try_from((now_micros() - us) / 1_000_000).unwrap_or(0)),
+        Ok(Inventory::from_stats(
+            stats,
+            u64::try_from(published).unwrap_or(0),
             size_bytes,
-        })
+        ))
     }
 
     async fn list(&self, filter: ListFilter) -> Result<Vec<RowView>, OutboxError> {
@@ -1271,7 +1262,8 @@ mod tests {
 
         /// The row as `show` must present it.
         fn view(&self) -> serde_json::Value {
-            let time = |us: i64| crate::event::rfc3339(from_micros(us).expect("time"));
+            let time =
+                |us: i64| crate::event::rfc3339(crate::clock::from_micros(us).expect("time"));
             let ev = &self.event;
             serde_json::to_value(RowView {
                 id: self.id,

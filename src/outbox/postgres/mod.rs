@@ -36,7 +36,7 @@ use super::{
     Access, Fault, FaultKind, InsertHealth, InsertOutcome, Inventory, ListFilter, NewEvent,
     Options, Outbox, OutboxError, PendingEvent, ReplaySelector, RowView, Settlement, Stats,
 };
-use crate::clock::{from_micros, now_micros};
+use crate::clock::now_micros;
 use crate::event::EventMeta;
 use crate::metrics::Metrics;
 
@@ -506,7 +506,7 @@ const ROW_COLUMNS: &str =
      d.permanent_attempts, d.released_at";
 
 fn row_view(row: &tokio_postgres::Row) -> RowView {
-    let time = |us: i64| from_micros(us).map_or_else(|| us.to_string(), crate::event::rfc3339);
+    let time = super::shown_time;
     let count = |n: i32| u32::try_from(n).unwrap_or(0);
     RowView {
         id: row.get(0),
@@ -545,10 +545,7 @@ impl Outbox for PostgresOutbox {
                 mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,
             })?;
         // The writer's own bound is the same; this one also covers the queue.
-        match tokio::time::timeout(INSERT_TIMEOUT, rx).await {
-            Ok(answer) => answer.map_err(|_| OutboxError::Closed)?,
-            Err(_) => Err(OutboxError::TimedOut(INSERT_TIMEOUT.as_secs())),
-        }
+        super::await_commit(rx, INSERT_TIMEOUT).await
     }
 
     async fn fetch_due(
@@ -797,15 +794,11 @@ impl Outbox for PostgresOutbox {
                 .map_err(pg_error)
         })
         .await?;
-        Ok(Inventory {
-            pending: stats.pending,
-            published: count(row.get(0)),
-            dead: stats.dead,
-            oldest_pending_seconds: stats
-                .oldest_pending_us
-                .map(|us| u64::try_from((now_micros() - us) / 1_000_000).unwrap_or(0)),
-            size_bytes: count(row.get(1)),
-        })
+        Ok(Inventory::from_stats(
+            stats,
+            count(row.get(0)),
+            count(row.get(1)),
+        ))
     }
 
     async fn list(&self, filter: ListFilter) -> Result<Vec<RowView>, OutboxError> {
