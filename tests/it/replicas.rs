@@ -133,6 +133,55 @@ fn env_count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Two replicas on one database, sharing the partitions evenly: A reaches RabbitMQ
+/// through a proxy the test can freeze or cut, B reaches it directly.
+struct BrokerSplit {
+    _dir: tempfile::TempDir,
+    _exchange: TestExchange,
+    consumer: Consumer,
+    proxy: TcpProxy,
+    a: Relay,
+    b: Relay,
+}
+
+impl BrokerSplit {
+    async fn start(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exchange = TestExchange::new(name);
+        let consumer = Consumer::bind(&exchange, "#").await;
+        let database = Arc::new(Database::create());
+        let proxy = TcpProxy::start(BROKER).await;
+        let mut config_a = replica_config(&exchange, dir.path(), Arc::clone(&database));
+        config_a.broker = proxy.addr.to_string();
+        let config_b = replica_config(&exchange, dir.path(), database);
+        let (a, b) = (Relay::start(&config_a), Relay::start(&config_b));
+        a.wait_broker_connected().await;
+        let split = Self {
+            _dir: dir,
+            _exchange: exchange,
+            consumer,
+            proxy,
+            a,
+            b,
+        };
+        wait_until(
+            "the partitions are shared",
+            Duration::from_secs(20),
+            async || split.shares().await == (128.0, 128.0),
+        )
+        .await;
+        split
+    }
+
+    /// The partitions A and B lease.
+    async fn shares(&self) -> (f64, f64) {
+        (
+            self.a.metric("hookrelay_outbox_partitions_owned").await,
+            self.b.metric("hookrelay_outbox_partitions_owned").await,
+        )
+    }
+}
+
 async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done().await {
@@ -246,29 +295,17 @@ async fn the_same_webhook_sent_to_two_replicas_at_once_is_one_row_and_two_acks()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_past_its_lease_has_its_late_outcomes_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("paused");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let database = Arc::new(Database::create());
-    // A reaches the broker through a proxy that will stop moving bytes, so its
-    // publishes wait for confirms when it is paused; B reaches it directly.
-    let proxy = TcpProxy::start(BROKER).await;
-    let mut config_a = replica_config(&exchange, dir.path(), Arc::clone(&database));
-    config_a.broker = proxy.addr.to_string();
-    let config_b = replica_config(&exchange, dir.path(), database);
-    let a = Relay::start(&config_a);
-    let b = Relay::start(&config_b);
-    a.wait_broker_connected().await;
-    // Both hold a share of the partitions.
-    wait_until(
-        "the partitions are shared",
-        Duration::from_secs(20),
-        async || {
-            a.metric("hookrelay_outbox_partitions_owned").await == 128.0
-                && b.metric("hookrelay_outbox_partitions_owned").await == 128.0
-        },
-    )
-    .await;
+    // A's publishes wait for confirms when it is paused: its proxy is frozen.
+    // The folder and exchange are bound, not `..`: unbound fields would be dropped
+    // (the exchange deleted) at the end of this statement.
+    let BrokerSplit {
+        _dir,
+        _exchange,
+        mut consumer,
+        proxy,
+        a,
+        b,
+    } = BrokerSplit::start("paused").await;
     proxy.freeze();
     let mut acked = Acked::new();
     for s in 0..32 {
@@ -320,32 +357,12 @@ async fn a_replica_paused_past_its_lease_has_its_late_outcomes_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_the_broker_hands_its_subjects_to_the_others() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("brokercut");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let database = Arc::new(Database::create());
-    let proxy = TcpProxy::start(BROKER).await;
-    let mut config_a = replica_config(&exchange, dir.path(), Arc::clone(&database));
-    config_a.broker = proxy.addr.to_string();
-    let config_b = replica_config(&exchange, dir.path(), database);
-    let (a, b) = (Relay::start(&config_a), Relay::start(&config_b));
-    let shares = async || {
-        (
-            a.metric("hookrelay_outbox_partitions_owned").await,
-            b.metric("hookrelay_outbox_partitions_owned").await,
-        )
-    };
-    wait_until(
-        "the partitions are shared",
-        Duration::from_secs(20),
-        async || shares().await == (128.0, 128.0),
-    )
-    .await;
-    proxy.cut();
+    let mut split = BrokerSplit::start("brokercut").await;
+    split.proxy.cut();
     wait_until(
         "the replica without a broker gave its partitions away",
         Duration::from_secs(20),
-        async || shares().await == (0.0, 256.0),
+        async || split.shares().await == (0.0, 256.0),
     )
     .await;
     // It still takes webhooks, and the other replica publishes them.
@@ -353,25 +370,27 @@ async fn a_replica_cut_off_the_broker_hands_its_subjects_to_the_others() {
     for s in 0..20 {
         let subject = format!("handed-{s}-{}", uuid::Uuid::new_v4().simple());
         assert_eq!(
-            a.post_whitepay(&whitepay_order_at(&subject, ORDER_LIFE[0]))
+            split
+                .a
+                .post_whitepay(&whitepay_order_at(&subject, ORDER_LIFE[0]))
                 .await
                 .0,
             200
         );
         acked.insert(subject, vec![ORDER_LIFE[0].to_owned()]);
     }
-    let delivered = drain(&mut consumer, &acked, Duration::from_secs(20)).await;
+    let delivered = drain(&mut split.consumer, &acked, Duration::from_secs(20)).await;
     let v = judge(&acked, &delivered);
     assert_eq!(
         (v.lost, v.phantom),
         (0, 0),
         "published while A is still cut: {v:?}"
     );
-    proxy.restore();
+    split.proxy.restore();
     wait_until(
         "the replica takes its share again once the broker is back",
         Duration::from_secs(30),
-        async || shares().await == (128.0, 128.0),
+        async || split.shares().await == (128.0, 128.0),
     )
     .await;
 }
