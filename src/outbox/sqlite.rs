@@ -1027,6 +1027,18 @@ mod tests {
     use super::*;
     use crate::event::{Origin, Parsed};
 
+    /// A new outbox as `serve` opens it, in a folder of its own: the folder (keep
+    /// it alive), the database file, the outbox.
+    async fn served() -> (tempfile::TempDir, std::path::PathBuf, SqliteOutbox) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("o.db");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
+            .await
+            .expect("open");
+        (dir, path, outbox)
+    }
+
     fn event(body: &str) -> NewEvent {
         let origin = Origin {
             provider: "whitepay",
@@ -1047,11 +1059,7 @@ mod tests {
 
     #[tokio::test]
     async fn rows_in_flight_are_skipped_and_the_batch_still_fills() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let outbox = SqliteOutbox::open(&dir.path().join("o.db"), Access::Serve, metrics)
-            .await
-            .expect("open");
+        let (_dir, _, outbox) = served().await;
         for body in ["a", "b", "c", "d"] {
             outbox.insert(event(body)).await.expect("insert");
         }
@@ -1074,12 +1082,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dead_row_holds_its_subject_until_released_or_replayed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("o.db");
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
-            .await
-            .expect("open");
+        let (_dir, path, outbox) = served().await;
         for body in ["first", "second", "third"] {
             outbox.insert(event(body)).await.expect("insert");
         }
@@ -1535,12 +1538,7 @@ mod tests {
 
     #[tokio::test]
     async fn settles_replays_and_releases_never_write_the_event_row() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("o.db");
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
-            .await
-            .expect("open");
+        let (_dir, path, outbox) = served().await;
         for body in ["a", "b", "c"] {
             outbox.insert(event(body)).await.expect("insert");
         }
@@ -1594,12 +1592,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_settle_logs_far_less_than_the_body_in_the_wal() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("o.db");
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
-            .await
-            .expect("open");
+        let (_dir, path, outbox) = served().await;
         const BODY: usize = 1 << 20;
         let mut large = event("large");
         large.body = bytes::Bytes::from(vec![b'x'; BODY]);
@@ -1628,12 +1621,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_purge_deletes_the_event_and_its_delivery() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("o.db");
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
-            .await
-            .expect("open");
+        let (_dir, path, outbox) = served().await;
         for body in ["a", "b", "c"] {
             outbox.insert(event(body)).await.expect("insert");
         }
@@ -1665,14 +1653,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_replay_lets_webhooks_commit_between_its_chunks() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("o.db");
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let outbox = Arc::new(
-            SqliteOutbox::open(&path, Access::Serve, metrics)
-                .await
-                .expect("open"),
-        );
+        let (_dir, path, outbox) = served().await;
+        let outbox = Arc::new(outbox);
         // A week of published rows, written straight into the file.
         const ROWS: i64 = 100 * REPLAY_CHUNK;
         let conn = Connection::open(&path).expect("open");
@@ -1715,14 +1697,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn settlements_go_in_the_next_commit_ahead_of_queued_webhooks() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("o.db");
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let outbox = Arc::new(
-            SqliteOutbox::open(&path, Access::Serve, metrics)
-                .await
-                .expect("open"),
-        );
+        let (_dir, path, outbox) = served().await;
+        let outbox = Arc::new(outbox);
         outbox.insert(event("to settle")).await.expect("insert");
         // Another process holds the write lock: the writer stalls and webhooks queue.
         let holder = Connection::open(&path).expect("open");
@@ -1767,12 +1743,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_insert_that_cannot_commit_in_time_fails_instead_of_waiting() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("o.db");
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let mut outbox = SqliteOutbox::open(&path, Access::Serve, metrics)
-            .await
-            .expect("open");
+        let (_dir, path, mut outbox) = served().await;
         // The commit stalls (here: another process holds the write lock, which
         // the writer waits 5 s for) for longer than the insert may wait.
         outbox.insert_timeout = std::time::Duration::from_secs(1);
