@@ -76,7 +76,7 @@ async fn supervise(
             "publisher",
             ended.map_or_else(|e| e.to_string(), |()| "it returned".to_owned()),
         ),
-        () = outbox.failed() => crashed("outbox writer", "its thread ended".to_owned()),
+        () = outbox.failed() => crashed("outbox writer", "it ended (a thread on SQLite, the writer tasks on PostgreSQL)".to_owned()),
     }
 }
 
