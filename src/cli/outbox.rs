@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::outbox::{ListFilter, PURGE_BATCH, ReplaySelector, State};
+use crate::outbox::query::{self, FilterError};
+use crate::outbox::{EventFilter, PURGE_BATCH, State};
 
 /// `hookrelay outbox …`
 #[derive(Debug, Subcommand)]
@@ -19,12 +20,11 @@ pub(crate) enum OutboxCommand {
     },
     /// Recent rows, newest first.
     List {
-        /// Only rows in this state.
-        #[arg(long, value_enum)]
-        state: Option<StateArg>,
-        /// Only rows of this source.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Show rows older than this id (the cursor `list --json` prints).
         #[arg(long)]
-        source: Option<String>,
+        before: Option<i64>,
         /// How many rows.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -43,23 +43,19 @@ pub(crate) enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put rows back to pending so they are published again, with the same message id.
+    /// Put rows back to pending so they are published again, with the same message
+    /// id: the rows named by id, or every row the filters match.
     Replay {
         /// Row ids.
-        #[arg(conflicts_with_all = ["dead", "since"], required_unless_present_any = ["dead", "since"])]
         ids: Vec<i64>,
-        /// Every dead row.
-        #[arg(long, conflicts_with = "since")]
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Every dead row (the same as `--state dead`).
+        #[arg(long, conflicts_with = "state")]
         dead: bool,
-        /// Rows received since TIME (RFC 3339, or a duration ago such as `2h`).
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
-        /// …and before TIME (default: now).
-        #[arg(long, value_name = "TIME", requires = "since")]
-        until: Option<String>,
-        /// Only rows of this source.
-        #[arg(long, requires = "since")]
-        source: Option<String>,
+        /// Count the rows that would be replayed and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -85,6 +81,61 @@ pub(crate) enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The filters of `list` and `replay`: the admin API's, spelled as options.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct FilterArgs {
+    /// Only rows in this state.
+    #[arg(long, value_enum)]
+    state: Option<StateArg>,
+    /// Only rows of this source.
+    #[arg(long)]
+    source: Option<String>,
+    /// Only rows of this provider.
+    #[arg(long)]
+    provider: Option<String>,
+    /// Only this kind (`order`, `refund`, … or `unrecognized`).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only this normalized status.
+    #[arg(long)]
+    status: Option<String>,
+    /// Only this subject (the provider's order or record id).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Only this routing key.
+    #[arg(long)]
+    routing_key: Option<String>,
+    /// Rows received since TIME (RFC 3339, or a duration ago such as `2h`).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// …and before TIME.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only rows whose raw body contains TEXT (case-sensitive).
+    #[arg(long, value_name = "TEXT")]
+    search: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(self, now: time::OffsetDateTime) -> Result<EventFilter, OutboxCommandError> {
+        let time = |text: Option<String>| text.map(|t| query::parse_time(&t, now)).transpose();
+        let filter = EventFilter {
+            state: self.state.map(State::from),
+            source: self.source,
+            provider: self.provider,
+            kind: self.kind,
+            status: self.status,
+            subject: self.subject,
+            routing_key: self.routing_key,
+            since_us: time(self.since)?,
+            until_us: time(self.until)?,
+            q: self.search,
+        };
+        filter.check()?;
+        Ok(filter)
+    }
 }
 
 /// A row state as the command line spells it; the outbox's own `State` knows
@@ -115,9 +166,14 @@ pub enum OutboxCommandError {
     /// The outbox could not be opened or answered with an error.
     #[error("{0}")]
     Outbox(crate::outbox::OutboxError),
-    /// A time or duration argument did not parse.
-    #[error("`{0}` is neither an RFC 3339 time nor a duration like 2h or 7d")]
-    Time(String),
+    /// A filter, time or duration argument is not valid.
+    #[error("{0}")]
+    Filter(FilterError),
+    /// `replay` with neither ids nor a filter.
+    #[error(
+        "name the rows to replay: ids, or at least one filter (`--dead`, `--since 2h`, `--source …`); `--dry-run` shows how many match"
+    )]
+    NothingNamed,
     /// `show` of a row that does not exist.
     #[error("no row {0} in the outbox")]
     NoRow(i64),
@@ -126,25 +182,14 @@ pub enum OutboxCommandError {
     Metrics(prometheus::Error),
 }
 
-/// `RFC 3339` or "that long ago", as Unix microseconds.
-fn time_arg(text: &str, now: time::OffsetDateTime) -> Result<i64, OutboxCommandError> {
-    let at = match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-    {
-        Ok(at) => at,
-        Err(_) => {
-            let ago = humantime::parse_duration(text)
-                .map_err(|_| OutboxCommandError::Time(text.to_owned()))?;
-            time::Duration::try_from(ago)
-                .ok()
-                .and_then(|ago| now.checked_sub(ago))
-                .ok_or_else(|| OutboxCommandError::Time(text.to_owned()))?
-        }
-    };
-    Ok(crate::clock::micros(at))
-}
-
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+impl From<FilterError> for OutboxCommandError {
+    fn from(e: FilterError) -> Self {
+        Self::Filter(e)
+    }
 }
 
 impl From<crate::outbox::OutboxError> for OutboxCommandError {
@@ -185,18 +230,22 @@ pub(crate) async fn run(
             }
         }
         OutboxCommand::List {
-            state,
-            source,
+            filter,
+            before,
             limit,
             json,
         } => {
-            let rows = outbox
-                .list(ListFilter {
-                    state: state.map(State::from),
-                    source,
-                    limit,
-                })
-                .await?;
+            let filter = filter.filter(now)?;
+            // No time budget here: a person at a terminal waits for the answer.
+            let page = query::page(
+                outbox.as_ref(),
+                &filter,
+                before,
+                limit,
+                std::time::Duration::MAX,
+            )
+            .await?;
+            let rows = page.events;
             if json {
                 out = to_json(&rows);
             } else {
@@ -224,7 +273,7 @@ pub(crate) async fn run(
             if !raw && let Some(body) = &row.body {
                 let redacted = std::str::from_utf8(body)
                     .ok()
-                    .and_then(|text| crate::event::redact(text, &row.redact));
+                    .and_then(|text| crate::event::redact(text, row.redact()));
                 if let Some(text) = redacted {
                     row.body = Some(text.into_bytes());
                 }
@@ -242,27 +291,49 @@ pub(crate) async fn run(
         }
         OutboxCommand::Replay {
             ids,
+            filter,
             dead,
-            since,
-            until,
-            source,
+            dry_run,
             json,
         } => {
-            let selector = match (dead, since) {
-                (true, _) => ReplaySelector::Dead,
-                (false, Some(since)) => ReplaySelector::Received {
-                    since_us: time_arg(&since, now)?,
-                    until_us: until.map_or(Ok(i64::MAX), |u| time_arg(&u, now))?,
-                    source,
-                },
-                (false, None) => ReplaySelector::Ids(ids),
+            let mut filter = filter.filter(now)?;
+            if dead {
+                filter.state = Some(State::Dead);
+            }
+            let ids = match (ids.is_empty(), filter == EventFilter::default()) {
+                (false, true) => ids,
+                (false, false) => {
+                    // Ids and filters together: the named rows that match.
+                    let wanted: std::collections::HashSet<i64> = ids.into_iter().collect();
+                    let mut matching = query::matching_ids(outbox.as_ref(), &filter).await?;
+                    matching.retain(|id| wanted.contains(id));
+                    matching
+                }
+                (true, false) => query::matching_ids(outbox.as_ref(), &filter).await?,
+                (true, true) => return Err(OutboxCommandError::NothingNamed),
             };
-            let n = outbox.replay(selector).await?;
-            out = if json {
-                to_json(&serde_json::json!({ "replayed": n }))
+            if dry_run {
+                out = if json {
+                    to_json(&serde_json::json!({ "matched": ids.len() }))
+                } else {
+                    format!("{} rows match; nothing was changed", ids.len())
+                };
             } else {
-                format!("{n} rows back to pending; a running relay publishes them within a second")
-            };
+                let n = query::replay_ids(outbox.as_ref(), &ids).await?;
+                tracing::info!(
+                    target: "hookrelay::audit",
+                    action = "replay", via = "cli", matched = ids.len(), replayed = n,
+                    filter = %serde_json::to_string(&filter).unwrap_or_default(),
+                    "operator replayed rows"
+                );
+                out = if json {
+                    to_json(&serde_json::json!({ "replayed": n }))
+                } else {
+                    format!(
+                        "{n} rows back to pending; a running relay publishes them within a second"
+                    )
+                };
+            }
         }
         OutboxCommand::Release { ids, json } => {
             let n = outbox.release(ids).await?;
@@ -279,7 +350,7 @@ pub(crate) async fn run(
             published_before,
             json,
         } => {
-            let cutoff = time_arg(&published_before, now)?;
+            let cutoff = query::parse_time(&published_before, now)?;
             let mut total = 0;
             loop {
                 let n = outbox.purge_published(cutoff, PURGE_BATCH).await?;
@@ -288,6 +359,11 @@ pub(crate) async fn run(
                     break;
                 }
             }
+            tracing::info!(
+                target: "hookrelay::audit",
+                action = "purge", via = "cli", purged = total, published_before = %published_before,
+                "operator purged published rows"
+            );
             out = if json {
                 to_json(&serde_json::json!({ "purged": total }))
             } else {
@@ -296,20 +372,4 @@ pub(crate) async fn run(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_before_the_calendar_are_errors_not_panics() {
-        let now = time::OffsetDateTime::now_utc();
-        assert!(matches!(
-            time_arg("100000y", now),
-            Err(OutboxCommandError::Time(_))
-        ));
-        assert!(time_arg("2h", now).is_ok());
-        assert!(time_arg("2026-11-30T00:00:00Z", now).is_ok());
-    }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    InsertOutcome, Inventory, ListFilter, NewEvent, Outbox, OutboxError, PendingEvent,
-    ReplaySelector, RowView, Settlement, Stats,
+    EventFilter, InsertOutcome, Inventory, NewEvent, Outbox, OutboxError, PendingEvent, RowView,
+    Settlement, Stats, Window,
 };
 
 /// Every call waits forever; `failed` never resolves.
@@ -39,13 +39,21 @@ impl Outbox for Hanging {
     async fn inventory(&self) -> Result<Inventory, OutboxError> {
         std::future::pending().await
     }
-    async fn list(&self, _: ListFilter) -> Result<Vec<RowView>, OutboxError> {
+    async fn id_range(&self) -> Result<Option<(i64, i64)>, OutboxError> {
+        std::future::pending().await
+    }
+    async fn find(
+        &self,
+        _: &EventFilter,
+        _: Window,
+        _: usize,
+    ) -> Result<Vec<RowView>, OutboxError> {
         std::future::pending().await
     }
     async fn show(&self, _: i64) -> Result<Option<RowView>, OutboxError> {
         std::future::pending().await
     }
-    async fn replay(&self, _: ReplaySelector) -> Result<u64, OutboxError> {
+    async fn replay(&self, _: Vec<i64>) -> Result<u64, OutboxError> {
         std::future::pending().await
     }
     async fn release(&self, _: Vec<i64>) -> Result<u64, OutboxError> {

@@ -16,13 +16,17 @@ use bytes::Bytes;
 use crate::event::EventMeta;
 
 pub(crate) mod postgres;
+pub(crate) mod query;
 pub(crate) mod sqlite;
+
+pub(crate) use query::{EventFilter, Window};
 
 #[cfg(test)]
 pub(crate) mod fake;
 
 /// Row states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum State {
     /// Waiting to be published (new, or retrying).
     Pending,
@@ -125,10 +129,10 @@ impl Settlement {
     }
 }
 
-/// One row as the `outbox list` and `outbox show` commands present it.
+/// One row as the admin API, the console and the `outbox` commands present it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct RowView {
-    /// Row id.
+    /// Row id (received order; the paging cursor).
     pub(crate) id: i64,
     /// Event id (the published `message_id`).
     pub(crate) event_id: String,
@@ -136,6 +140,18 @@ pub(crate) struct RowView {
     pub(crate) source: String,
     /// Provider name.
     pub(crate) provider: String,
+    /// Kind (`unrecognized` for an event that could not be parsed).
+    pub(crate) kind: String,
+    /// Normalized status (`unrecognized` likewise).
+    pub(crate) status: String,
+    /// The provider's status, as sent.
+    pub(crate) provider_status: Option<String>,
+    /// Ordering subject (the provider's order or record id).
+    pub(crate) subject: String,
+    /// Amount, as sent.
+    pub(crate) amount: Option<String>,
+    /// Currency, as sent.
+    pub(crate) currency: Option<String>,
     /// Routing key it is published with.
     pub(crate) routing_key: String,
     /// State.
@@ -162,10 +178,60 @@ pub(crate) struct RowView {
     /// The raw body (only with `show`).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "body_text")]
     pub(crate) body: Option<Vec<u8>>,
-    /// The source's redaction paths when the row was stored (only with `show`), so
-    /// a view of the body can hide what the published message hides.
+    /// W3C `traceparent` the message carries (only with `show`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) traceparent: Option<String>,
+    /// Failed publish attempts, oldest first, the last [`ATTEMPTS_KEPT`] of them
+    /// (only with `show`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) failures: Option<Vec<Attempt>>,
+    /// The stored metadata, from which the CloudEvent is built.
     #[serde(skip)]
-    pub(crate) redact: Vec<String>,
+    pub(crate) meta: Option<EventMeta>,
+}
+
+impl RowView {
+    /// Fills the fields that come from the stored metadata (`meta` as JSON). A row
+    /// whose metadata does not parse keeps placeholders: it is still shown.
+    pub(crate) fn with_meta(mut self, meta: &str) -> Self {
+        match serde_json::from_str::<EventMeta>(meta) {
+            Ok(meta) => {
+                let (kind, status) = meta.kind_status();
+                kind.clone_into(&mut self.kind);
+                status.clone_into(&mut self.status);
+                self.provider_status.clone_from(&meta.provider_status);
+                self.amount.clone_from(&meta.amount);
+                self.currency.clone_from(&meta.currency);
+                self.meta = Some(meta);
+            }
+            Err(_) => {
+                "unreadable".clone_into(&mut self.kind);
+                "unreadable".clone_into(&mut self.status);
+            }
+        }
+        self
+    }
+
+    /// The source's redaction paths when the row was stored, so a view of the body
+    /// hides what the published message hides.
+    pub(crate) fn redact(&self) -> &[String] {
+        self.meta.as_ref().map_or(&[], |meta| &meta.redact)
+    }
+}
+
+/// Failed publish attempts kept per row: enough to see a pattern, bounded so a
+/// long outage does not grow the log without end.
+pub(crate) const ATTEMPTS_KEPT: i64 = 20;
+
+/// One failed publish attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Attempt {
+    /// When it was recorded, RFC 3339.
+    pub(crate) at: String,
+    /// What the row became: `retry` or `dead`.
+    pub(crate) outcome: String,
+    /// Why it failed.
+    pub(crate) error: String,
 }
 
 /// Bodies are shown as text when they are UTF-8, else as base64, so `--json`
@@ -182,35 +248,6 @@ fn body_text<S: serde::Serializer>(body: &Option<Vec<u8>>, s: S) -> Result<S::Ok
             )),
         },
     }
-}
-
-/// Which rows `outbox list` shows.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ListFilter {
-    /// Only this state.
-    pub(crate) state: Option<State>,
-    /// Only this source.
-    pub(crate) source: Option<String>,
-    /// At most this many rows (newest first).
-    pub(crate) limit: usize,
-}
-
-/// Which rows `outbox replay` puts back to pending.
-#[derive(Debug, Clone)]
-pub(crate) enum ReplaySelector {
-    /// These row ids.
-    Ids(Vec<i64>),
-    /// Every dead row.
-    Dead,
-    /// Rows received in `[since, until)` (Unix microseconds), optionally of one source.
-    Received {
-        /// From (inclusive).
-        since_us: i64,
-        /// To (exclusive).
-        until_us: i64,
-        /// Only this source.
-        source: Option<String>,
-    },
 }
 
 /// Counts for `outbox stats`.
@@ -436,15 +473,25 @@ pub(crate) trait Outbox: Send + Sync {
     /// counts published rows too).
     async fn inventory(&self) -> Result<Inventory, OutboxError>;
 
-    /// Rows newest first.
-    async fn list(&self, filter: ListFilter) -> Result<Vec<RowView>, OutboxError>;
+    /// The lowest and highest row ids, or `None` when the outbox is empty.
+    async fn id_range(&self) -> Result<Option<(i64, i64)>, OutboxError>;
 
-    /// One row with its headers and raw body.
+    /// At most `limit` rows matching `filter` inside `window`, in the window's
+    /// order, without headers and body ([`query`] builds pages, counts and
+    /// timelines on it).
+    async fn find(
+        &self,
+        filter: &EventFilter,
+        window: Window,
+        limit: usize,
+    ) -> Result<Vec<RowView>, OutboxError>;
+
+    /// One row with its headers, raw body, traceparent and failed attempts.
     async fn show(&self, id: i64) -> Result<Option<RowView>, OutboxError>;
 
-    /// Puts rows back to `pending`, due now, so they are published again with the
-    /// same message id. Returns how many rows changed.
-    async fn replay(&self, selector: ReplaySelector) -> Result<u64, OutboxError>;
+    /// Puts these rows back to `pending`, due now, in one transaction, so they are
+    /// published again with the same message id. Returns how many rows changed.
+    async fn replay(&self, ids: Vec<i64>) -> Result<u64, OutboxError>;
 
     /// Lets the later events of these dead rows' subjects be published while the
     /// rows themselves stay dead (until replayed). Returns how many rows were

@@ -26,8 +26,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Access, Fault, FaultKind, InsertHealth, InsertOutcome, Inventory, ListFilter, NewEvent, Outbox,
-    OutboxError, PendingEvent, ReplaySelector, RowView, Settlement, Stats,
+    ATTEMPTS_KEPT, Access, Attempt, EventFilter, Fault, FaultKind, InsertHealth, InsertOutcome,
+    Inventory, NewEvent, Outbox, OutboxError, PendingEvent, RowView, Settlement, Stats, Window,
+    query::{Dialect, Value},
 };
 use crate::clock::now_micros;
 use crate::event::EventMeta;
@@ -102,6 +103,19 @@ CREATE TABLE IF NOT EXISTS health (
 );
 ";
 
+/// Failed publish attempts (the last [`ATTEMPTS_KEPT`] per row), for the
+/// console. Written only when a publish fails, so a healthy relay never writes
+/// it; its rows go with their event.
+const ATTEMPTS: &str = "
+CREATE TABLE IF NOT EXISTS attempts (
+    id      INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    at      INTEGER NOT NULL,
+    outcome TEXT    NOT NULL,
+    error   TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_id ON attempts (id, at);
+";
+
 /// A row that holds back the later rows of its subject: pending, or dead and not
 /// released by an operator. The fetch query and its index spell it the same way,
 /// so SQLite can use the partial index.
@@ -113,7 +127,8 @@ fn indexes() -> String {
         "CREATE INDEX IF NOT EXISTS deliveries_state_id ON deliveries (state, id);
          CREATE INDEX IF NOT EXISTS deliveries_published_at ON deliveries (published_at) WHERE state = 'published';
          CREATE INDEX IF NOT EXISTS deliveries_holding_subject ON deliveries (source, subject, id) WHERE {HOLDS_SUBJECT};
-         CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at, id);"
+         CREATE INDEX IF NOT EXISTS events_received_at ON events (received_at, id);
+         CREATE INDEX IF NOT EXISTS events_subject ON events (subject, source, id);"
     )
 }
 
@@ -206,6 +221,7 @@ fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
     }
     tx.execute_batch(&tables("events", "deliveries"))?;
     tx.execute_batch(HEALTH)?;
+    tx.execute_batch(ATTEMPTS)?;
     tx.execute_batch(&indexes())?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
@@ -233,7 +249,7 @@ enum Command {
     Settle(Arc<[Settlement]>, Reply<()>),
     Ping(Reply<()>),
     Release(Vec<i64>, Reply<u64>),
-    Replay(ReplayChunk, Reply<(u64, Option<Cursor>)>),
+    Replay(Vec<i64>, Reply<u64>),
     Purge {
         cutoff_us: i64,
         limit: usize,
@@ -241,26 +257,10 @@ enum Command {
     },
 }
 
-/// Where a chunked replay resumes: the `(received_at, id)` of the last row the
-/// previous chunk looked at.
-type Cursor = (i64, i64);
-
-/// One transaction's share of a replay.
-struct ReplayChunk {
-    selector: Arc<ReplaySelector>,
-    after: Option<Cursor>,
-}
-
-/// Rows one replay transaction looks at: a replay of a week runs as many short
-/// transactions, and the webhooks queued behind each one are committed between
-/// them instead of waiting (and timing out) behind the whole replay.
-const REPLAY_CHUNK: i64 = 1000;
-
 /// What one command of a committed batch produced.
 enum Outcome {
     Stored(InsertOutcome),
     Count(u64),
-    Replayed(u64, Option<Cursor>),
     Done,
 }
 
@@ -475,11 +475,9 @@ fn writer_loop(
                             let _ = reply.send(Ok(stored));
                         }
                         (Command::Purge { reply, .. }, Outcome::Count(n))
-                        | (Command::Release(_, reply), Outcome::Count(n)) => {
+                        | (Command::Release(_, reply), Outcome::Count(n))
+                        | (Command::Replay(_, reply), Outcome::Count(n)) => {
                             let _ = reply.send(Ok(n));
-                        }
-                        (Command::Replay(_, reply), Outcome::Replayed(n, next)) => {
-                            let _ = reply.send(Ok((n, next)));
                         }
                         (Command::Settle(_, reply), _) | (Command::Ping(reply), _) => {
                             let _ = reply.send(Ok(()));
@@ -491,13 +489,9 @@ fn writer_loop(
                                 "internal: insert without outcome",
                             )));
                         }
-                        (Command::Replay(_, reply), _) => {
-                            let _ = reply.send(Err(fault(
-                                FaultKind::Other,
-                                "internal: replay without a count",
-                            )));
-                        }
-                        (Command::Purge { reply, .. }, _) | (Command::Release(_, reply), _) => {
+                        (Command::Purge { reply, .. }, _)
+                        | (Command::Release(_, reply), _)
+                        | (Command::Replay(_, reply), _) => {
                             let _ = reply.send(Err(fault(
                                 FaultKind::Other,
                                 "internal: write without a count",
@@ -529,10 +523,9 @@ fn writer_loop(
                         Command::Settle(_, reply) | Command::Ping(reply) => {
                             let _ = reply.send(Err(err.clone()));
                         }
-                        Command::Replay(_, reply) => {
-                            let _ = reply.send(Err(err.clone()));
-                        }
-                        Command::Purge { reply, .. } | Command::Release(_, reply) => {
+                        Command::Purge { reply, .. }
+                        | Command::Release(_, reply)
+                        | Command::Replay(_, reply) => {
                             let _ = reply.send(Err(err.clone()));
                         }
                     }
@@ -571,6 +564,13 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
             "UPDATE deliveries SET state = 'dead', attempts = attempts + 1,
                                    permanent_attempts = permanent_attempts + 1, last_error = ?2
              WHERE id = ?1 AND state = 'pending'",
+        )?;
+        let mut failure = tx.prepare_cached(
+            "INSERT INTO attempts (id, at, outcome, error) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut trim = tx.prepare_cached(
+            "DELETE FROM attempts WHERE rowid IN (
+                 SELECT rowid FROM attempts WHERE id = ?1 ORDER BY at DESC LIMIT -1 OFFSET ?2)",
         )?;
         let now_us = now_micros();
         for cmd in batch {
@@ -619,15 +619,22 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                                 next_attempt_at_us,
                                 permanent,
                             } => {
-                                retry.execute(params![
+                                if retry.execute(params![
                                     id,
                                     error,
                                     next_attempt_at_us,
                                     i64::from(*permanent)
-                                ])?;
+                                ])? > 0
+                                {
+                                    failure.execute(params![id, now_us, "retry", error])?;
+                                    trim.execute(params![id, ATTEMPTS_KEPT])?;
+                                }
                             }
                             Settlement::Dead { id, error } => {
-                                dead.execute(params![id, error])?;
+                                if dead.execute(params![id, error])? > 0 {
+                                    failure.execute(params![id, now_us, "dead", error])?;
+                                    trim.execute(params![id, ATTEMPTS_KEPT])?;
+                                }
                             }
                         }
                     }
@@ -642,9 +649,21 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
                     )?;
                     outcomes.push(Outcome::Done);
                 }
-                Command::Replay(chunk, _) => {
-                    let (n, next) = replay(&tx, chunk, now_us)?;
-                    outcomes.push(Outcome::Replayed(n, next));
+                Command::Replay(ids, _) => {
+                    // Attempts restart from zero so the retry schedule and the
+                    // dead-letter bound start afresh; `last_error` is kept for the
+                    // record.
+                    let mut again = tx.prepare_cached(
+                        "UPDATE deliveries SET state = 'pending', attempts = 0, permanent_attempts = 0,
+                                               next_attempt_at = ?1, published_at = NULL,
+                                               released_at = NULL
+                         WHERE id = ?2 AND state != 'pending'",
+                    )?;
+                    let mut n = 0;
+                    for id in ids {
+                        n += again.execute(params![now_us, id])? as u64;
+                    }
+                    outcomes.push(Outcome::Count(n));
                 }
                 Command::Release(ids, _) => {
                     let mut release = tx.prepare_cached(
@@ -678,66 +697,12 @@ fn apply_batch(conn: &mut Connection, batch: &[Command]) -> rusqlite::Result<Vec
     Ok(outcomes)
 }
 
-/// Puts the next chunk of selected rows back to pending, due now; returns how many
-/// changed and where the next chunk starts (`None`: done). Attempts restart from
-/// zero so the retry schedule and the dead-letter bound start afresh;
-/// `last_error` is kept for the record.
-fn replay(
-    tx: &rusqlite::Transaction<'_>,
-    chunk: &ReplayChunk,
-    now_us: i64,
-) -> rusqlite::Result<(u64, Option<Cursor>)> {
-    const SET: &str = "UPDATE deliveries SET state = 'pending', attempts = 0, permanent_attempts = 0,
-                                             next_attempt_at = ?1, published_at = NULL, released_at = NULL";
-    let mut again = tx.prepare_cached(&format!("{SET} WHERE id = ?2 AND state != 'pending'"))?;
-    let candidates: Vec<(i64, i64)> = match chunk.selector.as_ref() {
-        ReplaySelector::Ids(ids) => ids.iter().map(|id| (0, *id)).collect(),
-        ReplaySelector::Dead => {
-            // Walks dead rows by id: the cursor's receive time is not used here.
-            let after = chunk.after.map_or(i64::MIN, |(_, id)| id);
-            let mut rows = tx.prepare_cached(
-                "SELECT 0, id FROM deliveries WHERE state = 'dead' AND id > ?1
-                 ORDER BY id LIMIT ?2",
-            )?;
-            let rows =
-                rows.query_map(params![after, REPLAY_CHUNK], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        }
-        ReplaySelector::Received {
-            since_us,
-            until_us,
-            source,
-        } => {
-            // Walks the (received_at, id) index from the cursor, so each chunk
-            // costs its own rows, not a scan of the whole range.
-            let (at, id) = chunk.after.unwrap_or((*since_us, i64::MIN));
-            let mut rows = tx.prepare_cached(
-                "SELECT received_at, id FROM events
-                 WHERE (received_at, id) > (?1, ?2) AND received_at < ?3
-                   AND (?4 IS NULL OR source = ?4)
-                 ORDER BY received_at, id LIMIT ?5",
-            )?;
-            let rows = rows.query_map(params![at, id, until_us, source, REPLAY_CHUNK], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-            rows.collect::<rusqlite::Result<_>>()?
-        }
-    };
-    let mut changed = 0;
-    for (_, id) in &candidates {
-        changed += again.execute(params![now_us, id])? as u64;
-    }
-    let full = !matches!(chunk.selector.as_ref(), ReplaySelector::Ids(_))
-        && candidates.len() as i64 == REPLAY_CHUNK;
-    Ok((changed, full.then(|| candidates.last().copied()).flatten()))
-}
-
-/// What `list` and `show` read, from `events e JOIN deliveries d` (in the order
+/// What `find` and `show` read, from `events e JOIN deliveries d` (in the order
 /// [`row_view`] reads it).
 const ROW_COLUMNS: &str =
     "d.id, e.event_id, d.source, e.provider, e.routing_key, d.state, d.attempts, d.last_error,
      e.received_at, d.next_attempt_at, d.published_at, e.idempotency_key, d.permanent_attempts,
-     d.released_at";
+     d.released_at, e.subject, e.meta";
 
 fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
     let time = super::shown_time;
@@ -756,10 +721,28 @@ fn row_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<RowView> {
         idempotency_key: row.get(11)?,
         permanent_attempts: row.get(12)?,
         released_at: row.get::<_, Option<i64>>(13)?.map(time),
+        subject: row.get(14)?,
+        kind: String::new(),
+        status: String::new(),
+        provider_status: None,
+        amount: None,
+        currency: None,
         headers: None,
         body: None,
-        redact: Vec::new(),
-    })
+        traceparent: None,
+        failures: None,
+        meta: None,
+    }
+    .with_meta(&row.get::<_, String>(15)?))
+}
+
+/// A filter value as SQLite binds it.
+fn bind(value: &Value) -> rusqlite::types::Value {
+    match value {
+        Value::Text(text) => rusqlite::types::Value::Text(text.clone()),
+        Value::Int(n) => rusqlite::types::Value::Integer(*n),
+        Value::Bytes(bytes) => rusqlite::types::Value::Blob(bytes.clone()),
+    }
 }
 
 #[async_trait]
@@ -921,16 +904,37 @@ impl Outbox for SqliteOutbox {
         ))
     }
 
-    async fn list(&self, filter: ListFilter) -> Result<Vec<RowView>, OutboxError> {
-        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
-        let state = filter.state.map(|s| s.as_str());
+    async fn id_range(&self) -> Result<Option<(i64, i64)>, OutboxError> {
+        self.read(|conn| {
+            conn.query_row("SELECT min(id), max(id) FROM deliveries", [], |r| {
+                Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?))
+            })
+        })
+        .await
+    }
+
+    async fn find(
+        &self,
+        filter: &EventFilter,
+        window: Window,
+        limit: usize,
+    ) -> Result<Vec<RowView>, OutboxError> {
+        let (conditions, values) = filter.sql(Dialect::Sqlite, 4);
+        let order = if window.oldest_first { "ASC" } else { "DESC" };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut bound = vec![
+            rusqlite::types::Value::Integer(window.above),
+            rusqlite::types::Value::Integer(window.below),
+            rusqlite::types::Value::Integer(limit),
+        ];
+        bound.extend(values.iter().map(bind));
         self.read(move |conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS} FROM deliveries d CROSS JOIN events e ON e.id = d.id
-                 WHERE (?1 IS NULL OR d.state = ?1) AND (?2 IS NULL OR d.source = ?2)
-                 ORDER BY d.id DESC LIMIT ?3"
+                 WHERE d.id > ?1 AND d.id < ?2 AND {conditions}
+                 ORDER BY d.id {order} LIMIT ?3"
             ))?;
-            let rows = stmt.query_map(params![state, filter.source, limit], row_view)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(bound), row_view)?;
             rows.collect()
         })
         .await
@@ -940,48 +944,46 @@ impl Outbox for SqliteOutbox {
         self.read(move |conn| {
             conn.query_row(
                 &format!(
-                    "SELECT {ROW_COLUMNS}, e.headers, e.body, e.meta
+                    "SELECT {ROW_COLUMNS}, e.headers, e.body, e.traceparent
                      FROM deliveries d CROSS JOIN events e ON e.id = d.id WHERE d.id = ?1"
                 ),
                 [id],
                 |row| {
                     let mut view = row_view(row)?;
-                    let headers: String = row.get(14)?;
+                    let headers: String = row.get(16)?;
                     view.headers = serde_json::from_str(&headers).ok();
-                    view.body = Some(row.get(15)?);
-                    let meta: String = row.get(16)?;
-                    view.redact = serde_json::from_str::<EventMeta>(&meta)
-                        .map(|meta| meta.redact)
-                        .unwrap_or_default();
+                    view.body = Some(row.get(17)?);
+                    view.traceparent = Some(row.get(18)?);
                     Ok(view)
                 },
             )
-            .optional()
+            .optional()?
+            .map(|mut view| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT at, outcome, error FROM attempts WHERE id = ?1 ORDER BY at, rowid",
+                )?;
+                let failures = stmt.query_map([id], |r| {
+                    Ok(Attempt {
+                        at: super::shown_time(r.get(0)?),
+                        outcome: r.get(1)?,
+                        error: r.get(2)?,
+                    })
+                })?;
+                view.failures = Some(failures.collect::<rusqlite::Result<_>>()?);
+                Ok(view)
+            })
+            .transpose()
         })
         .await
     }
 
-    async fn replay(&self, selector: ReplaySelector) -> Result<u64, OutboxError> {
-        let selector = Arc::new(selector);
-        let mut after = None;
-        let mut total = 0;
-        loop {
-            let (reply, rx) = oneshot::channel();
-            let chunk = ReplayChunk {
-                selector: Arc::clone(&selector),
-                after,
-            };
-            self.writer
-                .send(Command::Replay(chunk, reply))
-                .await
-                .map_err(|_| OutboxError::Closed)?;
-            let (changed, next) = rx.await.map_err(|_| OutboxError::Closed)??;
-            total += changed;
-            match next {
-                Some(cursor) => after = Some(cursor),
-                None => return Ok(total),
-            }
-        }
+    async fn replay(&self, ids: Vec<i64>) -> Result<u64, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Command::Replay(ids, reply))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
     }
 
     async fn release(&self, ids: Vec<i64>) -> Result<u64, OutboxError> {
@@ -1268,25 +1270,36 @@ mod tests {
             let time =
                 |us: i64| crate::event::rfc3339(crate::clock::from_micros(us).expect("time"));
             let ev = &self.event;
-            serde_json::to_value(RowView {
-                id: self.id,
-                event_id: ev.meta.id.clone(),
-                source: ev.meta.source.clone(),
-                provider: ev.meta.provider.clone(),
-                routing_key: ev.meta.routing_key(),
-                state: self.state.to_owned(),
-                attempts: self.attempts,
-                permanent_attempts: self.permanent_attempts,
-                released_at: self.released_at.map(time),
-                last_error: self.last_error.map(str::to_owned),
-                received_at: time(ev.received_at_us),
-                next_attempt_at: time(self.next_attempt_at),
-                published_at: self.published_at.map(time),
-                idempotency_key: ev.meta.idempotency_key.clone(),
-                headers: Some(serde_json::from_str(&ev.headers_json).expect("headers")),
-                body: Some(ev.body.to_vec()),
-                redact: Vec::new(),
-            })
+            serde_json::to_value(
+                RowView {
+                    id: self.id,
+                    event_id: ev.meta.id.clone(),
+                    source: ev.meta.source.clone(),
+                    provider: ev.meta.provider.clone(),
+                    routing_key: ev.meta.routing_key(),
+                    state: self.state.to_owned(),
+                    attempts: self.attempts,
+                    permanent_attempts: self.permanent_attempts,
+                    released_at: self.released_at.map(time),
+                    last_error: self.last_error.map(str::to_owned),
+                    received_at: time(ev.received_at_us),
+                    next_attempt_at: time(self.next_attempt_at),
+                    published_at: self.published_at.map(time),
+                    idempotency_key: ev.meta.idempotency_key.clone(),
+                    subject: ev.meta.subject.clone(),
+                    kind: String::new(),
+                    status: String::new(),
+                    provider_status: None,
+                    amount: None,
+                    currency: None,
+                    headers: Some(serde_json::from_str(&ev.headers_json).expect("headers")),
+                    body: Some(ev.body.to_vec()),
+                    traceparent: Some(ev.traceparent.clone()),
+                    failures: Some(Vec::new()),
+                    meta: None,
+                }
+                .with_meta(&serde_json::to_string(&ev.meta).expect("meta")),
+            )
             .expect("view")
         }
     }
@@ -1376,12 +1389,15 @@ mod tests {
         assert_eq!(
             names,
             [
+                "attempts",
+                "attempts_id",
                 "deliveries",
                 "deliveries_holding_subject",
                 "deliveries_published_at",
                 "deliveries_state_id",
                 "events",
                 "events_received_at",
+                "events_subject",
                 "health",
                 "sqlite_autoindex_events_1",
                 "sqlite_sequence",
@@ -1401,12 +1417,9 @@ mod tests {
             );
         }
         let listed = outbox
-            .list(ListFilter {
-                limit: 10,
-                ..ListFilter::default()
-            })
+            .find(&EventFilter::default(), Window::ALL, 10)
             .await
-            .expect("list");
+            .expect("find");
         let listed: Vec<(i64, String)> = listed.into_iter().map(|r| (r.id, r.state)).collect();
         assert_eq!(
             listed,
@@ -1470,12 +1483,9 @@ mod tests {
             .await
             .expect("settle");
         let states = outbox
-            .list(ListFilter {
-                limit: 10,
-                ..ListFilter::default()
-            })
+            .find(&EventFilter::default(), Window::ALL, 10)
             .await
-            .expect("list")
+            .expect("find")
             .into_iter()
             .map(|r| (r.id, r.state, r.attempts))
             .collect::<Vec<_>>();
@@ -1567,22 +1577,9 @@ mod tests {
             .await
             .expect("settle writes deliveries only");
         assert_eq!(outbox.release(vec![3]).await.expect("release"), 1);
+        assert_eq!(outbox.replay(vec![1, 3]).await.expect("replay"), 2);
         assert_eq!(
-            outbox
-                .replay(ReplaySelector::Ids(vec![1, 3]))
-                .await
-                .expect("replay"),
-            2
-        );
-        assert_eq!(
-            outbox
-                .replay(ReplaySelector::Received {
-                    since_us: 0,
-                    until_us: i64::MAX,
-                    source: None,
-                })
-                .await
-                .expect("replay"),
+            outbox.replay(vec![1, 2, 3]).await.expect("replay"),
             0,
             "all pending already"
         );
@@ -1656,7 +1653,7 @@ mod tests {
         let (_dir, path, outbox) = served().await;
         let outbox = Arc::new(outbox);
         // A week of published rows, written straight into the file.
-        const ROWS: i64 = 100 * REPLAY_CHUNK;
+        const ROWS: i64 = 100_000;
         let conn = Connection::open(&path).expect("open");
         conn.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
@@ -1676,13 +1673,12 @@ mod tests {
         let replaying = {
             let outbox = Arc::clone(&outbox);
             tokio::spawn(async move {
-                outbox
-                    .replay(ReplaySelector::Received {
-                        since_us: 0,
-                        until_us: i64::MAX,
-                        source: None,
-                    })
-                    .await
+                let filter = EventFilter {
+                    since_us: Some(0),
+                    ..EventFilter::default()
+                };
+                let ids = super::super::query::matching_ids(outbox.as_ref(), &filter).await?;
+                super::super::query::replay_ids(outbox.as_ref(), &ids).await
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

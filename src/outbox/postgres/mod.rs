@@ -33,8 +33,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::{
-    Access, Fault, FaultKind, InsertHealth, InsertOutcome, Inventory, ListFilter, NewEvent,
-    Options, Outbox, OutboxError, PendingEvent, ReplaySelector, RowView, Settlement, Stats,
+    ATTEMPTS_KEPT, Access, Attempt, EventFilter, Fault, FaultKind, InsertHealth, InsertOutcome,
+    Inventory, NewEvent, Options, Outbox, OutboxError, PendingEvent, RowView, Settlement, Stats,
+    Window,
+    query::{Dialect, Value},
 };
 use crate::clock::now_micros;
 use crate::event::EventMeta;
@@ -68,9 +70,6 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(3);
 const INSERT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Longest wait for any other statement.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Rows one replay statement changes, so a replay of a week is many short
-/// transactions.
-const REPLAY_CHUNK: i64 = 1000;
 /// `pg_try_advisory_xact_lock` key of retention: one replica purges at a time.
 const RETENTION_LOCK: i64 = 0x686f_6f6b_7265_7470;
 /// The channel commits are announced on.
@@ -503,7 +502,7 @@ async fn listen(
 const ROW_COLUMNS: &str =
     "d.id, e.event_id, e.source, e.provider, e.routing_key, d.state, d.attempts,
      d.last_error, e.received_at, d.next_attempt_at, d.published_at, e.idempotency_key,
-     d.permanent_attempts, d.released_at";
+     d.permanent_attempts, d.released_at, e.subject, e.meta";
 
 fn row_view(row: &tokio_postgres::Row) -> RowView {
     let time = super::shown_time;
@@ -523,9 +522,27 @@ fn row_view(row: &tokio_postgres::Row) -> RowView {
         idempotency_key: row.get(11),
         permanent_attempts: count(row.get(12)),
         released_at: row.get::<_, Option<i64>>(13).map(time),
+        subject: row.get(14),
+        kind: String::new(),
+        status: String::new(),
+        provider_status: None,
+        amount: None,
+        currency: None,
         headers: None,
         body: None,
-        redact: Vec::new(),
+        traceparent: None,
+        failures: None,
+        meta: None,
+    }
+    .with_meta(row.get::<_, &str>(15))
+}
+
+/// A filter value as the driver binds it.
+fn bind(value: &Value) -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+    match value {
+        Value::Text(text) => Box::new(text.clone()),
+        Value::Int(n) => Box::new(*n),
+        Value::Bytes(bytes) => Box::new(bytes.clone()),
     }
 }
 
@@ -680,7 +697,7 @@ impl Outbox for PostgresOutbox {
                      ), held AS (
                          SELECT p.p, p.epoch FROM hr_partition p
                          WHERE p.p = ANY($2) AND p.owner = $8 AND p.lease_until > now()
-                     )
+                     ), settled AS (
                      UPDATE hr_delivery d SET
                          state = s.state,
                          attempts = d.attempts + 1,
@@ -692,7 +709,24 @@ impl Outbox for PostgresOutbox {
                                              ELSE d.published_at END
                      FROM s JOIN held ON held.p = s.part AND held.epoch = s.epoch
                      WHERE d.id = s.id AND d.state = 'pending'
-                     RETURNING d.id",
+                     RETURNING d.id, s.state, s.error
+                     ), failed AS (
+                         SELECT id, state, error FROM settled WHERE state <> 'published'
+                     ), logged AS (
+                         INSERT INTO hr_attempt (id, at, outcome, error)
+                         SELECT id, $9, CASE WHEN state = 'dead' THEN 'dead' ELSE 'retry' END,
+                                coalesce(error, '')
+                         FROM failed
+                     ), trimmed AS (
+                         -- Sees the log before this statement's insert: keeping
+                         -- one fewer leaves the newest ATTEMPTS_KEPT.
+                         DELETE FROM hr_attempt WHERE ctid IN (
+                             SELECT ctid FROM (
+                                 SELECT ctid, row_number() OVER (PARTITION BY id ORDER BY at DESC) AS n
+                                 FROM hr_attempt WHERE id IN (SELECT id FROM failed)
+                             ) old WHERE old.n >= $10)
+                     )
+                     SELECT id FROM settled",
                 )
                 .await
                 .map_err(pg_error)?;
@@ -700,8 +734,16 @@ impl Outbox for PostgresOutbox {
                 .query(
                     &statement,
                     &[
-                        &ids, &parts, &epochs, &kinds, &errors, &next_at, &permanent, &replica,
+                        &ids,
+                        &parts,
+                        &epochs,
+                        &kinds,
+                        &errors,
+                        &next_at,
+                        &permanent,
+                        &replica,
                         &now_us,
+                        &ATTEMPTS_KEPT,
                     ],
                 )
                 .await
@@ -801,20 +843,49 @@ impl Outbox for PostgresOutbox {
         ))
     }
 
-    async fn list(&self, filter: ListFilter) -> Result<Vec<RowView>, OutboxError> {
-        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
-        let state = filter.state.map(|s| s.as_str());
+    async fn id_range(&self) -> Result<Option<(i64, i64)>, OutboxError> {
+        let row = bounded(STATEMENT_TIMEOUT, async {
+            let client = pooled(&self.pool).await?;
+            client
+                .query_one("SELECT min(id), max(id) FROM hr_delivery", &[])
+                .await
+                .map_err(pg_error)
+        })
+        .await?;
+        Ok(row
+            .get::<_, Option<i64>>(0)
+            .zip(row.get::<_, Option<i64>>(1)))
+    }
+
+    async fn find(
+        &self,
+        filter: &EventFilter,
+        window: Window,
+        limit: usize,
+    ) -> Result<Vec<RowView>, OutboxError> {
+        let (conditions, values) = filter.sql(Dialect::Postgres, 4);
+        let order = if window.oldest_first { "ASC" } else { "DESC" };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut bound: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = vec![
+            Box::new(window.above),
+            Box::new(window.below),
+            Box::new(limit),
+        ];
+        bound.extend(values.iter().map(bind));
         let rows = bounded(STATEMENT_TIMEOUT, async {
             let client = pooled(&self.pool).await?;
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound
+                .iter()
+                .map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
             client
                 .query(
                     &format!(
                         "SELECT {ROW_COLUMNS} FROM hr_delivery d JOIN hr_event e ON e.id = d.id
-                         WHERE ($1::text IS NULL OR d.state = $1)
-                           AND ($2::text IS NULL OR e.source = $2)
-                         ORDER BY d.id DESC LIMIT $3"
+                         WHERE d.id > $1 AND d.id < $2 AND {conditions}
+                         ORDER BY d.id {order} LIMIT $3"
                     ),
-                    &[&state, &filter.source, &limit],
+                    &params,
                 )
                 .await
                 .map_err(pg_error)
@@ -824,119 +895,65 @@ impl Outbox for PostgresOutbox {
     }
 
     async fn show(&self, id: i64) -> Result<Option<RowView>, OutboxError> {
-        let row = bounded(STATEMENT_TIMEOUT, async {
+        let (row, failures) = bounded(STATEMENT_TIMEOUT, async {
             let client = pooled(&self.pool).await?;
-            client
+            let row = client
                 .query_opt(
                     &format!(
-                        "SELECT {ROW_COLUMNS}, e.headers, e.body, e.meta
+                        "SELECT {ROW_COLUMNS}, e.headers, e.body, e.traceparent
                          FROM hr_delivery d JOIN hr_event e ON e.id = d.id WHERE d.id = $1"
                     ),
                     &[&id],
                 )
                 .await
-                .map_err(pg_error)
+                .map_err(pg_error)?;
+            let failures = client
+                .query(
+                    "SELECT at, outcome, error FROM hr_attempt WHERE id = $1 ORDER BY at",
+                    &[&id],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok::<_, OutboxError>((row, failures))
         })
         .await?;
         Ok(row.map(|row| {
             let mut view = row_view(&row);
-            view.headers = serde_json::from_str(row.get::<_, &str>(14)).ok();
-            view.body = Some(row.get(15));
-            view.redact = serde_json::from_str::<EventMeta>(row.get::<_, &str>(16))
-                .map(|meta| meta.redact)
-                .unwrap_or_default();
+            view.headers = serde_json::from_str(row.get::<_, &str>(16)).ok();
+            view.body = Some(row.get(17));
+            view.traceparent = Some(row.get(18));
+            view.failures = Some(
+                failures
+                    .iter()
+                    .map(|r| Attempt {
+                        at: super::shown_time(r.get(0)),
+                        outcome: r.get(1),
+                        error: r.get(2),
+                    })
+                    .collect(),
+            );
             view
         }))
     }
 
-    async fn replay(&self, selector: ReplaySelector) -> Result<u64, OutboxError> {
+    async fn replay(&self, ids: Vec<i64>) -> Result<u64, OutboxError> {
         // Attempts restart from zero so the retry schedule and the dead-letter bound
         // start afresh; last_error is kept for the record.
-        const SET: &str = "UPDATE hr_delivery SET state = 'pending', attempts = 0,
-                               permanent_attempts = 0, next_attempt_at = $1,
-                               published_at = NULL, released_at = NULL";
         let now_us = now_micros();
-        let mut total = 0;
-        let mut after: (i64, i64) = (i64::MIN, i64::MIN);
-        loop {
-            let changed = bounded(STATEMENT_TIMEOUT, async {
-                let client = pooled(&self.pool).await?;
-                let rows = match &selector {
-                    ReplaySelector::Ids(ids) => client
-                        .query(
-                            &format!("{SET} WHERE id = ANY($2) AND state <> 'pending' RETURNING id, 0::int8"),
-                            &[&now_us, ids],
-                        )
-                        .await,
-                    ReplaySelector::Dead => client
-                        .query(
-                            &format!(
-                                "{SET} WHERE id IN (SELECT id FROM hr_delivery WHERE state = 'dead'
-                                                    ORDER BY id LIMIT $2)
-                                 RETURNING id, 0::int8"
-                            ),
-                            &[&now_us, &REPLAY_CHUNK],
-                        )
-                        .await,
-                    ReplaySelector::Received {
-                        since_us,
-                        until_us,
-                        source,
-                    } => {
-                        let from = if after.0 == i64::MIN {
-                            (*since_us, i64::MIN)
-                        } else {
-                            after
-                        };
-                        // Walks the (received_at, id) index from the cursor; the
-                        // cursor comes back as the chunk's last row.
-                        client
-                            .query(
-                                &format!(
-                                    "WITH chunk AS (
-                                         SELECT id, received_at FROM hr_event
-                                         WHERE (received_at, id) > ($2, $3) AND received_at < $4
-                                           AND ($5::text IS NULL OR source = $5)
-                                         ORDER BY received_at, id LIMIT $6
-                                     ), changed AS (
-                                         {SET} WHERE id IN (SELECT id FROM chunk) AND state <> 'pending'
-                                         RETURNING id
-                                     )
-                                     SELECT (SELECT count(*) FROM changed),
-                                            (SELECT received_at FROM chunk ORDER BY received_at DESC, id DESC LIMIT 1),
-                                            (SELECT id FROM chunk ORDER BY received_at DESC, id DESC LIMIT 1),
-                                            (SELECT count(*) FROM chunk)"
-                                ),
-                                &[&now_us, &from.0, &from.1, until_us, source, &REPLAY_CHUNK],
-                            )
-                            .await
-                    }
-                }
-                .map_err(pg_error)?;
-                Ok::<_, OutboxError>(rows)
-            })
-            .await?;
-            match &selector {
-                ReplaySelector::Ids(_) => return Ok(changed.len() as u64),
-                ReplaySelector::Dead => {
-                    total += changed.len() as u64;
-                    if (changed.len() as i64) < REPLAY_CHUNK {
-                        return Ok(total);
-                    }
-                }
-                ReplaySelector::Received { .. } => {
-                    let Some(row) = changed.first() else {
-                        return Ok(total);
-                    };
-                    total += count(row.get(0));
-                    let seen: i64 = row.get(3);
-                    match (row.get::<_, Option<i64>>(1), row.get::<_, Option<i64>>(2)) {
-                        (Some(at), Some(id)) if seen == REPLAY_CHUNK => after = (at, id),
-                        _ => return Ok(total),
-                    }
-                }
-            }
-        }
+        bounded(STATEMENT_TIMEOUT, async {
+            let client = pooled(&self.pool).await?;
+            client
+                .execute(
+                    "UPDATE hr_delivery SET state = 'pending', attempts = 0,
+                         permanent_attempts = 0, next_attempt_at = $1,
+                         published_at = NULL, released_at = NULL
+                     WHERE id = ANY($2) AND state <> 'pending'",
+                    &[&now_us, &ids],
+                )
+                .await
+                .map_err(pg_error)
+        })
+        .await
     }
 
     async fn release(&self, ids: Vec<i64>) -> Result<u64, OutboxError> {

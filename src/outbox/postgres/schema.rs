@@ -23,9 +23,14 @@ pub(super) const HOLDS_SUBJECT: &str =
 pub(super) const PARTITIONS: i16 = 256;
 
 /// Each step brings the schema from version `index` to `index + 1`.
-fn migrations() -> [String; 1] {
-    [format!(
-        "CREATE TABLE hr_event (
+///
+/// - 1: events, deliveries, partitions, members.
+/// - 2: failed attempts (`hr_attempt`, for the console) and the subject index
+///   (timelines and the `subject` filter).
+fn migrations() -> [String; 2] {
+    [
+        format!(
+            "CREATE TABLE hr_event (
              id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
              event_id        text     NOT NULL,
              source          text     NOT NULL,
@@ -76,8 +81,18 @@ fn migrations() -> [String; 1] {
              heartbeat_at timestamptz NOT NULL,
              probed_at    timestamptz
          );",
-        last = PARTITIONS - 1
-    )]
+            last = PARTITIONS - 1
+        ),
+        "CREATE TABLE hr_attempt (
+         id      bigint NOT NULL REFERENCES hr_event (id) ON DELETE CASCADE,
+         at      bigint NOT NULL,
+         outcome text   NOT NULL,
+         error   text   NOT NULL
+     );
+     CREATE INDEX hr_attempt_id ON hr_attempt (id, at);
+     CREATE INDEX hr_event_subject ON hr_event (subject, source, id);"
+            .to_owned(),
+    ]
 }
 
 /// Whether the outbox's tables exist (the `outbox` commands never create them).
