@@ -21,6 +21,7 @@ const SOURCES_ENV_PREFIX: &str = "HOOKRELAY_SOURCES__";
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "admin_listen",
+    "admin_token",
     "amqp_url",
     "exchange",
     "outbox_url",
@@ -122,8 +123,12 @@ pub enum LogFormat {
 pub struct Config {
     /// Webhook ingress address.
     pub listen: SocketAddr,
-    /// Admin listener address (`/metrics`, `/healthz`, `/readyz`).
+    /// Admin listener address (`/metrics`, `/healthz`, `/readyz`, the admin API
+    /// and console).
     pub admin_listen: SocketAddr,
+    /// Bearer token of the admin API and console; without one they are served
+    /// only on a loopback admin address.
+    pub admin_token: Option<Secret>,
     /// RabbitMQ URL (may hold a password).
     pub amqp_url: Secret,
     /// Topic exchange the relay publishes to.
@@ -264,6 +269,17 @@ impl Config {
         };
         let listen = parse_addr("listen", &get("listen", "0.0.0.0:8080"))?;
         let admin_listen = parse_addr("admin_listen", &get("admin_listen", "127.0.0.1:9090"))?;
+        let admin_token = match top.get("admin_token").map(|t| t.trim()) {
+            None | Some("") => None,
+            // A short token can be guessed, and a guess costs one HTTP request.
+            Some(token) if token.len() < 16 => {
+                return Err(invalid(
+                    "admin_token",
+                    "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+                ));
+            }
+            Some(token) => Some(Secret(token.to_owned())),
+        };
         let amqp_url = get("amqp_url", "amqp://guest:guest@127.0.0.1:5672/%2f");
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             return Err(invalid("amqp_url", "expected amqp://… or amqps://…"));
@@ -314,6 +330,7 @@ impl Config {
         Ok(Self {
             listen,
             admin_listen,
+            admin_token,
             amqp_url: Secret(amqp_url),
             exchange,
             outbox_url: Secret(outbox_url),

@@ -95,6 +95,22 @@ impl Status {
     }
 }
 
+impl Status {
+    /// How far along a payment's life the status is: a later webhook with a lower
+    /// stage arrived out of order (or the provider went back). Final outcomes
+    /// share a stage; a refund comes after them.
+    pub(crate) fn stage(self) -> u8 {
+        match self {
+            Self::Created => 0,
+            Self::Pending => 1,
+            Self::Processing => 2,
+            Self::PartiallyPaid => 3,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Expired | Self::Abnormal => 4,
+            Self::Refunded => 5,
+        }
+    }
+}
+
 /// What an authentic body says, normalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Normalized {
@@ -212,6 +228,10 @@ pub(crate) struct EventMeta {
     /// JSON paths redacted in the published payload (dot-separated object keys).
     #[serde(default)]
     pub(crate) redact: Vec<String>,
+    /// Whether the signature was checked (`false`: the source has
+    /// `allow_unsigned`); `None` in rows stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) verified: Option<bool>,
 }
 
 impl EventMeta {
@@ -262,6 +282,7 @@ impl EventMeta {
                     received_at,
                     routing_prefix,
                     redact,
+                    verified: None,
                 }
             }
             Parsed::Unrecognized {
@@ -288,6 +309,7 @@ impl EventMeta {
                     received_at,
                     routing_prefix,
                     redact,
+                    verified: None,
                 }
             }
         }

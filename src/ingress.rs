@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use crate::activity::Activity;
 use crate::event::Parsed;
 use crate::event::{EventMeta, Origin};
 use crate::metrics::Metrics;
@@ -58,6 +59,8 @@ pub(crate) struct Ingress {
     pub(crate) logs: LogThrottles,
     /// The outbox's unpublished rows against their limit.
     pub(crate) backlog: Arc<Backlog>,
+    /// Each source's outcomes by minute, for the console.
+    pub(crate) activity: Arc<Activity>,
 }
 
 /// How often the outbox's pending rows are counted for admission.
@@ -132,17 +135,7 @@ impl Default for LogThrottles {
     }
 }
 
-/// Every `outcome` a source's webhooks can have (`unknown_source` is counted
-/// without a source).
-const OUTCOMES: [&str; 7] = [
-    "accepted",
-    "duplicate",
-    "unrecognized",
-    "unauthorized",
-    "forbidden",
-    "too_large",
-    "unavailable",
-];
+use crate::activity::OUTCOMES;
 
 impl Ingress {
     /// Exports every source's outcome counters at 0, so `rate()` over them is
@@ -357,6 +350,9 @@ async fn handle(
             .webhooks_received
             .with_label_values(&[name, provider_name, outcome])
             .inc();
+        ingress
+            .activity
+            .record(name, outcome, crate::clock::now_micros() / 1_000_000);
     };
     if !source.config.allow_ips.is_empty() {
         let client = client_ip(peer, request.headers(), &ingress.trusted_proxies);
@@ -464,7 +460,8 @@ async fn handle(
         routing_prefix: source.provider.routing_prefix().unwrap_or(provider_name),
         redact: &source.redact,
     };
-    let meta = EventMeta::new(&origin, &parsed, &body, received);
+    let mut meta = EventMeta::new(&origin, &parsed, &body, received);
+    meta.verified = Some(!source.config.allow_unsigned);
     let event_id = meta.id.clone();
     let event = NewEvent {
         meta,

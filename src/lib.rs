@@ -9,6 +9,7 @@
 
 #![warn(unreachable_pub)]
 
+mod activity;
 mod admin;
 pub mod amqp;
 pub mod cli;

@@ -54,6 +54,9 @@ pub(crate) struct Metrics {
     /// `hookrelay_outbox_fenced_settles_total`: publish outcomes refused because
     /// the lease had passed.
     pub(crate) outbox_fenced_settles: prometheus::IntCounter,
+    /// `hookrelay_admin_actions_total{action, via}`: replays run from the admin
+    /// API (`api`) or the console (`console`).
+    pub(crate) admin_actions: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: acks are expected in milliseconds, delivery
@@ -181,6 +184,17 @@ impl Metrics {
         registry.register(Box::new(outbox_max_pending.clone()))?;
         registry.register(Box::new(outbox_partitions_owned.clone()))?;
         registry.register(Box::new(outbox_fenced_settles.clone()))?;
+        let admin_actions = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_admin_actions_total",
+                "Replays run by operators, by where they came from",
+            ),
+            &["action", "via"],
+        )?;
+        registry.register(Box::new(admin_actions.clone()))?;
+        for via in ["api", "console"] {
+            admin_actions.with_label_values(&["replay", via]);
+        }
         registry.register(Box::new(webhooks_received.clone()))?;
         registry.register(Box::new(ingest_duration.clone()))?;
         registry.register(Box::new(events_published.clone()))?;
@@ -233,6 +247,7 @@ impl Metrics {
             outbox_max_pending,
             outbox_partitions_owned,
             outbox_fenced_settles,
+            admin_actions,
         })
     }
 

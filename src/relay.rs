@@ -169,6 +169,11 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         .set(i64::try_from(config.outbox_max_pending).unwrap_or(i64::MAX));
     let backlog_task =
         tokio::spawn(Arc::clone(&backlog).track(Arc::clone(&outbox), stop_rx.clone()));
+    let source_list = sources
+        .values()
+        .map(|s| (s.config.name.clone(), s.config.provider.clone()))
+        .collect();
+    let activity = Arc::new(crate::activity::Activity::default());
     let ingress = Arc::new(Ingress {
         sources,
         outbox: Arc::clone(&outbox),
@@ -179,17 +184,24 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         wake,
         logs: ingress::LogThrottles::default(),
         backlog,
+        activity: Arc::clone(&activity),
     });
     ingress.count_from_zero();
     let admin = Arc::new(Admin {
         outbox: Arc::clone(&outbox),
         metrics,
+        activity,
+        sources: source_list,
+        access: admin::auth::Access::new(config.admin_token.clone(), admin_addr.ip().is_loopback()),
     });
     let mut admin_stop = stop_rx.clone();
-    let admin_server =
-        axum::serve(admin_listener, admin::router(admin)).with_graceful_shutdown(async move {
-            let _ = admin_stop.wait_for(|stop| *stop).await;
-        });
+    let admin_server = axum::serve(
+        admin_listener,
+        admin::router(admin).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = admin_stop.wait_for(|stop| *stop).await;
+    });
     let admin_task = tokio::spawn(async move { admin_server.await });
     tracing::info!(addr = %admin_addr, "admin listening");
     tracing::info!(addr = %ingress_addr, "ingress listening");

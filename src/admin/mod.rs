@@ -1,4 +1,6 @@
-//! The admin listener (contract §5): `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener (contract §5): the probes and `/metrics`, open to all;
+//! the admin API (`api`) and the console (`ui`) behind the access rules of
+//! `auth`, both showing what `views` builds from the outbox's `query` module.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::activity::Activity;
 use crate::clock::now_micros;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxError};
+
+mod api;
+pub(crate) mod auth;
+mod ui;
+mod views;
 
 /// Longest wait for the outbox in a probe or a scrape: probes have deadlines of
 /// their own, and an answer that says "unknown" beats none.
@@ -23,14 +31,29 @@ pub(crate) struct Admin {
     pub(crate) outbox: Arc<dyn Outbox>,
     /// Metrics to render.
     pub(crate) metrics: Arc<Metrics>,
+    /// Each source's recent outcomes.
+    pub(crate) activity: Arc<Activity>,
+    /// Configured sources: name and provider.
+    pub(crate) sources: Vec<(String, String)>,
+    /// Who may use the API and the console.
+    pub(crate) access: auth::Access,
 }
 
-/// The admin router.
+/// The admin router. Serve it with `ConnectInfo<SocketAddr>`: replays are logged
+/// with the address they came from.
 pub(crate) fn router(admin: Arc<Admin>) -> Router {
+    let guarded = api::router()
+        .merge(ui::router())
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&admin),
+            auth::guard,
+        ));
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(guarded)
+        .merge(ui::login_router())
         .with_state(admin)
 }
 
@@ -127,6 +150,9 @@ mod tests {
         let admin = Arc::new(Admin {
             outbox: Arc::new(crate::outbox::fake::Hanging),
             metrics: Arc::new(Metrics::new().expect("metrics")),
+            activity: Arc::default(),
+            sources: Vec::new(),
+            access: auth::Access::new(None, true),
         });
         tokio::time::pause();
         let ready = readyz(State(Arc::clone(&admin))).await;

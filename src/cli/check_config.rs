@@ -32,6 +32,14 @@ fn check(config: &Config) -> (String, Vec<String>) {
     });
     let _ = writeln!(out, "listen          {}", config.listen);
     let _ = writeln!(out, "admin_listen    {}", config.admin_listen);
+    let console = match (&config.admin_token, config.admin_listen.ip().is_loopback()) {
+        (Some(_), _) => "token set (****)",
+        (None, true) => "no token: served on this loopback address only",
+        (None, false) => {
+            "no token: the admin API and console answer 403 (set HOOKRELAY_ADMIN_TOKEN)"
+        }
+    };
+    let _ = writeln!(out, "admin_token     {console}");
     let _ = writeln!(
         out,
         "amqp_url        {}",

@@ -1,0 +1,178 @@
+//! What each source's requests came to over the last day, by minute: the
+//! console's sources page ("when did CCPayment last reach us, and how many of
+//! its webhooks did we refuse this hour, and why?") answered without a
+//! Prometheus server. Prometheus has the same counts as counters.
+//!
+//! Kept in memory, per relay: a restart starts from zero, and behind a load
+//! balancer each replica counts its own share.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Every `outcome` a source's webhooks can have (`unknown_source` is counted
+/// without a source, so not here).
+pub(crate) const OUTCOMES: [&str; 7] = [
+    "accepted",
+    "duplicate",
+    "unrecognized",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "unavailable",
+];
+
+/// Outcomes that mean the webhook was acked (stored, or already stored).
+const ACKED: [&str; 3] = ["accepted", "duplicate", "unrecognized"];
+
+/// Minutes kept: one day.
+const MINUTES: usize = 24 * 60;
+
+/// One minute's counts, by outcome.
+#[derive(Clone, Copy, Default)]
+struct Minute {
+    /// Which minute (Unix seconds / 60) the counts are of; an older one is stale.
+    at: i64,
+    counts: [u64; OUTCOMES.len()],
+}
+
+/// One source's minutes and last times.
+struct Ring {
+    minutes: Box<[Minute]>,
+    last_received: Option<i64>,
+    last_accepted: Option<i64>,
+}
+
+/// A source's activity as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Summary {
+    /// Last request of any outcome, Unix seconds.
+    pub(crate) last_received: Option<i64>,
+    /// Last webhook acked, Unix seconds.
+    pub(crate) last_accepted: Option<i64>,
+    /// Counts by outcome over the last hour.
+    pub(crate) last_hour: HashMap<&'static str, u64>,
+    /// Counts by outcome over the last day.
+    pub(crate) last_day: HashMap<&'static str, u64>,
+}
+
+/// Per-source activity; cheap to record into from every request.
+#[derive(Default)]
+pub(crate) struct Activity {
+    sources: Mutex<HashMap<String, Ring>>,
+}
+
+impl Activity {
+    /// Counts one request of `source` with `outcome` at `now` (Unix seconds).
+    /// Outcomes not in [`OUTCOMES`] are ignored.
+    pub(crate) fn record(&self, source: &str, outcome: &str, now: i64) {
+        let Some(index) = OUTCOMES.iter().position(|o| *o == outcome) else {
+            return;
+        };
+        let mut sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !sources.contains_key(source) {
+            sources.insert(
+                source.to_owned(),
+                Ring {
+                    minutes: vec![Minute::default(); MINUTES].into_boxed_slice(),
+                    last_received: None,
+                    last_accepted: None,
+                },
+            );
+        }
+        let Some(ring) = sources.get_mut(source) else {
+            return;
+        };
+        let minute = now.div_euclid(60);
+        let slot =
+            &mut ring.minutes[usize::try_from(minute.rem_euclid(MINUTES as i64)).unwrap_or(0)];
+        if slot.at != minute {
+            *slot = Minute {
+                at: minute,
+                counts: [0; OUTCOMES.len()],
+            };
+        }
+        slot.counts[index] += 1;
+        ring.last_received = Some(now);
+        if ACKED.contains(&outcome) {
+            ring.last_accepted = Some(now);
+        }
+    }
+
+    /// The source's summary at `now` (Unix seconds); every outcome is present,
+    /// at 0 for a source that had no request.
+    pub(crate) fn summary(&self, source: &str, now: i64) -> Summary {
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let minute = now.div_euclid(60);
+        let mut last_hour: HashMap<&'static str, u64> = OUTCOMES.iter().map(|o| (*o, 0)).collect();
+        let mut last_day = last_hour.clone();
+        let Some(ring) = sources.get(source) else {
+            return Summary {
+                last_received: None,
+                last_accepted: None,
+                last_hour,
+                last_day,
+            };
+        };
+        for slot in ring.minutes.iter() {
+            let age = minute - slot.at;
+            if !(0..MINUTES as i64).contains(&age) {
+                continue;
+            }
+            for (outcome, n) in OUTCOMES.iter().zip(slot.counts) {
+                *last_day.entry(outcome).or_default() += n;
+                if age < 60 {
+                    *last_hour.entry(outcome).or_default() += n;
+                }
+            }
+        }
+        Summary {
+            last_received: ring.last_received,
+            last_accepted: ring.last_accepted,
+            last_hour,
+            last_day,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_fall_out_of_the_hour_and_the_day_as_time_passes() {
+        let activity = Activity::default();
+        let start = 1_800_000_000;
+        activity.record("cc", "accepted", start);
+        activity.record("cc", "unauthorized", start + 30 * 60);
+        activity.record("cc", "unauthorized", start + 90 * 60);
+
+        let now = start + 100 * 60;
+        let summary = activity.summary("cc", now);
+        assert_eq!(summary.last_hour["unauthorized"], 1);
+        assert_eq!(summary.last_hour["accepted"], 0);
+        assert_eq!(summary.last_day["unauthorized"], 2);
+        assert_eq!(summary.last_day["accepted"], 1);
+        assert_eq!(summary.last_received, Some(start + 90 * 60));
+        assert_eq!(summary.last_accepted, Some(start));
+
+        let next_day = activity.summary("cc", start + MINUTES as i64 * 60 + 60);
+        assert_eq!(next_day.last_day["accepted"], 0, "a day later it is gone");
+        // A slot reused a day later starts from zero.
+        activity.record("cc", "accepted", start + MINUTES as i64 * 60);
+        let summary = activity.summary("cc", start + MINUTES as i64 * 60);
+        assert_eq!(summary.last_hour["accepted"], 1);
+    }
+
+    #[test]
+    fn a_quiet_source_has_every_outcome_at_zero() {
+        let summary = Activity::default().summary("none", 0);
+        assert_eq!(summary.last_day.len(), OUTCOMES.len());
+        assert_eq!(summary.last_received, None);
+    }
+}
