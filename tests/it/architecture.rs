@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// Each module's layer: a module may use only modules of a lower layer. A strict
 /// order leaves no room for an import circle.
 const LAYERS: &[(&str, u8)] = &[
+    ("activity", 0),
     ("clock", 0),
     ("config", 0),
     ("event", 0),

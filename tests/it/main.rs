@@ -14,6 +14,7 @@
 
 mod support;
 
+mod admin_api;
 mod architecture;
 mod bad_input;
 mod faults;

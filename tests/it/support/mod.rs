@@ -4,6 +4,7 @@
 //! bodies the tests send ([`fixtures`]) and the event contract every consumed
 //! message is checked against ([`schema`]).
 
+pub mod admin;
 pub mod broker;
 pub mod fixtures;
 pub mod load;
