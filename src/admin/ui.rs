@@ -48,6 +48,7 @@ th,td{text-align:left;padding:.3em .5em;border-bottom:1px solid #e3e6eb;vertical
 th{background:#eef1f5;font-weight:600}
 code,pre{font:13px/1.4 ui-monospace,monospace}
 pre{background:#fff;border:1px solid #e3e6eb;padding:.6em;overflow:auto;max-height:28em;white-space:pre-wrap;word-break:break-all}
+main>form{margin:.8em 0}
 form.filters{display:flex;flex-wrap:wrap;gap:.5em;align-items:end;margin-bottom:1em}
 form.filters label{display:flex;flex-direction:column;font-size:12px;color:#4a5466}
 input,select,button{font:inherit;padding:.25em .4em}

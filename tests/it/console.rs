@@ -1,0 +1,271 @@
+//! The console in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, driven over WebDriver with fantoccini): log in, find an
+//! event by order id from the keyboard, open its detail and its order's
+//! timeline with the backwards status flagged, and bulk-replay dead events
+//! after the dry-run count, then see them arrive on a bound queue.
+//!
+//! Screenshots of each step go to `target/tmp/console/` for a person to look
+//! at.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+use crate::on_both_backends;
+use crate::support::*;
+
+const TOKEN: &str = "console-test-token-0123456789";
+
+/// A chromedriver of our own on a free loopback port, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    /// `None` (a skip) only where chromedriver is not installed, never in CI.
+    fn start() -> Option<Self> {
+        let binary = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        assert!(
+            binary.is_some() || std::env::var_os("CI").is_none(),
+            "CI must install chromium-driver"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(binary?)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    /// A headless Chromium session with a fresh profile in `profile`.
+    async fn browser(&self, profile: &std::path::Path) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".to_owned(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                    "--window-size=1360,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        // chromedriver is spoken to over plain HTTP on loopback; the TLS stack
+        // the client is built with still wants a provider chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        ClientBuilder::rustls()
+            .expect("rustls")
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Saves a screenshot as `target/tmp/console/{name}.png`.
+async fn screenshot(browser: &Client, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    let png = browser.screenshot().await.expect("screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+async fn text_of(browser: &Client, css: &str) -> String {
+    browser
+        .wait_for_find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
+        .text()
+        .await
+        .expect("text")
+}
+
+async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(backend: Backend) {
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let Some(limit) = BrokerMaxMessageSize::set(64 * 1024).await else {
+        assert!(std::env::var_os("CI").is_none(), "CI must run rabbitmqctl");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("console");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let mut config = RelayConfig::on(backend, &exchange, dir.path());
+    config
+        .env
+        .push(("HOOKRELAY_ADMIN_TOKEN".to_owned(), TOKEN.to_owned()));
+    let relay = Relay::start(&config);
+    relay.wait_broker_connected().await;
+
+    // An order that succeeded and then got a late "pending"; one the broker
+    // refuses as too large, so it goes dead.
+    for status in ["COMPLETE", "OPEN"] {
+        let body = whitepay_order_at("8f3a-order", status);
+        assert_eq!(relay.post_whitepay(&body).await.0, 200);
+    }
+    let big = whitepay_order(&format!("big-{}", "x".repeat(100 * 1024)));
+    assert_eq!(relay.post_whitepay(&big).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while relay.outbox_count(Some("dead")) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the oversized row did not go dead"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = consumer.collect(2, Duration::from_secs(20)).await;
+    assert_eq!(first.len(), 2, "the order's two events were published");
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = driver.browser(profile.path()).await;
+    let base = format!("http://127.0.0.1:{}", relay.admin.port());
+
+    // Log in.
+    browser.goto(&format!("{base}/ui/")).await.expect("goto");
+    let token = browser
+        .wait_for_find(Locator::Id("token"))
+        .await
+        .expect("the login form");
+    token.send_keys(TOKEN).await.expect("type token");
+    screenshot(&browser, "01-login").await;
+    browser
+        .find(Locator::Id("login"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("log in");
+    assert_eq!(text_of(&browser, "h1").await, "Events");
+
+    // Find the order from the keyboard: type into the focused search box, Enter.
+    let search = browser
+        .wait_for_find(Locator::Css("input[name=q]"))
+        .await
+        .expect("search box");
+    search
+        .send_keys("8f3a-order\u{E007}")
+        .await
+        .expect("search");
+    browser
+        .wait_for(|b| {
+            let b = b.clone();
+            async move { Ok(b.current_url().await?.as_str().contains("q=8f3a-order")) }
+        })
+        .await
+        .expect("searched");
+    let rows = browser
+        .find_all(Locator::Css("tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 2, "both events of the order");
+    screenshot(&browser, "02-events").await;
+
+    // Its detail, then the order's timeline.
+    browser
+        .find(Locator::Css("tbody tr td a"))
+        .await
+        .expect("event link")
+        .click()
+        .await
+        .expect("open detail");
+    assert!(text_of(&browser, "h1").await.starts_with("Event "));
+    let page = browser.source().await.expect("source");
+    assert!(page.contains("CloudEvent") && page.contains("verified"));
+    screenshot(&browser, "03-detail").await;
+    browser
+        .find(Locator::LinkText("8f3a-order"))
+        .await
+        .expect("subject link")
+        .click()
+        .await
+        .expect("open timeline");
+    assert_eq!(text_of(&browser, "h1").await, "Subject 8f3a-order");
+    let flagged = browser
+        .find_all(Locator::Css(".backwards"))
+        .await
+        .expect("flags");
+    assert_eq!(flagged.len(), 1, "the late pending is flagged");
+    screenshot(&browser, "04-timeline").await;
+
+    // Bulk replay of dead events: the count first, then the replay.
+    drop(limit);
+    let _unlimited = BrokerMaxMessageSize::unchanged().await;
+    browser
+        .find(Locator::LinkText("Dead & unrecognized"))
+        .await
+        .expect("nav")
+        .click()
+        .await
+        .expect("open dead");
+    browser
+        .wait_for_find(Locator::Id("replay-dead"))
+        .await
+        .expect("replay button")
+        .click()
+        .await
+        .expect("dry run");
+    let matched = text_of(&browser, "#matched").await;
+    assert!(matched.starts_with("1 events match"), "{matched}");
+    assert_eq!(
+        relay.outbox_count(Some("dead")),
+        1,
+        "the count changed nothing"
+    );
+    screenshot(&browser, "05-replay-count").await;
+    browser
+        .find(Locator::Id("confirm"))
+        .await
+        .expect("confirm")
+        .click()
+        .await
+        .expect("replay");
+    let replayed = text_of(&browser, "#replayed").await;
+    assert!(
+        replayed.starts_with("1 events are pending again"),
+        "{replayed}"
+    );
+    screenshot(&browser, "06-replayed").await;
+
+    let delivery = consumer
+        .next(Duration::from_secs(30))
+        .await
+        .expect("the dead event, published after the replay");
+    assert_eq!(
+        raw_payload(&delivery.data).expect("payload").as_bytes(),
+        &big[..]
+    );
+    browser.close().await.expect("close browser");
+    drop(relay);
+}
+
+on_both_backends!(an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events);
