@@ -237,8 +237,12 @@ pub(crate) struct Page {
 const FIRST_WINDOW: i64 = 4096;
 
 /// The widest window: bounds what one query reads when the filter matches
-/// nothing.
-const WIDEST_WINDOW: i64 = 1 << 18;
+/// nothing, and so how far past its budget a page can run (one window).
+const WIDEST_WINDOW: i64 = 1 << 16;
+
+/// The window of a walk over every matching row (replay, dry run): each window's
+/// rows are held in memory at once, and only their ids are kept.
+const WALK_WINDOW: i64 = 1 << 14;
 
 /// Time a page may spend before it answers with what it found and a cursor.
 pub(crate) const PAGE_BUDGET: Duration = Duration::from_millis(800);
@@ -300,7 +304,7 @@ pub(crate) async fn matching_ids(
     let mut ids = Vec::new();
     let mut above = oldest - 1;
     while above < newest {
-        let below = above.saturating_add(WIDEST_WINDOW).min(newest) + 1;
+        let below = above.saturating_add(WALK_WINDOW).min(newest) + 1;
         let window = Window {
             above,
             below,

@@ -276,6 +276,10 @@ pub(crate) struct SqliteOutbox {
     /// [`INSERT_TIMEOUT`]; a field so a test can shorten it.
     insert_timeout: std::time::Duration,
     reader: Arc<Mutex<Connection>>,
+    /// The operator's reads (admin API, console, `outbox` commands), on a
+    /// connection of their own: a long search must not hold up the publisher's
+    /// fetch behind the reader's lock.
+    browser: Arc<Mutex<Connection>>,
     path: std::path::PathBuf,
     /// Held while `serve` runs: the lock that keeps a second `serve` out.
     _serve_lock: Option<std::fs::File>,
@@ -358,7 +362,7 @@ impl SqliteOutbox {
     ) -> Result<Self, OutboxError> {
         let db_path = path.to_owned();
         let path = path.to_owned();
-        let (writer_conn, reader_conn, serve_lock) = tokio::task::spawn_blocking(move || {
+        let (writer_conn, reader_conn, browser_conn, serve_lock) = tokio::task::spawn_blocking(move || {
             if access == Access::Operate && !path.exists() {
                 return Err(OutboxError::Missing(path.display().to_string()));
             }
@@ -395,7 +399,8 @@ impl SqliteOutbox {
             };
             migrate(&mut writer)?;
             let reader = open_connection(&path)?;
-            Ok::<_, OutboxError>((writer, reader, held))
+            let browser = open_connection(&path)?;
+            Ok::<_, OutboxError>((writer, reader, browser, held))
         })
         .await
         .map_err(|e| fault(FaultKind::Other, e))??;
@@ -418,16 +423,32 @@ impl SqliteOutbox {
             inserts,
             insert_timeout: INSERT_TIMEOUT,
             reader: Arc::new(Mutex::new(reader_conn)),
+            browser: Arc::new(Mutex::new(browser_conn)),
             path: db_path,
             _serve_lock: serve_lock,
         })
     }
 
+    /// Runs `f` on the publisher's and probes' read connection.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, OutboxError> {
-        let reader = Arc::clone(&self.reader);
+        Self::read_on(Arc::clone(&self.reader), f).await
+    }
+
+    /// Runs `f` on the operator's read connection.
+    async fn browse<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, OutboxError> {
+        Self::read_on(Arc::clone(&self.browser), f).await
+    }
+
+    async fn read_on<T: Send + 'static>(
+        reader: Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, OutboxError> {
         tokio::task::spawn_blocking(move || {
             let conn = reader
                 .lock()
@@ -905,7 +926,7 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn id_range(&self) -> Result<Option<(i64, i64)>, OutboxError> {
-        self.read(|conn| {
+        self.browse(|conn| {
             conn.query_row("SELECT min(id), max(id) FROM deliveries", [], |r| {
                 Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?))
             })
@@ -928,7 +949,7 @@ impl Outbox for SqliteOutbox {
             rusqlite::types::Value::Integer(limit),
         ];
         bound.extend(values.iter().map(bind));
-        self.read(move |conn| {
+        self.browse(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {ROW_COLUMNS} FROM deliveries d CROSS JOIN events e ON e.id = d.id
                  WHERE d.id > ?1 AND d.id < ?2 AND {conditions}
@@ -941,7 +962,7 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn show(&self, id: i64) -> Result<Option<RowView>, OutboxError> {
-        self.read(move |conn| {
+        self.browse(move |conn| {
             conn.query_row(
                 &format!(
                     "SELECT {ROW_COLUMNS}, e.headers, e.body, e.traceparent

@@ -101,7 +101,8 @@ async fn screenshot(browser: &Client, name: &str) {
 
 async fn text_of(browser: &Client, css: &str) -> String {
     browser
-        .wait_for_find(Locator::Css(css))
+        .wait()
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
         .text()
@@ -153,7 +154,8 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
     // Log in.
     browser.goto(&format!("{base}/ui/")).await.expect("goto");
     let token = browser
-        .wait_for_find(Locator::Id("token"))
+        .wait()
+        .for_element(Locator::Id("token"))
         .await
         .expect("the login form");
     token.send_keys(TOKEN).await.expect("type token");
@@ -169,20 +171,25 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
 
     // Find the order from the keyboard: type into the focused search box, Enter.
     let search = browser
-        .wait_for_find(Locator::Css("input[name=q]"))
+        .wait()
+        .for_element(Locator::Css("input[name=q]"))
         .await
         .expect("search box");
     search
         .send_keys("8f3a-order\u{E007}")
         .await
         .expect("search");
-    browser
-        .wait_for(|b| {
-            let b = b.clone();
-            async move { Ok(b.current_url().await?.as_str().contains("q=8f3a-order")) }
-        })
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !browser
+        .current_url()
         .await
-        .expect("searched");
+        .expect("url")
+        .as_str()
+        .contains("q=8f3a-order")
+    {
+        assert!(Instant::now() < deadline, "the search was not submitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let rows = browser
         .find_all(Locator::Css("tbody tr"))
         .await
@@ -228,7 +235,8 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
         .await
         .expect("open dead");
     browser
-        .wait_for_find(Locator::Id("replay-dead"))
+        .wait()
+        .for_element(Locator::Id("replay-dead"))
         .await
         .expect("replay button")
         .click()

@@ -95,6 +95,19 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
         relay.outbox_count(Some("published")) == 3
     })
     .await;
+    // The admin API's filters, on the command line: a dry run counts and
+    // changes nothing.
+    let subject = relay.outbox_command(&["list", "--subject", "cli-2"]);
+    assert_eq!(subject.as_array().map(Vec::len), Some(1));
+    let searched = relay.outbox_command(&["list", "--search", "m-cli-1", "--kind", "order"]);
+    assert_eq!(searched[0]["subject"], "cli-1");
+    let counted = relay.outbox_command(&["replay", "--status", "succeeded", "--dry-run"]);
+    assert_eq!(counted["matched"], 2);
+    assert_eq!(
+        relay.outbox_count(Some("published")),
+        3,
+        "a dry run changes nothing"
+    );
     // By receive time: every row of the last hour goes out again.
     let replayed = relay.outbox_command(&["replay", "--since", "1h"]);
     assert_eq!(replayed["replayed"], 3);
