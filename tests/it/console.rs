@@ -99,6 +99,18 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
 }
 
+/// Clicks the element `locator` finds (waiting for it to appear).
+async fn click(browser: &Client, locator: Locator<'_>, what: &str) {
+    browser
+        .wait()
+        .for_element(locator)
+        .await
+        .unwrap_or_else(|e| panic!("nothing to {what} on the page: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("cannot {what}: {e}"));
+}
+
 async fn text_of(browser: &Client, css: &str) -> String {
     browser
         .wait()
@@ -160,13 +172,7 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
         .expect("the login form");
     token.send_keys(TOKEN).await.expect("type token");
     screenshot(&browser, "01-login").await;
-    browser
-        .find(Locator::Id("login"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("log in");
+    click(&browser, Locator::Id("login"), "log in").await;
     assert_eq!(text_of(&browser, "h1").await, "Events");
 
     // Find the order from the keyboard: type into the focused search box, Enter.
@@ -198,24 +204,12 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
     screenshot(&browser, "02-events").await;
 
     // Its detail, then the order's timeline.
-    browser
-        .find(Locator::Css("tbody tr td a"))
-        .await
-        .expect("event link")
-        .click()
-        .await
-        .expect("open detail");
+    click(&browser, Locator::Css("tbody tr td a"), "open detail").await;
     assert!(text_of(&browser, "h1").await.starts_with("Event "));
     let page = browser.source().await.expect("source");
     assert!(page.contains("CloudEvent") && page.contains("verified"));
     screenshot(&browser, "03-detail").await;
-    browser
-        .find(Locator::LinkText("8f3a-order"))
-        .await
-        .expect("subject link")
-        .click()
-        .await
-        .expect("open timeline");
+    click(&browser, Locator::LinkText("8f3a-order"), "open timeline").await;
     assert_eq!(text_of(&browser, "h1").await, "Subject 8f3a-order");
     let flagged = browser
         .find_all(Locator::Css(".backwards"))
@@ -227,21 +221,13 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
     // Bulk replay of dead events: the count first, then the replay.
     drop(limit);
     let _unlimited = BrokerMaxMessageSize::unchanged().await;
-    browser
-        .find(Locator::LinkText("Dead & unrecognized"))
-        .await
-        .expect("nav")
-        .click()
-        .await
-        .expect("open dead");
-    browser
-        .wait()
-        .for_element(Locator::Id("replay-dead"))
-        .await
-        .expect("replay button")
-        .click()
-        .await
-        .expect("dry run");
+    click(
+        &browser,
+        Locator::LinkText("Dead & unrecognized"),
+        "open dead",
+    )
+    .await;
+    click(&browser, Locator::Id("replay-dead"), "dry run").await;
     let matched = text_of(&browser, "#matched").await;
     assert!(matched.starts_with("1 events match"), "{matched}");
     assert_eq!(
@@ -250,13 +236,7 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
         "the count changed nothing"
     );
     screenshot(&browser, "05-replay-count").await;
-    browser
-        .find(Locator::Id("confirm"))
-        .await
-        .expect("confirm")
-        .click()
-        .await
-        .expect("replay");
+    click(&browser, Locator::Id("confirm"), "replay").await;
     let replayed = text_of(&browser, "#replayed").await;
     assert!(
         replayed.starts_with("1 events are pending again"),
