@@ -253,21 +253,20 @@ fn replicas_starting_together_on_an_empty_database_migrate_it_once() {
     });
     assert_eq!(relays.len(), 3);
     assert_eq!(
-        database.sql("SELECT string_agg(version::text, ',') FROM hr_schema"),
-        "1",
+        database.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM hr_schema"),
+        "1,2",
         "each migration applied once"
     );
-    let migrated: usize = relays
+    let migrating = relays
         .iter()
-        .map(|r| {
+        .filter(|r| {
             r.logs()
                 .iter()
-                .filter(|l| l.contains("outbox schema migrated"))
-                .count()
+                .any(|l| l.contains("outbox schema migrated"))
         })
-        .sum();
+        .count();
     assert_eq!(
-        migrated, 1,
+        migrating, 1,
         "one replica migrated, the others found it done"
     );
 }
