@@ -193,6 +193,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         activity,
         sources: source_list,
         access: admin::auth::Access::new(config.admin_token.clone(), admin_addr.ip().is_loopback()),
+        searches: tokio::sync::Semaphore::new(1),
     });
     let mut admin_stop = stop_rx.clone();
     let admin_server = axum::serve(

@@ -37,6 +37,8 @@ pub(crate) struct Admin {
     pub(crate) sources: Vec<(String, String)>,
     /// Who may use the API and the console.
     pub(crate) access: auth::Access,
+    /// One text search at a time.
+    pub(crate) searches: tokio::sync::Semaphore,
 }
 
 /// The admin router. Serve it with `ConnectInfo<SocketAddr>`: replays are logged
@@ -153,6 +155,7 @@ mod tests {
             activity: Arc::default(),
             sources: Vec::new(),
             access: auth::Access::new(None, true),
+            searches: tokio::sync::Semaphore::new(1),
         });
         tokio::time::pause();
         let ready = readyz(State(Arc::clone(&admin))).await;

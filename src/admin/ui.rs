@@ -98,7 +98,7 @@ fn problem(caller: &Caller, admin: &Admin, error: &ViewError) -> Response {
     let status = match error {
         ViewError::Invalid(_) => StatusCode::BAD_REQUEST,
         ViewError::NotFound(_) => StatusCode::NOT_FOUND,
-        ViewError::Outbox(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ViewError::Outbox(_) | ViewError::Busy => StatusCode::SERVICE_UNAVAILABLE,
     };
     let body = html! { p.error role="alert" { (error.to_string()) } };
     (status, page("Problem", caller, admin, body)).into_response()

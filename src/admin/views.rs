@@ -80,6 +80,9 @@ pub(crate) enum ViewError {
     /// The outbox failed.
     #[error("{0}")]
     Outbox(OutboxError),
+    /// Another text search holds the relay's one search slot.
+    #[error("another text search is running on this relay; retry in a moment")]
+    Busy,
 }
 
 impl From<FilterError> for ViewError {
@@ -153,10 +156,30 @@ impl ListParams {
     }
 }
 
+/// How long a text search waits for the one running before it to finish.
+const SEARCH_QUEUE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Holds the relay's one text-search slot for a filter with `q`: a search reads
+/// every body in its windows, and two operators (or one impatient script)
+/// searching at once must not take the CPU the ingest and the database need.
+async fn search_slot<'a>(
+    admin: &'a Admin,
+    filter: &EventFilter,
+) -> Result<Option<tokio::sync::SemaphorePermit<'a>>, ViewError> {
+    if filter.q.is_none() {
+        return Ok(None);
+    }
+    match tokio::time::timeout(SEARCH_QUEUE, admin.searches.acquire()).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        _ => Err(ViewError::Busy),
+    }
+}
+
 /// One page of events.
 pub(crate) async fn events(admin: &Admin, params: &ListParams) -> Result<query::Page, ViewError> {
     let filter = params.filter.filter()?;
     let (limit, cursor) = params.paging()?;
+    let _slot = search_slot(admin, &filter).await?;
     Ok(query::page(
         admin.outbox.as_ref(),
         &filter,
@@ -334,6 +357,7 @@ pub(crate) async fn replay(
                     .to_owned(),
             ));
         }
+        let _slot = search_slot(admin, &filter).await?;
         query::matching_ids(admin.outbox.as_ref(), &filter).await?
     } else {
         if request.ids.len() > MAX_IDS {

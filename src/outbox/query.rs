@@ -273,7 +273,9 @@ pub(crate) async fn page(
             below,
             oldest_first: false,
         };
+        let asked = Instant::now();
         let found = outbox.find(filter, window, limit - events.len()).await?;
+        let took = asked.elapsed();
         let filled = events.len() + found.len() >= limit;
         events.extend(found);
         below = if filled {
@@ -281,10 +283,18 @@ pub(crate) async fn page(
         } else {
             above + 1
         };
-        if filled || started.elapsed() >= budget {
+        if filled {
             break;
         }
-        width = (width * 2).min(WIDEST_WINDOW);
+        let next = (width * 2).min(WIDEST_WINDOW);
+        // Stop before a window that would end past the budget, judged by what the
+        // last one cost per id, so a page answers within its budget, not one
+        // window after it.
+        let expected = took.mul_f64(next as f64 / width as f64);
+        if started.elapsed() + expected >= budget {
+            break;
+        }
+        width = next;
     }
     Ok(Page {
         events,

@@ -927,9 +927,13 @@ impl Outbox for SqliteOutbox {
 
     async fn id_range(&self) -> Result<Option<(i64, i64)>, OutboxError> {
         self.browse(|conn| {
-            conn.query_row("SELECT min(id), max(id) FROM deliveries", [], |r| {
-                Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?))
-            })
+            // Two subqueries: SQLite reads min() or max() off the index only when
+            // it is alone in its query; together they scan the table.
+            conn.query_row(
+                "SELECT (SELECT min(id) FROM deliveries), (SELECT max(id) FROM deliveries)",
+                [],
+                |r| Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?)),
+            )
         })
         .await
     }
@@ -949,10 +953,18 @@ impl Outbox for SqliteOutbox {
             rusqlite::types::Value::Integer(limit),
         ];
         bound.extend(values.iter().map(bind));
+        // CROSS JOIN fixes the order SQLite walks the tables in: a subject is
+        // found through `events_subject`, so `events` goes first; every other
+        // filter walks ids (or the state index) in `deliveries`.
+        let tables = if filter.subject.is_some() {
+            "events e CROSS JOIN deliveries d ON d.id = e.id"
+        } else {
+            "deliveries d CROSS JOIN events e ON e.id = d.id"
+        };
         self.browse(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ROW_COLUMNS} FROM deliveries d CROSS JOIN events e ON e.id = d.id
-                 WHERE d.id > ?1 AND d.id < ?2 AND {conditions}
+                "SELECT {ROW_COLUMNS} FROM {tables}
+                 WHERE d.id > ?1 AND d.id < ?2 AND e.id > ?1 AND e.id < ?2 AND {conditions}
                  ORDER BY d.id {order} LIMIT ?3"
             ))?;
             let rows = stmt.query_map(rusqlite::params_from_iter(bound), row_view)?;

@@ -882,7 +882,8 @@ impl Outbox for PostgresOutbox {
                 .query(
                     &format!(
                         "SELECT {ROW_COLUMNS} FROM hr_delivery d JOIN hr_event e ON e.id = d.id
-                         WHERE d.id > $1 AND d.id < $2 AND {conditions}
+                         WHERE d.id > $1 AND d.id < $2 AND e.id > $1 AND e.id < $2
+                           AND {conditions}
                          ORDER BY d.id {order} LIMIT $3"
                     ),
                     &params,
