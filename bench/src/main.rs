@@ -248,10 +248,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .parent()
         .context("repository root")?
         .to_path_buf();
+    // Where `cargo build --release` put the relay: `$CARGO_TARGET_DIR` when set
+    // (as for the build), else the repository's `target/`.
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| root.join("target"), PathBuf::from);
     let relay_bin = args
         .relay_bin
         .clone()
-        .unwrap_or_else(|| root.join("target/release/hookrelay"));
+        .unwrap_or_else(|| target_dir.join("release/hookrelay"));
     let needs_relay = args.scenarios.iter().any(|s| {
         !matches!(
             s,
@@ -260,6 +265,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     });
     if needs_relay {
         relay::check_binary(&relay_bin, &root, args.allow_stale_relay)?;
+        progress(format!("relay binary {}", relay_bin.display()));
     }
     let (duration, warmup, backlog) = if args.quick {
         (5.0, 1.0, 20_000)
