@@ -18,6 +18,8 @@
 //! 8. `pg-backlog`: `backlog` on PostgreSQL.
 //! 9. `pg-steady-3`: three relays on one PostgreSQL database, the closed-loop
 //!    connections spread round robin over their three ingress addresses.
+//! 10. `console`, `pg-console` (only when named in `--scenarios`): the admin API
+//!     on an outbox seeded with 1,000,000 rows, and ingest while a search runs.
 //!
 //! The SQLite scenarios run first, so one run has them as the reference for the
 //! PostgreSQL ones.
@@ -25,6 +27,7 @@
 //! See bench/README.md for how to run it and read the table.
 
 mod broker;
+mod console;
 mod disk;
 mod http;
 mod load;
@@ -32,6 +35,7 @@ mod postgres;
 mod procfs;
 mod relay;
 mod report;
+mod seed;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -103,7 +107,8 @@ struct Args {
     /// the system temp dir].
     #[arg(long)]
     outbox_dir: Option<PathBuf>,
-    /// Scenarios to run, comma-separated.
+    /// Scenarios to run, comma-separated (`console` and `pg-console` are not in
+    /// the default list: seeding takes minutes).
     #[arg(
         long,
         value_delimiter = ',',
@@ -116,6 +121,25 @@ struct Args {
     /// Per-request bound, seconds.
     #[arg(long, default_value_t = 10.0)]
     request_timeout: f64,
+    /// console: rows seeded into the outbox.
+    #[arg(long, default_value_t = 1_000_000)]
+    console_rows: u64,
+    /// console: times each query is repeated.
+    #[arg(long, default_value_t = 20)]
+    console_repeat: u64,
+    /// console: searches followed over the whole outbox (each one many requests).
+    #[arg(long, default_value_t = 3)]
+    console_walks: u64,
+    /// console: connections of the ingest load measured with and without a search.
+    #[arg(long, default_value_t = 16)]
+    console_connections: usize,
+    /// console: measured seconds of each of the two ingest loads.
+    #[arg(long, default_value_t = 15.0)]
+    console_duration: f64,
+    /// console: leave the seeded outbox (SQLite file or PostgreSQL database) in
+    /// place and print where it is, to look at its query plans afterwards.
+    #[arg(long)]
+    keep_outbox: bool,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -141,11 +165,16 @@ enum Name {
     PgBacklog,
     #[value(name = "pg-steady-3")]
     PgSteady3,
+    Console,
+    PgConsole,
 }
 
 impl Name {
     fn is_postgres(self) -> bool {
-        matches!(self, Self::PgSteady | Self::PgBacklog | Self::PgSteady3)
+        matches!(
+            self,
+            Self::PgSteady | Self::PgBacklog | Self::PgSteady3 | Self::PgConsole
+        )
     }
 }
 
@@ -248,10 +277,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .parent()
         .context("repository root")?
         .to_path_buf();
+    // Where `cargo build --release` put the relay: `$CARGO_TARGET_DIR` when set
+    // (as for the build), else the repository's `target/`.
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| root.join("target"), PathBuf::from);
     let relay_bin = args
         .relay_bin
         .clone()
-        .unwrap_or_else(|| root.join("target/release/hookrelay"));
+        .unwrap_or_else(|| target_dir.join("release/hookrelay"));
     let needs_relay = args.scenarios.iter().any(|s| {
         !matches!(
             s,
@@ -260,6 +294,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     });
     if needs_relay {
         relay::check_binary(&relay_bin, &root, args.allow_stale_relay)?;
+        progress(format!("relay binary {}", relay_bin.display()));
     }
     let (duration, warmup, backlog) = if args.quick {
         (5.0, 1.0, 20_000)
@@ -465,6 +500,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .await;
         scenarios.push(finish_scenario(&ctx, "pg-steady-3", s).await?);
     }
+    for (wanted, name, backend) in [
+        (Name::Console, "console", Backend::Sqlite),
+        (Name::PgConsole, "pg-console", Backend::Postgres),
+    ] {
+        if want(wanted) {
+            let s = console::scenario(&ctx, name, backend).await;
+            scenarios.extend(finish_scenario(&ctx, name, s).await?);
+        }
+    }
     let checks = checks(
         &ctx,
         http_ceiling,
@@ -495,11 +539,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 }
 
 /// Cleans the broker after every scenario, failed or not.
-async fn finish_scenario(
-    ctx: &Ctx,
-    name: &str,
-    result: anyhow::Result<Scenario>,
-) -> anyhow::Result<Scenario> {
+async fn finish_scenario<T>(ctx: &Ctx, name: &str, result: anyhow::Result<T>) -> anyhow::Result<T> {
     broker::cleanup_all(&ctx.args.broker).await;
     result.with_context(|| format!("scenario {name}"))
 }
@@ -898,6 +938,7 @@ async fn start_relay_run(
             exchange: &exchange,
             broker: broker_addr.to_owned(),
             outbox: home.outbox(),
+            extra_sources: &[],
         })?);
     }
     // Wait (bounded) until they are connected, so the run does not measure a cold start.
@@ -1635,6 +1676,7 @@ fn checks(
         });
     }
     out.extend(postgres_checks(all));
+    out.extend(console_checks(all));
     let lost: u64 = all.iter().filter_map(|s| s.lost).sum();
     let dup: u64 = all.iter().filter_map(|s| s.duplicated).sum();
     let undrained = all.iter().filter(|s| s.drained == Some(false)).count();
@@ -1644,5 +1686,76 @@ fn checks(
         target: "0 lost".to_owned(),
         met: Some(lost == 0 && undrained == 0),
     });
+    out
+}
+
+/// The console targets of the issue, per console scenario: list pages, a text
+/// search, a subject timeline, and ingest while searching.
+fn console_checks(all: &[Scenario]) -> Vec<Check> {
+    let mut out = Vec::new();
+    for s in all {
+        let Some(c) = &s.console else { continue };
+        let worst = |group: &str| {
+            c.queries
+                .iter()
+                .filter(|q| q.group == group)
+                .filter_map(|q| q.latency.map(|l| (l.p99_ms, q.what.clone(), q.target_ms)))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+        };
+        for (group, what) in [
+            ("list", "filtered list page, worst p99"),
+            (
+                "search",
+                "text search, first page (answers at its budget), worst p99",
+            ),
+            ("timeline", "subject timeline, worst p99"),
+        ] {
+            if let Some((p99, query, target)) = worst(group) {
+                out.push(Check {
+                    what: format!("{}: {what}", s.name),
+                    value: format!("{p99:.1} ms ({query})"),
+                    target: format!("≤ {target:.0} ms"),
+                    met: Some(p99 <= target),
+                });
+            }
+        }
+        if let Some(walk) = c
+            .walks
+            .iter()
+            .find(|w| w.found_at_request.iter().all(Option::is_none))
+        {
+            let worst = walk.total_ms.iter().copied().fold(0.0_f64, f64::max);
+            out.push(Check {
+                what: format!(
+                    "{}: text search over the whole outbox ({} rows), following the cursor, slowest of {}",
+                    s.name, c.rows, walk.walks
+                ),
+                value: format!(
+                    "{:.2} s in {} requests",
+                    worst / 1000.0,
+                    walk.requests.iter().max().copied().unwrap_or(0)
+                ),
+                target: "≤ 1 s".to_owned(),
+                met: Some(worst <= 1000.0),
+            });
+        }
+        if let (Some(alone), Some(with)) = (c.ack_alone, c.ack_with_search) {
+            let rate = c.acked_per_s_with_search / c.acked_per_s_alone.max(1e-9);
+            out.push(Check {
+                what: format!("{}: ingest while a search runs (ack p99, acked/s)", s.name),
+                value: format!(
+                    "p99 {:.2} → {:.2} ms, acked/s {:.0} → {:.0} ({})",
+                    alone.p99_ms,
+                    with.p99_ms,
+                    c.acked_per_s_alone,
+                    c.acked_per_s_with_search,
+                    pct(rate)
+                ),
+                target: "not measurably slower: p99 ≤ alone × 1.2 + 1 ms, acked/s ≥ 90 %"
+                    .to_owned(),
+                met: Some(with.p99_ms <= alone.p99_ms * 1.2 + 1.0 && rate >= 0.9),
+            });
+        }
+    }
     out
 }

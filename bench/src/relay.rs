@@ -161,6 +161,22 @@ impl OutboxHome {
         }
     }
 
+    /// Leaves the outbox in place (`--keep-outbox`); returns where it is.
+    pub fn keep(self) -> String {
+        match self {
+            Self::Sqlite(dir) => {
+                let path = dir.keep();
+                path.join("outbox.db").display().to_string()
+            }
+            Self::Postgres {
+                server, database, ..
+            } => {
+                server.forget(&database);
+                server.url(&database)
+            }
+        }
+    }
+
     /// Removes the outbox (the relays must be stopped).
     pub async fn remove(self) {
         if let Self::Postgres {
@@ -180,6 +196,8 @@ pub struct RelaySpec<'a> {
     /// `host:port` of the broker the relay connects to (possibly the bench's proxy).
     pub broker: String,
     pub outbox: Outbox<'a>,
+    /// Whitepay sources configured besides `whitepay`, all with [`TOKEN`].
+    pub extra_sources: &'a [&'a str],
 }
 
 /// A running relay.
@@ -261,9 +279,15 @@ impl Relay {
     /// Starts the relay and waits (at most 30 s) for both listeners.
     pub fn start(spec: &RelaySpec<'_>) -> anyhow::Result<Self> {
         let outbox = spec.outbox.url();
-        let mut child = Command::new(spec.binary)
-            .arg("serve")
-            .env_clear()
+        let mut command = Command::new(spec.binary);
+        command.arg("serve").env_clear();
+        for source in spec.extra_sources {
+            let key = format!("HOOKRELAY_SOURCES__{}", source.to_uppercase());
+            command
+                .env(format!("{key}__PROVIDER"), "whitepay")
+                .env(format!("{key}__WEBHOOK_TOKEN"), TOKEN);
+        }
+        let mut child = command
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn,hookrelay::relay=info")
             .env("HOOKRELAY_LOG_FORMAT", "json")

@@ -146,6 +146,10 @@ pub struct Scenario {
     pub relay_survived: Option<bool>,
     /// Relay CPU % (of one core) per thread name over the window.
     pub relay_threads: Vec<(String, f64)>,
+    /// `console` scenarios: the admin API on the seeded outbox (on the row of the
+    /// load without search).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub console: Option<crate::console::ConsoleFigures>,
     pub notes: Vec<String>,
 }
 
@@ -262,6 +266,7 @@ impl Report {
                 ));
             }
         }
+        self.console_tables(&mut out);
         out.push_str(
             "\n### Ratios and targets\n\n| | value | target | met |\n| --- | ---: | --- | --- |\n",
         );
@@ -291,5 +296,94 @@ impl Report {
             }
         }
         out
+    }
+}
+
+impl Report {
+    /// The console scenarios' queries, searches and ingest with and without search.
+    fn console_tables(&self, out: &mut String) {
+        let console: Vec<(&Scenario, &crate::console::ConsoleFigures)> = self
+            .scenarios
+            .iter()
+            .filter_map(|s| s.console.as_ref().map(|c| (s, c)))
+            .collect();
+        if console.is_empty() {
+            return;
+        }
+        out.push_str(
+            "\n### Admin API on a seeded outbox (ms, request sent → last byte of the answer)\n\n",
+        );
+        out.push_str("| scenario | rows | seeded in s | outbox MiB | query | runs | rows returned | with cursor | p50 | p99 | max | target |\n");
+        out.push_str(
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for (s, c) in &console {
+            for q in &c.queries {
+                let l = q.latency;
+                out.push_str(&format!(
+                    "| {} | {} | {:.0} | {:.0} | {} {} | {} | {} | {} | {} | {} | {} | ≤ {:.0} |\n",
+                    s.name,
+                    c.rows,
+                    c.seed_s,
+                    c.outbox_mib,
+                    q.group,
+                    q.what,
+                    opt(l, |l| l.count.to_string()),
+                    q.rows,
+                    opt(q.with_cursor, |v| v.to_string()),
+                    opt(l, |l| ms(l.p50_ms)),
+                    opt(l, |l| ms(l.p99_ms)),
+                    opt(l, |l| ms(l.max_ms)),
+                    q.target_ms,
+                ));
+            }
+        }
+        out.push_str("\n| scenario | search followed by cursor | walks | requests per walk | total s per walk | found at request | per request p50 ms | max |\n");
+        out.push_str("| --- | --- | ---: | --- | --- | --- | ---: | ---: |\n");
+        for (s, c) in &console {
+            for w in &c.walks {
+                let list = |v: Vec<String>| v.join(", ");
+                out.push_str(&format!(
+                    "| {} | q={} ({}) | {} | {} | {} | {} | {} | {} |\n",
+                    s.name,
+                    w.q,
+                    w.what,
+                    w.walks,
+                    list(w.requests.iter().map(u64::to_string).collect()),
+                    list(
+                        w.total_ms
+                            .iter()
+                            .map(|t| format!("{:.2}", t / 1000.0))
+                            .collect()
+                    ),
+                    list(
+                        w.found_at_request
+                            .iter()
+                            .map(|f| opt(*f, |v| v.to_string()))
+                            .collect()
+                    ),
+                    opt(w.request_latency, |l| ms(l.p50_ms)),
+                    opt(w.request_latency, |l| ms(l.max_ms)),
+                ));
+            }
+        }
+        out.push_str("\n| scenario | ack p50 ms alone | p99 alone | acked/s alone | ack p50 + search | p99 + search | acked/s + search | search requests during load (p50 / max ms) |\n");
+        out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+        for (s, c) in &console {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} ({} / {}), {} whole walks |\n",
+                s.name,
+                opt(c.ack_alone, |a| ms(a.p50_ms)),
+                opt(c.ack_alone, |a| ms(a.p99_ms)),
+                rate(c.acked_per_s_alone),
+                opt(c.ack_with_search, |a| ms(a.p50_ms)),
+                opt(c.ack_with_search, |a| ms(a.p99_ms)),
+                rate(c.acked_per_s_with_search),
+                c.searches_during_load,
+                opt(c.search_latency_during_load, |l| ms(l.p50_ms)),
+                opt(c.search_latency_during_load, |l| ms(l.max_ms)),
+                c.search_walks_during_load,
+            ));
+        }
     }
 }
