@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::admin::{self, Admin};
 use crate::amqp::BrokerLink;
@@ -63,7 +63,7 @@ pub enum RelayError {
 /// 503 while `/healthz` says 200. It exits instead, non-zero, for a restart.
 async fn supervise(
     serving: impl std::future::Future<Output = ()>,
-    publisher: &mut tokio::task::JoinHandle<()>,
+    publisher: &mut oneshot::Receiver<()>,
     outbox: &dyn outbox::Outbox,
 ) -> Result<(), RelayError> {
     let crashed = |part, detail: String| {
@@ -74,10 +74,61 @@ async fn supervise(
         () = serving => Ok(()),
         ended = publisher => crashed(
             "publisher",
-            ended.map_or_else(|e| e.to_string(), |()| "it returned".to_owned()),
+            ended.map_or_else(|_| "it panicked".to_owned(), |()| "it returned".to_owned()),
         ),
         () = outbox.failed() => crashed("outbox writer", "it ended (a thread on SQLite, the writer tasks on PostgreSQL)".to_owned()),
     }
+}
+
+/// The nice value of the threads that take webhooks (ingress, admin, and the
+/// tasks beside them), above the publisher's 0: when the CPU is short, the
+/// publisher (and the broker's share of the machine) come first, so a sustained
+/// overload ends in 503s the providers retry, not in a backlog that only grows.
+const INGRESS_NICE: i32 = 5;
+
+/// The runtime `serve` runs on: ingress, admin and the outbox's tasks, on
+/// threads at [`INGRESS_NICE`]. The publisher has a runtime of its own
+/// ([`spawn_publisher`]) at normal priority.
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(|| {
+            // On Linux, `setpriority(PRIO_PROCESS, 0, …)` sets the calling
+            // thread's nice value; raising it needs no privilege. Best effort.
+            // SAFETY: setpriority takes no pointers; it only reads its integers.
+            let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, INGRESS_NICE) };
+        })
+        .build()
+}
+
+/// Runs the publisher on a runtime of its own, on a thread of its own; the
+/// receiver resolves when it returns (`Ok`) or panics (`Err`).
+///
+/// On the ingress's runtime the publisher waited, at each of its awaits (a fetch,
+/// every publish, a confirm, a settle), behind every runnable request task: under
+/// an overload, thousands. Published/s then fell to a few hundred while
+/// webhooks were acked by the tens of thousands. On its own thread the operating
+/// system shares the CPU between it and the ingress threads instead, and the
+/// broker connection's I/O (spawned where the connection is made) comes with it.
+fn spawn_publisher(
+    publisher: Publisher,
+    stop: watch::Receiver<bool>,
+) -> Result<oneshot::Receiver<()>, RelayError> {
+    let (done, ended) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("publisher")
+        .build()
+        .map_err(RelayError::Serve)?;
+    std::thread::Builder::new()
+        .name("publisher".to_owned())
+        .spawn(move || {
+            runtime.block_on(publisher.run(stop));
+            let _ = done.send(());
+        })
+        .map_err(RelayError::Serve)?;
+    Ok(ended)
 }
 
 async fn bind(addr: SocketAddr, var: &'static str) -> Result<TcpListener, RelayError> {
@@ -156,7 +207,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         Arc::clone(&metrics),
         Arc::clone(&wake),
     );
-    let publisher_task = tokio::spawn(publisher.run(stop_rx.clone()));
+    let publisher_task = spawn_publisher(publisher, stop_rx.clone())?;
     let retention_task = tokio::spawn(outbox::run_retention(
         Arc::clone(&outbox),
         config.retention,
@@ -246,7 +297,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_relay_exits_when_the_publisher_ends_on_its_own() {
-        let mut publisher = tokio::spawn(async {});
+        let (returned, mut publisher) = oneshot::channel();
+        let _ = returned.send(());
         let outcome = supervise(
             std::future::pending(),
             &mut publisher,
@@ -263,7 +315,7 @@ mod tests {
             ),
             "{outcome:?}"
         );
-        let mut publisher = tokio::spawn(std::future::pending::<()>());
+        let (_running, mut publisher) = oneshot::channel();
         let outcome = supervise(async {}, &mut publisher, &outbox::fake::Hanging).await;
         assert!(outcome.is_ok(), "a shutdown is not a crash: {outcome:?}");
     }

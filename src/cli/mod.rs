@@ -79,7 +79,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Serve => {
             crate::telemetry::init(config.log_format);
-            runtime()?
+            crate::relay::runtime()
+                .map_err(CliError::Runtime)?
                 .block_on(crate::relay::serve(config))
                 .map_err(CliError::Serve)?;
             Ok(ExitCode::SUCCESS)
