@@ -36,8 +36,8 @@ use crate::metrics::Metrics;
 
 /// Most commands one transaction takes.
 pub(crate) const MAX_BATCH: usize = 512;
-/// Most settlements waiting for the writer (the publisher has at most 4 batches in
-/// flight).
+/// Most settlements waiting for the writer (the publisher has at most
+/// `MAX_BATCHES_IN_FLIGHT`, 8, batches in flight).
 const SETTLE_QUEUE: usize = 64;
 /// Most commands waiting for the writer; beyond it ingress answers 503 at once
 /// instead of holding requests (and their bodies) in memory.

@@ -558,7 +558,11 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
     proxy.restore();
 
     let total = (SUBJECTS * ORDER_LIFE.len()) as i64;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Rows that failed in several of the faults above wait out a retry backoff
+    // that doubles (1 s, 2 s, 4 s, …): on a machine busy with the rest of the
+    // suite the last of them can take longer than a minute. The claim here is
+    // "in the end", and in order; not how soon.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while relay.outbox_count(Some("published")) < total {
         assert!(
             Instant::now() < deadline,
