@@ -101,14 +101,17 @@ pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Runs the publisher on a runtime of its own, on a thread of its own; the
-/// receiver resolves when it returns (`Ok`) or panics (`Err`).
+/// Runs the publisher on a runtime of its own (two worker threads, and the
+/// thread that drives it, all named `publisher`, at normal priority); the
+/// receiver resolves when it returns (`Ok`) or panics (`Err`). Two workers so a
+/// batch's confirm-and-settle task can run while the next batch is built; a
+/// current-thread runtime measured about the same in the bench's steady run.
 ///
 /// On the ingress's runtime the publisher waited, at each of its awaits (a fetch,
 /// every publish, a confirm, a settle), behind every runnable request task: under
 /// an overload, thousands. Published/s then fell to a few hundred while
 /// webhooks were acked by the tens of thousands. On its own thread the operating
-/// system shares the CPU between it and the ingress threads instead, and the
+/// system shares the CPU between its threads and the ingress threads instead, and the
 /// broker connection's I/O (spawned where the connection is made) comes with it.
 fn spawn_publisher(
     publisher: Publisher,
