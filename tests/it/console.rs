@@ -99,27 +99,57 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
 }
 
-/// Clicks the element `locator` finds (waiting for it to appear).
+/// Clicks the element `locator` finds, waiting for it to appear (and looking
+/// again if a navigation replaced the page it was found on).
 async fn click(browser: &Client, locator: Locator<'_>, what: &str) {
-    browser
-        .wait()
-        .for_element(locator)
-        .await
-        .unwrap_or_else(|e| panic!("nothing to {what} on the page: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("cannot {what}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let clicked = match browser.find(locator).await {
+            Ok(element) => element.click().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) => assert!(Instant::now() < deadline, "cannot {what}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the page's heading satisfies `expected` (a click that submits a
+/// form or follows a link may return before the next page has replaced this
+/// one, whose heading is still there); returns it.
+async fn heading(browser: &Client, expected: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = match browser.find(Locator::Css("h1")).await {
+            Ok(h1) => h1.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if expected(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page's heading is still `{text}`"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn text_of(browser: &Client, css: &str) -> String {
-    browser
-        .wait()
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
-        .text()
-        .await
-        .expect("text")
+    // Found on a page that a navigation then replaces, an element goes stale:
+    // look again until the text can be read.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(element) = browser.find(Locator::Css(css)).await
+            && let Ok(text) = element.text().await
+        {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no `{css}` on the page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(backend: Backend) {
@@ -173,7 +203,7 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
     token.send_keys(TOKEN).await.expect("type token");
     screenshot(&browser, "01-login").await;
     click(&browser, Locator::Id("login"), "log in").await;
-    assert_eq!(text_of(&browser, "h1").await, "Events");
+    heading(&browser, |h| h == "Events").await;
 
     // Find the order from the keyboard: type into the focused search box, Enter.
     let search = browser
@@ -205,12 +235,12 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
 
     // Its detail, then the order's timeline.
     click(&browser, Locator::Css("tbody tr td a"), "open detail").await;
-    assert!(text_of(&browser, "h1").await.starts_with("Event "));
+    heading(&browser, |h| h.starts_with("Event ")).await;
     let page = browser.source().await.expect("source");
     assert!(page.contains("CloudEvent") && page.contains("verified"));
     screenshot(&browser, "03-detail").await;
     click(&browser, Locator::LinkText("8f3a-order"), "open timeline").await;
-    assert_eq!(text_of(&browser, "h1").await, "Subject 8f3a-order");
+    heading(&browser, |h| h == "Subject 8f3a-order").await;
     let flagged = browser
         .find_all(Locator::Css(".backwards"))
         .await
