@@ -60,6 +60,27 @@ impl Dialect {
         }
     }
 
+    /// A UUID-shaped text of version `version` from SQL expressions: `hash` gives
+    /// the first group and the variant bits, `time_mid` and `time_hi` the middle
+    /// groups, `node` the last.
+    fn uuid_like(
+        self,
+        hash: &str,
+        time_mid: &str,
+        version: char,
+        time_hi: &str,
+        node: &str,
+    ) -> String {
+        format!(
+            "{} || '-' || {} || '-{version}' || {} || '-' || {} || '-' || {}",
+            self.hex(hash, 8),
+            self.hex(time_mid, 4),
+            self.hex(time_hi, 3),
+            self.hex(&format!("32768 + {hash} % 16384"), 4),
+            self.hex(node, 12)
+        )
+    }
+
     /// `e` as a decimal zero-padded to 2 digits.
     fn pad2(self, e: &str) -> String {
         match self {
@@ -118,22 +139,8 @@ fn statements(d: Dialect, rows: u64, newest_us: i64) -> Vec<String> {
             last = subjects - 1
         ),
     };
-    let subject = format!(
-        "{} || '-' || {} || '-4' || {} || '-' || {} || '-' || {}",
-        d.hex("h", 8),
-        d.hex("(s * 7) % 65536", 4),
-        d.hex("s % 4096", 3),
-        d.hex("32768 + h % 16384", 4),
-        d.hex("s", 12)
-    );
-    let event_id = format!(
-        "{} || '-' || {} || '-5' || {} || '-' || {} || '-' || {}",
-        d.hex("hn", 8),
-        d.hex("n % 65536", 4),
-        d.hex("n % 4096", 3),
-        d.hex("32768 + hn % 16384", 4),
-        d.hex("n", 12)
-    );
+    let subject = d.uuid_like("h", "(s * 7) % 65536", '4', "s % 4096", "s");
+    let event_id = d.uuid_like("hn", "n % 65536", '5', "n % 4096", "n");
     let amount = format!(
         "{} || '.' || {}",
         text("10 + h % 5000"),

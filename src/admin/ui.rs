@@ -391,10 +391,6 @@ fn counts(counts: &std::collections::HashMap<&'static str, u64>) -> Markup {
 }
 
 async fn dead(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
-    let list = |params: ListParams| {
-        let admin = Arc::clone(&admin);
-        async move { views::events(&admin, &params).await }
-    };
     let dead_filter = FilterParams {
         state: Some("dead".to_owned()),
         ..FilterParams::default()
@@ -403,16 +399,12 @@ async fn dead(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Call
         kind: Some("unrecognized".to_owned()),
         ..FilterParams::default()
     };
-    let dead = list(ListParams {
-        filter: dead_filter.clone(),
+    let list = |filter: &FilterParams| ListParams {
+        filter: filter.clone(),
         ..ListParams::default()
-    })
-    .await;
-    let unrecognized = list(ListParams {
-        filter: unrecognized_filter.clone(),
-        ..ListParams::default()
-    })
-    .await;
+    };
+    let dead = views::events(&admin, &list(&dead_filter)).await;
+    let unrecognized = views::events(&admin, &list(&unrecognized_filter)).await;
     let (dead, unrecognized) = match (dead, unrecognized) {
         (Ok(dead), Ok(unrecognized)) => (dead, unrecognized),
         (Err(e), _) | (_, Err(e)) => return problem(&caller, &admin, &e),

@@ -433,7 +433,15 @@ impl SqliteOutbox {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, OutboxError> {
-        Self::read_on(Arc::clone(&self.reader), f).await
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| fault(FaultKind::Other, "reader connection poisoned"))?;
+            Ok(f(&conn)?)
+        })
+        .await
+        .map_err(|e| fault(FaultKind::Other, e))?
     }
 
     /// Runs `f` on the operator's read connection, on its low-priority thread.
@@ -447,20 +455,6 @@ impl SqliteOutbox {
         });
         self.browser.send(job).map_err(|_| OutboxError::Closed)?;
         answer.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    async fn read_on<T: Send + 'static>(
-        reader: Arc<Mutex<Connection>>,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, OutboxError> {
-        tokio::task::spawn_blocking(move || {
-            let conn = reader
-                .lock()
-                .map_err(|_| fault(FaultKind::Other, "reader connection poisoned"))?;
-            Ok(f(&conn)?)
-        })
-        .await
-        .map_err(|e| fault(FaultKind::Other, e))?
     }
 }
 
