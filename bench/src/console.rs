@@ -300,6 +300,7 @@ fn start_relay(ctx: &Ctx, exchange: &str, home: &OutboxHome) -> anyhow::Result<R
         broker: ctx.args.broker.clone(),
         outbox: home.outbox(),
         extra_sources: &EXTRA_SOURCES,
+        wrapper: &[],
     })
 }
 

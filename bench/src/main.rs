@@ -20,6 +20,7 @@
 //!    connections spread round robin over their three ingress addresses.
 //! 10. `console`, `pg-console` (only when named in `--scenarios`): the admin API
 //!     on an outbox seeded with 1,000,000 rows, and ingest while a search runs.
+//! 11. `callgrind` (only when named): instructions per webhook, counted by valgrind.
 //!
 //! The SQLite scenarios run first, so one run has them as the reference for the
 //! PostgreSQL ones.
@@ -27,6 +28,7 @@
 //! See bench/README.md for how to run it and read the table.
 
 mod broker;
+mod callgrind;
 mod console;
 mod disk;
 mod http;
@@ -137,7 +139,8 @@ struct Args {
     #[arg(long, default_value_t = 15.0)]
     console_duration: f64,
     /// console: leave the seeded outbox (SQLite file or PostgreSQL database) in
-    /// place and print where it is, to look at its query plans afterwards.
+    /// place and print where it is, to look at its query plans afterwards;
+    /// callgrind: keep the callgrind output files, for `callgrind_annotate`.
     #[arg(long)]
     keep_outbox: bool,
     /// Also write the results as JSON to this file.
@@ -167,6 +170,7 @@ enum Name {
     PgSteady3,
     Console,
     PgConsole,
+    Callgrind,
 }
 
 impl Name {
@@ -519,6 +523,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         backlog.as_ref(),
         &scenarios,
     );
+    let callgrind = if want(Name::Callgrind) {
+        callgrind::run(&ctx).await?
+    } else {
+        Vec::new()
+    };
     let all_met = checks.iter().all(|c| c.met != Some(false));
     let report = Report {
         command,
@@ -528,6 +537,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         nproc: std::thread::available_parallelism().map_or(0, usize::from),
         scenarios,
         checks,
+        callgrind,
     };
     println!("{}", report.markdown());
     if let Some(path) = &ctx.args.json {
@@ -939,6 +949,7 @@ async fn start_relay_run(
             broker: broker_addr.to_owned(),
             outbox: home.outbox(),
             extra_sources: &[],
+            wrapper: &[],
         })?);
     }
     // Wait (bounded) until they are connected, so the run does not measure a cold start.

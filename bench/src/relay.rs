@@ -198,6 +198,9 @@ pub struct RelaySpec<'a> {
     pub outbox: Outbox<'a>,
     /// Whitepay sources configured besides `whitepay`, all with [`TOKEN`].
     pub extra_sources: &'a [&'a str],
+    /// A program (with its arguments) the relay runs under, such as valgrind;
+    /// empty for none.
+    pub wrapper: &'a [String],
 }
 
 /// A running relay.
@@ -276,10 +279,18 @@ fn read_lines(stream: impl Read + Send + 'static, sink: Arc<Mutex<LogTail>>) {
 }
 
 impl Relay {
-    /// Starts the relay and waits (at most 30 s) for both listeners.
+    /// Starts the relay and waits (at most 30 s, 300 s under a wrapper) for both
+    /// listeners.
     pub fn start(spec: &RelaySpec<'_>) -> anyhow::Result<Self> {
         let outbox = spec.outbox.url();
-        let mut command = Command::new(spec.binary);
+        let mut command = match spec.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(spec.binary);
+                c
+            }
+            None => Command::new(spec.binary),
+        };
         command.arg("serve").env_clear();
         for source in spec.extra_sources {
             let key = format!("HOOKRELAY_SOURCES__{}", source.to_uppercase());
@@ -308,7 +319,8 @@ impl Relay {
         read_lines(child.stdout.take().context("stdout")?, Arc::clone(&logs));
         read_lines(child.stderr.take().context("stderr")?, Arc::clone(&logs));
         let pid = child.id();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let start_within = Duration::from_secs(if spec.wrapper.is_empty() { 30 } else { 300 });
+        let deadline = Instant::now() + start_within;
         loop {
             let (ingress, admin) = {
                 let tail = logs.lock().expect("logs");
@@ -332,7 +344,11 @@ impl Relay {
                 let _ = child.kill();
                 let _ = child.wait();
                 let tail = logs.lock().expect("logs").lines.clone();
-                bail!("the relay did not start within 30 s:\n{}", join(&tail));
+                bail!(
+                    "the relay did not start within {} s:\n{}",
+                    start_within.as_secs(),
+                    join(&tail)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -376,16 +392,23 @@ impl Relay {
     }
 
     /// Stops the relay with SIGTERM (graceful), SIGKILL after 10 s.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_within(Duration::from_secs(10));
+    }
+
+    /// Stops the relay with SIGTERM (graceful), SIGKILL after `grace`; whether it
+    /// exited by itself.
+    pub fn stop_within(mut self, grace: Duration) -> bool {
         self.terminate();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if !self.alive() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         // Drop kills it.
+        false
     }
 }
 

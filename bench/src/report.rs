@@ -171,6 +171,9 @@ pub struct Report {
     pub nproc: usize,
     pub scenarios: Vec<Scenario>,
     pub checks: Vec<Check>,
+    /// Instructions per webhook (the `callgrind` scenario), when it ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub callgrind: Vec<crate::callgrind::Count>,
 }
 
 fn ms(v: f64) -> String {
@@ -294,6 +297,10 @@ impl Report {
                 out.push_str(&n);
                 out.push('\n');
             }
+        }
+        if !self.callgrind.is_empty() {
+            out.push('\n');
+            out.push_str(&crate::callgrind::markdown(&self.callgrind));
         }
         out
     }
