@@ -55,6 +55,8 @@ pub(crate) struct Ingress {
     pub(crate) read_timeout: std::time::Duration,
     /// Notified on every stored webhook, so the publisher starts at once.
     pub(crate) wake: Arc<Notify>,
+    /// Where a webhook gives way to a busy publisher before it is stored.
+    pub(crate) pace: Arc<crate::pace::Pace>,
     /// Log lines a sender can cause, at most one a second of each kind.
     pub(crate) logs: LogThrottles,
     /// The outbox's unpublished rows against their limit.
@@ -478,6 +480,7 @@ async fn handle(
             .set(unix_seconds());
     };
     let commit = tracing::info_span!("outbox commit", otel.name = "outbox commit");
+    ingress.pace.give_way().await;
     let stored = match ingress.backlog.admit() {
         Ok(()) => ingress.outbox.insert(event).instrument(commit).await,
         Err(full) => Err(full),

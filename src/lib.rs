@@ -19,6 +19,7 @@ pub mod event;
 mod ingress;
 mod metrics;
 mod outbox;
+mod pace;
 pub mod providers;
 pub mod publisher;
 mod relay;

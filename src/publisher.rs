@@ -26,6 +26,7 @@ use crate::clock::now_micros;
 use crate::event::cloudevent_json;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxError, PendingEvent, Settlement};
+use crate::pace::Pace;
 use crate::telemetry;
 
 /// Most confirms outstanding at once (and rows per outbox fetch).
@@ -84,6 +85,8 @@ pub(crate) struct Publisher {
     /// `publish {exchange}`: every publish span's name, built once.
     span_name: String,
     wake: Arc<Notify>,
+    /// Told how many rows are in flight, so ingress can give way.
+    pace: Arc<Pace>,
     shared: Arc<Shared>,
 }
 
@@ -163,13 +166,14 @@ struct BatchDone {
 
 impl Publisher {
     /// A publisher over `outbox` and `link`; `wake` is notified by ingress on every
-    /// stored webhook.
+    /// stored webhook, and `pace` told the rows in flight.
     pub(crate) fn new(
         outbox: Arc<dyn Outbox>,
         link: BrokerLink,
         exchange: String,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
+        pace: Arc<Pace>,
     ) -> Self {
         // Every reason present from the start, so `rate()` over it is defined.
         for reason in Failure::ALL {
@@ -182,6 +186,7 @@ impl Publisher {
             span_name: format!("publish {exchange}"),
             exchange,
             wake,
+            pace,
             shared: Arc::new(Shared { outbox, metrics }),
         }
     }
@@ -246,6 +251,7 @@ impl Publisher {
                 continue;
             }
             in_flight.extend(rows.iter().map(|row| row.id));
+            self.pace.set_in_flight(in_flight.len());
             let sent = self.send(&channel, rows).await;
             if sent.trouble.is_some() {
                 // The channel broke while sending: settle this batch now and recover
@@ -277,6 +283,7 @@ impl Publisher {
                 for id in &done.ids {
                     in_flight.remove(id);
                 }
+                self.pace.set_in_flight(in_flight.len());
                 done.trouble
             }
             Err(e) => {
@@ -284,6 +291,7 @@ impl Publisher {
                 // still pending and will be published again.
                 tracing::error!(error = %e, "a publish batch task failed");
                 in_flight.clear();
+                self.pace.set_in_flight(0);
                 Some(ChannelTrouble::Timeout)
             }
         }

@@ -203,12 +203,14 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         config.exchange.clone(),
         Arc::clone(&metrics),
     );
+    let pace = Arc::new(crate::pace::Pace::default());
     let publisher = Publisher::new(
         Arc::clone(&outbox),
         link,
         config.exchange.clone(),
         Arc::clone(&metrics),
         Arc::clone(&wake),
+        Arc::clone(&pace),
     );
     let publisher_task = spawn_publisher(publisher, stop_rx.clone())?;
     let retention_task = tokio::spawn(outbox::run_retention(
@@ -236,6 +238,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         trusted_proxies: config.trusted_proxies.clone(),
         read_timeout: config.read_timeout,
         wake,
+        pace,
         logs: ingress::LogThrottles::default(),
         backlog,
         activity: Arc::clone(&activity),

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 0),
     ("event", 0),
     ("metrics", 0),
+    ("pace", 0),
     ("telemetry", 1),
     ("providers", 2),
     ("outbox", 3),
