@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use hookrelay::cli::{self, Cli};
 
+/// mimalloc instead of glibc's malloc: allocation and free were the largest
+/// user-space cost per webhook after SHA-256 and SQLite (callgrind, `bench/`), and
+/// glibc's arenas consolidate on the request path (`docs/performance.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match cli::run(Cli::parse()) {
         Ok(code) => code,
