@@ -100,16 +100,23 @@ impl Backlog {
     }
 
     /// Counts the pending rows every second until `stop`; a count that fails keeps
-    /// the last one (the outbox's own failure already answers 503).
+    /// the last one (the outbox's own failure already answers 503). A slow count
+    /// is waited for (the outbox bounds it), not abandoned: on PostgreSQL an
+    /// abandoned count runs on in the server beside the next one.
     pub(crate) async fn track(
         self: Arc<Self>,
         outbox: Arc<dyn Outbox>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         loop {
-            if let Ok(Ok(stats)) = tokio::time::timeout(BACKLOG_COUNT_EVERY, outbox.stats()).await {
-                self.pending
-                    .store(stats.pending, std::sync::atomic::Ordering::Relaxed);
+            tokio::select! {
+                counted = outbox.stats() => {
+                    if let Ok(stats) = counted {
+                        self.pending
+                            .store(stats.pending, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => return,
             }
             tokio::select! {
                 () = tokio::time::sleep(BACKLOG_COUNT_EVERY) => {}

@@ -3,17 +3,20 @@
 //! Under a closed-loop load that fills the CPU, every queue between the provider
 //! and the broker fills to its limit: without a rule, webhooks pile up as rows
 //! published seconds later. The publisher reports how many rows it holds
-//! unconfirmed; while that is at [`BUSY_ROWS`] or more, a webhook waits (at most
-//! [`MAX_WAIT`]) before it is stored, so the CPU goes to publishing what is already
-//! stored and the rows between ingress and the broker stay few. Acks are not
-//! slower for it on average (the same providers' connections share the same
-//! throughput); what shrinks is the time from ack to publish.
+//! unconfirmed, and whether its last fetch came back full (more rows are due than
+//! it took: it is behind). While it is behind or holds [`BUSY_ROWS`] or more, a
+//! webhook waits (at most [`MAX_WAIT`]) before it is stored, so the CPU goes to
+//! publishing what is already stored and the rows between ingress and the broker
+//! stay few. Acks are not slower for it on average (the same providers'
+//! connections share the same throughput); what shrinks is the time from ack to
+//! publish.
 //!
-//! The wait is bounded and applies only while the publisher has rows in flight: a
-//! broker outage empties them, so an outage never slows ingest, and a broker that
-//! stops confirming costs each webhook [`MAX_WAIT`] at most.
+//! The wait is bounded and applies only while the publisher is publishing: a
+//! broker outage empties its flight and clears "behind", so an outage never slows
+//! ingest, and a broker that stops confirming costs each webhook [`MAX_WAIT`] at
+//! most.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -27,10 +30,11 @@ pub(crate) const BUSY_ROWS: usize = 256;
 /// The longest a webhook waits for the publisher before it is stored anyway.
 pub(crate) const MAX_WAIT: Duration = Duration::from_millis(50);
 
-/// The publisher's rows in flight, shared with ingress.
+/// The publisher's state as ingress needs it.
 #[derive(Debug, Default)]
 pub(crate) struct Pace {
     in_flight: AtomicUsize,
+    behind: AtomicBool,
     room: Notify,
 }
 
@@ -38,15 +42,31 @@ impl Pace {
     /// The publisher now holds `rows` unconfirmed rows.
     pub(crate) fn set_in_flight(&self, rows: usize) {
         self.in_flight.store(rows, Ordering::Relaxed);
-        if rows < BUSY_ROWS {
+        self.announce();
+    }
+
+    /// The publisher's last fetch left due rows behind (`true`), or it caught up
+    /// or stopped publishing (`false`).
+    pub(crate) fn set_behind(&self, behind: bool) {
+        self.behind.store(behind, Ordering::Relaxed);
+        self.announce();
+    }
+
+    fn busy(&self) -> bool {
+        self.behind.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Relaxed) >= BUSY_ROWS
+    }
+
+    /// Lets the waiting webhooks go once the publisher is no longer busy.
+    fn announce(&self) {
+        if !self.busy() {
             self.room.notify_waiters();
         }
     }
 
-    /// Waits until the publisher holds fewer than [`BUSY_ROWS`] rows in flight, or
-    /// [`MAX_WAIT`] has passed; whether it waited at all.
+    /// Waits until the publisher is neither behind nor holding [`BUSY_ROWS`] rows
+    /// in flight, or [`MAX_WAIT`] has passed; whether it waited at all.
     pub(crate) async fn give_way(&self) -> bool {
-        if self.in_flight.load(Ordering::Relaxed) < BUSY_ROWS {
+        if !self.busy() {
             return false;
         }
         let deadline = tokio::time::Instant::now() + MAX_WAIT;
@@ -56,7 +76,7 @@ impl Pace {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.in_flight.load(Ordering::Relaxed) < BUSY_ROWS {
+            if !self.busy() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
@@ -95,6 +115,24 @@ mod tests {
         pace.set_in_flight(0);
         let waited = waiter.await.expect("waiter");
         assert!(waited < MAX_WAIT, "waited {waited:?}, beyond the room made");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_behind_holds_webhooks_until_it_caught_up() {
+        let pace = Arc::new(Pace::default());
+        pace.set_behind(true);
+        let waiter = tokio::spawn({
+            let pace = Arc::clone(&pace);
+            async move { pace.give_way().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            !waiter.is_finished(),
+            "passed while the publisher was behind"
+        );
+        pace.set_behind(false);
+        assert!(waiter.await.expect("waiter"));
+        assert!(!pace.give_way().await, "waited although caught up");
     }
 
     #[tokio::test(start_paused = true)]

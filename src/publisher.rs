@@ -85,7 +85,7 @@ pub(crate) struct Publisher {
     /// `publish {exchange}`: every publish span's name, built once.
     span_name: String,
     wake: Arc<Notify>,
-    /// Told how many rows are in flight, so ingress can give way.
+    /// Told the rows in flight and whether it is behind, so ingress can give way.
     pace: Arc<Pace>,
     shared: Arc<Shared>,
 }
@@ -229,6 +229,7 @@ impl Publisher {
             let rows: Vec<PendingEvent> = match fetched {
                 Ok(rows) => rows,
                 Err(e) => {
+                    self.pace.set_behind(false);
                     tracing::error!(error = %e, "cannot read the outbox; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(IDLE_POLL) => {}
@@ -237,6 +238,8 @@ impl Publisher {
                     continue;
                 }
             };
+            // A full window means more rows are due than were taken.
+            self.pace.set_behind(rows.len() >= WINDOW);
             if rows.is_empty() {
                 tokio::select! {
                     () = self.wake.notified() => {}
@@ -309,6 +312,8 @@ impl Publisher {
         while let Some(done) = batches.join_next().await {
             self.finish(done, in_flight);
         }
+        // Nothing is published until the link is back: ingress must not wait.
+        self.pace.set_behind(false);
         match trouble {
             ChannelTrouble::Error(e) => self.link.recover(Some(e), shutdown).await,
             ChannelTrouble::Timeout => self.link.recover(None, shutdown).await,

@@ -91,6 +91,20 @@ impl Target {
         if config.get_application_name().is_none() {
             config.application_name("hookrelay");
         }
+        // The relay gives up on a statement after its own bound and drops the
+        // future, but the server would go on running it: a publisher retrying a
+        // fetch that timed out, or a count repeated every second, then piles up
+        // statements that take the CPU the next ones need. The server stops them a
+        // little after the relay has given up.
+        let server_bound = format!(
+            "-c statement_timeout={}",
+            super::SERVER_STATEMENT_TIMEOUT.as_millis()
+        );
+        let options = match config.get_options() {
+            Some(own) => format!("{own} {server_bound}"),
+            None => server_bound,
+        };
+        config.options(&options);
         // A link cut without a reset is noticed by the kernel, not only by our
         // timeouts.
         config.keepalives(true);
@@ -238,6 +252,25 @@ mod tests {
             "postgres://app@db.internal:6432/outbox?sslmode=verify-full"
         );
         assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn the_server_stops_statements_the_relay_gave_up_on_and_keeps_the_urls_options() {
+        let bound = format!(
+            "-c statement_timeout={}",
+            super::super::SERVER_STATEMENT_TIMEOUT.as_millis()
+        );
+        let plain = Target::parse("postgres://app@h/db").expect("url");
+        assert_eq!(plain.config.get_options(), Some(bound.as_str()));
+        let own = Target::parse("postgres://app@h/db?options=-c%20search_path%3Dhr").expect("url");
+        assert_eq!(
+            own.config.get_options(),
+            Some(format!("-c search_path=hr {bound}").as_str())
+        );
+        assert!(
+            super::super::SERVER_STATEMENT_TIMEOUT > super::super::STATEMENT_TIMEOUT,
+            "the server must not stop a statement the relay still waits for"
+        );
     }
 
     #[test]

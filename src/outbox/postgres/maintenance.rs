@@ -75,6 +75,14 @@ async fn vacuum_if_needed(pool: &Pool) -> Result<(), OutboxError> {
     if !mine {
         return Ok(());
     }
+    // A vacuum of a large table may take longer than the session's statement
+    // timeout; it is reset below.
+    if let Err(e) = client.batch_execute("SET statement_timeout = 0").await {
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&VACUUM_LOCK])
+            .await;
+        return Err(pg_error(e));
+    }
     let mut result = Ok(());
     for table in due {
         let started = std::time::Instant::now();
@@ -96,5 +104,6 @@ async fn vacuum_if_needed(pool: &Pool) -> Result<(), OutboxError> {
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&VACUUM_LOCK])
         .await;
+    let _ = client.batch_execute("RESET statement_timeout").await;
     result
 }

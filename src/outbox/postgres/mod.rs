@@ -70,6 +70,9 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(3);
 const INSERT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Longest wait for any other statement.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `statement_timeout` of the relay's sessions: the server stops a statement the
+/// relay gave up on (migrations and vacuums lift it for themselves).
+const SERVER_STATEMENT_TIMEOUT: Duration = Duration::from_secs(12);
 /// `pg_try_advisory_xact_lock` key of retention: one replica purges at a time.
 const RETENTION_LOCK: i64 = 0x686f_6f6b_7265_7470;
 /// The channel commits are announced on.

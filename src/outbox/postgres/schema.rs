@@ -106,6 +106,12 @@ pub(super) async fn exists(client: &Client) -> Result<bool, OutboxError> {
 
 /// Brings the schema to the newest version, one replica at a time.
 pub(super) async fn migrate(client: &mut Client) -> Result<(), OutboxError> {
+    // Waiting for another replica's migration, and a migration's own index builds
+    // on a large outbox, may take longer than the session's statement timeout.
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(pg_error)?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -115,6 +121,9 @@ pub(super) async fn migrate(client: &mut Client) -> Result<(), OutboxError> {
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
+    // Back to the connection's own bound before the pool hands it out again; if
+    // this fails the connection is broken and the pool replaces it.
+    let _ = client.batch_execute("RESET statement_timeout").await;
     migrated
 }
 
