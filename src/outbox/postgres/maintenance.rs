@@ -9,6 +9,13 @@
 //! one replica (whichever takes the advisory lock) vacuums the outbox's tables whose
 //! dead rows passed a threshold; with a working autovacuum that threshold is rarely
 //! reached and the check is one read of `pg_stat_user_tables`.
+//!
+//! It also analyzes a table whose rows changed by a fifth since its last analyze.
+//! A backlog builds fast (100,000 rows in 5 s when the broker is cut), faster than
+//! autovacuum looks (once a minute by default), and never when it is off: planned
+//! on the statistics of a nearly empty table, the fetch read and sorted every
+//! pending row to return 256 (335 ms a fetch at 100,000 pending, against 2 ms on
+//! the index once analyzed), and a drain crawled at 3,400 rows a second.
 
 use std::time::Duration;
 
@@ -18,10 +25,13 @@ use tokio::sync::watch;
 use super::{pg_error, pooled};
 use crate::outbox::OutboxError;
 
-/// How often the dead rows are looked at.
-const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the dead and changed rows are looked at.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Dead rows in a table past which it is vacuumed.
 const DEAD_ROWS: i64 = 20_000;
+/// Rows changed since the last analyze past which a table is analyzed, if they
+/// are also a fifth of its rows.
+const CHANGED_ROWS: i64 = 10_000;
 /// `pg_try_advisory_lock` key: one replica vacuums at a time.
 const VACUUM_LOCK: i64 = 0x686f_6f6b_7661_6375;
 /// The tables this may vacuum (names are never taken from the database).
@@ -54,15 +64,26 @@ async fn vacuum_if_needed(pool: &Pool) -> Result<(), OutboxError> {
     let client = pooled(pool).await?;
     let rows = client
         .query(
-            "SELECT relname::text FROM pg_stat_user_tables
-             WHERE relname = ANY($1) AND schemaname = current_schema() AND n_dead_tup > $2",
-            &[&TABLES.as_slice(), &DEAD_ROWS],
+            "SELECT relname::text, n_dead_tup > $2 FROM pg_stat_user_tables
+             WHERE relname = ANY($1) AND schemaname = current_schema()
+               AND (n_dead_tup > $2
+                    OR (n_mod_since_analyze > $3 AND n_mod_since_analyze * 5 > n_live_tup))",
+            &[&TABLES.as_slice(), &DEAD_ROWS, &CHANGED_ROWS],
         )
         .await
         .map_err(pg_error)?;
-    let due: Vec<&str> = TABLES
+    // Each due table with what it needs: the statement is built from this
+    // module's own names, never from the database's.
+    let due: Vec<(&str, &str)> = TABLES
         .into_iter()
-        .filter(|t| rows.iter().any(|r| r.get::<_, &str>(0) == *t))
+        .filter_map(|t| {
+            let row = rows.iter().find(|r| r.get::<_, &str>(0) == t)?;
+            Some(if row.get::<_, bool>(1) {
+                (t, "VACUUM (ANALYZE)")
+            } else {
+                (t, "ANALYZE")
+            })
+        })
         .collect();
     if due.is_empty() {
         return Ok(());
@@ -84,20 +105,18 @@ async fn vacuum_if_needed(pool: &Pool) -> Result<(), OutboxError> {
         return Err(pg_error(e));
     }
     let mut result = Ok(());
-    for table in due {
+    for (table, command) in due {
         let started = std::time::Instant::now();
         // VACUUM cannot run in a transaction: the pooled connection is in none.
-        if let Err(e) = client
-            .batch_execute(&format!("VACUUM (ANALYZE) {table}"))
-            .await
-        {
+        if let Err(e) = client.batch_execute(&format!("{command} {table}")).await {
             result = Err(pg_error(e));
             break;
         }
         tracing::info!(
             table,
+            command,
             took_ms = started.elapsed().as_millis() as u64,
-            "vacuumed an outbox table"
+            "maintained an outbox table"
         );
     }
     // Also released when the session ends, should this fail.
