@@ -84,7 +84,9 @@ async fn supervise(
 /// tasks beside them), above the publisher's 0: when the CPU is short, the
 /// publisher (and the broker's share of the machine) come first, so a sustained
 /// overload ends in 503s the providers retry, not in a backlog that only grows.
-const INGRESS_NICE: i32 = 5;
+/// Under the bench's 10x overload the publisher published 43-45 % of the broker's
+/// ceiling with ingress at nice 5, and 51-53 % at 10 (`docs/performance.md`).
+const INGRESS_NICE: i32 = 10;
 
 /// The runtime `serve` runs on: ingress, admin and the outbox's tasks, on
 /// threads at [`INGRESS_NICE`]. The publisher has a runtime of its own
