@@ -15,7 +15,8 @@
 //! 6. `backlog`: `--backlog` (100,000) webhooks acked while the relay is cut off the
 //!    broker (through a TCP proxy), then the broker is given back: drain rate.
 //! 7. `pg-steady`: `steady` with the relay on a PostgreSQL outbox (`--postgres`).
-//! 8. `pg-backlog`: `backlog` on PostgreSQL.
+//! 8. `pg-overload`: `overload` on PostgreSQL, at the factor × `pg-steady`'s rate.
+//!    `pg-backlog`: `backlog` on PostgreSQL.
 //! 9. `pg-steady-3`: three relays on one PostgreSQL database, the closed-loop
 //!    connections spread round robin over their three ingress addresses.
 //! 10. `console`, `pg-console` (only when named in `--scenarios`): the admin API
@@ -114,7 +115,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fsync-probe,http-ceiling,broker-ceiling,steady,half-rate,overload,backlog,pg-steady,pg-backlog,pg-steady-3"
+        default_value = "fsync-probe,http-ceiling,broker-ceiling,steady,half-rate,overload,backlog,pg-steady,pg-overload,pg-backlog,pg-steady-3"
     )]
     scenarios: Vec<Name>,
     /// Outstanding confirms of the broker ceiling's publisher (the relay's window is 256).
@@ -165,6 +166,7 @@ enum Name {
     Overload,
     Backlog,
     PgSteady,
+    PgOverload,
     PgBacklog,
     #[value(name = "pg-steady-3")]
     PgSteady3,
@@ -177,7 +179,7 @@ impl Name {
     fn is_postgres(self) -> bool {
         matches!(
             self,
-            Self::PgSteady | Self::PgBacklog | Self::PgSteady3 | Self::PgConsole
+            Self::PgSteady | Self::PgOverload | Self::PgBacklog | Self::PgSteady3 | Self::PgConsole
         )
     }
 }
@@ -440,20 +442,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let Some(max_rate) = max_rate else {
             bail!("overload needs the steady scenario or --max-rate");
         };
-        let rate = max_rate * ctx.args.overload_factor;
-        let spec = |addrs| LoadSpec {
-            addrs,
-            path: "/webhooks/whitepay".to_owned(),
-            token: relay::TOKEN.to_owned(),
-            tag: ctx.tag("over"),
-            connections: ctx.args.overload_connections,
-            mode: Mode::Open { rate },
-            warmup: ctx.warmup,
-            duration: ctx.duration,
-            limit: None,
-            timeout: ctx.timeout(),
-            epoch: ctx.epoch,
-        };
+        let spec = |addrs| overload_spec(&ctx, "overload", max_rate, addrs);
         let s = relay_scenario(
             &ctx,
             "overload",
@@ -474,6 +463,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         scenarios.push(s);
     }
     // PostgreSQL, after the SQLite scenarios: the same run has the reference.
+    let mut pg_rate = ctx.args.max_rate;
     if want(Name::PgSteady) {
         let spec = |addrs| closed_spec(&ctx, "pg-steady", addrs);
         let s = relay_scenario(
@@ -485,7 +475,25 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             &spec,
         )
         .await;
-        scenarios.push(finish_scenario(&ctx, "pg-steady", s).await?);
+        let s = finish_scenario(&ctx, "pg-steady", s).await?;
+        pg_rate = pg_rate.or(Some(s.acked_per_s)).filter(|r| *r > 0.0);
+        scenarios.push(s);
+    }
+    if want(Name::PgOverload) {
+        let Some(max_rate) = pg_rate else {
+            bail!("pg-overload needs the pg-steady scenario or --max-rate");
+        };
+        let spec = |addrs| overload_spec(&ctx, "pg-overload", max_rate, addrs);
+        let s = relay_scenario(
+            &ctx,
+            "pg-overload",
+            "open loop at overload-factor × the pg-steady acked rate, one relay on PostgreSQL",
+            Backend::Postgres,
+            1,
+            &spec,
+        )
+        .await;
+        scenarios.push(finish_scenario(&ctx, "pg-overload", s).await?);
     }
     if want(Name::PgBacklog) {
         let s = backlog_scenario(&ctx, "pg-backlog", Backend::Postgres).await;
@@ -1058,6 +1066,31 @@ async fn metrics_each(relays: &[Relay]) -> anyhow::Result<Vec<relay::Metrics>> {
     Ok(out)
 }
 
+/// The open loop of `overload` and `pg-overload`: `--overload-factor` × `max_rate`
+/// over `--overload-connections`.
+fn overload_spec(
+    ctx: &Ctx,
+    scenario: &str,
+    max_rate: f64,
+    addrs: Vec<std::net::SocketAddr>,
+) -> LoadSpec {
+    LoadSpec {
+        addrs,
+        path: "/webhooks/whitepay".to_owned(),
+        token: relay::TOKEN.to_owned(),
+        tag: ctx.tag(short(scenario)),
+        connections: ctx.args.overload_connections,
+        mode: Mode::Open {
+            rate: max_rate * ctx.args.overload_factor,
+        },
+        warmup: ctx.warmup,
+        duration: ctx.duration,
+        limit: None,
+        timeout: ctx.timeout(),
+        epoch: ctx.epoch,
+    }
+}
+
 /// The tag suffix of a scenario (order ids stay short).
 fn short(scenario: &str) -> &str {
     match scenario {
@@ -1066,6 +1099,7 @@ fn short(scenario: &str) -> &str {
         "overload" => "over",
         "backlog" => "backlog",
         "pg-steady" => "pgsteady",
+        "pg-overload" => "pgover",
         "pg-backlog" => "pgbacklog",
         "pg-steady-3" => "pgsteady3",
         other => other,
@@ -1219,7 +1253,7 @@ async fn relay_scenario(
             lag.p50_ms, lag.p99_ms, lag.max_ms, stall.p99_ms, stall.max_ms
         ));
     }
-    if name == "overload" {
+    if name == "overload" || name == "pg-overload" {
         // The generator cannot keep a 10× schedule on this machine, so the due time
         // would measure the generator's lag: report the relay's answer times.
         s.latency_from = "send".to_owned();
@@ -1580,6 +1614,11 @@ fn postgres_checks(all: &[Scenario]) -> Vec<Check> {
         "3 relays / 1 relay on PostgreSQL (pg-steady-3 / pg-steady)",
         find("pg-steady-3"),
         find("pg-steady"),
+    );
+    compare(
+        "PostgreSQL / SQLite outbox under overload (pg-overload / overload)",
+        find("pg-overload"),
+        find("overload"),
     );
     if let (Some(pg), Some(lite)) = (find("pg-backlog"), find("backlog")) {
         out.push(Check {
