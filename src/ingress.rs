@@ -487,9 +487,12 @@ async fn handle(
             .set(unix_seconds());
     };
     let commit = tracing::info_span!("outbox commit", otel.name = "outbox commit");
-    ingress.pace.give_way().await;
     let stored = match ingress.backlog.admit() {
-        Ok(()) => ingress.outbox.insert(event).instrument(commit).await,
+        Ok(()) => {
+            // Only a webhook that will be stored gives way; a refusal goes at once.
+            ingress.pace.give_way().await;
+            ingress.outbox.insert(event).instrument(commit).await
+        }
         Err(full) => Err(full),
     };
     match stored {

@@ -281,12 +281,11 @@ impl Publisher {
         done: Result<BatchDone, tokio::task::JoinError>,
         in_flight: &mut HashSet<i64>,
     ) -> Option<ChannelTrouble> {
-        match done {
+        let trouble = match done {
             Ok(done) => {
                 for id in &done.ids {
                     in_flight.remove(id);
                 }
-                self.pace.set_in_flight(in_flight.len());
                 done.trouble
             }
             Err(e) => {
@@ -294,10 +293,11 @@ impl Publisher {
                 // still pending and will be published again.
                 tracing::error!(error = %e, "a publish batch task failed");
                 in_flight.clear();
-                self.pace.set_in_flight(0);
                 Some(ChannelTrouble::Timeout)
             }
-        }
+        };
+        self.pace.set_in_flight(in_flight.len());
+        trouble
     }
 
     /// The channel broke: every other batch on it is finishing with errors too, so
