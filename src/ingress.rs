@@ -26,7 +26,7 @@ use crate::activity::Activity;
 use crate::event::Parsed;
 use crate::event::{EventMeta, Origin};
 use crate::metrics::Metrics;
-use crate::outbox::{InsertOutcome, NewEvent, Outbox, OutboxError};
+use crate::outbox::{InsertOutcome, NewEvent, Operate, OutboxError, Pipe};
 use crate::providers::{Source, VerifyError, WebhookRequest};
 use crate::telemetry::{self, Throttle, TraceParent};
 
@@ -44,7 +44,7 @@ pub(crate) struct Ingress {
     /// Sources by name.
     pub(crate) sources: BTreeMap<String, Source>,
     /// Where webhooks are stored.
-    pub(crate) outbox: Arc<dyn Outbox>,
+    pub(crate) outbox: Arc<dyn Pipe>,
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
     /// Largest accepted body.
@@ -105,7 +105,7 @@ impl Backlog {
     /// abandoned count runs on in the server beside the next one.
     pub(crate) async fn track(
         self: Arc<Self>,
-        outbox: Arc<dyn Outbox>,
+        outbox: Arc<dyn Operate>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         loop {

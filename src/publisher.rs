@@ -25,7 +25,7 @@ use crate::amqp::BrokerLink;
 use crate::clock::now_micros;
 use crate::event::cloudevent_json;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, OutboxError, PendingEvent, Settlement};
+use crate::outbox::{OutboxError, PendingEvent, Pipe, Settlement};
 use crate::pace::Pace;
 use crate::telemetry;
 
@@ -87,12 +87,13 @@ pub(crate) struct Publisher {
     wake: Arc<Notify>,
     /// Told the rows in flight and whether it is behind, so ingress can give way.
     pace: Arc<Pace>,
-    shared: Arc<Shared>,
+    settler: Arc<Settler>,
 }
 
-/// What the publishing loop and its batch tasks share.
-struct Shared {
-    outbox: Arc<dyn Outbox>,
+/// What awaits a batch's confirms and records their outcomes: shared by the
+/// publishing loop and its batch tasks.
+struct Settler {
+    outbox: Arc<dyn Pipe>,
     metrics: Arc<Metrics>,
 }
 
@@ -146,15 +147,21 @@ enum ChannelTrouble {
 struct SentBatch {
     settled: Vec<Settlement>,
     unsent: Vec<i64>,
-    awaiting: Vec<(
-        PendingEvent,
-        lapin::PublisherConfirm,
-        Instant,
-        usize,
-        tracing::Span,
-    )>,
+    awaiting: Vec<Awaiting>,
     trouble: Option<ChannelTrouble>,
     deadline: tokio::time::Instant,
+}
+
+/// A message published and not yet confirmed.
+struct Awaiting {
+    row: PendingEvent,
+    confirm: lapin::PublisherConfirm,
+    /// When it went out.
+    sent_at: Instant,
+    /// Its size in bytes, to tell which message a size refusal is about.
+    size: usize,
+    /// Its publish span, ended when the confirm arrives.
+    span: tracing::Span,
 }
 
 /// What a finished batch tells the loop: which rows left flight, and whether the
@@ -168,7 +175,7 @@ impl Publisher {
     /// A publisher over `outbox` and `link`; `wake` is notified by ingress on every
     /// stored webhook, and `pace` told the rows in flight.
     pub(crate) fn new(
-        outbox: Arc<dyn Outbox>,
+        outbox: Arc<dyn Pipe>,
         link: BrokerLink,
         exchange: String,
         metrics: Arc<Metrics>,
@@ -187,7 +194,7 @@ impl Publisher {
             exchange,
             wake,
             pace,
-            shared: Arc::new(Shared { outbox, metrics }),
+            settler: Arc::new(Settler { outbox, metrics }),
         }
     }
 
@@ -222,7 +229,7 @@ impl Publisher {
                 break;
             };
             let fetched = self
-                .shared
+                .settler
                 .outbox
                 .fetch_due(now_micros(), WINDOW, &in_flight)
                 .await;
@@ -259,13 +266,13 @@ impl Publisher {
             if sent.trouble.is_some() {
                 // The channel broke while sending: settle this batch now and recover
                 // before publishing anything else onto it.
-                let done = Arc::clone(&self.shared).confirm_and_settle(sent).await;
+                let done = Arc::clone(&self.settler).confirm_and_settle(sent).await;
                 if let Some(trouble) = self.finish(Ok(done), &mut in_flight) {
                     self.recover(trouble, &mut batches, &mut in_flight, &mut shutdown)
                         .await;
                 }
             } else {
-                batches.spawn(Arc::clone(&self.shared).confirm_and_settle(sent));
+                batches.spawn(Arc::clone(&self.settler).confirm_and_settle(sent));
             }
         }
         while let Some(done) = batches.join_next().await {
@@ -334,16 +341,18 @@ impl Publisher {
             // Never sent (the channel broke, or on a shared outbox this relay's
             // lease on the row's subject passed): the row stays due as it is, no
             // attempt counted.
-            if batch.trouble.is_some() || !self.shared.outbox.may_publish(row.id) {
+            if batch.trouble.is_some() || !self.settler.outbox.may_publish(row.id) {
                 batch.unsent.push(row.id);
                 continue;
             }
             let body = match cloudevent_json(&row.meta, &row.body) {
                 Ok(body) => body,
                 Err(e) => {
-                    batch
-                        .settled
-                        .push(self.shared.permanent(&row, Failure::Encode, e.to_string()));
+                    batch.settled.push(self.settler.permanent(
+                        &row,
+                        Failure::Encode,
+                        e.to_string(),
+                    ));
                     continue;
                 }
             };
@@ -354,7 +363,7 @@ impl Publisher {
                 );
                 batch
                     .settled
-                    .push(self.shared.permanent(&row, Failure::TooLarge, why));
+                    .push(self.settler.permanent(&row, Failure::TooLarge, why));
                 continue;
             }
             let size = body.len();
@@ -387,19 +396,23 @@ impl Publisher {
                 properties(&row, &traceparent),
             );
             match tokio::time::timeout_at(deadline, publish.instrument(span.clone())).await {
-                Ok(Ok(confirm)) => batch
-                    .awaiting
-                    .push((row, confirm, Instant::now(), size, span)),
+                Ok(Ok(confirm)) => batch.awaiting.push(Awaiting {
+                    row,
+                    confirm,
+                    sent_at: Instant::now(),
+                    size,
+                    span,
+                }),
                 Ok(Err(e)) => {
                     confirmed(&span, "channel");
                     batch
                         .settled
-                        .push(self.shared.retry(&row, Failure::Channel, e.to_string()));
+                        .push(self.settler.retry(&row, Failure::Channel, e.to_string()));
                     batch.trouble = Some(ChannelTrouble::Error(e));
                 }
                 Err(_) => {
                     confirmed(&span, "timeout");
-                    batch.settled.push(self.shared.retry(
+                    batch.settled.push(self.settler.retry(
                         &row,
                         Failure::Timeout,
                         "publish timed out".to_owned(),
@@ -412,7 +425,7 @@ impl Publisher {
     }
 }
 
-impl Shared {
+impl Settler {
     /// Awaits a batch's confirms against its deadline and records every outcome in
     /// one outbox transaction.
     async fn confirm_and_settle(self: Arc<Self>, batch: SentBatch) -> BatchDone {
@@ -423,13 +436,20 @@ impl Shared {
             mut trouble,
             deadline,
         } = batch;
-        for (row, confirm, started, size, span) in awaiting {
+        for Awaiting {
+            row,
+            confirm,
+            sent_at,
+            size,
+            span,
+        } in awaiting
+        {
             match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => {
                     confirmed(&span, "ack");
                     self.metrics
                         .publish_duration
-                        .observe(started.elapsed().as_secs_f64());
+                        .observe(sent_at.elapsed().as_secs_f64());
                     let lag = (now_micros() - row.received_at_us).max(0) as f64 / 1e6;
                     self.metrics.delivery_lag.observe(lag);
                     let (kind, status) = row.meta.kind_status();
@@ -626,13 +646,13 @@ mod tests {
 
     #[test]
     fn only_permanent_failures_count_towards_dead() {
-        let shared = Shared {
+        let settler = Settler {
             outbox: Arc::new(crate::outbox::fake::Hanging),
             metrics: Arc::new(Metrics::new().expect("metrics")),
         };
         let why = || "refused as too large".to_owned();
         // Five broker timeouts, then the first permanent failure: not dead yet.
-        let after_outage = shared.permanent(&row(5, 0), Failure::TooLarge, why());
+        let after_outage = settler.permanent(&row(5, 0), Failure::TooLarge, why());
         assert!(
             matches!(
                 after_outage,
@@ -643,13 +663,13 @@ mod tests {
             ),
             "{after_outage:?}"
         );
-        let last = shared.permanent(
+        let last = settler.permanent(
             &row(9, MAX_PERMANENT_ATTEMPTS - 1),
             Failure::TooLarge,
             why(),
         );
         assert!(matches!(last, Settlement::Dead { id: 7, .. }), "{last:?}");
-        let transient = shared.retry(&row(50, 0), Failure::Timeout, why());
+        let transient = settler.retry(&row(50, 0), Failure::Timeout, why());
         assert!(matches!(
             transient,
             Settlement::Retry {

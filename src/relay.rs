@@ -64,7 +64,7 @@ pub enum RelayError {
 async fn supervise(
     serving: impl std::future::Future<Output = ()>,
     publisher: &mut oneshot::Receiver<()>,
-    outbox: &dyn outbox::Outbox,
+    outbox: &dyn outbox::Pipe,
 ) -> Result<(), RelayError> {
     let crashed = |part, detail: String| {
         tracing::error!(part, %detail, "a part of the relay stopped unexpectedly; exiting");
@@ -168,9 +168,8 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     // Woken by ingress on every stored webhook, and by a shared outbox when another
     // replica committed some.
     let wake = Arc::new(Notify::new());
-    let outbox = outbox::open(
+    let outbox::Outbox { pipe, operate } = outbox::serve(
         config.outbox_url.expose(),
-        outbox::Access::Serve,
         Arc::clone(&metrics),
         outbox::Options {
             lease: config.outbox_lease,
@@ -207,7 +206,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     );
     let pace = Arc::new(crate::pace::Pace::default());
     let publisher = Publisher::new(
-        Arc::clone(&outbox),
+        Arc::clone(&pipe),
         link,
         config.exchange.clone(),
         Arc::clone(&metrics),
@@ -215,8 +214,8 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         Arc::clone(&pace),
     );
     let publisher_task = spawn_publisher(publisher, stop_rx.clone())?;
-    let retention_task = tokio::spawn(outbox::run_retention(
-        Arc::clone(&outbox),
+    let retention_task = tokio::spawn(outbox::retention::run(
+        Arc::clone(&operate),
         config.retention,
         stop_rx.clone(),
     ));
@@ -226,7 +225,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         .outbox_max_pending
         .set(i64::try_from(config.outbox_max_pending).unwrap_or(i64::MAX));
     let backlog_task =
-        tokio::spawn(Arc::clone(&backlog).track(Arc::clone(&outbox), stop_rx.clone()));
+        tokio::spawn(Arc::clone(&backlog).track(Arc::clone(&operate), stop_rx.clone()));
     let source_list = sources
         .values()
         .map(|s| (s.config.name.clone(), s.config.provider.clone()))
@@ -234,7 +233,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     let activity = Arc::new(crate::activity::Activity::default());
     let ingress = Arc::new(Ingress {
         sources,
-        outbox: Arc::clone(&outbox),
+        outbox: Arc::clone(&pipe),
         metrics: Arc::clone(&metrics),
         max_body: config.max_body,
         trusted_proxies: config.trusted_proxies.clone(),
@@ -247,7 +246,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     });
     ingress.count_from_zero();
     let admin = Arc::new(Admin {
-        outbox: Arc::clone(&outbox),
+        outbox: operate,
         metrics,
         activity,
         sources: source_list,
@@ -278,7 +277,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
             tracing::info!("shutting down: no new requests; answering those in flight");
         },
     );
-    supervise(serving, &mut publisher_task, outbox.as_ref()).await?;
+    supervise(serving, &mut publisher_task, pipe.as_ref()).await?;
     // Ingress has answered everything in flight; now the publisher finishes its batch.
     let _ = stop_tx.send(true);
     match tokio::time::timeout(CONFIRM_TIMEOUT + Duration::from_secs(5), publisher_task).await {
@@ -290,7 +289,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), retention_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), backlog_task).await;
-    outbox.close().await;
+    pipe.close().await;
     // Spans still buffered go out now, bounded: a collector that is down costs
     // the shutdown at most this long.
     let flush = tokio::task::spawn_blocking(|| crate::telemetry::flush_traces(TRACE_FLUSH));

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use crate::activity::Activity;
 use crate::clock::now_micros;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{Operate, OutboxError};
 
 mod api;
 pub(crate) mod auth;
@@ -28,7 +28,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Shared state of the admin handlers.
 pub(crate) struct Admin {
     /// The outbox, for readiness and gauges.
-    pub(crate) outbox: Arc<dyn Outbox>,
+    pub(crate) outbox: Arc<dyn Operate>,
     /// Metrics to render.
     pub(crate) metrics: Arc<Metrics>,
     /// Each source's recent outcomes.

@@ -16,7 +16,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use super::Admin;
 use super::auth::{self, CSRF_FIELD, Caller};
 use super::views::{self, FilterParams, ListParams, ReplayRequest, Replayed, ViewError};
-use crate::outbox::RowView;
+use crate::outbox::view::{self, RowView};
 
 /// The console's pages behind the guard.
 pub(crate) fn router() -> Router<Arc<Admin>> {
@@ -439,7 +439,7 @@ async fn outbox(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Ca
         || "–".to_owned(),
         |us| {
             let age = (crate::clock::now_micros() - us).max(0) / 1_000_000;
-            format!("{age} s ago ({})", crate::outbox::shown_time(us))
+            format!("{age} s ago ({})", view::shown_time(us))
         },
     );
     let body = html! {

@@ -8,14 +8,14 @@ use serde::{Deserialize, Serialize};
 use super::Admin;
 use crate::activity::Summary;
 use crate::outbox::query::{self, FilterError};
-use crate::outbox::{EventFilter, OutboxError, RowView, State};
+use crate::outbox::select::{self, SelectError, Selection};
+use crate::outbox::view::{Body, RowView};
+use crate::outbox::{EventFilter, OutboxError, State};
 
 /// Rows a list page holds unless asked otherwise.
 pub(crate) const DEFAULT_LIMIT: usize = 50;
 /// Most rows a list page holds.
 pub(crate) const MAX_LIMIT: usize = 500;
-/// Most ids one replay request may name.
-pub(crate) const MAX_IDS: usize = 10_000;
 
 /// The filters as query parameters (`GET /api/v1/events?state=dead&q=8f3`) or
 /// form fields. Empty values mean "any", so a submitted form with blank fields
@@ -208,13 +208,13 @@ pub(crate) struct Detail {
 /// An event with its headers, redacted body, verification, failed attempts and
 /// CloudEvent.
 pub(crate) async fn detail(admin: &Admin, id: i64) -> Result<Detail, ViewError> {
-    let mut row = admin
+    let full = admin
         .outbox
         .show(id)
         .await?
         .ok_or(ViewError::NotFound(id))?;
-    let (cloudevent, cloudevent_error) = match (&row.meta, &row.body) {
-        (Some(meta), Some(body)) => match crate::event::cloudevent_json(meta, body)
+    let (cloudevent, cloudevent_error) = match &full.row.meta {
+        Some(meta) => match crate::event::cloudevent_json(meta, &full.body)
             .map_err(|e| e.to_string())
             .and_then(|bytes| String::from_utf8(bytes).map_err(|e| e.to_string()))
             .and_then(|text| {
@@ -223,23 +223,15 @@ pub(crate) async fn detail(admin: &Admin, id: i64) -> Result<Detail, ViewError> 
             Ok(raw) => (Some(raw), None),
             Err(e) => (None, Some(e)),
         },
-        _ => (None, Some("the row's metadata is unreadable".to_owned())),
+        None => (None, Some("the row's metadata is unreadable".to_owned())),
     };
-    // The body as the published message carries it: redacted.
-    if let Some(body) = &row.body
-        && let Some(text) = std::str::from_utf8(body)
-            .ok()
-            .and_then(|text| crate::event::redact(text, row.redact()))
-    {
-        row.body = Some(text.into_bytes());
-    }
-    let verification = match row.meta.as_ref().and_then(|meta| meta.verified) {
+    let verification = match full.row.meta.as_ref().and_then(|meta| meta.verified) {
         Some(true) => "verified",
         Some(false) => "unsigned",
         None => "not recorded",
     };
     Ok(Detail {
-        row,
+        row: RowView::full(full, Body::AsPublished),
         verification,
         cloudevent,
         cloudevent_error,
@@ -264,7 +256,7 @@ pub(crate) async fn timeline(
     subject: &str,
 ) -> Result<Vec<Step>, ViewError> {
     let rows = query::timeline(admin.outbox.as_ref(), source, subject).await?;
-    Ok(flag_backwards(rows))
+    Ok(flag_backwards(rows.into_iter().map(RowView::of).collect()))
 }
 
 /// Flags each row whose status is at an earlier stage than one already seen for
@@ -318,13 +310,14 @@ pub(crate) fn sources(admin: &Admin) -> Vec<SourceView> {
         .collect()
 }
 
-/// A replay request: ids, or filters, and whether only to count.
+/// A replay request: ids, filters, or both (the named rows that match), and
+/// whether only to count.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct ReplayRequest {
     /// Row ids.
     #[serde(default)]
     pub(crate) ids: Vec<i64>,
-    /// Filters (ignored when ids are given).
+    /// Filters.
     #[serde(flatten)]
     pub(crate) filter: FilterParams,
     /// Count only; change nothing.
@@ -341,6 +334,19 @@ pub(crate) enum Replayed {
     Replayed(u64),
 }
 
+impl From<SelectError> for ViewError {
+    fn from(e: SelectError) -> Self {
+        match e {
+            SelectError::NothingNamed => Self::Invalid(
+                "name the events to replay: `ids`, or at least one filter (state, source, since, …)"
+                    .to_owned(),
+            ),
+            SelectError::TooManyIds => Self::Invalid(e.to_string()),
+            SelectError::Outbox(e) => Self::Outbox(e),
+        }
+    }
+}
+
 /// Runs (or counts) a replay and, when it runs, logs and counts it as the
 /// operator's action.
 pub(crate) async fn replay(
@@ -349,43 +355,22 @@ pub(crate) async fn replay(
     via: &'static str,
     from: SocketAddr,
 ) -> Result<Replayed, ViewError> {
-    let filter = request.filter.filter()?;
-    let ids = if request.ids.is_empty() {
-        if filter == EventFilter::default() {
-            return Err(ViewError::Invalid(
-                "name the events to replay: `ids`, or at least one filter (state, source, since, …)"
-                    .to_owned(),
-            ));
-        }
-        let _slot = search_slot(admin, &filter).await?;
-        query::matching_ids(admin.outbox.as_ref(), &filter).await?
-    } else {
-        if request.ids.len() > MAX_IDS {
-            return Err(ViewError::Invalid(format!(
-                "at most {MAX_IDS} ids per replay: use a filter for more"
-            )));
-        }
-        let mut ids = request.ids.clone();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+    let selection = Selection {
+        ids: request.ids.clone(),
+        filter: request.filter.filter()?,
     };
+    let _slot = search_slot(admin, &selection.filter).await?;
+    let ids = selection.ids(admin.outbox.as_ref()).await?;
     if request.dry_run {
         return Ok(Replayed::Matched(ids.len()));
     }
-    let replayed = query::replay_ids(admin.outbox.as_ref(), &ids).await?;
+    let replayed = select::replay(admin.outbox.as_ref(), &ids).await?;
     admin
         .metrics
         .admin_actions
         .with_label_values(&["replay", via])
         .inc();
-    tracing::info!(
-        target: "hookrelay::audit",
-        action = "replay", via, from = %from, matched = ids.len(), replayed,
-        ids = request.ids.len(),
-        filter = %serde_json::to_string(&filter).unwrap_or_default(),
-        "operator replayed events"
-    );
+    select::audit_replay(via, &from.to_string(), &selection, ids.len(), replayed);
     Ok(Replayed::Replayed(replayed))
 }
 
@@ -393,6 +378,7 @@ pub(crate) async fn replay(
 mod tests {
     use super::*;
     use crate::event::{EventMeta, Kind, Status};
+    use crate::outbox::row::Row;
 
     fn row(id: i64, status: Status) -> RowView {
         let meta = EventMeta {
@@ -414,34 +400,24 @@ mod tests {
             redact: Vec::new(),
             verified: Some(true),
         };
-        RowView {
+        RowView::of(Row {
             id,
             event_id: meta.id.clone(),
             source: meta.source.clone(),
             provider: meta.provider.clone(),
-            kind: String::new(),
-            status: String::new(),
-            provider_status: None,
-            subject: meta.subject.clone(),
-            amount: None,
-            currency: None,
             routing_key: String::new(),
             state: "published".to_owned(),
             attempts: 1,
-            permanent_attempts: 0,
-            released_at: None,
             last_error: None,
-            received_at: String::new(),
-            next_attempt_at: String::new(),
-            published_at: None,
+            received_at_us: 0,
+            next_attempt_at_us: 0,
+            published_at_us: None,
             idempotency_key: meta.idempotency_key.clone(),
-            headers: None,
-            body: None,
-            traceparent: None,
-            failures: None,
-            meta: None,
-        }
-        .with_meta(&serde_json::to_string(&meta).expect("meta"))
+            permanent_attempts: 0,
+            released_at_us: None,
+            subject: meta.subject.clone(),
+            meta: Some(meta),
+        })
     }
 
     #[test]

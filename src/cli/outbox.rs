@@ -7,7 +7,9 @@ use clap::Subcommand;
 
 use crate::config::Config;
 use crate::outbox::query::{self, FilterError};
-use crate::outbox::{EventFilter, PURGE_BATCH, State};
+use crate::outbox::select::{self, SelectError, Selection};
+use crate::outbox::view::{Body, RowView};
+use crate::outbox::{EventFilter, State};
 
 /// `hookrelay outbox …`
 #[derive(Debug, Subcommand)]
@@ -174,6 +176,9 @@ pub enum OutboxCommandError {
         "name the rows to replay: ids, or at least one filter (`--dead`, `--since 2h`, `--source …`); `--dry-run` shows how many match"
     )]
     NothingNamed,
+    /// `replay` with more ids than one command takes.
+    #[error("at most {} ids at once: use a filter for more", select::MAX_IDS)]
+    TooManyIds,
     /// `show` of a row that does not exist.
     #[error("no row {0} in the outbox")]
     NoRow(i64),
@@ -192,6 +197,16 @@ impl From<FilterError> for OutboxCommandError {
     }
 }
 
+impl From<SelectError> for OutboxCommandError {
+    fn from(e: SelectError) -> Self {
+        match e {
+            SelectError::NothingNamed => Self::NothingNamed,
+            SelectError::TooManyIds => Self::TooManyIds,
+            SelectError::Outbox(e) => Self::Outbox(e),
+        }
+    }
+}
+
 impl From<crate::outbox::OutboxError> for OutboxCommandError {
     fn from(e: crate::outbox::OutboxError) -> Self {
         Self::Outbox(e)
@@ -204,13 +219,8 @@ pub(crate) async fn run(
     command: OutboxCommand,
 ) -> Result<String, OutboxCommandError> {
     let metrics = crate::metrics::Metrics::new().map_err(OutboxCommandError::Metrics)?;
-    let outbox = crate::outbox::open(
-        config.outbox_url.expose(),
-        crate::outbox::Access::Operate,
-        std::sync::Arc::new(metrics),
-        crate::outbox::Options::default(),
-    )
-    .await?;
+    let outbox =
+        crate::outbox::operate(config.outbox_url.expose(), std::sync::Arc::new(metrics)).await?;
     let now = time::OffsetDateTime::now_utc();
     let mut out = String::new();
     match command {
@@ -264,20 +274,18 @@ pub(crate) async fn run(
             }
         }
         OutboxCommand::Show { id, raw, json } => {
-            let mut row = outbox
+            let full = outbox
                 .show(id)
                 .await?
                 .ok_or(OutboxCommandError::NoRow(id))?;
             // A view of a stored body hides what the published message hides,
             // unless the operator asks for the bytes as received.
-            if !raw && let Some(body) = &row.body {
-                let redacted = std::str::from_utf8(body)
-                    .ok()
-                    .and_then(|text| crate::event::redact(text, row.redact()));
-                if let Some(text) = redacted {
-                    row.body = Some(text.into_bytes());
-                }
-            }
+            let body = if raw {
+                Body::AsReceived
+            } else {
+                Body::AsPublished
+            };
+            let row = RowView::full(full, body);
             if json {
                 out = to_json(&row);
             } else {
@@ -300,18 +308,8 @@ pub(crate) async fn run(
             if dead {
                 filter.state = Some(State::Dead);
             }
-            let ids = match (ids.is_empty(), filter == EventFilter::default()) {
-                (false, true) => ids,
-                (false, false) => {
-                    // Ids and filters together: the named rows that match.
-                    let wanted: std::collections::HashSet<i64> = ids.into_iter().collect();
-                    let mut matching = query::matching_ids(outbox.as_ref(), &filter).await?;
-                    matching.retain(|id| wanted.contains(id));
-                    matching
-                }
-                (true, false) => query::matching_ids(outbox.as_ref(), &filter).await?,
-                (true, true) => return Err(OutboxCommandError::NothingNamed),
-            };
+            let selection = Selection { ids, filter };
+            let ids = selection.ids(outbox.as_ref()).await?;
             if dry_run {
                 out = if json {
                     to_json(&serde_json::json!({ "matched": ids.len() }))
@@ -319,13 +317,8 @@ pub(crate) async fn run(
                     format!("{} rows match; nothing was changed", ids.len())
                 };
             } else {
-                let n = query::replay_ids(outbox.as_ref(), &ids).await?;
-                tracing::info!(
-                    target: "hookrelay::audit",
-                    action = "replay", via = "cli", matched = ids.len(), replayed = n,
-                    filter = %serde_json::to_string(&filter).unwrap_or_default(),
-                    "operator replayed rows"
-                );
+                let n = select::replay(outbox.as_ref(), &ids).await?;
+                select::audit_replay("cli", "cli", &selection, ids.len(), n);
                 out = if json {
                     to_json(&serde_json::json!({ "replayed": n }))
                 } else {
@@ -351,14 +344,7 @@ pub(crate) async fn run(
             json,
         } => {
             let cutoff = query::parse_time(&published_before, now)?;
-            let mut total = 0;
-            loop {
-                let n = outbox.purge_published(cutoff, PURGE_BATCH).await?;
-                total += n;
-                if n < PURGE_BATCH as u64 {
-                    break;
-                }
-            }
+            let total = select::purge_published(outbox.as_ref(), cutoff).await?;
             tracing::info!(
                 target: "hookrelay::audit",
                 action = "purge", via = "cli", purged = total, published_before = %published_before,

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::row::{FullRow, Row};
 use super::{
-    EventFilter, InsertOutcome, Inventory, NewEvent, Outbox, OutboxError, PendingEvent, RowView,
+    EventFilter, InsertOutcome, Inventory, NewEvent, Operate, OutboxError, PendingEvent, Pipe,
     Settlement, Stats, Window,
 };
 
@@ -15,7 +16,7 @@ use super::{
 pub(crate) struct Hanging;
 
 #[async_trait]
-impl Outbox for Hanging {
+impl Pipe for Hanging {
     async fn insert(&self, _: NewEvent) -> Result<InsertOutcome, OutboxError> {
         std::future::pending().await
     }
@@ -30,6 +31,13 @@ impl Outbox for Hanging {
     async fn settle(&self, _: Arc<[Settlement]>) -> Result<(), OutboxError> {
         std::future::pending().await
     }
+    async fn failed(&self) {
+        std::future::pending().await
+    }
+}
+
+#[async_trait]
+impl Operate for Hanging {
     async fn stats(&self) -> Result<Stats, OutboxError> {
         std::future::pending().await
     }
@@ -42,15 +50,10 @@ impl Outbox for Hanging {
     async fn id_range(&self) -> Result<Option<(i64, i64)>, OutboxError> {
         std::future::pending().await
     }
-    async fn find(
-        &self,
-        _: &EventFilter,
-        _: Window,
-        _: usize,
-    ) -> Result<Vec<RowView>, OutboxError> {
+    async fn find(&self, _: &EventFilter, _: Window, _: usize) -> Result<Vec<Row>, OutboxError> {
         std::future::pending().await
     }
-    async fn show(&self, _: i64) -> Result<Option<RowView>, OutboxError> {
+    async fn show(&self, _: i64) -> Result<Option<FullRow>, OutboxError> {
         std::future::pending().await
     }
     async fn replay(&self, _: Vec<i64>) -> Result<u64, OutboxError> {
@@ -60,9 +63,6 @@ impl Outbox for Hanging {
         std::future::pending().await
     }
     async fn purge_published(&self, _: i64, _: usize) -> Result<u64, OutboxError> {
-        std::future::pending().await
-    }
-    async fn failed(&self) {
         std::future::pending().await
     }
 }

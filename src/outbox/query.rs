@@ -1,7 +1,7 @@
 //! Finding rows: the one filter behind the admin API, the console and the
 //! `outbox` commands, and the walks that page, count and replay by it.
 //!
-//! A backend answers one question, [`Outbox::find`]: the rows that match a
+//! A backend answers one question, [`Operate::find`]: the rows that match a
 //! filter within a range of ids. Everything else is built here on top of it, the
 //! same way for both backends. A page walks id windows from the newest row down,
 //! widening them while they come back empty, and stops at its time budget with a
@@ -10,7 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Outbox, OutboxError, RowView, State};
+use super::driver::Operate;
+use super::row::Row;
+use super::view::RowView;
+use super::{OutboxError, State};
 
 /// Which rows to find. Every field narrows; an empty filter matches every row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -97,60 +100,11 @@ impl EventFilter {
         Ok(())
     }
 
-    /// The filter's conditions as SQL for `dialect`, joined by `AND` (or `TRUE`),
-    /// over `events e` and `deliveries d` as each backend names them, with
-    /// placeholders numbered from `first`; and their values in order.
-    pub(crate) fn sql(&self, dialect: Dialect, first: usize) -> (String, Vec<Value>) {
-        let mut sql = Vec::new();
-        let mut values = Vec::new();
-        let mut add = |template: &str, value: Value| {
-            let n = first + values.len();
-            sql.push(template.replace('?', &dialect.placeholder(n)));
-            values.push(value);
-        };
-        if let Some(state) = self.state {
-            add("d.state = ?", Value::Text(state.as_str().to_owned()));
-        }
-        if let Some(source) = &self.source {
-            add("e.source = ?", Value::Text(source.clone()));
-        }
-        if let Some(provider) = &self.provider {
-            add("e.provider = ?", Value::Text(provider.clone()));
-        }
-        if let Some(subject) = &self.subject {
-            add("e.subject = ?", Value::Text(subject.clone()));
-        }
-        if let Some(key) = &self.routing_key {
-            add("e.routing_key = ?", Value::Text(key.clone()));
-        }
-        if let Some(pattern) = self.routing_pattern() {
-            add("e.routing_key LIKE ? ESCAPE '\\'", Value::Text(pattern));
-        }
-        if let Some(since) = self.since_us {
-            add("e.received_at >= ?", Value::Int(since));
-        }
-        if let Some(until) = self.until_us {
-            add("e.received_at < ?", Value::Int(until));
-        }
-        if let Some(q) = &self.q {
-            add(
-                dialect.body_contains(),
-                Value::Bytes(q.clone().into_bytes()),
-            );
-        }
-        let sql = if sql.is_empty() {
-            "TRUE".to_owned()
-        } else {
-            sql.join(" AND ")
-        };
-        (sql, values)
-    }
-
     /// Kind and status as a `LIKE` pattern on the routing key
     /// (`{prefix}.{kind}.{status}`, or `{provider}.unrecognized`). The prefix is a
     /// provider or source name, which has no dot, so `.kind.` can only match the
     /// middle segment.
-    fn routing_pattern(&self) -> Option<String> {
+    pub(crate) fn routing_pattern(&self) -> Option<String> {
         let escape = |s: &str| {
             s.replace('\\', "\\\\")
                 .replace('%', "\\%")
@@ -164,42 +118,6 @@ impl EventFilter {
             (Some(kind), Some(status)) => Some(format!("%.{}.{}", escape(kind), escape(status))),
         }
     }
-}
-
-/// The SQL spelling that differs between the backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dialect {
-    /// `?1`, `instr` on a blob.
-    Sqlite,
-    /// `$1`, `position` in a `bytea`.
-    Postgres,
-}
-
-impl Dialect {
-    fn placeholder(self, n: usize) -> String {
-        match self {
-            Self::Sqlite => format!("?{n}"),
-            Self::Postgres => format!("${n}"),
-        }
-    }
-
-    fn body_contains(self) -> &'static str {
-        match self {
-            Self::Sqlite => "instr(e.body, ?) > 0",
-            Self::Postgres => "position(?::bytea in e.body) > 0",
-        }
-    }
-}
-
-/// A filter value, bound by the backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Value {
-    /// Text.
-    Text(String),
-    /// An integer.
-    Int(i64),
-    /// Bytes (the body search).
-    Bytes(Vec<u8>),
 }
 
 /// Rows strictly between two ids, newest or oldest first.
@@ -250,7 +168,7 @@ pub(crate) const PAGE_BUDGET: Duration = Duration::from_millis(800);
 /// Rows matching `filter`, newest first, below `cursor` (an id; `None`: from the
 /// newest), at most `limit`, within `budget`.
 pub(crate) async fn page(
-    outbox: &dyn Outbox,
+    outbox: &dyn Operate,
     filter: &EventFilter,
     cursor: Option<i64>,
     limit: usize,
@@ -264,7 +182,7 @@ pub(crate) async fn page(
         });
     };
     let mut below = cursor.unwrap_or(i64::MAX).min(newest.saturating_add(1));
-    let mut events = Vec::new();
+    let mut events: Vec<Row> = Vec::new();
     let mut width = FIRST_WINDOW;
     while events.len() < limit && below > oldest {
         let above = below.saturating_sub(width).max(oldest - 1);
@@ -297,7 +215,7 @@ pub(crate) async fn page(
         width = next;
     }
     Ok(Page {
-        events,
+        events: events.into_iter().map(RowView::of).collect(),
         next_cursor: (below > oldest).then_some(below),
     })
 }
@@ -305,7 +223,7 @@ pub(crate) async fn page(
 /// Ids of every row matching `filter`, oldest first (for replay and its dry
 /// run).
 pub(crate) async fn matching_ids(
-    outbox: &dyn Outbox,
+    outbox: &dyn Operate,
     filter: &EventFilter,
 ) -> Result<Vec<i64>, OutboxError> {
     let Some((oldest, newest)) = outbox.id_range().await? else {
@@ -327,29 +245,16 @@ pub(crate) async fn matching_ids(
     Ok(ids)
 }
 
-/// Ids replayed per call to [`Outbox::replay`]: each call is one short
-/// transaction, so webhooks commit between them.
-const REPLAY_CHUNK: usize = 1000;
-
-/// Puts `ids` back to pending in chunks; returns how many rows changed.
-pub(crate) async fn replay_ids(outbox: &dyn Outbox, ids: &[i64]) -> Result<u64, OutboxError> {
-    let mut total = 0;
-    for chunk in ids.chunks(REPLAY_CHUNK) {
-        total += outbox.replay(chunk.to_vec()).await?;
-    }
-    Ok(total)
-}
-
 /// Most events a subject timeline shows: an order has a handful; a subject with
 /// more is shown to this many, oldest first.
 pub(crate) const TIMELINE_LIMIT: usize = 1000;
 
 /// The events of one subject in received order.
 pub(crate) async fn timeline(
-    outbox: &dyn Outbox,
+    outbox: &dyn Operate,
     source: &str,
     subject: &str,
-) -> Result<Vec<RowView>, OutboxError> {
+) -> Result<Vec<Row>, OutboxError> {
     let filter = EventFilter {
         source: Some(source.to_owned()),
         subject: Some(subject.to_owned()),
@@ -382,29 +287,6 @@ pub(crate) fn parse_time(text: &str, now: time::OffsetDateTime) -> Result<i64, F
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_empty_filter_matches_everything() {
-        let (sql, values) = EventFilter::default().sql(Dialect::Sqlite, 1);
-        assert_eq!(sql, "TRUE");
-        assert!(values.is_empty());
-    }
-
-    #[test]
-    fn conditions_are_numbered_from_the_first_placeholder() {
-        let filter = EventFilter {
-            state: Some(State::Dead),
-            subject: Some("ord-1".to_owned()),
-            q: Some("8f3".to_owned()),
-            ..EventFilter::default()
-        };
-        let (sql, values) = filter.sql(Dialect::Postgres, 3);
-        assert_eq!(
-            sql,
-            "d.state = $3 AND e.subject = $4 AND position($5::bytea in e.body) > 0"
-        );
-        assert_eq!(values.len(), 3);
-    }
 
     #[test]
     fn kind_and_status_match_only_their_own_segment_of_the_routing_key() {

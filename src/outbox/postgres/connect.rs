@@ -98,7 +98,7 @@ impl Target {
         // little after the relay has given up.
         let server_bound = format!(
             "-c statement_timeout={}",
-            super::SERVER_STATEMENT_TIMEOUT.as_millis()
+            super::error::SERVER_STATEMENT_TIMEOUT.as_millis()
         );
         let options = match config.get_options() {
             Some(own) => format!("{own} {server_bound}"),
@@ -258,7 +258,7 @@ mod tests {
     fn the_server_stops_statements_the_relay_gave_up_on_and_keeps_the_urls_options() {
         let bound = format!(
             "-c statement_timeout={}",
-            super::super::SERVER_STATEMENT_TIMEOUT.as_millis()
+            super::super::error::SERVER_STATEMENT_TIMEOUT.as_millis()
         );
         let plain = Target::parse("postgres://app@h/db").expect("url");
         assert_eq!(plain.config.get_options(), Some(bound.as_str()));
@@ -268,7 +268,7 @@ mod tests {
             Some(format!("-c search_path=hr {bound}").as_str())
         );
         assert!(
-            super::super::SERVER_STATEMENT_TIMEOUT > super::super::STATEMENT_TIMEOUT,
+            super::super::error::SERVER_STATEMENT_TIMEOUT > super::super::error::STATEMENT_TIMEOUT,
             "the server must not stop a statement the relay still waits for"
         );
     }

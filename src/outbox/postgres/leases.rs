@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 
+use super::error::{pg_error, pooled};
 use super::schema::PARTITIONS;
-use super::{pg_error, pooled};
+use super::sql;
 use crate::outbox::OutboxError;
 
 /// Longest wait for a partition's rows in flight before it is given back anyway:
@@ -106,31 +107,22 @@ impl Leases {
         let ttl = self.ttl.as_secs_f64();
         let valid_until = sent + self.ttl - self.tick();
         let heartbeat = if publishing {
-            "INSERT INTO hr_member (replica, heartbeat_at) VALUES ($1, now())
-             ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now()"
+            sql::HEARTBEAT
         } else {
-            "DELETE FROM hr_member WHERE replica = $1"
+            sql::LEAVE
         };
         client
             .execute(heartbeat, &[&self.replica])
             .await
             .map_err(pg_error)?;
         let live: i64 = client
-            .query_one(
-                "SELECT count(*) FROM hr_member WHERE heartbeat_at > now() - make_interval(secs => $1)",
-                &[&ttl],
-            )
+            .query_one(sql::LIVE_MEMBERS, &[&ttl])
             .await
             .map_err(pg_error)?
             .get(0);
         // Renewal reports what the database says is ours; anything else was taken.
         let renewed = client
-            .query(
-                "UPDATE hr_partition SET lease_until = now() + make_interval(secs => $2)
-                 WHERE p IN (SELECT p FROM hr_partition WHERE owner = $1 ORDER BY p FOR UPDATE)
-                 RETURNING p, epoch",
-                &[&self.replica, &ttl],
-            )
+            .query(sql::RENEW, &[&self.replica, &ttl])
             .await
             .map_err(pg_error)?;
         {
@@ -209,12 +201,7 @@ impl Leases {
             return Ok(());
         }
         client
-            .execute(
-                "UPDATE hr_partition SET owner = NULL, lease_until = now()
-                 WHERE p IN (SELECT p FROM hr_partition WHERE owner = $1 AND p = ANY($2)
-                             ORDER BY p FOR UPDATE)",
-                &[&self.replica, &done],
-            )
+            .execute(sql::GIVE_BACK, &[&self.replica, &done])
             .await
             .map_err(pg_error)?;
         let mut held = self.held();
@@ -244,16 +231,7 @@ impl Leases {
             let replica = self.replica.clone();
             async move {
                 client
-                    .query(
-                        "UPDATE hr_partition SET owner = $1, epoch = epoch + 1,
-                                                 lease_until = now() + make_interval(secs => $2)
-                         WHERE p IN (SELECT p FROM hr_partition
-                                     WHERE ($3::float8 = 0 AND owner IS NULL)
-                                        OR lease_until < now() - make_interval(secs => $3)
-                                     ORDER BY p LIMIT $4 FOR UPDATE SKIP LOCKED)
-                         RETURNING p, epoch",
-                        &[&replica, &ttl, &orphaned_for, &limit],
-                    )
+                    .query(sql::TAKE, &[&replica, &ttl, &orphaned_for, &limit])
                     .await
                     .map_err(pg_error)
             }
@@ -287,15 +265,11 @@ impl Leases {
         self.held().clear();
         let client = pooled(pool).await?;
         client
-            .execute(
-                "UPDATE hr_partition SET owner = NULL, lease_until = now()
-                 WHERE p IN (SELECT p FROM hr_partition WHERE owner = $1 ORDER BY p FOR UPDATE)",
-                &[&self.replica],
-            )
+            .execute(sql::GIVE_ALL_BACK, &[&self.replica])
             .await
             .map_err(pg_error)?;
         client
-            .execute("DELETE FROM hr_member WHERE replica = $1", &[&self.replica])
+            .execute(sql::LEAVE, &[&self.replica])
             .await
             .map_err(pg_error)?;
         Ok(())

@@ -22,7 +22,8 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 
-use super::{pg_error, pooled};
+use super::error::{pg_error, pooled};
+use super::sql;
 use crate::outbox::OutboxError;
 
 /// How often the dead and changed rows are looked at.
@@ -45,9 +46,7 @@ const TABLES: [&str; 2] = ["hr_delivery", "hr_event"];
 /// Checks and vacuums until `stop`; says once at start when autovacuum is off.
 pub(super) async fn run(pool: Pool, mut stop: watch::Receiver<bool>) {
     if let Ok(client) = pooled(&pool).await
-        && let Ok(row) = client
-            .query_one("SELECT current_setting('autovacuum') = 'off'", &[])
-            .await
+        && let Ok(row) = client.query_one(sql::AUTOVACUUM_OFF, &[]).await
         && row.get::<_, bool>(0)
     {
         tracing::warn!(
@@ -69,33 +68,25 @@ async fn vacuum_if_needed(pool: &Pool) -> Result<(), OutboxError> {
     let client = pooled(pool).await?;
     let rows = client
         .query(
-            "SELECT relname::text, n_dead_tup > $2 FROM pg_stat_user_tables
-             WHERE relname = ANY($1) AND schemaname = current_schema()
-               AND (n_dead_tup > $2
-                    OR (relname = $4 AND n_mod_since_analyze > $3
-                        AND n_mod_since_analyze * 5 > n_live_tup))",
+            sql::DUE_FOR_MAINTENANCE,
             &[&TABLES.as_slice(), &DEAD_ROWS, &CHANGED_ROWS, &PLANNED_ON],
         )
         .await
         .map_err(pg_error)?;
     // Each due table with what it needs: the statement is built from this
     // module's own names, never from the database's.
-    let due: Vec<(&str, &str)> = TABLES
+    let due: Vec<(&str, bool)> = TABLES
         .into_iter()
         .filter_map(|t| {
             let row = rows.iter().find(|r| r.get::<_, &str>(0) == t)?;
-            Some(if row.get::<_, bool>(1) {
-                (t, "VACUUM (ANALYZE)")
-            } else {
-                (t, "ANALYZE")
-            })
+            Some((t, row.get::<_, bool>(1)))
         })
         .collect();
     if due.is_empty() {
         return Ok(());
     }
     let mine: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&VACUUM_LOCK])
+        .query_one(sql::TRY_LOCK, &[&VACUUM_LOCK])
         .await
         .map_err(pg_error)?
         .get(0);
@@ -104,17 +95,16 @@ async fn vacuum_if_needed(pool: &Pool) -> Result<(), OutboxError> {
     }
     // A vacuum of a large table may take longer than the session's statement
     // timeout; it is reset below.
-    if let Err(e) = client.batch_execute("SET statement_timeout = 0").await {
-        let _ = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&VACUUM_LOCK])
-            .await;
+    if let Err(e) = client.batch_execute(sql::NO_STATEMENT_TIMEOUT).await {
+        let _ = client.execute(sql::UNLOCK, &[&VACUUM_LOCK]).await;
         return Err(pg_error(e));
     }
     let mut result = Ok(());
-    for (table, command) in due {
+    for (table, vacuum) in due {
         let started = std::time::Instant::now();
+        let command = if vacuum { "vacuum" } else { "analyze" };
         // VACUUM cannot run in a transaction: the pooled connection is in none.
-        if let Err(e) = client.batch_execute(&format!("{command} {table}")).await {
+        if let Err(e) = client.batch_execute(&sql::maintain(table, vacuum)).await {
             result = Err(pg_error(e));
             break;
         }
@@ -126,9 +116,7 @@ async fn vacuum_if_needed(pool: &Pool) -> Result<(), OutboxError> {
         );
     }
     // Also released when the session ends, should this fail.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&VACUUM_LOCK])
-        .await;
-    let _ = client.batch_execute("RESET statement_timeout").await;
+    let _ = client.execute(sql::UNLOCK, &[&VACUUM_LOCK]).await;
+    let _ = client.batch_execute(sql::RESET_STATEMENT_TIMEOUT).await;
     result
 }

@@ -1,0 +1,239 @@
+//! What the outbox stores and hands out, the same for every backend: a webhook to
+//! store, a row due for publishing, the outcome of a publish, the counts.
+//!
+//! Leaf of `outbox/`: it knows no backend and no SQL.
+
+use bytes::Bytes;
+
+use crate::event::EventMeta;
+
+/// Row states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum State {
+    /// Waiting to be published (new, or retrying).
+    Pending,
+    /// Confirmed by the broker.
+    Published,
+    /// Given up on after a permanent failure; needs a person (`outbox replay`).
+    Dead,
+}
+
+impl State {
+    /// The state as stored.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Published => "published",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// A webhook to store.
+#[derive(Debug, Clone)]
+pub(crate) struct NewEvent {
+    /// Normalized metadata (id, source, routing facts).
+    pub(crate) meta: EventMeta,
+    /// Request headers kept for audit, as a JSON object (secrets removed).
+    pub(crate) headers_json: String,
+    /// The raw body, exactly as received.
+    pub(crate) body: Bytes,
+    /// Receive time, Unix microseconds.
+    pub(crate) received_at_us: i64,
+    /// W3C `traceparent` to carry into the published message.
+    pub(crate) traceparent: String,
+}
+
+/// The result of storing a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InsertOutcome {
+    /// Stored as a new pending row.
+    Inserted,
+    /// The source already has a row with this idempotency key; nothing was stored.
+    Duplicate,
+}
+
+/// A pending row handed to the publisher.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingEvent {
+    /// Row id (received order).
+    pub(crate) id: i64,
+    /// Normalized metadata.
+    pub(crate) meta: EventMeta,
+    /// Raw body.
+    pub(crate) body: Vec<u8>,
+    /// Receive time, Unix microseconds.
+    pub(crate) received_at_us: i64,
+    /// W3C `traceparent`.
+    pub(crate) traceparent: String,
+    /// Publish attempts so far.
+    pub(crate) attempts: u32,
+    /// Of those, the ones that failed for a reason that will not pass by itself.
+    pub(crate) permanent_attempts: u32,
+}
+
+/// What became of one publish attempt.
+#[derive(Debug, Clone)]
+pub(crate) enum Settlement {
+    /// The broker confirmed it: the row becomes `published`.
+    Published {
+        /// Row id.
+        id: i64,
+    },
+    /// It was not confirmed: the row stays `pending` until `next_attempt_at_us`.
+    Retry {
+        /// Row id.
+        id: i64,
+        /// Why, for `last_error`.
+        error: String,
+        /// Earliest next attempt, Unix microseconds.
+        next_attempt_at_us: i64,
+        /// The failure will not pass by itself (counted apart: only these lead to
+        /// `dead`).
+        permanent: bool,
+    },
+    /// It failed permanently too often: the row becomes `dead` until a person
+    /// replays it.
+    Dead {
+        /// Row id.
+        id: i64,
+        /// Why, for `last_error`.
+        error: String,
+    },
+}
+
+impl Settlement {
+    /// The row it is about.
+    pub(crate) fn id(&self) -> i64 {
+        match self {
+            Self::Published { id } | Self::Retry { id, .. } | Self::Dead { id, .. } => *id,
+        }
+    }
+
+    /// What it does to its row.
+    pub(crate) fn effect(&self) -> Effect<'_> {
+        match self {
+            Self::Published { .. } => Effect {
+                state: State::Published,
+                error: None,
+                next_attempt_at_us: None,
+                permanent: false,
+            },
+            Self::Retry {
+                error,
+                next_attempt_at_us,
+                permanent,
+                ..
+            } => Effect {
+                state: State::Pending,
+                error: Some(error),
+                next_attempt_at_us: Some(*next_attempt_at_us),
+                permanent: *permanent,
+            },
+            Self::Dead { error, .. } => Effect {
+                state: State::Dead,
+                error: Some(error),
+                next_attempt_at_us: None,
+                permanent: true,
+            },
+        }
+    }
+}
+
+/// What a settlement does to its row, spelled out once for every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Effect<'a> {
+    /// The row's state afterwards.
+    pub(crate) state: State,
+    /// The error to record (and log as a failed attempt), if it failed.
+    pub(crate) error: Option<&'a str>,
+    /// The next attempt's time, for a row that stays pending.
+    pub(crate) next_attempt_at_us: Option<i64>,
+    /// Whether the failure counts towards `dead` (`permanent_attempts`).
+    pub(crate) permanent: bool,
+}
+
+impl Effect<'_> {
+    /// The word the failed-attempts log records, for a failure.
+    pub(crate) fn outcome(&self) -> &'static str {
+        if self.state == State::Dead {
+            "dead"
+        } else {
+            "retry"
+        }
+    }
+}
+
+/// Failed publish attempts kept per row: enough to see a pattern, bounded so a
+/// long outage does not grow the log without end.
+pub(crate) const ATTEMPTS_KEPT: i64 = 20;
+
+/// One failed publish attempt, as the log of failures keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Attempt {
+    /// When it was recorded, Unix microseconds.
+    pub(crate) at_us: i64,
+    /// What the row became: `retry` or `dead`.
+    pub(crate) outcome: String,
+    /// Why it failed.
+    pub(crate) error: String,
+}
+
+/// Counts for `outbox stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Inventory {
+    /// Rows waiting to be published.
+    pub(crate) pending: u64,
+    /// Rows confirmed by the broker and not yet purged.
+    pub(crate) published: u64,
+    /// Rows given up on.
+    pub(crate) dead: u64,
+    /// Age of the oldest pending row, seconds.
+    pub(crate) oldest_pending_seconds: Option<u64>,
+    /// Bytes on disk (database and write-ahead log).
+    pub(crate) size_bytes: u64,
+}
+
+/// Counts for metrics and `/readyz`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
+    /// Rows waiting to be published.
+    pub(crate) pending: u64,
+    /// Rows given up on.
+    pub(crate) dead: u64,
+    /// Receive time of the oldest pending row, Unix microseconds.
+    pub(crate) oldest_pending_us: Option<i64>,
+    /// Subjects whose later events wait behind a dead row nobody released.
+    pub(crate) held_subjects: u64,
+    /// Committed pending rows the publisher may not read yet, because a transaction
+    /// that started before them is still open (PostgreSQL's fence; 0 on SQLite).
+    pub(crate) fenced: u64,
+    /// Receive time of the oldest of those, Unix microseconds: how long the fence
+    /// has held publishing back (a moment whenever commits overlap; long when a
+    /// transaction stays open).
+    pub(crate) oldest_fenced_us: Option<i64>,
+    /// Partitions this relay leases (PostgreSQL; 0 on SQLite, where one relay
+    /// publishes everything).
+    pub(crate) partitions: u64,
+}
+
+impl Inventory {
+    /// The counts `stats` has, with the published rows and the size on disk.
+    pub(crate) fn from_stats(stats: Stats, published: u64, size_bytes: u64) -> Self {
+        Self {
+            pending: stats.pending,
+            published,
+            dead: stats.dead,
+            oldest_pending_seconds: stats.oldest_pending_us.map(|us| {
+                u64::try_from((crate::clock::now_micros() - us) / 1_000_000).unwrap_or(0)
+            }),
+            size_bytes,
+        }
+    }
+}
+
+/// A count as the database returns it (a signed integer), as a count.
+pub(crate) fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}

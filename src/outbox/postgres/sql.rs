@@ -1,0 +1,354 @@
+//! Every SQL statement of the PostgreSQL outbox, and nothing else: the schema
+//! steps, the writers', publisher's, leases' and maintenance's statements, and the
+//! reads. The other files of `postgres/` say why each runs when it does.
+
+/// A row that holds back the later rows of its subject: pending, or dead and not
+/// released. The fetch query and its partial index spell it alike.
+const HOLDS_SUBJECT: &str = "(state = 'pending' OR (state = 'dead' AND released_at IS NULL))";
+
+/// Step 1: events, deliveries, partitions (`partitions` of them), members.
+///
+/// The logical schema is the SQLite backend's: the raw webhook in an insert-only
+/// table (`hr_event`), its publishing state in a small one (`hr_delivery`), so a
+/// settle rewrites a few dozen bytes and never a body.
+pub(super) fn tables(partitions: i16) -> String {
+    format!(
+        "CREATE TABLE hr_event (
+             id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             event_id        text     NOT NULL,
+             source          text     NOT NULL,
+             provider        text     NOT NULL,
+             idempotency_key text     NOT NULL,
+             subject         text     NOT NULL,
+             part            smallint NOT NULL,
+             routing_key     text     NOT NULL,
+             meta            text     NOT NULL,
+             headers         text     NOT NULL,
+             body            bytea    NOT NULL,
+             traceparent     text     NOT NULL,
+             received_at     bigint   NOT NULL,
+             UNIQUE (source, idempotency_key)
+         );
+         CREATE INDEX hr_event_received_at ON hr_event (received_at, id);
+         CREATE TABLE hr_delivery (
+             id                 bigint   PRIMARY KEY REFERENCES hr_event (id) ON DELETE CASCADE,
+             part               smallint NOT NULL,
+             source             text     NOT NULL,
+             subject            text     NOT NULL,
+             txid               xid8     NOT NULL DEFAULT pg_current_xact_id(),
+             state              text     NOT NULL DEFAULT 'pending'
+                                CHECK (state IN ('pending', 'published', 'dead')),
+             attempts           integer  NOT NULL DEFAULT 0,
+             permanent_attempts integer  NOT NULL DEFAULT 0,
+             next_attempt_at    bigint   NOT NULL,
+             last_error         text,
+             published_at       bigint,
+             released_at        bigint
+         ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0,
+                 autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0);
+         CREATE INDEX hr_delivery_due ON hr_delivery (txid, id) WHERE state = 'pending';
+         CREATE INDEX hr_delivery_holding ON hr_delivery (source, subject, txid, id)
+             WHERE {HOLDS_SUBJECT};
+         CREATE INDEX hr_delivery_state ON hr_delivery (state, id);
+         CREATE INDEX hr_delivery_published_at ON hr_delivery (published_at)
+             WHERE state = 'published';
+         CREATE TABLE hr_partition (
+             p           smallint    PRIMARY KEY,
+             owner       text,
+             epoch       bigint      NOT NULL DEFAULT 0,
+             lease_until timestamptz NOT NULL DEFAULT '-infinity'
+         );
+         INSERT INTO hr_partition (p) SELECT generate_series(0, {last});
+         CREATE TABLE hr_member (
+             replica      text        PRIMARY KEY,
+             heartbeat_at timestamptz NOT NULL,
+             probed_at    timestamptz
+         );",
+        last = partitions - 1
+    )
+}
+
+/// Step 2: failed attempts (`hr_attempt`, for the console) and the subject index
+/// (timelines and the `subject` filter).
+pub(super) const ATTEMPTS_AND_SUBJECTS: &str = "
+CREATE TABLE hr_attempt (
+    id      bigint NOT NULL REFERENCES hr_event (id) ON DELETE CASCADE,
+    at      bigint NOT NULL,
+    outcome text   NOT NULL,
+    error   text   NOT NULL
+);
+CREATE INDEX hr_attempt_id ON hr_attempt (id, at);
+CREATE INDEX hr_event_subject ON hr_event (subject, source, id);";
+
+/// Whether the outbox's tables exist.
+pub(super) const EXISTS: &str = "SELECT to_regclass('hr_schema') IS NOT NULL";
+
+/// The versions' own table.
+pub(super) const VERSIONS: &str = "CREATE TABLE IF NOT EXISTS hr_schema (version integer NOT NULL)";
+
+/// The schema version.
+pub(super) const VERSION: &str = "SELECT coalesce(max(version), 0)::int8 FROM hr_schema";
+
+/// Records version `$1`.
+pub(super) const SET_VERSION: &str = "INSERT INTO hr_schema (version) VALUES ($1::int8::int4)";
+
+/// Waits for, takes and gives back an advisory lock of the session (`$1`).
+pub(super) const LOCK: &str = "SELECT pg_advisory_lock($1)";
+pub(super) const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
+pub(super) const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
+/// Takes advisory lock `$1` for the transaction, if free.
+pub(super) const TRY_LOCK_FOR_TRANSACTION: &str = "SELECT pg_try_advisory_xact_lock($1)";
+
+/// Lifts and restores the session's statement timeout, for migrations and
+/// vacuums that may run long.
+pub(super) const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
+pub(super) const RESET_STATEMENT_TIMEOUT: &str = "RESET statement_timeout";
+
+/// Stores a batch: one array per column (`$1` … `$12`, in the order of the
+/// `hr_event` columns from `event_id`), inserted in array order; a key already
+/// stored is skipped. Returns the source and key of each row stored.
+pub(super) const INSERT_BATCH: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::int2[], $7::text[], $8::text[], $9::text[], $10::bytea[],
+                         $11::text[], $12::int8[])
+      WITH ORDINALITY AS t(event_id, source, provider, idempotency_key, subject, part,
+                           routing_key, meta, headers, body, traceparent, received_at, n)
+), stored AS (
+    INSERT INTO hr_event (event_id, source, provider, idempotency_key, subject, part,
+                          routing_key, meta, headers, body, traceparent, received_at)
+    SELECT event_id, source, provider, idempotency_key, subject, part,
+           routing_key, meta, headers, body, traceparent, received_at
+    FROM input ORDER BY n
+    ON CONFLICT (source, idempotency_key) DO NOTHING
+    RETURNING id, source, idempotency_key, subject, part, received_at
+), queued AS (
+    INSERT INTO hr_delivery (id, part, source, subject, next_attempt_at)
+    SELECT id, part, source, subject, received_at FROM stored
+)
+SELECT source, idempotency_key FROM stored";
+
+/// Tells the replicas listening on `$1` that webhooks were committed.
+pub(super) const ANNOUNCE: &str = "SELECT pg_notify($1, '')";
+
+/// Listens on `channel`.
+pub(super) fn listen(channel: &str) -> String {
+    format!("LISTEN {channel}")
+}
+
+/// The fetch's plan, pinned for its transaction: see `fenced.rs`.
+pub(super) const PIN_FETCH_PLAN: &str = "
+SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off;
+SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
+/// Pending rows of the partitions `$1`, due by `$2`, below the fence, not in `$3`
+/// (in flight), at most `$4`, oldest transaction first; a row waits while an older
+/// row of its subject holds it. Columns as `PendingEvent::read` takes them, then
+/// the partition.
+pub(super) fn fetch_due() -> String {
+    format!(
+        "SELECT d.id, e.meta, e.body, e.received_at, e.traceparent,
+                d.attempts, d.permanent_attempts, d.part
+         FROM hr_delivery d JOIN hr_event e ON e.id = d.id
+         WHERE d.state = 'pending' AND d.part = ANY($1) AND d.next_attempt_at <= $2
+           AND d.txid < pg_snapshot_xmin(pg_current_snapshot())
+           AND d.id NOT IN (SELECT unnest($3::int8[]))
+           AND NOT EXISTS (SELECT 1 FROM hr_delivery o
+                           WHERE {HOLDS_SUBJECT} AND o.source = d.source
+                             AND o.subject = d.subject
+                             AND (o.txid, o.id) < (d.txid, d.id)
+                           OFFSET 0)
+         ORDER BY d.txid, d.id
+         LIMIT $4"
+    )
+}
+
+/// Records a batch of publish outcomes (`$1` ids, `$2` partitions, `$3` epochs,
+/// `$4` states, `$5` errors, `$6` next attempts, `$7` permanent failures to add),
+/// fenced: only rows of partitions replica `$8` still holds under the epoch they
+/// were fetched with, while the lease has not passed. `$9` is now; failures go to
+/// the attempts log, which keeps the newest `$10` per row. Returns the ids
+/// recorded.
+pub(super) const SETTLE: &str = "
+WITH s AS (
+    SELECT * FROM unnest($1::int8[], $2::int2[], $3::int8[], $4::text[],
+                         $5::text[], $6::int8[], $7::int4[])
+      AS s(id, part, epoch, state, error, next_at, permanent)
+), held AS (
+    SELECT p.p, p.epoch FROM hr_partition p
+    WHERE p.p = ANY($2) AND p.owner = $8 AND p.lease_until > now()
+), settled AS (
+UPDATE hr_delivery d SET
+    state = s.state,
+    attempts = d.attempts + 1,
+    permanent_attempts = d.permanent_attempts + s.permanent,
+    last_error = s.error,
+    next_attempt_at = coalesce(s.next_at, d.next_attempt_at),
+    published_at = CASE WHEN s.state = 'published' THEN $9 ELSE d.published_at END
+FROM s JOIN held ON held.p = s.part AND held.epoch = s.epoch
+WHERE d.id = s.id AND d.state = 'pending'
+RETURNING d.id, s.state, s.error
+), failed AS (
+    SELECT id, state, error FROM settled WHERE state <> 'published'
+), logged AS (
+    INSERT INTO hr_attempt (id, at, outcome, error)
+    SELECT id, $9, CASE WHEN state = 'dead' THEN 'dead' ELSE 'retry' END,
+           coalesce(error, '')
+    FROM failed
+), trimmed AS (
+    -- Sees the log before this statement's insert: keeping
+    -- one fewer leaves the newest $10.
+    DELETE FROM hr_attempt WHERE ctid IN (
+        SELECT ctid FROM (
+            SELECT ctid, row_number() OVER (PARTITION BY id ORDER BY at DESC) AS n
+            FROM hr_attempt WHERE id IN (SELECT id FROM failed)
+        ) old WHERE old.n >= $10)
+)
+SELECT id FROM settled";
+
+/// Counts: pending, dead, the oldest pending receive time, held subjects, rows
+/// behind the fence and the oldest of them.
+pub(super) const STATS: &str = "
+SELECT
+  (SELECT count(*) FROM hr_delivery WHERE state = 'pending'),
+  (SELECT count(*) FROM hr_delivery WHERE state = 'dead'),
+  (SELECT e.received_at FROM hr_delivery d JOIN hr_event e ON e.id = d.id
+   WHERE d.state = 'pending' ORDER BY d.txid, d.id LIMIT 1),
+  (SELECT count(*) FROM (SELECT DISTINCT source, subject FROM hr_delivery
+                         WHERE state = 'dead' AND released_at IS NULL) h),
+  (SELECT count(*) FROM hr_delivery WHERE state = 'pending'
+     AND txid >= pg_snapshot_xmin(pg_current_snapshot())),
+  (SELECT min(e.received_at) FROM hr_delivery d JOIN hr_event e ON e.id = d.id
+   WHERE d.state = 'pending'
+     AND d.txid >= pg_snapshot_xmin(pg_current_snapshot()))";
+
+/// The write probe of replica `$1`: a real write, so a standby (read-only) or a
+/// full disk fails it. The row it may create is no heartbeat.
+pub(super) const PROBE: &str = "
+INSERT INTO hr_member (replica, heartbeat_at, probed_at)
+VALUES ($1, '-infinity', now())
+ON CONFLICT (replica) DO UPDATE SET probed_at = now()";
+
+/// Published rows and the size of the tables.
+pub(super) const INVENTORY: &str = "
+SELECT (SELECT count(*) FROM hr_delivery WHERE state = 'published'),
+       pg_total_relation_size('hr_event') + pg_total_relation_size('hr_delivery')";
+
+/// The lowest and highest ids.
+pub(super) const ID_RANGE: &str = "SELECT min(id), max(id) FROM hr_delivery";
+
+/// The columns of a row, from `hr_event e` and `hr_delivery d`, in the order
+/// `Row::read` takes them.
+const ROW_COLUMNS: &str =
+    "d.id, e.event_id, e.source, e.provider, e.routing_key, d.state, d.attempts,
+     d.last_error, e.received_at, d.next_attempt_at, d.published_at, e.idempotency_key,
+     d.permanent_attempts, d.released_at, e.subject, e.meta";
+
+/// Rows with ids between `$1` and `$2` matching `conditions` (placeholders from
+/// `$4`), in id order (`oldest_first`, else newest first), at most `$3`.
+pub(super) fn find(conditions: &str, oldest_first: bool) -> String {
+    let order = if oldest_first { "ASC" } else { "DESC" };
+    format!(
+        "SELECT {ROW_COLUMNS} FROM hr_delivery d JOIN hr_event e ON e.id = d.id
+         WHERE d.id > $1 AND d.id < $2 AND e.id > $1 AND e.id < $2
+           AND {conditions}
+         ORDER BY d.id {order} LIMIT $3"
+    )
+}
+
+/// Row `$1` with its headers, body and traceparent, in the order `FullRow::read`
+/// takes them.
+pub(super) fn show() -> String {
+    format!(
+        "SELECT {ROW_COLUMNS}, e.headers, e.body, e.traceparent
+         FROM hr_delivery d JOIN hr_event e ON e.id = d.id WHERE d.id = $1"
+    )
+}
+
+/// The failed attempts of row `$1`, oldest first.
+pub(super) const FAILURES: &str =
+    "SELECT at, outcome, error FROM hr_attempt WHERE id = $1 ORDER BY at";
+
+/// Puts the rows `$2` back to pending, due at `$1`. Attempts restart from zero so
+/// the retry schedule and the dead-letter bound start afresh; `last_error` is kept
+/// for the record.
+pub(super) const REPLAY: &str = "
+UPDATE hr_delivery SET state = 'pending', attempts = 0,
+    permanent_attempts = 0, next_attempt_at = $1,
+    published_at = NULL, released_at = NULL
+WHERE id = ANY($2) AND state <> 'pending'";
+
+/// Releases the dead rows `$1` at `$2`.
+pub(super) const RELEASE: &str = "
+UPDATE hr_delivery SET released_at = $2
+WHERE id = ANY($1) AND state = 'dead' AND released_at IS NULL";
+
+/// Deletes at most `$2` published rows confirmed before `$1`; deleting the event
+/// deletes its delivery row (ON DELETE CASCADE).
+pub(super) const PURGE: &str = "
+DELETE FROM hr_event WHERE id IN (
+    SELECT id FROM hr_delivery WHERE state = 'published' AND published_at < $1
+    ORDER BY published_at LIMIT $2)";
+
+/// Replica `$1` is alive.
+pub(super) const HEARTBEAT: &str = "
+INSERT INTO hr_member (replica, heartbeat_at) VALUES ($1, now())
+ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now()";
+
+/// Replica `$1` leaves the member list.
+pub(super) const LEAVE: &str = "DELETE FROM hr_member WHERE replica = $1";
+
+/// Replicas that heartbeat within the last `$1` seconds.
+pub(super) const LIVE_MEMBERS: &str =
+    "SELECT count(*) FROM hr_member WHERE heartbeat_at > now() - make_interval(secs => $1)";
+
+/// Renews every lease of replica `$1` for `$2` seconds; returns what it holds.
+pub(super) const RENEW: &str = "
+UPDATE hr_partition SET lease_until = now() + make_interval(secs => $2)
+WHERE p IN (SELECT p FROM hr_partition WHERE owner = $1 ORDER BY p FOR UPDATE)
+RETURNING p, epoch";
+
+/// Gives the partitions `$2` of replica `$1` back.
+pub(super) const GIVE_BACK: &str = "
+UPDATE hr_partition SET owner = NULL, lease_until = now()
+WHERE p IN (SELECT p FROM hr_partition WHERE owner = $1 AND p = ANY($2)
+            ORDER BY p FOR UPDATE)";
+
+/// Gives every partition of replica `$1` back.
+pub(super) const GIVE_ALL_BACK: &str = "
+UPDATE hr_partition SET owner = NULL, lease_until = now()
+WHERE p IN (SELECT p FROM hr_partition WHERE owner = $1 ORDER BY p FOR UPDATE)";
+
+/// Leases to replica `$1`, for `$2` seconds, at most `$4` partitions that are free
+/// (`$3` = 0) or whose lease passed `$3` seconds ago, bumping their epochs.
+pub(super) const TAKE: &str = "
+UPDATE hr_partition SET owner = $1, epoch = epoch + 1,
+                        lease_until = now() + make_interval(secs => $2)
+WHERE p IN (SELECT p FROM hr_partition
+            WHERE ($3::float8 = 0 AND owner IS NULL)
+               OR lease_until < now() - make_interval(secs => $3)
+            ORDER BY p LIMIT $4 FOR UPDATE SKIP LOCKED)
+RETURNING p, epoch";
+
+/// Whether autovacuum is off on the cluster.
+pub(super) const AUTOVACUUM_OFF: &str = "SELECT current_setting('autovacuum') = 'off'";
+
+/// Of the tables `$1`, those past `$2` dead rows (and whether they are), or
+/// `$4` if it changed by `$3` rows and a fifth since its last analyze.
+pub(super) const DUE_FOR_MAINTENANCE: &str = "
+SELECT relname::text, n_dead_tup > $2 FROM pg_stat_user_tables
+WHERE relname = ANY($1) AND schemaname = current_schema()
+  AND (n_dead_tup > $2
+       OR (relname = $4 AND n_mod_since_analyze > $3
+           AND n_mod_since_analyze * 5 > n_live_tup))";
+
+/// Vacuums (with `vacuum`) or analyzes `table`, one of this module's own names.
+pub(super) fn maintain(table: &str, vacuum: bool) -> String {
+    let command = if vacuum {
+        "VACUUM (ANALYZE)"
+    } else {
+        "ANALYZE"
+    };
+    format!("{command} {table}")
+}

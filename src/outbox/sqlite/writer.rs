@@ -1,0 +1,242 @@
+//! The one writer thread: every write of the SQLite outbox goes through it, so the
+//! relay never contends with itself for the write lock.
+//!
+//! **Group commit.** It takes the first command waiting, then everything else
+//! already queued, runs them in one transaction, commits (one WAL fsync), and only
+//! then answers each caller. While a commit is syncing, new requests queue up and
+//! form the next batch. The publisher's settlements and the operator's commands
+//! wait in a queue of their own and go into the next batch ahead of the webhooks:
+//! behind a full queue of webhooks they would wait a dozen commits, and every row
+//! a settle is about stays in flight, not fetchable, meanwhile.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sql;
+use crate::clock::now_micros;
+use crate::metrics::Metrics;
+use crate::outbox::ingest::{self, Batch, InsertHealth, Limits, Queue};
+use crate::outbox::row::Encoded;
+use crate::outbox::{ATTEMPTS_KEPT, InsertOutcome, OutboxError, Settlement};
+
+/// Most webhooks one transaction takes.
+pub(super) const LIMITS: Limits = Limits {
+    webhooks: 512,
+    bytes: usize::MAX,
+};
+
+/// Most settlements and operator commands waiting for the writer (the publisher
+/// has at most `MAX_BATCHES_IN_FLIGHT`, 8, batches in flight).
+pub(super) const CONTROL_QUEUE: usize = 64;
+
+/// Where a command's answer goes.
+type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
+
+/// A write that is not a webhook.
+pub(super) enum Control {
+    /// The publisher's outcomes.
+    Settle(Arc<[Settlement]>, Reply<()>),
+    /// The write probe behind `/readyz`.
+    Probe(Reply<()>),
+    /// An operator's replay.
+    Replay(Vec<i64>, Reply<u64>),
+    /// An operator's release.
+    Release(Vec<i64>, Reply<u64>),
+    /// Retention or an operator's purge.
+    Purge {
+        cutoff_us: i64,
+        limit: usize,
+        reply: Reply<u64>,
+    },
+}
+
+impl Control {
+    /// Answers the caller: the rows it changed (for a replay, release or purge),
+    /// or why nothing was.
+    fn answer(self, result: Result<u64, OutboxError>) {
+        match self {
+            Self::Settle(_, reply) | Self::Probe(reply) => {
+                let _ = reply.send(result.map(|_| ()));
+            }
+            Self::Replay(_, reply) | Self::Release(_, reply) | Self::Purge { reply, .. } => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// The writer's loop, on its own thread, until the outbox handle is dropped.
+pub(super) fn run(
+    mut conn: Connection,
+    mut queue: Queue,
+    mut controls: mpsc::Receiver<Control>,
+    metrics: &Metrics,
+    health: &InsertHealth,
+) {
+    // The queues are tokio channels; a runtime of this thread's own waits on both.
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        tracing::error!("the outbox writer cannot start its runtime");
+        return;
+    };
+    loop {
+        let first = runtime.block_on(async {
+            tokio::select! {
+                biased;
+                control = controls.recv() => control.map(Ok),
+                queued = queue.first() => queued.map(Err),
+            }
+        });
+        let (mut commands, first) = match first {
+            None => return,
+            Some(Ok(control)) => (vec![control], None),
+            Some(Err(queued)) => (Vec::new(), Some(queued)),
+        };
+        while commands.len() < CONTROL_QUEUE {
+            match controls.try_recv() {
+                Ok(control) => commands.push(control),
+                Err(_) => break,
+            }
+        }
+        let batch = queue.take(first, LIMITS);
+        match apply(&mut conn, &commands, batch.as_ref()) {
+            Ok((changed, stored)) => {
+                if let Some(batch) = batch {
+                    batch.answer(Ok(stored), metrics, health);
+                }
+                for (command, n) in commands.into_iter().zip(changed) {
+                    command.answer(Ok(n));
+                }
+            }
+            Err(e) => {
+                let e = OutboxError::from(e);
+                match batch {
+                    Some(batch) => batch.answer(Err(e.clone()), metrics, health),
+                    None => ingest::commit_failed(metrics, &e, commands.len()),
+                }
+                for command in commands {
+                    command.answer(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Runs a batch in one transaction. On any error nothing is committed and every
+/// caller is told so: an ack is never sent for a row that is not on disk.
+fn apply(
+    conn: &mut Connection,
+    commands: &[Control],
+    batch: Option<&Batch>,
+) -> rusqlite::Result<(Vec<u64>, Vec<InsertOutcome>)> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now_us = now_micros();
+    let mut changed = Vec::with_capacity(commands.len());
+    for command in commands {
+        changed.push(match command {
+            Control::Settle(settlements, _) => {
+                settle(&tx, settlements, now_us)?;
+                0
+            }
+            Control::Probe(_) => {
+                tx.execute(sql::PROBE, [now_us])?;
+                0
+            }
+            Control::Replay(ids, _) => {
+                let mut replay = tx.prepare_cached(sql::REPLAY)?;
+                let mut n = 0;
+                for id in ids {
+                    n += replay.execute(params![now_us, id])? as u64;
+                }
+                n
+            }
+            Control::Release(ids, _) => {
+                let mut release = tx.prepare_cached(sql::RELEASE)?;
+                let mut n = 0;
+                for id in ids {
+                    n += release.execute(params![id, now_us])? as u64;
+                }
+                n
+            }
+            Control::Purge {
+                cutoff_us, limit, ..
+            } => {
+                let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+                tx.execute(sql::PURGE, params![cutoff_us, limit])? as u64
+            }
+        });
+    }
+    let stored = match batch {
+        Some(batch) => insert(&tx, batch)?,
+        None => Vec::new(),
+    };
+    tx.commit()?;
+    Ok((changed, stored))
+}
+
+/// Stores the batch's webhooks; each one's outcome in order.
+fn insert(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<Vec<InsertOutcome>> {
+    let mut event = tx.prepare_cached(sql::INSERT_EVENT)?;
+    let mut delivery = tx.prepare_cached(sql::INSERT_DELIVERY)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for new in batch.events() {
+        let row =
+            Encoded::new(new).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let changed = event.execute(params![
+            new.meta.id,
+            new.meta.source,
+            new.meta.provider,
+            new.meta.idempotency_key,
+            new.meta.subject,
+            row.routing_key,
+            row.meta,
+            new.headers_json,
+            &new.body[..],
+            new.traceparent,
+            new.received_at_us,
+        ])?;
+        outcomes.push(if changed == 0 {
+            InsertOutcome::Duplicate
+        } else {
+            // The row was inserted just now, so the last rowid is its id (on a
+            // duplicate it would be an older row's).
+            delivery.execute(params![
+                tx.last_insert_rowid(),
+                new.meta.source,
+                new.meta.subject,
+                new.received_at_us,
+            ])?;
+            InsertOutcome::Inserted
+        });
+    }
+    Ok(outcomes)
+}
+
+/// Records publish outcomes, and each failure in the attempts log.
+fn settle(
+    tx: &rusqlite::Transaction<'_>,
+    settlements: &[Settlement],
+    now_us: i64,
+) -> rusqlite::Result<()> {
+    let mut record = tx.prepare_cached(sql::SETTLE)?;
+    let mut log = tx.prepare_cached(sql::LOG_FAILURE)?;
+    let mut trim = tx.prepare_cached(sql::TRIM_FAILURES)?;
+    for settlement in settlements {
+        let id = settlement.id();
+        let effect = settlement.effect();
+        let changed = record.execute(params![
+            id,
+            effect.state.as_str(),
+            i64::from(effect.permanent),
+            effect.error,
+            effect.next_attempt_at_us,
+            now_us,
+        ])?;
+        if let (1.., Some(error)) = (changed, effect.error) {
+            log.execute(params![id, now_us, effect.outcome(), error])?;
+            trim.execute(params![id, ATTEMPTS_KEPT])?;
+        }
+    }
+    Ok(())
+}
