@@ -24,3 +24,7 @@ pub mod providers;
 pub mod publisher;
 mod relay;
 mod telemetry;
+
+/// Reaching an outbox from the integration tests and the bench (feature `testing`).
+#[cfg(feature = "testing")]
+pub use outbox::testing;

@@ -29,6 +29,8 @@ pub(crate) mod row;
 pub(crate) mod select;
 mod sql;
 mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub(crate) mod view;
 
 #[cfg(test)]

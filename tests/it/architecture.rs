@@ -177,3 +177,141 @@ fn providers_are_pure_and_ingress_never_awaits_the_broker() {
         }
     }
 }
+
+/// The string literals of Rust source `text` (plain, byte and raw strings), as
+/// written: a small lexer that passes over comments, char literals and
+/// lifetimes, enough for the rules below.
+fn string_literals(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'/' if bytes.get(at + 1) == Some(&b'/') => {
+                at = text[at..].find('\n').map_or(bytes.len(), |end| at + end);
+            }
+            b'r' if !at.checked_sub(1).is_some_and(|before| {
+                bytes[before].is_ascii_alphanumeric() || bytes[before] == b'_'
+            }) && matches!(bytes.get(at + 1), Some(b'"' | b'#')) =>
+            {
+                let hashes = text[at + 1..].bytes().take_while(|b| *b == b'#').count();
+                let open = at + 1 + hashes;
+                if bytes.get(open) != Some(&b'"') {
+                    at += 1;
+                    continue;
+                }
+                let close = format!("\"{}", "#".repeat(hashes));
+                let end = text[open + 1..]
+                    .find(&close)
+                    .map_or(bytes.len(), |end| open + 1 + end);
+                found.push(&text[open + 1..end]);
+                at = end + close.len();
+            }
+            b'"' => {
+                let mut end = at + 1;
+                while end < bytes.len() && bytes[end] != b'"' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                found.push(&text[at + 1..end.min(bytes.len())]);
+                at = end + 1;
+            }
+            b'\'' => {
+                // A char literal ('x', '\n', '"') or a lifetime ('a).
+                at += match (bytes.get(at + 1), bytes.get(at + 2)) {
+                    (Some(b'\\'), _) => text[at + 2..].find('\'').map_or(1, |end| end + 3),
+                    (Some(_), Some(b'\'')) => 3,
+                    _ => 1,
+                };
+            }
+            _ => at += 1,
+        }
+    }
+    found
+}
+
+/// Whether a literal is an SQL statement: it starts with a statement's keyword.
+fn is_sql(literal: &str) -> bool {
+    const STATEMENTS: [&str; 17] = [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "CREATE", "ALTER", "DROP", "PRAGMA",
+        "BEGIN", "COMMIT", "ROLLBACK", "SET", "RESET", "VACUUM", "ANALYZE", "LISTEN",
+    ];
+    let start = literal.trim_start();
+    // `BEGIN` also opens a PEM block's line; SQL's is followed by its end, or a
+    // transaction's mode.
+    let begins = [
+        "BEGIN;",
+        "BEGIN IMMEDIATE",
+        "BEGIN TRANSACTION",
+        "BEGIN ISOLATION",
+    ];
+    start == "BEGIN"
+        || begins.iter().any(|b| start.starts_with(b))
+        || STATEMENTS.iter().filter(|k| **k != "BEGIN").any(|keyword| {
+            start
+                .strip_prefix(keyword)
+                .is_some_and(|rest| rest.starts_with([' ', '\n', ';']) || rest.is_empty())
+        })
+}
+
+#[test]
+fn the_literal_reader_sees_strings_and_passes_over_chars_and_comments() {
+    let text = r##"let a = "SELECT 1"; // "not this"
+let b: &'static str = r#"UPDATE "x""#; let c = '"'; let d = b"DELETE";"##;
+    assert_eq!(
+        string_literals(text),
+        ["SELECT 1", "UPDATE \"x\"", "DELETE"]
+    );
+    assert!(is_sql("\n  SELECT id FROM t") && is_sql("BEGIN IMMEDIATE"));
+    assert!(!is_sql("SELECTED") && !is_sql("BEGIN RSA PRIVATE KEY"));
+}
+
+/// Nothing outside a backend's `sql.rs` (or the shared `outbox/sql.rs`) speaks SQL,
+/// but for a driver's own tests, which arrange rows of older releases.
+#[test]
+fn only_the_sql_files_of_the_outbox_speak_sql() {
+    let outbox = src().join("outbox");
+    let mut violations = Vec::new();
+    for (path, text) in rust_files(&src()) {
+        let own_sql = path.starts_with(&outbox)
+            && path
+                .file_name()
+                .is_some_and(|name| name == "sql.rs" || name == "tests.rs");
+        if own_sql {
+            continue;
+        }
+        for literal in string_literals(&text).into_iter().filter(|l| is_sql(l)) {
+            violations.push(format!("{}: {literal:?}", path.display()));
+        }
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// The tests and the bench reach the relay's tables only through the drivers
+/// (`hookrelay::testing`) or the `outbox` commands: they open no SQLite file and
+/// their SQL (databases of their own, server settings) names none of its tables.
+#[test]
+fn tests_and_the_bench_never_touch_the_outbox_tables() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    const TABLES: [&str; 5] = ["hr_", "events", "deliveries", "attempts", "health"];
+    let mut violations = Vec::new();
+    for dir in ["tests", "bench/src", "testkit/src"] {
+        let dir = root.join(dir);
+        if !dir.exists() {
+            continue;
+        }
+        for (path, text) in rust_files(&dir) {
+            if path.ends_with("architecture.rs") {
+                continue;
+            }
+            for line in code_lines_with(&text, "rusqlite") {
+                violations.push(format!("{}: {line}", path.display()));
+            }
+            for literal in string_literals(&text).into_iter().filter(|l| is_sql(l)) {
+                if TABLES.iter().any(|table| literal.contains(table)) {
+                    violations.push(format!("{}: {literal:?}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+}

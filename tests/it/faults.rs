@@ -455,16 +455,13 @@ async fn a_failing_settle_is_retried_without_publishing_again() {
     }
 
     // Hold the write lock for two busy timeouts and more, so settles fail twice.
-    let outbox = config.outbox.clone();
+    let outbox = config.outbox_url();
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
-        let conn = rusqlite::Connection::open(outbox).expect("open outbox");
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .expect("take the write lock");
+        let lock = hookrelay::testing::hold_write_lock(&outbox).expect("take the write lock");
         locked_tx.send(()).expect("signal");
         std::thread::sleep(Duration::from_secs(12));
-        conn.execute_batch("ROLLBACK")
-            .expect("release the write lock");
+        drop(lock);
     });
     locked_rx.recv().expect("lock taken");
     proxy.restore();

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use hookrelay::testing::{Seed, SeedState};
+
 use crate::support::*;
 
 /// RabbitMQ's `max_message_size` lowered to 64 KiB for as long as the guard
@@ -451,20 +453,32 @@ async fn a_replay_by_time_on_postgresql_walks_every_chunk() {
     let mut config = RelayConfig::on(Backend::Postgres, &exchange, dir.path());
     config.broker = proxy.addr.to_string();
     let relay = Relay::start(&config);
-    let database = config.database.as_ref().expect("a PostgreSQL outbox");
     // 2,500 published rows received within the last minute, some at the same
     // microsecond (the cursor must not skip or repeat them).
-    database.sql(
-        "WITH ev AS (
-             INSERT INTO hr_event (event_id, source, provider, idempotency_key, subject, part,
-                                   routing_key, meta, headers, body, traceparent, received_at)
-             SELECT 'e' || i, 'whitepay', 'whitepay', 'k' || i, 's' || i, 0, 'rk', '{}', '{}',
-                    '\\x00', '', (extract(epoch FROM now()) * 1e6)::bigint - (i / 3)
-             FROM generate_series(1, 2500) i
-             RETURNING id, part, source, subject, received_at)
-         INSERT INTO hr_delivery (id, part, source, subject, state, next_attempt_at, published_at)
-         SELECT id, part, source, subject, 'published', received_at, received_at FROM ev",
-    );
+    let now_us = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_micros(),
+    )
+    .expect("in range");
+    let rows = (1..=2500).map(|i: i64| {
+        let received_at_us = now_us - i / 3;
+        Seed {
+            source: "whitepay".to_owned(),
+            body: whitepay_order(&format!("chunked-{i}")),
+            headers_json: "{}".to_owned(),
+            received_at_us,
+            traceparent: String::new(),
+            state: SeedState::Published {
+                at_us: received_at_us,
+            },
+        }
+    });
+    let seeded = hookrelay::testing::seed(&config.relay_config(), rows)
+        .await
+        .expect("seed");
+    assert_eq!(seeded, 2500);
     let replayed = relay.outbox_command(&["replay", "--since", "1h"]);
     assert_eq!(replayed["replayed"], 2500);
     assert_eq!(relay.outbox_count(Some("pending")), 2500);

@@ -38,8 +38,13 @@ mod leases;
 mod maintenance;
 mod notify;
 mod schema;
+#[cfg(feature = "testing")]
+mod seed;
 mod sql;
 mod writer;
+
+#[cfg(feature = "testing")]
+pub(crate) use seed::seed;
 
 use connect::Target;
 use error::{CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT, bounded, pg_error, pooled};

@@ -100,6 +100,10 @@ pub(super) const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 /// Takes advisory lock `$1` for the transaction, if free.
 pub(super) const TRY_LOCK_FOR_TRANSACTION: &str = "SELECT pg_try_advisory_xact_lock($1)";
 
+/// Commits without waiting for their WAL to be synced (seeding test data).
+#[cfg(feature = "testing")]
+pub(super) const NO_SYNC_WAIT: &str = "SET synchronous_commit = off";
+
 /// Lifts and restores the session's statement timeout, for migrations and
 /// vacuums that may run long.
 pub(super) const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
@@ -352,3 +356,32 @@ pub(super) fn maintain(table: &str, vacuum: bool) -> String {
     };
     format!("{command} {table}")
 }
+
+/// Stores seeded rows (tests and the bench): the arrays of [`INSERT_BATCH`] (`$1`
+/// … `$12`) and each row's state (`$13`), attempts (`$14`), permanent attempts
+/// (`$15`), last error (`$16`) and publish time (`$17`), in array order, so their
+/// ids follow it. A key already stored is skipped.
+#[cfg(feature = "testing")]
+pub(super) const SEED_BATCH: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::int2[], $7::text[], $8::text[], $9::text[], $10::bytea[],
+                         $11::text[], $12::int8[], $13::text[], $14::int4[], $15::int4[],
+                         $16::text[], $17::int8[])
+      WITH ORDINALITY AS t(event_id, source, provider, idempotency_key, subject, part,
+                           routing_key, meta, headers, body, traceparent, received_at,
+                           state, attempts, permanent_attempts, last_error, published_at, n)
+), stored AS (
+    INSERT INTO hr_event (event_id, source, provider, idempotency_key, subject, part,
+                          routing_key, meta, headers, body, traceparent, received_at)
+    SELECT event_id, source, provider, idempotency_key, subject, part,
+           routing_key, meta, headers, body, traceparent, received_at
+    FROM input ORDER BY n
+    ON CONFLICT (source, idempotency_key) DO NOTHING
+    RETURNING id, source, idempotency_key
+)
+INSERT INTO hr_delivery (id, part, source, subject, state, attempts, permanent_attempts,
+                         next_attempt_at, last_error, published_at)
+SELECT s.id, i.part, i.source, i.subject, i.state, i.attempts, i.permanent_attempts,
+       i.received_at, i.last_error, i.published_at
+FROM stored s JOIN input i USING (source, idempotency_key)";

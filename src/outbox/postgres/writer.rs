@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
+use tokio_postgres::types::ToSql;
 
 use super::error::{bounded, pg_error, pooled};
 use super::{schema, sql};
@@ -75,46 +76,14 @@ async fn insert(pool: &Pool, batch: &Batch) -> Result<Vec<InsertOutcome>, Outbox
         let (a, b) = (&a.event.meta, &b.event.meta);
         (&a.source, &a.idempotency_key).cmp(&(&b.source, &b.idempotency_key))
     });
-    let column =
-        |f: for<'r> fn(&'r Encoded<'r>) -> &'r str| rows.iter().map(f).collect::<Vec<&str>>();
-    let event_ids = column(|row| &row.event.meta.id);
-    let sources = column(|row| &row.event.meta.source);
-    let providers = column(|row| &row.event.meta.provider);
-    let keys = column(|row| &row.event.meta.idempotency_key);
-    let subjects = column(|row| &row.event.meta.subject);
-    let routing_keys = column(|row| &row.routing_key);
-    let metas = column(|row| &row.meta);
-    let headers = column(|row| &row.event.headers_json);
-    let traceparents = column(|row| &row.event.traceparent);
-    let bodies: Vec<&[u8]> = rows.iter().map(|row| &row.event.body[..]).collect();
-    let received: Vec<i64> = rows.iter().map(|row| row.event.received_at_us).collect();
-    let parts: Vec<i16> = rows
-        .iter()
-        .map(|row| schema::partition(&row.event.meta.source, &row.event.meta.subject))
-        .collect();
+    let arrays = Arrays::of(&rows);
     let client = pooled(pool).await?;
     let statement = client
         .prepare_cached(sql::INSERT_BATCH)
         .await
         .map_err(pg_error)?;
     let stored = client
-        .query(
-            &statement,
-            &[
-                &event_ids,
-                &sources,
-                &providers,
-                &keys,
-                &subjects,
-                &parts,
-                &routing_keys,
-                &metas,
-                &headers,
-                &bodies,
-                &traceparents,
-                &received,
-            ],
-        )
+        .query(&statement, &arrays.params())
         .await
         .map_err(pg_error)?;
     let mut new: HashSet<(String, String)> =
@@ -134,4 +103,63 @@ async fn insert(pool: &Pool, batch: &Batch) -> Result<Vec<InsertOutcome>, Outbox
             }
         })
         .collect())
+}
+
+/// The `hr_event` columns of a batch (and each row's partition), one array each,
+/// in the order of [`sql::INSERT_BATCH`]'s parameters `$1` … `$12`.
+pub(super) struct Arrays<'a> {
+    event_ids: Vec<&'a str>,
+    sources: Vec<&'a str>,
+    providers: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    subjects: Vec<&'a str>,
+    parts: Vec<i16>,
+    routing_keys: Vec<&'a str>,
+    metas: Vec<&'a str>,
+    headers: Vec<&'a str>,
+    bodies: Vec<&'a [u8]>,
+    traceparents: Vec<&'a str>,
+    received: Vec<i64>,
+}
+
+impl<'a> Arrays<'a> {
+    /// The arrays of `rows`, in their order.
+    pub(super) fn of(rows: &'a [Encoded<'a>]) -> Self {
+        let column = |f: fn(&'a Encoded<'a>) -> &'a str| rows.iter().map(f).collect::<Vec<_>>();
+        Self {
+            event_ids: column(|row| &row.event.meta.id),
+            sources: column(|row| &row.event.meta.source),
+            providers: column(|row| &row.event.meta.provider),
+            keys: column(|row| &row.event.meta.idempotency_key),
+            subjects: column(|row| &row.event.meta.subject),
+            parts: rows
+                .iter()
+                .map(|row| schema::partition(&row.event.meta.source, &row.event.meta.subject))
+                .collect(),
+            routing_keys: column(|row| &row.routing_key),
+            metas: column(|row| &row.meta),
+            headers: column(|row| &row.event.headers_json),
+            bodies: rows.iter().map(|row| &row.event.body[..]).collect(),
+            traceparents: column(|row| &row.event.traceparent),
+            received: rows.iter().map(|row| row.event.received_at_us).collect(),
+        }
+    }
+
+    /// The statement's parameters `$1` … `$12`.
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.event_ids,
+            &self.sources,
+            &self.providers,
+            &self.keys,
+            &self.subjects,
+            &self.parts,
+            &self.routing_keys,
+            &self.metas,
+            &self.headers,
+            &self.bodies,
+            &self.traceparents,
+            &self.received,
+        ]
+    }
 }

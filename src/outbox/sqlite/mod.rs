@@ -39,8 +39,13 @@ mod schema;
 mod sql;
 mod writer;
 
+#[cfg(feature = "testing")]
+mod seed;
 #[cfg(test)]
 mod tests;
+
+#[cfg(feature = "testing")]
+pub(crate) use seed::{release_write_lock, seed, write_lock};
 
 use error::fault;
 use reader::{Browser, Reader};

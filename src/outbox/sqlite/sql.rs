@@ -264,3 +264,20 @@ pub(super) fn show() -> String {
 /// The failed attempts of row `?1`, oldest first.
 pub(super) const FAILURES: &str =
     "SELECT at, outcome, error FROM attempts WHERE id = ?1 ORDER BY at, rowid";
+
+/// A seeded row's publishing state (tests and the bench): `?1` id, `?2` source,
+/// `?3` subject, `?4` state, `?5` attempts, `?6` permanent attempts, `?7` next
+/// attempt, `?8` last error, `?9` published at.
+#[cfg(feature = "testing")]
+pub(super) const SEED_DELIVERY: &str = "
+INSERT INTO deliveries (id, source, subject, state, attempts, permanent_attempts,
+                        next_attempt_at, last_error, published_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Takes the write lock, as another process would.
+#[cfg(feature = "testing")]
+pub(super) const LOCK_FOR_WRITING: &str = "BEGIN IMMEDIATE";
+
+/// Gives it back.
+#[cfg(feature = "testing")]
+pub(super) const ROLLBACK: &str = "ROLLBACK";

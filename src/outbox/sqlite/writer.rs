@@ -19,7 +19,7 @@ use crate::clock::now_micros;
 use crate::metrics::Metrics;
 use crate::outbox::ingest::{self, Batch, InsertHealth, Limits, Queue};
 use crate::outbox::row::Encoded;
-use crate::outbox::{ATTEMPTS_KEPT, InsertOutcome, OutboxError, Settlement};
+use crate::outbox::{ATTEMPTS_KEPT, InsertOutcome, NewEvent, OutboxError, Settlement};
 
 /// Most webhooks one transaction takes.
 pub(super) const LIMITS: Limits = Limits {
@@ -181,21 +181,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<Vec
     let mut delivery = tx.prepare_cached(sql::INSERT_DELIVERY)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for new in batch.events() {
-        let row =
-            Encoded::new(new).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let changed = event.execute(params![
-            new.meta.id,
-            new.meta.source,
-            new.meta.provider,
-            new.meta.idempotency_key,
-            new.meta.subject,
-            row.routing_key,
-            row.meta,
-            new.headers_json,
-            &new.body[..],
-            new.traceparent,
-            new.received_at_us,
-        ])?;
+        let changed = insert_event(&mut event, new)?;
         outcomes.push(if changed == 0 {
             InsertOutcome::Duplicate
         } else {
@@ -211,6 +197,29 @@ fn insert(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<Vec
         });
     }
     Ok(outcomes)
+}
+
+/// Runs [`sql::INSERT_EVENT`] for one webhook; returns the rows it inserted (0 for
+/// a duplicate).
+pub(super) fn insert_event(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    new: &NewEvent,
+) -> rusqlite::Result<usize> {
+    let row =
+        Encoded::new(new).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    statement.execute(params![
+        new.meta.id,
+        new.meta.source,
+        new.meta.provider,
+        new.meta.idempotency_key,
+        new.meta.subject,
+        row.routing_key,
+        row.meta,
+        new.headers_json,
+        &new.body[..],
+        new.traceparent,
+        new.received_at_us,
+    ])
 }
 
 /// Records publish outcomes, and each failure in the attempts log.

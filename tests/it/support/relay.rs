@@ -73,45 +73,56 @@ impl RelayConfig {
         }
     }
 
-    /// Subjects of the rows marked published, read straight from the outbox.
+    /// Subjects of the rows marked published, as `hookrelay outbox list` shows
+    /// them: also while no relay runs, e.g. after kill -9.
     pub fn published_subjects(&self) -> Vec<String> {
-        if let Some(db) = &self.database {
-            return db
-                .sql("SELECT subject FROM hr_delivery WHERE state = 'published'")
-                .lines()
-                .map(str::to_owned)
-                .collect();
-        }
-        let conn = rusqlite::Connection::open(&self.outbox).expect("outbox");
-        let mut stmt = conn
-            .prepare("SELECT subject FROM deliveries WHERE state = 'published'")
-            .expect("query");
-        stmt.query_map([], |r| r.get(0))
-            .expect("rows")
-            .collect::<Result<_, _>>()
-            .expect("subjects")
+        let rows = self.outbox_command(&["list", "--state", "published", "--limit", "1000000"]);
+        rows.as_array()
+            .expect("list --json prints an array")
+            .iter()
+            .map(|row| row["subject"].as_str().expect("a subject").to_owned())
+            .collect()
     }
 
-    /// Counts the outbox rows in a state (every row for `None`), read straight from
-    /// the outbox: also while no relay runs, e.g. after kill -9.
+    /// Counts the outbox rows in a state (every row for `None`), as `hookrelay
+    /// outbox stats` counts them: also while no relay runs, e.g. after kill -9.
     pub fn outbox_count(&self, state: Option<&str>) -> i64 {
-        if let Some(db) = &self.database {
-            let filter = state.map_or_else(String::new, |s| format!(" WHERE state = '{s}'"));
-            return db
-                .sql(&format!("SELECT count(*) FROM hr_delivery{filter}"))
-                .parse()
-                .expect("count");
-        }
-        let conn = rusqlite::Connection::open(&self.outbox).expect("open outbox");
+        let stats = self.outbox_command(&["stats"]);
+        let count = |state: &str| stats[state].as_i64().expect("a count");
         match state {
-            Some(state) => conn.query_row(
-                "SELECT COUNT(*) FROM deliveries WHERE state = ?1",
-                [state],
-                |r| r.get(0),
-            ),
-            None => conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)),
+            Some(state) => count(state),
+            None => ["pending", "published", "dead"]
+                .into_iter()
+                .map(count)
+                .sum(),
         }
-        .expect("count")
+    }
+
+    /// Runs `hookrelay outbox ARGS --json` on this config's outbox and returns what
+    /// it printed.
+    pub fn outbox_command(&self, args: &[&str]) -> serde_json::Value {
+        let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .arg("outbox")
+            .args(args)
+            .arg("--json")
+            .env_clear()
+            .env("HOOKRELAY_OUTBOX_URL", self.outbox_url())
+            .output()
+            .expect("run hookrelay outbox");
+        assert!(
+            output.status.success(),
+            "outbox {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+    }
+
+    /// The configuration the relay reads from this config's environment (for
+    /// seeding its outbox through `hookrelay::testing`).
+    pub fn relay_config(&self) -> hookrelay::config::Config {
+        let mut env = vec![("HOOKRELAY_OUTBOX_URL".to_owned(), self.outbox_url())];
+        env.extend(self.env.iter().cloned());
+        hookrelay::config::Config::load_from(None, &env).expect("a valid configuration")
     }
 }
 
@@ -227,20 +238,7 @@ impl Relay {
     /// Runs `hookrelay outbox ARGS --json` on this relay's outbox, beside the
     /// running relay, and returns what it printed.
     pub fn outbox_command(&self, args: &[&str]) -> serde_json::Value {
-        let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-            .arg("outbox")
-            .args(args)
-            .arg("--json")
-            .env_clear()
-            .env("HOOKRELAY_OUTBOX_URL", self.config.outbox_url())
-            .output()
-            .expect("run hookrelay outbox");
-        assert!(
-            output.status.success(),
-            "outbox {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+        self.config.outbox_command(args)
     }
 
     /// Freezes the process (SIGSTOP), as a long pause or a stalled VM would.

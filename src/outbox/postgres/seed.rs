@@ -1,0 +1,68 @@
+//! Rows stored straight into a PostgreSQL outbox, for the tests and the bench
+//! (feature `testing`; see `outbox/testing.rs`).
+
+use tokio_postgres::types::ToSql;
+
+use super::connect::Target;
+use super::error::pg_error;
+use super::sql;
+use super::writer::Arrays;
+use crate::outbox::OutboxError;
+use crate::outbox::row::Encoded;
+use crate::outbox::testing::Seeded;
+
+/// Rows per statement.
+const CHUNK: usize = 5_000;
+
+/// Stores `rows` in order; a key already stored is skipped. Returns how many were
+/// stored.
+pub(crate) async fn seed(url: &str, rows: &[Seeded]) -> Result<u64, OutboxError> {
+    let target = Target::parse(url)?;
+    let (client, connection) = target
+        .config
+        .connect(target.connector()?)
+        .await
+        .map_err(pg_error)?;
+    let driver = tokio::spawn(connection);
+    // Seeded rows are test data: no wait for a sync at each commit.
+    client
+        .batch_execute(sql::NO_SYNC_WAIT)
+        .await
+        .map_err(pg_error)?;
+    let statement = client.prepare(sql::SEED_BATCH).await.map_err(pg_error)?;
+    let mut stored = 0;
+    for chunk in rows.chunks(CHUNK) {
+        let encoded = chunk
+            .iter()
+            .map(|row| Encoded::new(&row.event))
+            .collect::<Result<Vec<_>, _>>()?;
+        let arrays = Arrays::of(&encoded);
+        let states: Vec<&str> = chunk.iter().map(|row| row.state.as_str()).collect();
+        let attempts: Vec<i32> = chunk.iter().map(|row| count(row.attempts)).collect();
+        let permanent: Vec<i32> = chunk
+            .iter()
+            .map(|row| count(row.permanent_attempts))
+            .collect();
+        let errors: Vec<Option<&str>> = chunk.iter().map(|row| row.last_error.as_deref()).collect();
+        let published: Vec<Option<i64>> = chunk.iter().map(|row| row.published_at_us).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = arrays.params().to_vec();
+        params.extend([
+            &states as &(dyn ToSql + Sync),
+            &attempts,
+            &permanent,
+            &errors,
+            &published,
+        ]);
+        stored += client
+            .execute(&statement, &params)
+            .await
+            .map_err(pg_error)?;
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(stored)
+}
+
+fn count(n: i64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}

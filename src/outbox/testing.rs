@@ -1,0 +1,167 @@
+//! What the integration tests and the bench need of an outbox beyond the relay's
+//! own commands: rows stored as if the relay had received them long ago, and a
+//! SQLite write lock held from outside. Through the drivers, so the tests and the
+//! bench never write SQL against the relay's tables (the architecture test checks
+//! it). Compiled only with the `testing` feature, which they enable; never part of
+//! the relay.
+
+use std::collections::BTreeMap;
+
+use super::{Location, NewEvent, OutboxError, State};
+use crate::config::{Config, ConfigError};
+use crate::event::{EventMeta, Origin};
+use crate::providers::{Source, WebhookRequest};
+
+/// One webhook to store, with the state it should have reached.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// The source it came in on (one of the configuration's).
+    pub source: String,
+    /// The body, as the provider sent it; its routing facts are what the source's
+    /// provider reads from it.
+    pub body: Vec<u8>,
+    /// The audit headers, as the JSON object text the relay stores.
+    pub headers_json: String,
+    /// Receive time, Unix microseconds.
+    pub received_at_us: i64,
+    /// W3C `traceparent` to store with it.
+    pub traceparent: String,
+    /// Where it got to.
+    pub state: SeedState,
+}
+
+/// The state a seeded row is stored in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedState {
+    /// Waiting to be published, due at once.
+    Pending,
+    /// Confirmed by the broker after one attempt, at this time (Unix
+    /// microseconds).
+    Published {
+        /// When.
+        at_us: i64,
+    },
+    /// Given up on after `attempts` attempts, the last one permanent.
+    Dead {
+        /// Publish attempts.
+        attempts: u32,
+        /// The last error.
+        error: String,
+    },
+}
+
+/// A webhook with the publishing state it is stored in, as a driver writes it.
+pub(super) struct Seeded {
+    pub(super) event: NewEvent,
+    pub(super) state: State,
+    pub(super) attempts: i64,
+    pub(super) permanent_attempts: i64,
+    pub(super) last_error: Option<String>,
+    pub(super) published_at_us: Option<i64>,
+}
+
+/// Why rows could not be seeded.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// The configuration's sources could not be built.
+    #[error("{0}")]
+    Config(ConfigError),
+    /// A row names a source the configuration does not have.
+    #[error("no source `{0}` in the configuration")]
+    UnknownSource(String),
+    /// The outbox failed.
+    #[error("{0}")]
+    Outbox(OutboxError),
+}
+
+/// Stores `rows`, in order (so their ids follow it), in the existing outbox
+/// `config` names (create it by starting a relay once), each with the metadata
+/// its source's provider reads from its body. A relay running on the outbox
+/// publishes the pending ones. Returns how many were stored.
+pub async fn seed(config: &Config, rows: impl IntoIterator<Item = Seed>) -> Result<u64, SeedError> {
+    let sources = crate::providers::build_sources(config).map_err(SeedError::Config)?;
+    let rows = rows
+        .into_iter()
+        .map(|seed| seeded(&sources, seed))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stored = match Location::parse(config.outbox_url.expose()).map_err(SeedError::Outbox)? {
+        Location::Sqlite(path) => {
+            tokio::task::spawn_blocking(move || super::sqlite::seed(&path, &rows))
+                .await
+                .map_err(|e| {
+                    SeedError::Outbox(OutboxError::Storage(super::Fault::new(
+                        super::FaultKind::Other,
+                        e.to_string(),
+                    )))
+                })?
+        }
+        Location::Postgres(url) => super::postgres::seed(&url, &rows).await,
+    };
+    stored.map_err(SeedError::Outbox)
+}
+
+/// The row `seed` stores for a webhook, as ingress would have built it.
+fn seeded(sources: &BTreeMap<String, Source>, seed: Seed) -> Result<Seeded, SeedError> {
+    let source = sources
+        .get(&seed.source)
+        .ok_or_else(|| SeedError::UnknownSource(seed.source.clone()))?;
+    let received =
+        crate::clock::from_micros(seed.received_at_us).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let headers = axum::http::HeaderMap::new();
+    let parsed = source.provider.parse(&WebhookRequest {
+        headers: &headers,
+        body: &seed.body,
+        now: received,
+    });
+    let provider = source.config.provider.as_str();
+    let origin = Origin {
+        provider,
+        source: &seed.source,
+        routing_prefix: source.provider.routing_prefix().unwrap_or(provider),
+        redact: &source.redact,
+    };
+    let mut meta = EventMeta::new(&origin, &parsed, &seed.body, received);
+    meta.verified = Some(true);
+    let (state, attempts, permanent_attempts, last_error, published_at_us) = match seed.state {
+        SeedState::Pending => (State::Pending, 0, 0, None, None),
+        SeedState::Published { at_us } => (State::Published, 1, 0, None, Some(at_us)),
+        SeedState::Dead { attempts, error } => {
+            (State::Dead, i64::from(attempts), 1, Some(error), None)
+        }
+    };
+    Ok(Seeded {
+        event: NewEvent {
+            meta,
+            headers_json: seed.headers_json,
+            body: bytes::Bytes::from(seed.body),
+            received_at_us: seed.received_at_us,
+            traceparent: seed.traceparent,
+        },
+        state,
+        attempts,
+        permanent_attempts,
+        last_error,
+        published_at_us,
+    })
+}
+
+/// SQLite's write lock, taken by another process as the `outbox` commands take it,
+/// held until dropped.
+pub struct WriteLock(rusqlite::Connection);
+
+/// Takes the write lock of the SQLite outbox at `url` (`sqlite://PATH`) and holds
+/// it until the returned guard is dropped.
+pub fn hold_write_lock(url: &str) -> Result<WriteLock, OutboxError> {
+    match Location::parse(url)? {
+        Location::Sqlite(path) => super::sqlite::write_lock(&path).map(WriteLock),
+        Location::Postgres(_) => Err(OutboxError::InvalidUrl(
+            "only a SQLite outbox has a write lock to hold",
+        )),
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        let _ = super::sqlite::release_write_lock(&self.0);
+    }
+}
