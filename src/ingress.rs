@@ -131,6 +131,7 @@ pub(crate) struct LogThrottles {
     refused: Throttle,
     unrecognized: Throttle,
     unavailable: Throttle,
+    duplicate: Throttle,
 }
 
 impl Default for LogThrottles {
@@ -140,6 +141,7 @@ impl Default for LogThrottles {
             refused: Throttle::new(second),
             unrecognized: Throttle::new(second),
             unavailable: Throttle::new(second),
+            duplicate: Throttle::new(second),
         }
     }
 }
@@ -508,7 +510,12 @@ async fn handle(
         Ok(InsertOutcome::Duplicate) => {
             accepted();
             count("duplicate");
-            tracing::info!(%event_id, "duplicate webhook acknowledged, not stored again");
+            // A sender can repeat a signed webhook as often as it likes: counted
+            // (outcome="duplicate") always, logged once a second at most.
+            if let Some(left_out) = ingress.logs.duplicate.allow() {
+                tracing::info!(%event_id, left_out,
+                    "duplicate webhook acknowledged, not stored again (one line a second at most)");
+            }
         }
         Err(e) => {
             count("unavailable");

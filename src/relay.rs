@@ -252,6 +252,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         sources: source_list,
         access: admin::auth::Access::new(config.admin_token.clone(), admin_addr.ip().is_loopback()),
         searches: tokio::sync::Semaphore::new(1),
+        failed_logins: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),
     });
     let mut admin_stop = stop_rx.clone();
     let admin_server = axum::serve(

@@ -39,6 +39,8 @@ pub(crate) struct Admin {
     pub(crate) access: auth::Access,
     /// One text search at a time.
     pub(crate) searches: tokio::sync::Semaphore,
+    /// Console logins with a wrong token, logged once a second at most.
+    pub(crate) failed_logins: crate::telemetry::Throttle,
 }
 
 /// The admin router. Serve it with `ConnectInfo<SocketAddr>`: replays are logged
@@ -156,6 +158,7 @@ mod tests {
             sources: Vec::new(),
             access: auth::Access::new(None, true),
             searches: tokio::sync::Semaphore::new(1),
+            failed_logins: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),
         });
         tokio::time::pause();
         let ready = readyz(State(Arc::clone(&admin))).await;

@@ -595,7 +595,11 @@ async fn login(State(admin): State<Arc<Admin>>, body: Bytes) -> Response {
     };
     let next = next_page(field("next"));
     if !admin.access.token_matches(field("token").unwrap_or("")) {
-        tracing::warn!(target: "hookrelay::audit", "console login with a wrong token");
+        // Anyone who reaches the listener can try: one line a second at most.
+        if let Some(left_out) = admin.failed_logins.allow() {
+            tracing::warn!(target: "hookrelay::audit", left_out,
+                "console login with a wrong token (one line a second at most)");
+        }
         return Redirect::to(&format!("/ui/login?failed=1&next={}", auth::encode(&next)))
             .into_response();
     }

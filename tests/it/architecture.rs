@@ -315,3 +315,75 @@ fn tests_and_the_bench_never_touch_the_outbox_tables() {
     }
     assert!(violations.is_empty(), "{violations:#?}");
 }
+
+/// The `tracing::info!`, `warn!` and `error!` calls of `text`, each as written
+/// from the macro's name to its closing parenthesis.
+fn log_calls(text: &str) -> Vec<&str> {
+    let mut calls = Vec::new();
+    for level in ["tracing::info!(", "tracing::warn!(", "tracing::error!("] {
+        for (start, _) in text.match_indices(level) {
+            let mut depth = 0;
+            let end = text[start..]
+                .char_indices()
+                .find(|(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    *c == ')' && depth == 0
+                })
+                .map_or(text.len(), |(end, _)| start + end + 1);
+            calls.push(&text[start..end]);
+        }
+    }
+    calls
+}
+
+/// Nothing logs a line per request that a sender controls without a `Throttle`
+/// (whose `allow()` gives the `left_out` count every such line carries): a flood
+/// of bad requests must not become a flood of log lines. The lines of these files
+/// that are not per request are named here, with why.
+#[test]
+fn log_lines_a_sender_can_cause_are_throttled() {
+    const NOT_PER_REQUEST: [(&str, &str); 3] = [
+        // The listener's own socket error, not a request's.
+        ("ingress.rs", "accept failed"),
+        // Once, at shutdown.
+        ("ingress.rs", "requests still in flight"),
+        // A failing outbox, once per scrape of the admin listener.
+        ("mod.rs", "cannot read outbox stats"),
+    ];
+    let mut unthrottled = Vec::new();
+    let admin = src().join("admin");
+    for (path, text) in rust_files(&src()) {
+        if !(path.ends_with("ingress.rs") || path.starts_with(&admin)) {
+            continue;
+        }
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        for call in log_calls(&text) {
+            let excepted = NOT_PER_REQUEST
+                .iter()
+                .any(|(f, words)| *f == file && call.contains(words));
+            if !call.contains("left_out") && !excepted {
+                unthrottled.push(format!("{}: {call}", path.display()));
+            }
+        }
+    }
+    assert!(unthrottled.is_empty(), "{unthrottled:#?}");
+}
+
+#[test]
+fn the_log_rule_sees_whole_calls() {
+    let text = "tracing::warn!(a = %f(x), \"one\"); tracing::info!(left_out, \"two\")";
+    assert_eq!(
+        log_calls(text),
+        [
+            "tracing::info!(left_out, \"two\")",
+            "tracing::warn!(a = %f(x), \"one\")"
+        ]
+    );
+}
