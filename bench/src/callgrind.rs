@@ -21,8 +21,9 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
+use crate::load::{self, Body};
 use crate::relay::{OutboxHome, Relay, RelaySpec};
-use crate::{Ctx, broker, http, load, progress};
+use crate::{Ctx, broker, progress};
 
 /// Webhook counts of the two runs of each mode.
 const SMALL: u64 = 500;
@@ -159,7 +160,7 @@ async fn drive(relay: &Relay, publish: bool, webhooks: u64, tag: &str) -> anyhow
 
 /// Sends `n` signed webhooks one after another on one connection; each must be acked.
 async fn send(addr: std::net::SocketAddr, tag: &str, n: u64) -> anyhow::Result<()> {
-    let mut sender = http::connect::<http::Body>(addr).await?;
+    let mut sender = hookrelay_testkit::http::connect::<Body>(addr).await?;
     let key = Hmac::<Sha256>::new_from_slice(crate::relay::TOKEN.as_bytes()).context("hmac key")?;
     for seq in 0..n {
         let body = load::whitepay_order(&load::order_id(tag, seq, 0));
@@ -169,7 +170,7 @@ async fn send(addr: std::net::SocketAddr, tag: &str, n: u64) -> anyhow::Result<(
             .header(hyper::header::HOST, addr.to_string())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("signature", hex::encode(mac.finalize().into_bytes()))
-            .body(http::Body::new(Bytes::from(body)))?;
+            .body(Body::new(Bytes::from(body)))?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         // Read the body so the connection is ready for the next request.

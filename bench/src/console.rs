@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::load::{self, LoadResult, LoadSpec, Mode};
 use crate::relay::{self, Backend, OutboxHome, Relay, RelaySpec};
 use crate::report::{Latency, Scenario};
-use crate::{Ctx, broker, http, procfs, progress, seed};
+use crate::{Ctx, broker, procfs, progress, seed};
 
 /// Sources configured on the relay besides `whitepay` (the seeded rows use them).
 const EXTRA_SOURCES: [&str; 3] = ["shop_eu", "shop_us", "marketplace"];
@@ -113,7 +113,7 @@ impl Api {
     /// `GET path`: the time from sending to the last byte, and the JSON answer.
     async fn get(&mut self, path: &str) -> anyhow::Result<(Duration, Value)> {
         if self.sender.as_ref().is_none_or(SendRequest::is_closed) {
-            self.sender = Some(http::connect(self.addr).await?);
+            self.sender = Some(hookrelay_testkit::http::connect(self.addr).await?);
         }
         let sender = self.sender.as_mut().context("connected")?;
         let request = hyper::Request::get(path)

@@ -893,7 +893,7 @@ fn spawn_pending_poller(
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stopped.wait_for(|s| *s) => break,
             }
-            if let Ok(text) = http::get(admin, "/metrics").await {
+            if let Ok(text) = hookrelay_testkit::http::get(admin, "/metrics").await {
                 let pending: f64 = text
                     .lines()
                     .filter(|l| l.starts_with("hookrelay_outbox_events{state=\"pending\"}"))
@@ -919,7 +919,7 @@ struct RelayRun {
 /// Stops the relays (SIGTERM to all, then waits for each) and removes the outbox.
 async fn stop_all(mut relays: Vec<Relay>, home: OutboxHome) {
     for relay in &mut relays {
-        relay.terminate();
+        let _ = relay.terminate();
     }
     for relay in relays {
         relay.stop();
@@ -1223,7 +1223,7 @@ async fn relay_scenario(
     let outbox_mib = home.size_mib().await;
     let _ = stop_pending.send(true);
     let max_pending = pending.await?;
-    let survived = relays.iter_mut().all(Relay::alive);
+    let survived = relays.iter_mut().all(|relay| relay.alive());
     let bound = 60.0 + result.acked.len() as f64 / 1000.0;
     let drained = survived
         && wait_delivered(
@@ -1397,7 +1397,7 @@ async fn relay_scenario(
 }
 
 async fn backlog_scenario(ctx: &Ctx, name: &str, backend: Backend) -> anyhow::Result<Scenario> {
-    let proxy = broker::Proxy::start(&ctx.args.broker).await?;
+    let proxy = hookrelay_testkit::TcpProxy::start(&ctx.args.broker).await?;
     let RelayRun {
         mut relays,
         consumer,
@@ -1463,7 +1463,7 @@ async fn backlog_scenario(ctx: &Ctx, name: &str, backend: Backend) -> anyhow::Re
     );
     let after = relay.metrics().await;
     let outbox_mib = home.size_mib().await;
-    let survived = relays.iter_mut().all(Relay::alive);
+    let survived = relays.iter_mut().all(|relay| relay.alive());
     let consumed = consumer.finish().await?;
     let (lost, unacked) = consumed.conservation(&build.acked);
     let first = consumed.first.iter().map(|s| s.consumed_us).min();
@@ -1556,7 +1556,7 @@ fn thread_list(threads: &[(String, f64)]) -> String {
 /// (Several relays: the same message counted once, over all of them.)
 fn problems(relays: &[Relay]) -> String {
     let mut merged: Vec<(String, u64)> = Vec::new();
-    for (text, n) in relays.iter().flat_map(Relay::problems) {
+    for (text, n) in relays.iter().flat_map(|relay| relay.problems()) {
         match merged.iter_mut().find(|(t, _)| *t == text) {
             Some(seen) => seen.1 += n,
             None => merged.push((text, n)),
@@ -1573,7 +1573,7 @@ fn problems(relays: &[Relay]) -> String {
 fn warnings_errors(relays: &[Relay]) -> (u64, u64) {
     relays
         .iter()
-        .map(Relay::warnings_errors)
+        .map(|relay| relay.warnings_errors())
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
