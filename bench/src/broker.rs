@@ -1,7 +1,7 @@
 //! RabbitMQ side of the bench: the scenario's topology and its clean-up, the
-//! consumer that checks conservation and end-to-end latency, the broker ceiling
-//! (a lapin publisher with a window of outstanding confirms), and a TCP proxy that
-//! can cut the relay off the broker.
+//! consumer that checks conservation and end-to-end latency, and the broker
+//! ceiling (a lapin publisher with a window of outstanding confirms). The TCP proxy
+//! that cuts the relay off the broker is the testkit's.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,7 +19,6 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::load::{self, histogram};
@@ -39,7 +38,7 @@ pub async fn connect(broker: &str, name: &str) -> anyhow::Result<Connection> {
     let addr: SocketAddr = broker
         .parse()
         .with_context(|| format!("broker address {broker}"))?;
-    crate::http::ensure_loopback(addr)?;
+    hookrelay_testkit::http::ensure_loopback(addr)?;
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -519,83 +518,6 @@ pub async fn publish_ceiling(
     )
     .await;
     Ok(run)
-}
-
-/// A TCP proxy in front of the broker that the bench can cut (close every proxied
-/// connection and refuse new ones) and restore, like the tests' proxy.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    state: Arc<Mutex<ProxyState>>,
-    accept: JoinHandle<()>,
-}
-
-struct ProxyState {
-    open: bool,
-    links: Vec<JoinHandle<()>>,
-}
-
-impl Proxy {
-    /// Listens on a free loopback port and forwards to `upstream`.
-    pub async fn start(upstream: &str) -> anyhow::Result<Self> {
-        let upstream_addr: SocketAddr = upstream.parse()?;
-        crate::http::ensure_loopback(upstream_addr)?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(ProxyState {
-            open: true,
-            links: Vec::new(),
-        }));
-        let shared = Arc::clone(&state);
-        let accept = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let mut state = shared.lock().expect("proxy state");
-                state.links.retain(|l| !l.is_finished());
-                if !state.open {
-                    drop(inbound);
-                    continue;
-                }
-                state.links.push(tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(upstream_addr).await else {
-                        return;
-                    };
-                    let _ = inbound.set_nodelay(true);
-                    let _ = outbound.set_nodelay(true);
-                    let (mut in_read, mut in_write) = inbound.into_split();
-                    let (mut out_read, mut out_write) = outbound.into_split();
-                    tokio::select! {
-                        _ = tokio::io::copy(&mut in_read, &mut out_write) => {}
-                        _ = tokio::io::copy(&mut out_read, &mut in_write) => {}
-                    }
-                }));
-            }
-        });
-        Ok(Self {
-            addr,
-            state,
-            accept,
-        })
-    }
-
-    /// Closes every proxied connection and refuses new ones.
-    pub fn cut(&self) {
-        let mut state = self.state.lock().expect("proxy state");
-        state.open = false;
-        for link in state.links.drain(..) {
-            link.abort();
-        }
-    }
-
-    /// Lets connections through again.
-    pub fn restore(&self) {
-        self.state.lock().expect("proxy state").open = true;
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use sha2::Sha256;
 
-use crate::http::{self, Body};
+use hookrelay_testkit::http;
+
+/// A request body the load workers send.
+pub type Body = Full<Bytes>;
 
 /// Longest latency a histogram holds: 5 minutes, in microseconds.
 pub const HIST_MAX_US: u64 = 300_000_000;

@@ -1,16 +1,16 @@
-//! The relay under test: the release binary as a child process, its admin
-//! `/metrics`, and the check that the binary is not older than the sources.
+//! The relay under test: the release binary as a child process (the testkit's
+//! launcher with the bench's settings), its outbox, its admin `/metrics` as the
+//! numbers the bench reports, and the check that the binary is not older than the
+//! sources.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
+use hookrelay_testkit::{Launch, RelayProcess};
 
-use crate::{http, postgres};
+use crate::postgres;
 
 /// Webhook token of the bench's Whitepay source.
 pub const TOKEN: &str = "bench_token";
@@ -203,192 +203,59 @@ pub struct RelaySpec<'a> {
     pub wrapper: &'a [String],
 }
 
-/// A running relay.
+/// A running relay: the testkit's process (its `pid`, `ingress`, `admin`, log,
+/// signals) with the bench's metrics and stop. Killed when dropped.
 pub struct Relay {
-    child: Child,
-    pub pid: u32,
-    pub ingress: SocketAddr,
-    pub admin: SocketAddr,
+    process: RelayProcess,
     /// `HOOKRELAY_OUTBOX_URL`.
     pub outbox: String,
-    logs: Arc<Mutex<LogTail>>,
 }
 
-#[derive(Default)]
-struct LogTail {
-    lines: std::collections::VecDeque<String>,
-    ingress: Option<SocketAddr>,
-    admin: Option<SocketAddr>,
-    warnings: u64,
-    errors: u64,
-    /// The first distinct WARN/ERROR messages, with how often each was logged.
-    first: Vec<(String, u64)>,
-}
+impl Deref for Relay {
+    type Target = RelayProcess;
 
-impl LogTail {
-    fn push(&mut self, line: String) {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-            let addr = || value["addr"].as_str().and_then(|a| a.parse().ok());
-            match value["message"].as_str() {
-                Some("ingress listening") => self.ingress = addr(),
-                Some("admin listening") => self.admin = addr(),
-                _ => {}
-            }
-            let level = value["level"].as_str();
-            match level {
-                Some("WARN") => self.warnings += 1,
-                Some("ERROR") => self.errors += 1,
-                _ => {}
-            }
-            if matches!(level, Some("WARN" | "ERROR")) {
-                let fields = &value["fields"];
-                let text = format!(
-                    "{} {}{}",
-                    level.unwrap_or_default(),
-                    fields["message"]
-                        .as_str()
-                        .or(value["message"].as_str())
-                        .unwrap_or("?"),
-                    fields["error"]
-                        .as_str()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                );
-                if let Some(seen) = self.first.iter_mut().find(|(t, _)| *t == text) {
-                    seen.1 += 1;
-                } else if self.first.len() < 5 {
-                    self.first.push((text, 1));
-                }
-            }
-        }
-        if self.lines.len() >= LOG_TAIL {
-            self.lines.pop_front();
-        }
-        self.lines.push_back(line);
+    fn deref(&self) -> &RelayProcess {
+        &self.process
     }
 }
 
-fn read_lines(stream: impl Read + Send + 'static, sink: Arc<Mutex<LogTail>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if let Ok(mut tail) = sink.lock() {
-                tail.push(line);
-            }
-        }
-    });
+impl DerefMut for Relay {
+    fn deref_mut(&mut self) -> &mut RelayProcess {
+        &mut self.process
+    }
 }
 
 impl Relay {
     /// Starts the relay and waits (at most 30 s, 300 s under a wrapper) for both
-    /// listeners.
+    /// listeners. Its stdout and stderr go to its log, of which the last
+    /// [`LOG_TAIL`] lines are kept.
     pub fn start(spec: &RelaySpec<'_>) -> anyhow::Result<Self> {
         let outbox = spec.outbox.url();
-        let mut command = match spec.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(spec.binary);
-                c
-            }
-            None => Command::new(spec.binary),
-        };
-        command.arg("serve").env_clear();
+        let start_within = Duration::from_secs(if spec.wrapper.is_empty() { 30 } else { 300 });
+        let mut launch = Launch::serve(spec.binary)
+            .under(spec.wrapper)
+            .start_within(start_within)
+            .keep_lines(LOG_TAIL)
+            .log_stderr()
+            .exchange(spec.exchange)
+            .broker(&spec.broker)
+            .outbox(&outbox)
+            .env("HOOKRELAY_SOURCES__WHITEPAY__WEBHOOK_TOKEN", TOKEN);
         for source in spec.extra_sources {
             let key = format!("HOOKRELAY_SOURCES__{}", source.to_uppercase());
-            command
+            launch = launch
                 .env(format!("{key}__PROVIDER"), "whitepay")
                 .env(format!("{key}__WEBHOOK_TOKEN"), TOKEN);
         }
-        let mut child = command
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn,hookrelay::relay=info")
-            .env("HOOKRELAY_LOG_FORMAT", "json")
-            .env("HOOKRELAY_LISTEN", "127.0.0.1:0")
-            .env("HOOKRELAY_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("HOOKRELAY_EXCHANGE", spec.exchange)
-            .env(
-                "HOOKRELAY_AMQP_URL",
-                format!("amqp://guest:guest@{}/%2f", spec.broker),
-            )
-            .env("HOOKRELAY_OUTBOX_URL", &outbox)
-            .env("HOOKRELAY_SOURCES__WHITEPAY__WEBHOOK_TOKEN", TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {}", spec.binary.display()))?;
-        let logs = Arc::new(Mutex::new(LogTail::default()));
-        read_lines(child.stdout.take().context("stdout")?, Arc::clone(&logs));
-        read_lines(child.stderr.take().context("stderr")?, Arc::clone(&logs));
-        let pid = child.id();
-        let start_within = Duration::from_secs(if spec.wrapper.is_empty() { 30 } else { 300 });
-        let deadline = Instant::now() + start_within;
-        loop {
-            let (ingress, admin) = {
-                let tail = logs.lock().expect("logs");
-                (tail.ingress, tail.admin)
-            };
-            if let (Some(ingress), Some(admin)) = (ingress, admin) {
-                return Ok(Self {
-                    child,
-                    pid,
-                    ingress,
-                    admin,
-                    outbox,
-                    logs,
-                });
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let tail = logs.lock().expect("logs").lines.clone();
-                bail!("the relay exited during start ({status}):\n{}", join(&tail));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                let tail = logs.lock().expect("logs").lines.clone();
-                bail!(
-                    "the relay did not start within {} s:\n{}",
-                    start_within.as_secs(),
-                    join(&tail)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// WARN and ERROR lines logged so far.
-    pub fn warnings_errors(&self) -> (u64, u64) {
-        let tail = self.logs.lock().expect("logs");
-        (tail.warnings, tail.errors)
-    }
-
-    /// The first distinct WARN/ERROR messages and their counts.
-    pub fn problems(&self) -> Vec<(String, u64)> {
-        self.logs.lock().expect("logs").first.clone()
-    }
-
-    /// The last log lines, for error reports.
-    pub fn log_tail(&self, n: usize) -> String {
-        let tail = self.logs.lock().expect("logs");
-        let skip = tail.lines.len().saturating_sub(n);
-        join(&tail.lines.iter().skip(skip).cloned().collect())
+        Ok(Self {
+            process: launch.start()?,
+            outbox,
+        })
     }
 
     /// A snapshot of the metrics the bench reads.
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        let text = http::get(self.admin, "/metrics").await?;
-        Ok(Metrics::parse(&text))
-    }
-
-    /// Sends SIGTERM (a graceful stop) without waiting; [`stop`](Self::stop) waits.
-    pub fn terminate(&mut self) {
-        if self.alive() {
-            // SAFETY: kill(2) on our own child's pid, which has not been waited for.
-            let _ = unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-        }
+        Ok(Metrics::parse(&self.process.metrics_text().await?))
     }
 
     /// Stops the relay with SIGTERM (graceful), SIGKILL after 10 s.
@@ -398,29 +265,9 @@ impl Relay {
 
     /// Stops the relay with SIGTERM (graceful), SIGKILL after `grace`; whether it
     /// exited by itself.
-    pub fn stop_within(mut self, grace: Duration) -> bool {
-        self.terminate();
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if !self.alive() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Drop kills it.
-        false
+    pub fn stop_within(self, grace: Duration) -> bool {
+        self.process.stop_within(grace).is_some()
     }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn join(lines: &std::collections::VecDeque<String>) -> String {
-    lines.iter().cloned().collect::<Vec<_>>().join("\n")
 }
 
 /// The relay metrics the bench reports.

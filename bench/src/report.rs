@@ -1,5 +1,7 @@
-//! Results of a run: per-scenario rows, the ratios and targets, the markdown tables
-//! printed on stdout and the JSON written with `--json`.
+//! Results of a run: per-scenario rows (with the console's and callgrind's figures),
+//! the ratios and targets, the markdown tables printed on stdout and the JSON
+//! written with `--json`. What the scenarios measure is written here as data; no
+//! scenario is imported.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -149,8 +151,84 @@ pub struct Scenario {
     /// `console` scenarios: the admin API on the seeded outbox (on the row of the
     /// load without search).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub console: Option<crate::console::ConsoleFigures>,
+    pub console: Option<ConsoleFigures>,
     pub notes: Vec<String>,
+}
+
+/// One query repeated: its latency and what the last answer held.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueryFigure {
+    /// `list`, `search` (first page) or `timeline`.
+    pub group: String,
+    pub what: String,
+    /// The request path (and query string).
+    pub path: String,
+    /// From sending the request to the last byte of the answer.
+    pub latency: Option<Latency>,
+    /// Rows in the last answer.
+    pub rows: usize,
+    /// Answers with a non-null `next_cursor` (pages only): a page that stopped at
+    /// its time budget, or a full page with more rows after it.
+    pub with_cursor: Option<u64>,
+    /// Target of the issue, ms.
+    pub target_ms: f64,
+}
+
+/// A search that follows `next_cursor` until the outbox is covered (or the row
+/// is found).
+#[derive(Clone, Debug, Serialize)]
+pub struct SearchWalk {
+    pub what: String,
+    pub q: String,
+    pub walks: u64,
+    /// Requests of each walk.
+    pub requests: Vec<u64>,
+    /// Total time of each walk, ms.
+    pub total_ms: Vec<f64>,
+    /// The request whose page held the row searched for (each walk), when there is one.
+    pub found_at_request: Vec<Option<u64>>,
+    /// Rows returned over a walk.
+    pub rows: usize,
+    /// Each request's time, over all walks.
+    pub request_latency: Option<Latency>,
+}
+
+/// What a console scenario measured besides its load.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConsoleFigures {
+    pub rows: u64,
+    /// How the rows were made.
+    pub seed_method: String,
+    pub seed_s: f64,
+    /// Outbox size after seeding, MiB (SQLite's files, or `pg_database_size`).
+    pub outbox_mib: f64,
+    /// Relay start on the seeded outbox: until both listeners, and until
+    /// connected to the broker.
+    pub relay_listening_s: f64,
+    pub relay_ready_s: f64,
+    pub queries: Vec<QueryFigure>,
+    pub walks: Vec<SearchWalk>,
+    /// The ack load alone and with a concurrent search (the two scenario rows).
+    pub ack_alone: Option<Latency>,
+    pub ack_with_search: Option<Latency>,
+    pub acked_per_s_alone: f64,
+    pub acked_per_s_with_search: f64,
+    /// Search requests answered during the loaded run, their latency, and the
+    /// whole-outbox walks they completed.
+    pub searches_during_load: u64,
+    pub search_latency_during_load: Option<Latency>,
+    pub search_walks_during_load: u64,
+}
+
+/// One mode's result.
+#[derive(Debug, Serialize)]
+pub struct InstructionCount {
+    pub mode: &'static str,
+    /// Instructions (callgrind `Ir`) of the whole process in the small and the large run.
+    pub instructions: [u64; 2],
+    pub webhooks: [u64; 2],
+    /// (large − small) instructions ÷ (large − small) webhooks.
+    pub per_webhook: f64,
 }
 
 /// A ratio or target line.
@@ -173,7 +251,7 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// Instructions per webhook (the `callgrind` scenario), when it ran.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub callgrind: Vec<crate::callgrind::Count>,
+    pub callgrind: Vec<InstructionCount>,
 }
 
 fn ms(v: f64) -> String {
@@ -298,10 +376,7 @@ impl Report {
                 out.push('\n');
             }
         }
-        if !self.callgrind.is_empty() {
-            out.push('\n');
-            out.push_str(&crate::callgrind::markdown(&self.callgrind));
-        }
+        self.callgrind_table(&mut out);
         out
     }
 }
@@ -309,7 +384,7 @@ impl Report {
 impl Report {
     /// The console scenarios' queries, searches and ingest with and without search.
     fn console_tables(&self, out: &mut String) {
-        let console: Vec<(&Scenario, &crate::console::ConsoleFigures)> = self
+        let console: Vec<(&Scenario, &ConsoleFigures)> = self
             .scenarios
             .iter()
             .filter_map(|s| s.console.as_ref().map(|c| (s, c)))
@@ -390,6 +465,24 @@ impl Report {
                 opt(c.search_latency_during_load, |l| ms(l.p50_ms)),
                 opt(c.search_latency_during_load, |l| ms(l.max_ms)),
                 c.search_walks_during_load,
+            ));
+        }
+    }
+
+    /// Instructions per webhook, when `callgrind` ran.
+    fn callgrind_table(&self, out: &mut String) {
+        if self.callgrind.is_empty() {
+            return;
+        }
+        out.push_str(
+            "\n### Instructions per webhook (callgrind, SQLite outbox)\n\n\
+             | mode | instructions, 500 webhooks | 2,500 webhooks | per webhook |\n\
+             | --- | ---: | ---: | ---: |\n",
+        );
+        for c in &self.callgrind {
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.0} |\n",
+                c.mode, c.instructions[0], c.instructions[1], c.per_webhook
             ));
         }
     }

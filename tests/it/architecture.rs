@@ -2,7 +2,7 @@
 //! source text: modules depend one way, and each outside concern (SQL, AMQP, I/O)
 //! stays in the module that owns it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Each module's layer: a module may use only modules of a lower layer. A strict
@@ -385,5 +385,245 @@ fn the_log_rule_sees_whole_calls() {
             "tracing::info!(left_out, \"two\")",
             "tracing::warn!(a = %f(x), \"one\")"
         ]
+    );
+}
+
+/// The files of one crate and the files each one imports, read from the source
+/// text as [`crate_modules`] reads `src/`, but to the file: `crate::a::b::…` (and
+/// `use crate::{a, b::c}`) names the file of the deepest module of the path that
+/// is one (`a/b.rs` or `a/b/mod.rs`, else `a.rs` or `a/mod.rs`), or the crate root
+/// when it names an item of the root; a path that starts with a module the file
+/// declares (`mod b;` … `b::f()`) is read the same way from the file's own module.
+/// References between files are written so (not with `super::`).
+fn file_imports(src: &Path, root: &str) -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
+    let module_path = |file: &Path| -> Vec<String> {
+        let relative = file.strip_prefix(src).expect("under src");
+        let mut parts: Vec<String> = relative
+            .components()
+            .map(|c| {
+                c.as_os_str()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_owned()
+            })
+            .collect();
+        let last = parts.last().map(String::as_str);
+        if last == Some("mod") || (parts.len() == 1 && last == Some(root)) {
+            parts.pop();
+        }
+        parts
+    };
+    let file_of = |path: &[String]| -> PathBuf {
+        for depth in (1..=path.len()).rev() {
+            let dir = path[..depth - 1]
+                .iter()
+                .fold(src.to_owned(), |d, p| d.join(p));
+            let name = &path[depth - 1];
+            for candidate in [
+                dir.join(format!("{name}.rs")),
+                dir.join(name).join("mod.rs"),
+            ] {
+                if candidate.is_file() {
+                    return candidate;
+                }
+            }
+        }
+        src.join(format!("{root}.rs"))
+    };
+    let mut graph = BTreeMap::new();
+    for (file, text) in rust_files(src) {
+        let own = module_path(&file);
+        let mut paths: Vec<Vec<String>> = item_paths(&text, "crate::");
+        for child in declared_modules(&text) {
+            for tail in item_paths(&text, &format!("{child}::")) {
+                let mut path = own.clone();
+                path.push(child.clone());
+                path.extend(tail);
+                paths.push(path);
+            }
+        }
+        let used: BTreeSet<PathBuf> = paths
+            .iter()
+            .map(|path| file_of(path))
+            .filter(|used| *used != file)
+            .collect();
+        graph.insert(file, used);
+    }
+    graph
+}
+
+/// The modules a file declares (`mod x;`, `pub mod x;`).
+fn declared_modules(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let rest = line.strip_prefix("pub ").unwrap_or(line);
+            let name = rest.strip_prefix("mod ")?.strip_suffix(';')?;
+            Some(name.trim().to_owned())
+        })
+        .collect()
+}
+
+/// The paths after each `prefix` (at the start of a path, not inside one), one
+/// per item of a `{…}` group, nested groups included: `crate::a::{b, c::{d, e}}`
+/// gives `a::b`, `a::c::d`, `a::c::e`. `self` in a group is its own prefix.
+fn item_paths(text: &str, prefix: &str) -> Vec<Vec<String>> {
+    fn ident(s: &str) -> &str {
+        let end = s
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len());
+        &s[..end]
+    }
+    fn walk(rest: &str, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut start = 0;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        walk(group[start..i].trim(), path.clone(), out);
+                        return;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        walk(group[start..i].trim(), path.clone(), out);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            return;
+        }
+        let name = ident(rest);
+        if name.is_empty() {
+            if !path.is_empty() {
+                out.push(path);
+            }
+            return;
+        }
+        let mut path = path;
+        if name != "self" {
+            path.push(name.to_owned());
+        }
+        match rest[name.len()..].strip_prefix("::") {
+            Some(more) => walk(more, path, out),
+            None => out.push(path),
+        }
+    }
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices(prefix) {
+        let before = text[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        walk(&text[at + prefix.len()..], Vec::new(), &mut out);
+    }
+    out
+}
+
+/// The import circles of a graph, each as its files in order (the first again at
+/// the end).
+fn import_circles(graph: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Vec<Vec<PathBuf>> {
+    fn visit(
+        file: &PathBuf,
+        graph: &BTreeMap<PathBuf, BTreeSet<PathBuf>>,
+        stack: &mut Vec<PathBuf>,
+        done: &mut BTreeSet<PathBuf>,
+        circles: &mut Vec<Vec<PathBuf>>,
+    ) {
+        if let Some(at) = stack.iter().position(|f| f == file) {
+            let mut circle = stack[at..].to_vec();
+            circle.push(file.clone());
+            circles.push(circle);
+            return;
+        }
+        if !done.insert(file.clone()) {
+            return;
+        }
+        stack.push(file.clone());
+        for used in graph.get(file).into_iter().flatten() {
+            visit(used, graph, stack, done, circles);
+        }
+        stack.pop();
+    }
+    let mut circles = Vec::new();
+    let mut done = BTreeSet::new();
+    for file in graph.keys() {
+        visit(file, graph, &mut Vec::new(), &mut done, &mut circles);
+    }
+    circles
+}
+
+#[test]
+fn no_two_files_of_the_bench_or_the_testkit_import_each_other() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (src, root) in [
+        (workspace.join("bench/src"), "main"),
+        (workspace.join("testkit/src"), "lib"),
+    ] {
+        let graph = file_imports(&src, root);
+        assert!(
+            graph.len() > 1 && graph.values().any(|used| !used.is_empty()),
+            "{}: no files or no imports read",
+            src.display()
+        );
+        let circles: Vec<String> = import_circles(&graph)
+            .iter()
+            .map(|circle| {
+                circle
+                    .iter()
+                    .map(|f| f.strip_prefix(&src).unwrap_or(f).display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            })
+            .collect();
+        assert!(circles.is_empty(), "{}: {circles:#?}", src.display());
+    }
+}
+
+#[test]
+fn the_file_check_sees_nested_groups_child_modules_and_circles() {
+    assert_eq!(
+        item_paths(
+            "use crate::a::{b, c::{d, self}};\nx = crate::e();\ny = hook::crate::f;",
+            "crate::"
+        ),
+        vec![
+            vec!["a", "b"],
+            vec!["a", "c", "d"],
+            vec!["a", "c"],
+            vec!["e"]
+        ]
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = dir.path();
+    std::fs::create_dir(src.join("family")).expect("mkdir");
+    for (file, text) in [
+        (
+            "main.rs",
+            "mod family;\nmod shared;\nfn main() { family::run(); }",
+        ),
+        ("shared.rs", "pub fn help() {}"),
+        ("family/mod.rs", "pub mod one;\npub fn run() { one::go(); }"),
+        (
+            "family/one.rs",
+            "use crate::shared::help;\npub fn go() { crate::family::run(); }",
+        ),
+    ] {
+        std::fs::write(src.join(file), text).expect("write");
+    }
+    let graph = file_imports(src, "main");
+    assert_eq!(
+        graph[&src.join("family/one.rs")],
+        BTreeSet::from([src.join("shared.rs"), src.join("family/mod.rs")])
+    );
+    assert_eq!(
+        import_circles(&graph),
+        vec![vec![
+            src.join("family/mod.rs"),
+            src.join("family/one.rs"),
+            src.join("family/mod.rs")
+        ]]
     );
 }

@@ -1,11 +1,14 @@
-//! The real `hookrelay` binary as a child process, and HTTP requests to it.
+//! The real `hookrelay` binary as a child process (the testkit's launcher, with
+//! the settings and verbs of these tests), and HTTP requests to it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use hookrelay_testkit::relay::{Launch, RelayProcess, sample};
 
 use super::broker::BROKER;
 use super::fixtures::{WHITEPAY_TOKEN, whitepay_order, whitepay_signature};
@@ -13,14 +16,12 @@ use super::postgres::{Backend, Database};
 
 /// A running relay process.
 pub struct Relay {
-    child: Child,
+    process: RelayProcess,
     config: RelayConfig,
     /// Ingress address.
     pub ingress: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How to start a relay.
@@ -129,66 +130,20 @@ impl RelayConfig {
 impl Relay {
     /// Starts the relay and waits until both listeners are up.
     pub fn start(config: &RelayConfig) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
-        command
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+        let mut launch = Launch::serve(env!("CARGO_BIN_EXE_hookrelay"))
             .env("RUST_LOG", "info,hookrelay=debug")
-            .env("HOOKRELAY_LOG_FORMAT", "json")
-            .env("HOOKRELAY_LISTEN", "127.0.0.1:0")
-            .env("HOOKRELAY_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("HOOKRELAY_EXCHANGE", &config.exchange)
-            .env(
-                "HOOKRELAY_AMQP_URL",
-                format!("amqp://guest:guest@{}/%2f", config.broker),
-            )
-            .env("HOOKRELAY_OUTBOX_URL", config.outbox_url())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .exchange(&config.exchange)
+            .broker(&config.broker)
+            .outbox(&config.outbox_url());
         for (k, v) in &config.env {
-            command.env(k, v);
+            launch = launch.env(k, v);
         }
-        let mut child = command.spawn().expect("spawn hookrelay");
-        let stdout = child.stdout.take().expect("stdout");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&logs);
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().expect("logs").push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (ingress, admin) = {
-                let logs = logs.lock().expect("logs");
-                (
-                    find_addr(&logs, "ingress listening"),
-                    find_addr(&logs, "admin listening"),
-                )
-            };
-            if let (Some(ingress), Some(admin)) = (ingress, admin) {
-                return Self {
-                    child,
-                    config: config.clone(),
-                    ingress,
-                    admin,
-                    logs,
-                    reader: Some(reader),
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "relay exited during start ({status}): {:#?}",
-                    logs.lock().expect("logs")
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "relay did not start: {:#?}",
-                logs.lock().expect("logs")
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let process = launch.start().unwrap_or_else(|e| panic!("{e:#}"));
+        Self {
+            ingress: process.ingress,
+            admin: process.admin,
+            process,
+            config: config.clone(),
         }
     }
 
@@ -243,71 +198,41 @@ impl Relay {
 
     /// Freezes the process (SIGSTOP), as a long pause or a stalled VM would.
     pub fn pause(&self) {
-        self.signal(libc::SIGSTOP);
+        self.process.pause().expect("send SIGSTOP");
     }
 
     /// Lets a paused process go on (SIGCONT).
     pub fn resume(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        // SAFETY: plain kill(2) on our own child's pid.
-        assert_eq!(
-            unsafe { libc::kill(pid, signal) },
-            0,
-            "send signal {signal}"
-        );
+        self.process.resume().expect("send SIGCONT");
     }
 
     /// Kills the process with SIGKILL: no shutdown code runs.
     pub fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("wait");
+        self.process.kill();
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self, within: Duration) -> ExitStatus {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "relay did not exit within {within:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.terminate().expect("send SIGTERM");
+        self.process
+            .wait_exit(within)
+            .unwrap_or_else(|| panic!("relay did not exit within {within:?} of SIGTERM"))
     }
 
     /// Log lines so far (JSON).
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().expect("logs").clone()
+        self.process.logs()
     }
 
     /// The admin `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics body")
+        self.process.metrics_text().await.expect("GET /metrics")
     }
 
     /// The value of one sample line of `/metrics`, e.g.
-    /// `hookrelay_outbox_commit_batch_size_count`.
-    pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == sample).then(|| value.parse().expect("number"))
-            })
-            .unwrap_or(0.0)
+    /// `hookrelay_outbox_commit_batch_size_count` (0 when there is none).
+    pub async fn metric(&self, name: &str) -> f64 {
+        sample(&self.metrics().await, name).unwrap_or(0.0)
     }
 
     /// `GET /readyz`: status and JSON body.
@@ -335,11 +260,7 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
+        self.process.kill();
         // A failing test shows what the relay logged; HOOKRELAY_TEST_LOGS=1 always does.
         if std::thread::panicking() || std::env::var_os("HOOKRELAY_TEST_LOGS").is_some() {
             for line in self.logs() {
@@ -347,13 +268,6 @@ impl Drop for Relay {
             }
         }
     }
-}
-
-fn find_addr(logs: &[String], message: &str) -> Option<SocketAddr> {
-    logs.iter().find_map(|line| {
-        let value: serde_json::Value = serde_json::from_str(line).ok()?;
-        (value["message"] == message).then(|| value["addr"].as_str()?.parse().ok())?
-    })
 }
 
 /// Posts a body with the given headers; returns status and response body.

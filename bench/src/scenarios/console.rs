@@ -19,13 +19,16 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
-use serde::Serialize;
 use serde_json::Value;
 
+use crate::context::{Ctx, progress};
 use crate::load::{self, LoadResult, LoadSpec, Mode};
-use crate::relay::{self, Backend, OutboxHome, Relay, RelaySpec};
-use crate::report::{Latency, Scenario};
-use crate::{Ctx, broker, http, procfs, progress, seed};
+use crate::measure::{
+    conservation, cpu_windows_after, from_load, resources, rss_stop, wait_delivered,
+};
+use crate::relay::{Backend, OutboxHome, Relay, RelaySpec};
+use crate::report::{ConsoleFigures, Latency, QueryFigure, Scenario, SearchWalk};
+use crate::{broker, procfs, seed};
 
 /// Sources configured on the relay besides `whitepay` (the seeded rows use them).
 const EXTRA_SOURCES: [&str; 3] = ["shop_eu", "shop_us", "marketplace"];
@@ -33,71 +36,6 @@ const EXTRA_SOURCES: [&str; 3] = ["shop_eu", "shop_us", "marketplace"];
 const LIMIT: usize = 50;
 /// Bound on the requests of one search walk.
 const MAX_WALK_REQUESTS: u64 = 10_000;
-
-/// One query repeated: its latency and what the last answer held.
-#[derive(Clone, Debug, Serialize)]
-pub struct QueryFigure {
-    /// `list`, `search` (first page) or `timeline`.
-    pub group: String,
-    pub what: String,
-    /// The request path (and query string).
-    pub path: String,
-    /// From sending the request to the last byte of the answer.
-    pub latency: Option<Latency>,
-    /// Rows in the last answer.
-    pub rows: usize,
-    /// Answers with a non-null `next_cursor` (pages only): a page that stopped at
-    /// its time budget, or a full page with more rows after it.
-    pub with_cursor: Option<u64>,
-    /// Target of the issue, ms.
-    pub target_ms: f64,
-}
-
-/// A search that follows `next_cursor` until the outbox is covered (or the row
-/// is found).
-#[derive(Clone, Debug, Serialize)]
-pub struct SearchWalk {
-    pub what: String,
-    pub q: String,
-    pub walks: u64,
-    /// Requests of each walk.
-    pub requests: Vec<u64>,
-    /// Total time of each walk, ms.
-    pub total_ms: Vec<f64>,
-    /// The request whose page held the row searched for (each walk), when there is one.
-    pub found_at_request: Vec<Option<u64>>,
-    /// Rows returned over a walk.
-    pub rows: usize,
-    /// Each request's time, over all walks.
-    pub request_latency: Option<Latency>,
-}
-
-/// What a console scenario measured besides its load.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ConsoleFigures {
-    pub rows: u64,
-    /// How the rows were made.
-    pub seed_method: String,
-    pub seed_s: f64,
-    /// Outbox size after seeding, MiB (SQLite's files, or `pg_database_size`).
-    pub outbox_mib: f64,
-    /// Relay start on the seeded outbox: until both listeners, and until
-    /// connected to the broker.
-    pub relay_listening_s: f64,
-    pub relay_ready_s: f64,
-    pub queries: Vec<QueryFigure>,
-    pub walks: Vec<SearchWalk>,
-    /// The ack load alone and with a concurrent search (the two scenario rows).
-    pub ack_alone: Option<Latency>,
-    pub ack_with_search: Option<Latency>,
-    pub acked_per_s_alone: f64,
-    pub acked_per_s_with_search: f64,
-    /// Search requests answered during the loaded run, their latency, and the
-    /// whole-outbox walks they completed.
-    pub searches_during_load: u64,
-    pub search_latency_during_load: Option<Latency>,
-    pub search_walks_during_load: u64,
-}
 
 /// A keep-alive client of the admin API.
 struct Api {
@@ -113,7 +51,7 @@ impl Api {
     /// `GET path`: the time from sending to the last byte, and the JSON answer.
     async fn get(&mut self, path: &str) -> anyhow::Result<(Duration, Value)> {
         if self.sender.as_ref().is_none_or(SendRequest::is_closed) {
-            self.sender = Some(http::connect(self.addr).await?);
+            self.sender = Some(hookrelay_testkit::http::connect(self.addr).await?);
         }
         let sender = self.sender.as_mut().context("connected")?;
         let request = hyper::Request::get(path)
@@ -313,10 +251,7 @@ pub async fn scenario(ctx: &Ctx, name: &str, backend: Backend) -> anyhow::Result
     let connection = broker::connect(&ctx.args.broker, "hookrelay-bench topology").await?;
     let queue = broker::declare(&connection, &exchange).await?;
     let _ = connection.close(200, "declared".into()).await;
-    let home = match backend {
-        Backend::Sqlite => OutboxHome::sqlite(&ctx.outbox_parent)?,
-        Backend::Postgres => OutboxHome::postgres(ctx.postgres()?, &ctx.database(name)).await?,
-    };
+    let home = ctx.outbox_home(backend, name).await?;
     let result = run(ctx, name, backend, &exchange, &queue, &home).await;
     if ctx.args.keep_outbox {
         progress(format!("{name}: outbox kept: {}", home.keep()));
@@ -549,21 +484,16 @@ async fn ack_run(
     backend: Backend,
     with_search: bool,
 ) -> anyhow::Result<(Scenario, Option<Searches>)> {
-    let tag = ctx.tag(&label.replace([' ', '+'], ""));
-    let consumer = broker::Consumer::start(&ctx.args.broker, queue, &tag, ctx.epoch).await?;
     let spec = LoadSpec {
-        addrs: vec![relay.ingress],
-        path: "/webhooks/whitepay".to_owned(),
-        token: relay::TOKEN.to_owned(),
-        tag,
-        connections: ctx.args.console_connections,
-        mode: Mode::Closed,
-        warmup: ctx.warmup,
         duration: Duration::from_secs_f64(ctx.args.console_duration),
-        limit: None,
-        timeout: ctx.timeout(),
-        epoch: ctx.epoch,
+        ..ctx.load(
+            &label.replace([' ', '+'], ""),
+            vec![relay.ingress],
+            ctx.args.console_connections,
+            Mode::Closed,
+        )
     };
+    let consumer = broker::Consumer::start(&ctx.args.broker, queue, &spec.tag, ctx.epoch).await?;
     progress(format!(
         "{label}: closed loop, {} connections, {:.0} s{}",
         spec.connections,
@@ -584,31 +514,24 @@ async fn ack_run(
     let with_postgres = backend == Backend::Postgres;
     let (result, cpu) = tokio::join!(
         load::run(spec.clone()),
-        crate::cpu_windows_after(ctx, ctx.warmup, vec![relay.pid], with_postgres)
+        cpu_windows_after(ctx, ctx.warmup, vec![relay.pid], with_postgres)
     );
     let result: LoadResult = result?;
-    let resources = crate::resources(
-        &cpu,
-        &crate::rss_stop(stop_rss, rss).await?,
-        relay.pid,
-        true,
-    );
+    let resources = resources(&cpu, &rss_stop(stop_rss, rss).await?, relay.pid, true);
     let _ = stop.send(true);
     let searches = match searcher {
         Some(task) => Some(task.await??),
         None => None,
     };
     let bound = 60.0 + result.acked.len() as f64 / 500.0;
-    let drained =
-        crate::wait_delivered(&consumer, Some(relay), result.acked.len() as u64, bound).await;
+    let drained = wait_delivered(&consumer, Some(relay), result.acked.len() as u64, bound).await;
     let consumed = consumer.finish().await?;
-    let (lost, unacked) = consumed.conservation(&result.acked);
     let description = if with_search {
         "closed-loop ingest on the seeded outbox while one client walks a text search back to back"
     } else {
         "closed-loop ingest on the seeded outbox, no admin traffic"
     };
-    let mut s = crate::from_load(label, description, &spec, &result);
+    let mut s = from_load(label, description, &spec, &result);
     s.load = format!(
         "closed, {} conn{}",
         spec.connections,
@@ -618,10 +541,7 @@ async fn ack_run(
     s.relays = Some(1);
     s.end_to_end = Latency::of(&consumed.end_to_end(ctx.epoch, result.window));
     s.published_per_s = Some(consumed.rate_in(ctx.epoch, result.window));
-    s.lost = Some(lost);
-    s.duplicated = Some(consumed.duplicates);
-    s.delivered_without_ack = Some(unacked);
-    s.drained = Some(drained);
+    conservation(&mut s, &consumed, &result.acked, drained);
     s.resources = resources;
     if let Some(e) = &result.first_error {
         s.notes.push(format!("first failure: {e}"));

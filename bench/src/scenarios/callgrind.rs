@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use serde::Serialize;
 use sha2::Sha256;
 
-use crate::relay::{OutboxHome, Relay, RelaySpec};
-use crate::{Ctx, broker, http, load, progress};
+use crate::broker;
+use crate::context::{Ctx, progress};
+use crate::load::{self, Body};
+use crate::relay::{self, Metrics, OutboxHome, Relay, RelaySpec};
+use crate::report::InstructionCount;
 
 /// Webhook counts of the two runs of each mode.
 const SMALL: u64 = 500;
@@ -30,19 +32,8 @@ const LARGE: u64 = 2_500;
 /// Connections the webhooks are sent over (closed loop).
 const CONNECTIONS: u64 = 8;
 
-/// One mode's result.
-#[derive(Debug, Serialize)]
-pub struct Count {
-    pub mode: &'static str,
-    /// Instructions (callgrind `Ir`) of the whole process in the small and the large run.
-    pub instructions: [u64; 2],
-    pub webhooks: [u64; 2],
-    /// (large − small) instructions ÷ (large − small) webhooks.
-    pub per_webhook: f64,
-}
-
 /// Runs both modes.
-pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Count>> {
+pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<InstructionCount>> {
     let mut counts = Vec::new();
     for publish in [false, true] {
         let mode = if publish {
@@ -60,7 +51,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Count>> {
         }
         let per_webhook =
             instructions[1].saturating_sub(instructions[0]) as f64 / (LARGE - SMALL) as f64;
-        counts.push(Count {
+        counts.push(InstructionCount {
             mode,
             instructions,
             webhooks: [SMALL, LARGE],
@@ -68,22 +59,6 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Count>> {
         });
     }
     Ok(counts)
-}
-
-/// The markdown table of [`run`]'s result.
-pub fn markdown(counts: &[Count]) -> String {
-    let mut out = String::from(
-        "### Instructions per webhook (callgrind, SQLite outbox)\n\n\
-         | mode | instructions, 500 webhooks | 2,500 webhooks | per webhook |\n\
-         | --- | ---: | ---: | ---: |\n",
-    );
-    for c in counts {
-        out.push_str(&format!(
-            "| {} | {} | {} | {:.0} |\n",
-            c.mode, c.instructions[0], c.instructions[1], c.per_webhook
-        ));
-    }
-    out
 }
 
 /// One relay under callgrind taking `webhooks` webhooks; its instruction total.
@@ -159,8 +134,8 @@ async fn drive(relay: &Relay, publish: bool, webhooks: u64, tag: &str) -> anyhow
 
 /// Sends `n` signed webhooks one after another on one connection; each must be acked.
 async fn send(addr: std::net::SocketAddr, tag: &str, n: u64) -> anyhow::Result<()> {
-    let mut sender = http::connect::<http::Body>(addr).await?;
-    let key = Hmac::<Sha256>::new_from_slice(crate::relay::TOKEN.as_bytes()).context("hmac key")?;
+    let mut sender = hookrelay_testkit::http::connect::<Body>(addr).await?;
+    let key = Hmac::<Sha256>::new_from_slice(relay::TOKEN.as_bytes()).context("hmac key")?;
     for seq in 0..n {
         let body = load::whitepay_order(&load::order_id(tag, seq, 0));
         let mut mac = key.clone();
@@ -169,7 +144,7 @@ async fn send(addr: std::net::SocketAddr, tag: &str, n: u64) -> anyhow::Result<(
             .header(hyper::header::HOST, addr.to_string())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("signature", hex::encode(mac.finalize().into_bytes()))
-            .body(http::Body::new(Bytes::from(body)))?;
+            .body(Body::new(Bytes::from(body)))?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         // Read the body so the connection is ready for the next request.
@@ -182,7 +157,7 @@ async fn send(addr: std::net::SocketAddr, tag: &str, n: u64) -> anyhow::Result<(
 async fn wait_for(
     relay: &Relay,
     patience: Duration,
-    done: impl Fn(&crate::relay::Metrics) -> bool,
+    done: impl Fn(&Metrics) -> bool,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + patience;
     loop {
