@@ -72,11 +72,6 @@ impl Server {
         format!("{}/{database}?sslmode=disable", self.prefix)
     }
 
-    /// A connection to `database` (the console scenarios seed through it).
-    pub async fn client(&self, database: &str) -> anyhow::Result<Client> {
-        self.connect(database).await
-    }
-
     /// Leaves `database` out of the clean-up (`--keep-outbox`).
     pub fn forget(&self, database: &str) {
         CREATED.lock().expect("created").retain(|n| n != database);

@@ -73,7 +73,7 @@ pub enum Outbox<'a> {
 
 impl Outbox<'_> {
     /// `HOOKRELAY_OUTBOX_URL`.
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         match self {
             Self::Sqlite { dir } => format!("sqlite://{}", dir.join("outbox.db").display()),
             Self::Postgres { url } => (*url).to_owned(),

@@ -100,6 +100,16 @@ pub async fn seed(config: &Config, rows: impl IntoIterator<Item = Seed>) -> Resu
     stored.map_err(SeedError::Outbox)
 }
 
+/// Vacuums and analyzes a PostgreSQL outbox's tables, as autovacuum would after a
+/// bulk of inserts (the relay analyzes only its delivery table itself); nothing
+/// to do on SQLite.
+pub async fn vacuum(config: &Config) -> Result<(), OutboxError> {
+    match Location::parse(config.outbox_url.expose())? {
+        Location::Sqlite(_) => Ok(()),
+        Location::Postgres(url) => super::postgres::vacuum(&url).await,
+    }
+}
+
 /// The row `seed` stores for a webhook, as ingress would have built it.
 fn seeded(sources: &BTreeMap<String, Source>, seed: Seed) -> Result<Seeded, SeedError> {
     let source = sources

@@ -44,7 +44,7 @@ mod sql;
 mod writer;
 
 #[cfg(feature = "testing")]
-pub(crate) use seed::seed;
+pub(crate) use seed::{seed, vacuum};
 
 use connect::Target;
 use error::{CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT, bounded, pg_error, pooled};

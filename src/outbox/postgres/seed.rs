@@ -17,13 +17,7 @@ const CHUNK: usize = 5_000;
 /// Stores `rows` in order; a key already stored is skipped. Returns how many were
 /// stored.
 pub(crate) async fn seed(url: &str, rows: &[Seeded]) -> Result<u64, OutboxError> {
-    let target = Target::parse(url)?;
-    let (client, connection) = target
-        .config
-        .connect(target.connector()?)
-        .await
-        .map_err(pg_error)?;
-    let driver = tokio::spawn(connection);
+    let (client, driver) = connect(url).await?;
     // Seeded rows are test data: no wait for a sync at each commit.
     client
         .batch_execute(sql::NO_SYNC_WAIT)
@@ -61,6 +55,41 @@ pub(crate) async fn seed(url: &str, rows: &[Seeded]) -> Result<u64, OutboxError>
     drop(client);
     let _ = driver.await;
     Ok(stored)
+}
+
+/// `VACUUM (ANALYZE)` of both tables.
+pub(crate) async fn vacuum(url: &str) -> Result<(), OutboxError> {
+    let (client, driver) = connect(url).await?;
+    client
+        .batch_execute(sql::NO_STATEMENT_TIMEOUT)
+        .await
+        .map_err(pg_error)?;
+    for table in ["hr_event", "hr_delivery"] {
+        client
+            .batch_execute(&sql::maintain(table, true))
+            .await
+            .map_err(pg_error)?;
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// A connection of its own to the outbox at `url`, and the task that drives it
+/// (ended once the client is dropped).
+async fn connect(
+    url: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), OutboxError> {
+    let target = Target::parse(url)?;
+    let (client, connection) = target
+        .config
+        .connect(target.connector()?)
+        .await
+        .map_err(pg_error)?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, driver))
 }
 
 fn count(n: i64) -> i32 {
