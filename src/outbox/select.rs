@@ -115,3 +115,131 @@ pub(crate) fn audit_replay(
         "operator replayed events"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::outbox::row::{FullRow, Row};
+    use crate::outbox::{Inventory, Stats, Window};
+
+    /// An outbox whose `find` answers the rows with ids in `matching` (as if
+    /// those matched the filter); any other call is a test failure.
+    struct Matching(Vec<i64>);
+
+    fn row(id: i64) -> Row {
+        Row {
+            id,
+            event_id: String::new(),
+            source: String::new(),
+            provider: String::new(),
+            routing_key: String::new(),
+            state: "dead".to_owned(),
+            attempts: 0,
+            last_error: None,
+            received_at_us: 0,
+            next_attempt_at_us: 0,
+            published_at_us: None,
+            idempotency_key: String::new(),
+            permanent_attempts: 0,
+            released_at_us: None,
+            subject: String::new(),
+            meta: None,
+        }
+    }
+
+    #[async_trait]
+    impl Operate for Matching {
+        async fn id_range(&self) -> Result<Option<(i64, i64)>, OutboxError> {
+            Ok(Some((1, 100)))
+        }
+        async fn find(
+            &self,
+            _: &EventFilter,
+            window: Window,
+            _: usize,
+        ) -> Result<Vec<Row>, OutboxError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|id| **id > window.above && **id < window.below)
+                .map(|id| row(*id))
+                .collect())
+        }
+        async fn stats(&self) -> Result<Stats, OutboxError> {
+            panic!("not asked")
+        }
+        async fn check_writable(&self) -> Result<(), OutboxError> {
+            panic!("not asked")
+        }
+        async fn inventory(&self) -> Result<Inventory, OutboxError> {
+            panic!("not asked")
+        }
+        async fn show(&self, _: i64) -> Result<Option<FullRow>, OutboxError> {
+            panic!("not asked")
+        }
+        async fn replay(&self, _: Vec<i64>) -> Result<u64, OutboxError> {
+            panic!("not asked")
+        }
+        async fn release(&self, _: Vec<i64>) -> Result<u64, OutboxError> {
+            panic!("not asked")
+        }
+        async fn purge_published(&self, _: i64, _: usize) -> Result<u64, OutboxError> {
+            panic!("not asked")
+        }
+    }
+
+    fn dead() -> EventFilter {
+        EventFilter {
+            state: Some(crate::outbox::State::Dead),
+            ..EventFilter::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn ids_and_a_filter_name_the_given_rows_that_match() {
+        let outbox = Matching(vec![3, 5, 8]);
+        let both = Selection {
+            ids: vec![8, 4, 3, 3],
+            filter: dead(),
+        };
+        assert_eq!(both.ids(&outbox).await.ok(), Some(vec![3, 8]));
+        let filter = Selection {
+            ids: Vec::new(),
+            filter: dead(),
+        };
+        assert_eq!(filter.ids(&outbox).await.ok(), Some(vec![3, 5, 8]));
+    }
+
+    #[tokio::test]
+    async fn ids_alone_are_taken_once_each_without_asking_the_outbox() {
+        let ids = Selection {
+            ids: vec![9, 2, 9],
+            filter: EventFilter::default(),
+        };
+        let taken = tokio::time::timeout(
+            Duration::from_secs(1),
+            ids.ids(&crate::outbox::fake::Hanging),
+        )
+        .await;
+        assert_eq!(taken.ok().and_then(Result::ok), Some(vec![2, 9]));
+    }
+
+    #[tokio::test]
+    async fn nothing_named_and_too_many_ids_are_refused() {
+        let outbox = Matching(Vec::new());
+        let nothing = Selection::default().ids(&outbox).await;
+        assert!(matches!(nothing, Err(SelectError::NothingNamed)));
+        let many = Selection {
+            ids: (0..=i64::try_from(MAX_IDS).unwrap_or(i64::MAX)).collect(),
+            filter: EventFilter::default(),
+        };
+        assert!(matches!(
+            many.ids(&outbox).await,
+            Err(SelectError::TooManyIds)
+        ));
+    }
+}
