@@ -34,7 +34,7 @@ pub struct TestApp {
     /// The test's exchange.
     pub exchange: TestExchange,
     /// The test's temporary folder (where the SQLite outbox is, unless given).
-    pub dir: TempDir,
+    _dir: TempDir,
 }
 
 impl TestApp {
@@ -220,7 +220,7 @@ impl TestAppBuilder {
             },
             config,
             exchange,
-            dir,
+            _dir: dir,
         }
     }
 }
