@@ -45,10 +45,7 @@ const ORDERS: usize = 7;
 async fn a_relay_with_orders(backend: Backend) -> TestApp {
     let app = TestApp::build(backend, "adminapi")
         .broker_cut()
-        .env(
-            "HOOKRELAY_SOURCES__WHITEPAY__REDACT",
-            "order.external_order_id",
-        )
+        .redact_whitepay("order.external_order_id")
         .start()
         .await;
     let relay = &app.relay;

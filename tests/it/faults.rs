@@ -91,9 +91,9 @@ async fn ledger_of(load: Load) -> Ledger {
     }
 }
 
-/// Reads messages until every acked subject has been seen or `patience` passes
-/// without progress.
-async fn drain(consumer: &mut Consumer, ledger: &Ledger, seen: &mut Seen, patience: Duration) {
+/// Reads messages from the app's consumer until every acked subject has been seen
+/// or `patience` passes without progress.
+async fn drain(app: &mut TestApp, ledger: &Ledger, seen: &mut Seen, patience: Duration) {
     loop {
         let missing = ledger
             .acked
@@ -104,7 +104,7 @@ async fn drain(consumer: &mut Consumer, ledger: &Ledger, seen: &mut Seen, patien
         } else {
             Duration::from_millis(500)
         };
-        match consumer.next(wait).await {
+        match app.consumer.next(wait).await {
             Some(delivery) => record(seen, &delivery.data),
             None => return,
         }
@@ -180,13 +180,7 @@ async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly(backend: Back
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ledger = ledger_of(load).await;
-    drain(
-        &mut app.consumer,
-        &ledger,
-        &mut seen,
-        Duration::from_secs(20),
-    )
-    .await;
+    drain(&mut app, &ledger, &mut seen, Duration::from_secs(20)).await;
     let c = check(&ledger, &seen);
     report(
         "kill -9",
@@ -239,13 +233,7 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly(backend: Backen
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ledger = ledger_of(load).await;
-    drain(
-        &mut app.consumer,
-        &ledger,
-        &mut seen,
-        Duration::from_secs(30),
-    )
-    .await;
+    drain(&mut app, &ledger, &mut seen, Duration::from_secs(30)).await;
     let c = check(&ledger, &seen);
     report(
         "broker cut",
@@ -281,13 +269,7 @@ async fn a_broker_that_stops_confirming_never_gets_rows_marked_published(backend
     app.proxy.thaw();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ledger = ledger_of(load).await;
-    drain(
-        &mut app.consumer,
-        &ledger,
-        &mut seen,
-        Duration::from_secs(30),
-    )
-    .await;
+    drain(&mut app, &ledger, &mut seen, Duration::from_secs(30)).await;
     let c = check(&ledger, &seen);
     let timeouts = app
         .relay
@@ -429,13 +411,7 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
         "the relay recovered by itself once space returned"
     );
     let mut seen = Seen::default();
-    drain(
-        &mut app.consumer,
-        &ledger,
-        &mut seen,
-        Duration::from_secs(20),
-    )
-    .await;
+    drain(&mut app, &ledger, &mut seen, Duration::from_secs(20)).await;
     let c = check(&ledger, &seen);
     report("disk full", &c, &format!("503s={unavailable}"));
     assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");

@@ -264,18 +264,17 @@ async fn export_resumes_when_the_receiver_comes_back() {
         .no_consumer()
         .start()
         .await;
-    let relay = &app.relay;
     let (addr, spans) = receiver.stop();
     let (lost_trace, parent) = (random_hex(16), random_hex(8));
-    post_traced(&relay, "otel-while-down", &lost_trace, &parent).await;
+    post_traced(&app.relay, "otel-while-down", &lost_trace, &parent).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let receiver = Receiver::start(addr, spans).await;
     let trace_id = random_hex(16);
-    post_traced(&relay, "otel-after", &trace_id, &parent).await;
+    post_traced(&app.relay, "otel-after", &trace_id, &parent).await;
     receiver
         .wait_for("spans after the receiver came back", |spans| {
             spans.iter().any(|s| s.trace_id == trace_id)
         })
         .await;
-    relay.assert_still_serving().await;
+    app.relay.assert_still_serving().await;
 }

@@ -292,10 +292,7 @@ fn the_binary_names_each_cause_of_an_error_once() {
 async fn outbox_show_redacts_like_the_published_message_unless_asked_for_raw(backend: Backend) {
     let app = TestApp::build(backend, "showredact")
         .no_consumer()
-        .env(
-            "HOOKRELAY_SOURCES__WHITEPAY__REDACT",
-            "order.external_order_id",
-        )
+        .redact_whitepay("order.external_order_id")
         .start()
         .await;
     let relay = &app.relay;

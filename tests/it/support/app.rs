@@ -119,6 +119,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// The relay redacts `path` of Whitepay's bodies in what it publishes and
+    /// shows (`HOOKRELAY_SOURCES__WHITEPAY__REDACT`).
+    pub fn redact_whitepay(self, path: &str) -> Self {
+        self.env("HOOKRELAY_SOURCES__WHITEPAY__REDACT", path)
+    }
+
     /// No Whitepay token in the environment: the relay's environment is only what
     /// [`env`](Self::env) adds.
     pub fn without_whitepay_token(mut self) -> Self {
