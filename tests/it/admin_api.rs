@@ -35,22 +35,20 @@ fn listed(answer: &serde_json::Value) -> Vec<(i64, String, String)> {
         .collect()
 }
 
-async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("adminapi");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let proxy = TcpProxy::start(BROKER).await;
-    proxy.cut();
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config.broker = proxy.addr.to_string();
-    config.env.push((
-        "HOOKRELAY_SOURCES__WHITEPAY__REDACT".to_owned(),
-        "order.external_order_id".to_owned(),
-    ));
-    let relay = Relay::start(&config);
-    let admin = Admin::of(&relay);
+/// The orders [`a_relay_with_orders`] posts.
+const ORDERS: usize = 7;
 
-    // An order that succeeds, then a late "pending" for it; and other orders.
+/// A relay whose broker is cut, so every row stays pending until a test lets it
+/// in, with Whitepay's `order.external_order_id` redacted; it has taken an order
+/// that succeeded and then got a late "pending" (`ord-a`), and five other orders
+/// (`other-0` to `other-4`).
+async fn a_relay_with_orders(backend: Backend) -> TestApp {
+    let app = TestApp::build(backend, "adminapi")
+        .broker_cut()
+        .redact_whitepay("order.external_order_id")
+        .start()
+        .await;
+    let relay = &app.relay;
     assert_eq!(
         relay
             .post_whitepay(&whitepay_order_at("ord-a", "COMPLETE"))
@@ -69,8 +67,55 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
         let body = whitepay_order(&format!("other-{i}"));
         assert_eq!(relay.post_whitepay(&body).await.0, 200);
     }
+    app
+}
 
-    // Filters.
+/// The ids of `ord-a`'s events: (the late "pending", the success).
+async fn ord_a(admin: &Admin) -> (i64, i64) {
+    let rows = listed(&admin.get("/api/v1/events?subject=ord-a").await.json());
+    let id = |status: &str| {
+        rows.iter()
+            .find(|(_, _, s)| s == status)
+            .unwrap_or_else(|| panic!("ord-a {status}: {rows:?}"))
+            .0
+    };
+    (id("pending"), id("succeeded"))
+}
+
+/// Lets the broker in and waits until every row is published once; returns the
+/// deliveries.
+async fn publish_everything(app: &mut TestApp) -> Vec<lapin::message::Delivery> {
+    app.proxy.restore();
+    let first = app.consumer.collect(ORDERS, Duration::from_secs(30)).await;
+    assert_eq!(first.len(), ORDERS, "all published once");
+    wait_for("every row published", || {
+        app.relay.outbox_count(Some("pending")) == 0
+    })
+    .await;
+    first
+}
+
+/// The message ids of the deliveries about `subject`, in received order.
+fn message_ids(deliveries: &[lapin::message::Delivery], subject: &str) -> Vec<String> {
+    deliveries
+        .iter()
+        .filter(|d| {
+            serde_json::from_slice::<serde_json::Value>(&d.data).expect("JSON")["subject"]
+                == subject
+        })
+        .map(|d| {
+            d.properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .expect("message id")
+        })
+        .collect()
+}
+
+async fn the_event_list_filters_by_subject_status_text_state_and_kind(backend: Backend) {
+    let app = a_relay_with_orders(backend).await;
+    let admin = Admin::of(&app.relay);
     let by_subject = admin.get("/api/v1/events?subject=ord-a").await;
     assert_eq!(by_subject.status, 200, "{}", by_subject.body);
     let rows = listed(&by_subject.json());
@@ -98,7 +143,7 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
             .await
             .json(),
     );
-    assert_eq!(all_pending.len(), 7);
+    assert_eq!(all_pending.len(), ORDERS);
     assert_eq!(
         listed(&admin.get("/api/v1/events?state=dead").await.json()).len(),
         0
@@ -111,9 +156,13 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
             .expect("error")
             .contains("lost")
     );
+}
 
-    // Paging, newest first, while webhooks keep arriving: no row twice, none
-    // skipped of those that were there when paging began.
+/// Paging, newest first, while webhooks keep arriving: no row twice, none
+/// skipped of those that were there when paging began.
+async fn paging_while_webhooks_arrive_repeats_and_skips_no_row(backend: Backend) {
+    let app = a_relay_with_orders(backend).await;
+    let admin = Admin::of(&app.relay);
     let before: HashSet<i64> = listed(&admin.get("/api/v1/events?limit=500").await.json())
         .into_iter()
         .map(|(id, _, _)| id)
@@ -130,7 +179,7 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
         seen.extend(listed(&page).into_iter().map(|(id, _, _)| id));
         // Another webhook lands between every two pages.
         let body = whitepay_order(&format!("during-{page_no}"));
-        assert_eq!(relay.post_whitepay(&body).await.0, 200);
+        assert_eq!(app.relay.post_whitepay(&body).await.0, 200);
         page_no += 1;
         match page["next_cursor"].as_i64() {
             Some(next) => cursor = Some(next),
@@ -143,9 +192,16 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
     );
     let seen_set: HashSet<i64> = seen.iter().copied().collect();
     assert!(before.is_subset(&seen_set), "{before:?} ⊄ {seen:?}");
+}
 
-    // The detail view: redacted body, verification, headers, CloudEvent.
-    let (ord_a_pending, ord_a_succeeded) = (rows[0].0, rows[1].0);
+/// The detail view: the body redacted as published, verification, headers,
+/// the CloudEvent.
+async fn the_event_detail_shows_the_body_redacted_as_published_and_its_cloudevent(
+    backend: Backend,
+) {
+    let app = a_relay_with_orders(backend).await;
+    let admin = Admin::of(&app.relay);
+    let (_, ord_a_succeeded) = ord_a(&admin).await;
     let detail = admin
         .get(&format!("/api/v1/events/{ord_a_succeeded}"))
         .await;
@@ -171,8 +227,12 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
     );
     assert_eq!(detail["failures"], serde_json::json!([]));
     assert_eq!(admin.get("/api/v1/events/999999").await.status, 404);
+}
 
-    // The subject's timeline flags the late "pending".
+async fn a_subjects_timeline_flags_the_late_status_that_went_backwards(backend: Backend) {
+    let app = a_relay_with_orders(backend).await;
+    let admin = Admin::of(&app.relay);
+    let (ord_a_pending, ord_a_succeeded) = ord_a(&admin).await;
     let timeline = admin.get("/api/v1/subjects/whitepay/ord-a").await.json();
     let steps: Vec<(i64, bool)> = timeline["events"]
         .as_array()
@@ -181,9 +241,11 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
         .map(|e| (e["id"].as_i64().expect("id"), e["backwards"] == true))
         .collect();
     assert_eq!(steps, [(ord_a_succeeded, false), (ord_a_pending, true)]);
+}
 
-    // Sources: this relay's counts.
-    let sources = admin.get("/api/v1/sources").await.json();
+async fn the_sources_view_counts_what_this_relay_accepted(backend: Backend) {
+    let app = a_relay_with_orders(backend).await;
+    let sources = Admin::of(&app.relay).get("/api/v1/sources").await.json();
     let whitepay = sources["sources"]
         .as_array()
         .expect("sources")
@@ -192,37 +254,14 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
         .expect("whitepay source")
         .clone();
     assert_eq!(whitepay["provider"], "whitepay");
-    assert!(whitepay["last_hour"]["accepted"].as_u64().expect("count") >= 7);
+    assert!(whitepay["last_hour"]["accepted"].as_u64().expect("count") >= ORDERS as u64);
     assert!(whitepay["last_accepted"].is_i64());
+}
 
-    // Publish everything, then replay the order: a dry run changes nothing.
-    proxy.restore();
-    let first: Vec<_> = consumer.collect(7 + page_no, Duration::from_secs(30)).await;
-    assert_eq!(first.len(), 7 + page_no, "all published once");
-    wait_for("every row published", || {
-        relay.outbox_count(Some("pending")) == 0
-    })
-    .await;
-    let message_ids = |deliveries: &[lapin::message::Delivery], subject: &str| -> Vec<String> {
-        deliveries
-            .iter()
-            .filter(|d| {
-                serde_json::from_slice::<serde_json::Value>(&d.data).expect("JSON")["subject"]
-                    == subject
-            })
-            .map(|d| {
-                d.properties
-                    .message_id()
-                    .as_ref()
-                    .map(|s| s.to_string())
-                    .expect("message id")
-            })
-            .collect()
-    };
-    let ord_a_ids = message_ids(&first, "ord-a");
-    assert_eq!(ord_a_ids.len(), 2);
-
-    let dry = admin
+async fn a_replay_dry_run_counts_the_matches_and_changes_nothing(backend: Backend) {
+    let mut app = a_relay_with_orders(backend).await;
+    publish_everything(&mut app).await;
+    let dry = Admin::of(&app.relay)
         .post_json(
             "/api/v1/replay",
             &serde_json::json!({ "subject": "ord-a", "dry_run": true }),
@@ -231,13 +270,21 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
     assert_eq!(dry.status, 200, "{}", dry.body);
     assert_eq!(dry.json(), serde_json::json!({ "matched": 2 }));
     assert_eq!(
-        relay.outbox_count(Some("pending")),
+        app.relay.outbox_count(Some("pending")),
         0,
         "a dry run changes nothing"
     );
-    assert!(consumer.next(Duration::from_millis(500)).await.is_none());
+    assert!(
+        app.consumer
+            .next(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+}
 
-    let nothing = admin
+async fn a_replay_without_ids_or_a_filter_is_refused(backend: Backend) {
+    let app = a_relay_with_orders(backend).await;
+    let nothing = Admin::of(&app.relay)
         .post_json("/api/v1/replay", &serde_json::json!({}))
         .await;
     assert_eq!(
@@ -245,26 +292,34 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
         "no ids and no filter: {}",
         nothing.body
     );
+}
 
-    let replayed = admin
+async fn a_replay_by_filter_republishes_the_same_message_ids_in_order_counted_and_audited(
+    backend: Backend,
+) {
+    let mut app = a_relay_with_orders(backend).await;
+    let first = publish_everything(&mut app).await;
+    let ord_a_ids = message_ids(&first, "ord-a");
+    assert_eq!(ord_a_ids.len(), 2);
+    let replayed = Admin::of(&app.relay)
         .post_json("/api/v1/replay", &serde_json::json!({ "subject": "ord-a" }))
         .await;
     assert_eq!(replayed.json(), serde_json::json!({ "replayed": 2 }));
-    let again = consumer.collect(2, Duration::from_secs(10)).await;
+    let again = app.consumer.collect(2, Duration::from_secs(10)).await;
     assert_eq!(
         message_ids(&again, "ord-a"),
         ord_a_ids,
         "same message ids, in received order"
     );
     assert!(
-        relay
+        app.relay
             .metrics()
             .await
             .contains(r#"hookrelay_admin_actions_total{action="replay",via="api"} 1"#),
         "the replay is counted"
     );
     assert!(
-        relay
+        app.relay
             .logs()
             .iter()
             .any(|line| line.contains("hookrelay::audit")
@@ -272,22 +327,28 @@ async fn the_admin_api_finds_shows_and_replays_events(backend: Backend) {
                 && line.contains("ord-a")),
         "the replay is logged with its filter"
     );
-    drop(relay);
 }
 
-on_both_backends!(the_admin_api_finds_shows_and_replays_events);
+on_both_backends!(
+    the_event_list_filters_by_subject_status_text_state_and_kind,
+    paging_while_webhooks_arrive_repeats_and_skips_no_row,
+    the_event_detail_shows_the_body_redacted_as_published_and_its_cloudevent,
+    a_subjects_timeline_flags_the_late_status_that_went_backwards,
+    the_sources_view_counts_what_this_relay_accepted,
+    a_replay_dry_run_counts_the_matches_and_changes_nothing,
+    a_replay_without_ids_or_a_filter_is_refused,
+    a_replay_by_filter_republishes_the_same_message_ids_in_order_counted_and_audited,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_the_api_and_console_need_it_and_posts_need_csrf_proof() {
     const TOKEN: &str = "test-admin-token-0123456789";
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("adminauth");
-    let mut config = RelayConfig::new(&exchange, dir.path());
-    config
-        .env
-        .push(("HOOKRELAY_ADMIN_TOKEN".to_owned(), TOKEN.to_owned()));
-    let relay = Relay::start(&config);
-    let mut admin = Admin::of(&relay);
+    let app = TestApp::build(Backend::Sqlite, "adminauth")
+        .no_consumer()
+        .env("HOOKRELAY_ADMIN_TOKEN", TOKEN)
+        .start()
+        .await;
+    let mut admin = Admin::of(&app.relay);
 
     for open in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(admin.get(open).await.status, 200, "{open} stays open");
@@ -361,24 +422,27 @@ async fn with_a_token_the_api_and_console_need_it_and_posts_need_csrf_proof() {
         .post_form("/api/v1/replay", &[("state", "dead"), ("dry_run", "true")])
         .await;
     assert_eq!(form_to_api.status, 403);
-    drop(relay);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_api_is_served_only_on_a_loopback_admin_address() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("adminloop");
-    let local = Relay::start(&RelayConfig::new(&exchange, dir.path()));
-    assert_eq!(Admin::of(&local).get("/api/v1/events").await.status, 200);
+    let local = TestApp::build(Backend::Sqlite, "adminloop")
+        .no_consumer()
+        .start()
+        .await;
+    assert_eq!(
+        Admin::of(&local.relay).get("/api/v1/events").await.status,
+        200
+    );
     drop(local);
 
-    let mut config = RelayConfig::new(&exchange, dir.path());
-    // Every interface; the test still talks to it on 127.0.0.1 only.
-    config
-        .env
-        .push(("HOOKRELAY_ADMIN_LISTEN".to_owned(), "0.0.0.0:0".to_owned()));
-    let exposed = Relay::start(&config);
-    let admin = Admin::of(&exposed);
+    let exposed = TestApp::build(Backend::Sqlite, "adminloop")
+        .no_consumer()
+        // Every interface; the test still talks to it on 127.0.0.1 only.
+        .env("HOOKRELAY_ADMIN_LISTEN", "0.0.0.0:0")
+        .start()
+        .await;
+    let admin = Admin::of(&exposed.relay);
     let refused = admin.get("/api/v1/events").await;
     assert_eq!(refused.status, 403);
     assert!(
@@ -389,5 +453,4 @@ async fn without_a_token_the_api_is_served_only_on_a_loopback_admin_address() {
     );
     assert_eq!(admin.get("/ui/").await.status, 403);
     assert_eq!(admin.get("/metrics").await.status, 200, "probes stay open");
-    drop(exposed);
 }

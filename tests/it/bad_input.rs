@@ -17,19 +17,14 @@ fn error_text(reply: &[u8]) -> String {
         .to_owned()
 }
 
-fn start(test: &str, extra: &[(&str, &str)]) -> (Relay, TestExchange, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new(test);
-    let mut config = RelayConfig::new(&exchange, dir.path());
-    for (k, v) in extra {
-        config.env.push(((*k).to_owned(), (*v).to_owned()));
-    }
-    (Relay::start(&config), exchange, dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_whatever_the_framing() {
-    let (relay, _exchange, _dir) = start("oversize", &[("HOOKRELAY_MAX_BODY", "4KiB")]);
+    let app = TestApp::build(Backend::Sqlite, "oversize")
+        .no_consumer()
+        .env("HOOKRELAY_MAX_BODY", "4KiB")
+        .start()
+        .await;
+    let relay = &app.relay;
     let big = vec![b'a'; 10_000];
     let path = "/webhooks/whitepay";
 
@@ -66,8 +61,8 @@ async fn oversized_bodies_get_413_whatever_the_framing() {
 async fn odd_but_authentic_bodies_are_acked_and_unrecognized_and_unsigned_ones_401() {
     // The deeply nested body is published as a 267 kB `raw_base64`.
     let _unlimited = BrokerMaxMessageSize::unchanged().await;
-    let (relay, exchange, _dir) = start("oddbodies", &[]);
-    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let mut app = TestApp::spawn(Backend::Sqlite, "oddbodies").await;
+    let (relay, consumer) = (&app.relay, &mut app.consumer);
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
     let huge_number =
         br#"{"order":{"id":"huge-1","value":1e999999999,"currency":"UAH","status":"COMPLETE"},"event_type":"order::completed"}"#.to_vec();
@@ -108,7 +103,11 @@ async fn odd_but_authentic_bodies_are_acked_and_unrecognized_and_unsigned_ones_4
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_method_unknown_paths_and_bad_signature_headers_get_json_errors() {
-    let (relay, _exchange, _dir) = start("headers", &[]);
+    let app = TestApp::build(Backend::Sqlite, "headers")
+        .no_consumer()
+        .start()
+        .await;
+    let relay = &app.relay;
     let client = reqwest::Client::new();
     let response = client.get(relay.url("whitepay")).send().await.expect("GET");
     assert_eq!(response.status().as_u16(), 405);
@@ -157,7 +156,12 @@ async fn wrong_method_unknown_paths_and_bad_signature_headers_get_json_errors() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_floods_are_refused_and_slow_clients_are_cut_off() {
-    let (relay, _exchange, _dir) = start("slow", &[("HOOKRELAY_READ_TIMEOUT", "1s")]);
+    let app = TestApp::build(Backend::Sqlite, "slow")
+        .no_consumer()
+        .env("HOOKRELAY_READ_TIMEOUT", "1s")
+        .start()
+        .await;
+    let relay = &app.relay;
     // More headers than the relay accepts.
     let mut flood = b"POST /webhooks/whitepay HTTP/1.1\r\nHost: x\r\n".to_vec();
     for i in 0..500 {
@@ -204,9 +208,11 @@ async fn header_floods_are_refused_and_slow_clients_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_refusals_is_counted_not_logged_line_by_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("logflood");
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let app = TestApp::build(Backend::Sqlite, "logflood")
+        .no_consumer()
+        .start()
+        .await;
+    let relay = &app.relay;
     let started = Instant::now();
     for i in 0..200 {
         let body = whitepay_order(&format!("flood-{i}"));
@@ -243,7 +249,11 @@ async fn a_flood_of_refusals_is_counted_not_logged_line_by_line() {
 /// a broken pipe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_sends_its_whole_oversized_body_reads_the_413() {
-    let (relay, _exchange, _dir) = start("linger", &[]);
+    let app = TestApp::build(Backend::Sqlite, "linger")
+        .no_consumer()
+        .start()
+        .await;
+    let relay = &app.relay;
     let body = vec![b'a'; 2 * 1024 * 1024];
     for framing in ["length", "chunked"] {
         let addr = relay.ingress;

@@ -152,48 +152,19 @@ async fn text_of(browser: &Client, css: &str) -> String {
     }
 }
 
-async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(backend: Backend) {
-    let Some(driver) = Driver::start() else {
-        return;
-    };
-    let Some(limit) = BrokerMaxMessageSize::set(64 * 1024).await else {
-        assert!(std::env::var_os("CI").is_none(), "CI must run rabbitmqctl");
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("console");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config
-        .env
-        .push(("HOOKRELAY_ADMIN_TOKEN".to_owned(), TOKEN.to_owned()));
-    let relay = Relay::start(&config);
-    relay.wait_broker_connected().await;
+/// A relay whose console needs [`TOKEN`].
+async fn a_relay_with_a_token(backend: Backend) -> TestApp {
+    TestApp::build(backend, "console")
+        .env("HOOKRELAY_ADMIN_TOKEN", TOKEN)
+        .start()
+        .await
+}
 
-    // An order that succeeded and then got a late "pending"; one the broker
-    // refuses as too large, so it goes dead.
-    for status in ["COMPLETE", "OPEN"] {
-        let body = whitepay_order_at("8f3a-order", status);
-        assert_eq!(relay.post_whitepay(&body).await.0, 200);
-    }
-    let big = whitepay_order(&format!("big-{}", "x".repeat(100 * 1024)));
-    assert_eq!(relay.post_whitepay(&big).await.0, 200);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while relay.outbox_count(Some("dead")) < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the oversized row did not go dead"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let first = consumer.collect(2, Duration::from_secs(20)).await;
-    assert_eq!(first.len(), 2, "the order's two events were published");
-
-    let profile = tempfile::tempdir().expect("profile");
-    let browser = driver.browser(profile.path()).await;
+/// A new Chromium session (its profile in `profile`), logged in to `relay`'s
+/// console and on its first page.
+async fn logged_in(driver: &Driver, profile: &std::path::Path, relay: &Relay) -> Client {
+    let browser = driver.browser(profile).await;
     let base = format!("http://127.0.0.1:{}", relay.admin.port());
-
-    // Log in.
     browser.goto(&format!("{base}/ui/")).await.expect("goto");
     let token = browser
         .wait()
@@ -204,6 +175,26 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
     screenshot(&browser, "01-login").await;
     click(&browser, Locator::Id("login"), "log in").await;
     heading(&browser, |h| h == "Events").await;
+    browser
+}
+
+async fn an_operator_finds_an_order_from_the_keyboard_and_sees_its_late_status_flagged(
+    backend: Backend,
+) {
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let mut app = a_relay_with_a_token(backend).await;
+    // An order that succeeded and then got a late "pending".
+    for status in ["COMPLETE", "OPEN"] {
+        let body = whitepay_order_at("8f3a-order", status);
+        assert_eq!(app.relay.post_whitepay(&body).await.0, 200);
+    }
+    let first = app.consumer.collect(2, Duration::from_secs(20)).await;
+    assert_eq!(first.len(), 2, "the order's two events were published");
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = logged_in(&driver, profile.path(), &app.relay).await;
 
     // Find the order from the keyboard: type into the focused search box, Enter.
     let search = browser
@@ -247,6 +238,33 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
         .expect("flags");
     assert_eq!(flagged.len(), 1, "the late pending is flagged");
     screenshot(&browser, "04-timeline").await;
+    browser.close().await.expect("close browser");
+}
+
+async fn an_operator_bulk_replays_dead_events_after_the_dry_run_count(backend: Backend) {
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let Some(limit) = BrokerMaxMessageSize::set(64 * 1024).await else {
+        assert!(std::env::var_os("CI").is_none(), "CI must run rabbitmqctl");
+        return;
+    };
+    let mut app = a_relay_with_a_token(backend).await;
+    app.relay.wait_broker_connected().await;
+    // An event the broker refuses as too large, so it goes dead.
+    let big = whitepay_order(&format!("big-{}", "x".repeat(100 * 1024)));
+    assert_eq!(app.relay.post_whitepay(&big).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.relay.outbox_count(Some("dead")) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the oversized row did not go dead"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = logged_in(&driver, profile.path(), &app.relay).await;
 
     // Bulk replay of dead events: the count first, then the replay.
     drop(limit);
@@ -261,7 +279,7 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
     let matched = text_of(&browser, "#matched").await;
     assert!(matched.starts_with("1 events match"), "{matched}");
     assert_eq!(
-        relay.outbox_count(Some("dead")),
+        app.relay.outbox_count(Some("dead")),
         1,
         "the count changed nothing"
     );
@@ -274,7 +292,8 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
     );
     screenshot(&browser, "06-replayed").await;
 
-    let delivery = consumer
+    let delivery = app
+        .consumer
         .next(Duration::from_secs(30))
         .await
         .expect("the dead event, published after the replay");
@@ -283,7 +302,9 @@ async fn an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events(ba
         &big[..]
     );
     browser.close().await.expect("close browser");
-    drop(relay);
 }
 
-on_both_backends!(an_operator_finds_an_order_sees_its_timeline_and_replays_dead_events);
+on_both_backends!(
+    an_operator_finds_an_order_from_the_keyboard_and_sees_its_late_status_flagged,
+    an_operator_bulk_replays_dead_events_after_the_dry_run_count,
+);

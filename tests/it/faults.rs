@@ -91,9 +91,9 @@ async fn ledger_of(load: Load) -> Ledger {
     }
 }
 
-/// Reads messages until every acked subject has been seen or `patience` passes
-/// without progress.
-async fn drain(consumer: &mut Consumer, ledger: &Ledger, seen: &mut Seen, patience: Duration) {
+/// Reads messages from the app's consumer until every acked subject has been seen
+/// or `patience` passes without progress.
+async fn drain(app: &mut TestApp, ledger: &Ledger, seen: &mut Seen, patience: Duration) {
     loop {
         let missing = ledger
             .acked
@@ -104,7 +104,7 @@ async fn drain(consumer: &mut Consumer, ledger: &Ledger, seen: &mut Seen, patien
         } else {
             Duration::from_millis(500)
         };
-        match consumer.next(wait).await {
+        match app.consumer.next(wait).await {
             Some(delivery) => record(seen, &delivery.data),
             None => return,
         }
@@ -158,13 +158,9 @@ fn env_count(name: &str, default: usize) -> usize {
 
 async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly(backend: Backend) {
     let kills = env_count("HOOKRELAY_FAULT_KILLS", 10);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("kill9");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let config = RelayConfig::on(backend, &exchange, dir.path());
-    let mut relay = Relay::start(&config);
+    let mut app = TestApp::spawn(backend, "kill9").await;
     let load = Load::start(
-        vec![relay.url("whitepay")],
+        vec![app.relay.url("whitepay")],
         4,
         Duration::from_millis(5),
         Walk::NewOrders,
@@ -174,17 +170,17 @@ async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly(backend: Back
         let uptime = Duration::from_millis(rand::rng().random_range(200..900));
         let until = Instant::now() + uptime;
         while Instant::now() < until {
-            if let Some(d) = consumer.next(Duration::from_millis(20)).await {
+            if let Some(d) = app.consumer.next(Duration::from_millis(20)).await {
                 record(&mut seen, &d.data);
             }
         }
-        relay.kill9();
-        relay = Relay::start(&config);
-        load.retarget(0, relay.url("whitepay"));
+        app.relay.kill9();
+        app.relay = Relay::start(&app.config);
+        load.retarget(0, app.relay.url("whitepay"));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ledger = ledger_of(load).await;
-    drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(20)).await;
+    drain(&mut app, &ledger, &mut seen, Duration::from_secs(20)).await;
     let c = check(&ledger, &seen);
     report(
         "kill -9",
@@ -193,20 +189,16 @@ async fn nothing_acked_is_lost_when_the_relay_is_killed_repeatedly(backend: Back
     );
     assert!(c.acked > 0, "the load ran");
     assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
-    drop(relay);
 }
 
 async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly(backend: Backend) {
     let cuts = env_count("HOOKRELAY_FAULT_CUTS", 4);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("cuts");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config.broker = proxy.addr.to_string();
-    let relay = Relay::start(&config);
+    let mut app = TestApp::build(backend, "cuts")
+        .broker_behind_proxy()
+        .start()
+        .await;
     let load = Load::start(
-        vec![relay.url("whitepay")],
+        vec![app.relay.url("whitepay")],
         4,
         Duration::from_millis(5),
         Walk::NewOrders,
@@ -216,13 +208,13 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly(backend: Backen
     for _ in 0..cuts {
         let until = Instant::now() + Duration::from_millis(rand::rng().random_range(300..1200));
         while Instant::now() < until {
-            if let Some(d) = consumer.next(Duration::from_millis(20)).await {
+            if let Some(d) = app.consumer.next(Duration::from_millis(20)).await {
                 pump(&mut seen, d);
             }
         }
-        proxy.cut();
+        app.proxy.cut();
         tokio::time::sleep(Duration::from_millis(rand::rng().random_range(300..1500))).await;
-        proxy.restore();
+        app.proxy.restore();
     }
     // The broker itself closes the relay's connection (as `rabbitmqctl
     // close_connection` or a node restart would), touching no other test's.
@@ -230,8 +222,8 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly(backend: Backen
     for _ in 0..2 {
         // The connection may be mid-recovery from the last cut: look again briefly.
         for _ in 0..20 {
-            relay.wait_broker_connected().await;
-            if close_connections_of(&exchange) {
+            app.relay.wait_broker_connected().await;
+            if close_connections_of(&app.exchange) {
                 forced += 1;
                 break;
             }
@@ -241,7 +233,7 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly(backend: Backen
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ledger = ledger_of(load).await;
-    drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(30)).await;
+    drain(&mut app, &ledger, &mut seen, Duration::from_secs(30)).await;
     let c = check(&ledger, &seen);
     report(
         "broker cut",
@@ -255,20 +247,16 @@ async fn nothing_acked_is_lost_when_the_broker_is_cut_repeatedly(backend: Backen
     assert!(c.acked > 0);
     assert_eq!(ledger.refusals, 0, "a broker outage never costs an ack");
     assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
-    drop(relay);
 }
 
 async fn a_broker_that_stops_confirming_never_gets_rows_marked_published(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("freeze");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config.broker = proxy.addr.to_string();
-    let relay = Relay::start(&config);
-    relay.wait_broker_connected().await;
+    let mut app = TestApp::build(backend, "freeze")
+        .broker_behind_proxy()
+        .start()
+        .await;
+    app.relay.wait_broker_connected().await;
     let load = Load::start(
-        vec![relay.url("whitepay")],
+        vec![app.relay.url("whitepay")],
         2,
         Duration::from_millis(20),
         Walk::NewOrders,
@@ -276,21 +264,22 @@ async fn a_broker_that_stops_confirming_never_gets_rows_marked_published(backend
     let mut seen = Seen::default();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Publishes go out but no confirm comes back for longer than the confirm timeout.
-    proxy.freeze();
+    app.proxy.freeze();
     tokio::time::sleep(hookrelay::publisher::CONFIRM_TIMEOUT + Duration::from_secs(2)).await;
-    proxy.thaw();
+    app.proxy.thaw();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ledger = ledger_of(load).await;
-    drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(30)).await;
+    drain(&mut app, &ledger, &mut seen, Duration::from_secs(30)).await;
     let c = check(&ledger, &seen);
-    let timeouts = relay
+    let timeouts = app
+        .relay
         .metric("hookrelay_publish_failures_total{reason=\"timeout\"}")
         .await;
     report("slow confirms", &c, &format!("confirm_timeouts={timeouts}"));
     assert!(timeouts >= 1.0, "the freeze outlasted the confirm timeout");
     assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
     // Every row marked published was really delivered.
-    let published = config.published_subjects();
+    let published = app.config.published_subjects();
     let unseen: Vec<&String> = published
         .iter()
         .filter(|s| !seen.by_subject.contains_key(*s))
@@ -299,7 +288,6 @@ async fn a_broker_that_stops_confirming_never_gets_rows_marked_published(backend
         unseen.is_empty(),
         "marked published without a delivery: {unseen:?}"
     );
-    drop(relay);
 }
 
 /// A tmpfs of a few MiB, so the outbox really runs out of space.
@@ -343,10 +331,11 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
         );
         return;
     };
-    let exchange = TestExchange::new("diskfull");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let config = RelayConfig::new(&exchange, &disk.path);
-    let relay = Relay::start(&config);
+    let mut app = TestApp::build(Backend::Sqlite, "diskfull")
+        .outbox_file(&disk.path.join("outbox.db"))
+        .start()
+        .await;
+    let relay = &app.relay;
     // Leave the outbox a sliver of space.
     let ballast = disk.path.join("ballast");
     let free = {
@@ -422,7 +411,7 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
         "the relay recovered by itself once space returned"
     );
     let mut seen = Seen::default();
-    drain(&mut consumer, &ledger, &mut seen, Duration::from_secs(20)).await;
+    drain(&mut app, &ledger, &mut seen, Duration::from_secs(20)).await;
     let c = check(&ledger, &seen);
     report("disk full", &c, &format!("503s={unavailable}"));
     assert_eq!((c.lost, c.phantom, c.corrupted), (0, 0, 0), "{c:?}");
@@ -432,7 +421,6 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
         c.duplicated <= ledger.acked.len().min(256),
         "duplicates within one window: {c:?}"
     );
-    drop(relay);
 }
 
 /// A settle that fails (here: another process holds the outbox's write lock longer
@@ -440,22 +428,18 @@ async fn a_full_disk_gets_503s_loses_nothing_and_recovers_by_itself() {
 /// are not fetched and published again while the fault lasts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_settle_is_retried_without_publishing_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("settlefail");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let proxy = TcpProxy::start(BROKER).await;
-    proxy.cut();
-    let mut config = RelayConfig::new(&exchange, dir.path());
-    config.broker = proxy.addr.to_string();
-    let relay = Relay::start(&config);
+    let mut app = TestApp::build(Backend::Sqlite, "settlefail")
+        .broker_cut()
+        .start()
+        .await;
     const ROWS: usize = 20;
     for i in 0..ROWS {
         let body = whitepay_order(&format!("settle-{i}"));
-        assert_eq!(relay.post_whitepay(&body).await.0, 200);
+        assert_eq!(app.relay.post_whitepay(&body).await.0, 200);
     }
 
     // Hold the write lock for two busy timeouts and more, so settles fail twice.
-    let outbox = config.outbox_url();
+    let outbox = app.config.outbox_url();
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
         let lock = hookrelay::testing::hold_write_lock(&outbox).expect("take the write lock");
@@ -464,12 +448,15 @@ async fn a_failing_settle_is_retried_without_publishing_again() {
         drop(lock);
     });
     locked_rx.recv().expect("lock taken");
-    proxy.restore();
+    app.proxy.restore();
     tokio::task::spawn_blocking(move || holder.join().expect("lock holder"))
         .await
         .expect("join");
 
-    let deliveries = consumer.collect(ROWS * 10, Duration::from_secs(5)).await;
+    let deliveries = app
+        .consumer
+        .collect(ROWS * 10, Duration::from_secs(5))
+        .await;
     let mut per_message: BTreeMap<String, usize> = BTreeMap::new();
     for delivery in &deliveries {
         let id = delivery
@@ -487,7 +474,7 @@ async fn a_failing_settle_is_retried_without_publishing_again() {
         "confirmed rows were published again while their settle failed: {republished:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while relay.outbox_count(Some("published")) < ROWS as i64 {
+    while app.relay.outbox_count(Some("published")) < ROWS as i64 {
         assert!(
             Instant::now() < deadline,
             "the settle was recorded once the lock was gone"
@@ -504,12 +491,6 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
     backend: Backend,
 ) {
     const SUBJECTS: usize = 8;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("ordering");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config.broker = proxy.addr.to_string();
     let subject = |s: usize| format!("ordered-{s}");
     let post_step = |relay: &Relay, step: usize| {
         let bodies: Vec<Vec<u8>> = (0..SUBJECTS)
@@ -525,14 +506,18 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
         }
     };
 
-    let relay = Relay::start(&config);
-    relay.wait_broker_connected().await;
+    let mut app = TestApp::build(backend, "ordering")
+        .broker_behind_proxy()
+        .start()
+        .await;
+    app.relay.wait_broker_connected().await;
     // The broker stops answering: the first events are published, their confirms
     // time out, and they are retried with backoff (due a second or two later).
-    proxy.freeze();
-    post_step(&relay, 0).await;
+    app.proxy.freeze();
+    post_step(&app.relay, 0).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while relay
+    while app
+        .relay
         .metric(r#"hookrelay_publish_failures_total{reason="timeout"}"#)
         .await
         < 1.0
@@ -541,18 +526,18 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Killed while they wait for their retry; the next events arrive due at once.
-    relay.kill9();
-    proxy.cut();
-    proxy.thaw();
-    proxy.restore();
-    let relay = Relay::start(&config);
-    post_step(&relay, 1).await;
-    post_step(&relay, 2).await;
+    app.relay.kill9();
+    app.proxy.cut();
+    app.proxy.thaw();
+    app.proxy.restore();
+    app.relay = Relay::start(&app.config);
+    post_step(&app.relay, 1).await;
+    post_step(&app.relay, 2).await;
     // Another cut mid-way.
-    proxy.cut();
-    post_step(&relay, 3).await;
+    app.proxy.cut();
+    post_step(&app.relay, 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.restore();
+    app.proxy.restore();
 
     let total = (SUBJECTS * ORDER_LIFE.len()) as i64;
     // Rows that failed in several of the faults above wait out a retry backoff
@@ -560,14 +545,15 @@ async fn events_of_a_subject_are_first_delivered_in_received_order_through_fault
     // suite the last of them can take longer than a minute. The claim here is
     // "in the end", and in order; not how soon.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while relay.outbox_count(Some("published")) < total {
+    while app.relay.outbox_count(Some("published")) < total {
         assert!(
             Instant::now() < deadline,
             "everything is published in the end"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let deliveries = consumer
+    let deliveries = app
+        .consumer
         .collect(SUBJECTS * ORDER_LIFE.len() * 3, Duration::from_secs(3))
         .await;
     let mut first_seen: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -137,21 +137,11 @@ impl Receiver {
     }
 }
 
-fn relay_config(
-    exchange: &str,
-    dir: &std::path::Path,
-    receiver: SocketAddr,
-    delay_ms: u32,
-) -> RelayConfig {
-    let mut config = RelayConfig::new(exchange, dir);
-    config.env.extend([
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-            format!("http://{receiver}"),
-        ),
-        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), delay_ms.to_string()),
-    ]);
-    config
+/// A relay that exports its spans to `receiver`, a batch every `delay_ms`.
+fn traced(test: &str, receiver: SocketAddr, delay_ms: u32) -> TestAppBuilder {
+    TestApp::build(Backend::Sqlite, test)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", delay_ms.to_string())
 }
 
 /// Posts a signed Whitepay order in the trace `trace_id`, as the span `parent`.
@@ -175,14 +165,12 @@ fn random_hex(bytes: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhooks_spans_reach_the_collector_in_the_senders_trace() {
     let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), Received::default()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("otel");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&relay_config(&exchange, dir.path(), receiver.addr, 100));
+    let mut app = traced("otel", receiver.addr, 100).start().await;
     let (trace_id, parent) = (random_hex(16), random_hex(8));
-    post_traced(&relay, "otel-1", &trace_id, &parent).await;
+    post_traced(&app.relay, "otel-1", &trace_id, &parent).await;
 
-    let delivery = consumer
+    let delivery = app
+        .consumer
         .next(Duration::from_secs(20))
         .await
         .expect("published");
@@ -224,7 +212,7 @@ async fn a_webhooks_spans_reach_the_collector_in_the_senders_trace() {
     for child in ["verify signature", "outbox commit"] {
         assert_eq!(find(child).parent_span_id, server.span_id, "{child}");
     }
-    let publish = find(&format!("publish {}", &*exchange));
+    let publish = find(&format!("publish {}", &*app.exchange));
     assert_eq!(publish.kind, SpanKind::Producer as i32);
     assert_eq!(publish.parent_span_id, server.span_id);
     assert_eq!(
@@ -234,7 +222,7 @@ async fn a_webhooks_spans_reach_the_collector_in_the_senders_trace() {
     assert_eq!(publish.attribute("messaging.system"), Some("rabbitmq"));
     assert_eq!(
         publish.attribute("messaging.destination.name"),
-        Some(&*exchange.to_string())
+        Some(&*app.exchange.to_string())
     );
     assert_eq!(publish.attribute("hookrelay.confirm"), Some("ack"));
     let message_id = delivery
@@ -251,18 +239,15 @@ async fn a_webhooks_spans_reach_the_collector_in_the_senders_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_spans_are_flushed_on_sigterm() {
     let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), Received::default()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("otelflush");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
     // A minute between exports: only the shutdown flush can deliver these spans.
-    let relay = Relay::start(&relay_config(&exchange, dir.path(), receiver.addr, 60_000));
+    let mut app = traced("otelflush", receiver.addr, 60_000).start().await;
     let (trace_id, parent) = (random_hex(16), random_hex(8));
-    post_traced(&relay, "otel-flush", &trace_id, &parent).await;
-    consumer
+    post_traced(&app.relay, "otel-flush", &trace_id, &parent).await;
+    app.consumer
         .next(Duration::from_secs(20))
         .await
         .expect("published");
-    assert!(relay.terminate(Duration::from_secs(30)).success());
+    assert!(app.relay.terminate(Duration::from_secs(30)).success());
     let spans = receiver.spans.lock().expect("spans").clone();
     assert!(
         spans
@@ -275,20 +260,21 @@ async fn buffered_spans_are_flushed_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_resumes_when_the_receiver_comes_back() {
     let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), Received::default()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("otelresume");
-    let relay = Relay::start(&relay_config(&exchange, dir.path(), receiver.addr, 100));
+    let app = traced("otelresume", receiver.addr, 100)
+        .no_consumer()
+        .start()
+        .await;
     let (addr, spans) = receiver.stop();
     let (lost_trace, parent) = (random_hex(16), random_hex(8));
-    post_traced(&relay, "otel-while-down", &lost_trace, &parent).await;
+    post_traced(&app.relay, "otel-while-down", &lost_trace, &parent).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let receiver = Receiver::start(addr, spans).await;
     let trace_id = random_hex(16);
-    post_traced(&relay, "otel-after", &trace_id, &parent).await;
+    post_traced(&app.relay, "otel-after", &trace_id, &parent).await;
     receiver
         .wait_for("spans after the receiver came back", |spans| {
             spans.iter().any(|s| s.trace_id == trace_id)
         })
         .await;
-    relay.assert_still_serving().await;
+    app.relay.assert_still_serving().await;
 }

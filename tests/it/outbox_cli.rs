@@ -28,39 +28,56 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_message_id(
-    backend: Backend,
-) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("outboxcli");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let proxy = TcpProxy::start(BROKER).await;
-    proxy.cut();
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config.broker = proxy.addr.to_string();
-    let relay = Relay::start(&config);
-    let body = fixture("whitepay", "order_declined.json");
+/// A relay whose broker is cut, with three rows pending: the fixture
+/// `order_declined.json`, then the orders `cli-1` and `cli-2`.
+async fn three_pending_rows(backend: Backend) -> TestApp {
+    let app = TestApp::build(backend, "outboxcli")
+        .broker_cut()
+        .start()
+        .await;
     for i in 0..3 {
         let body = if i == 0 {
-            body.clone()
+            fixture("whitepay", "order_declined.json")
         } else {
             whitepay_order(&format!("cli-{i}"))
         };
-        assert_eq!(relay.post_whitepay(&body).await.0, 200);
+        assert_eq!(app.relay.post_whitepay(&body).await.0, 200);
     }
+    app
+}
 
+/// The id of the first row received (the fixture), as `list` shows it.
+fn first_id(relay: &Relay) -> String {
+    let listed = relay.outbox_command(&["list", "--state", "pending"]);
+    let rows = listed.as_array().expect("array");
+    assert_eq!(rows.len(), 3);
+    rows[2]["id"].as_i64().expect("id").to_string()
+}
+
+/// Lets the broker in and waits until the three rows are published; returns the
+/// deliveries.
+async fn publish_the_three(app: &mut TestApp) -> Vec<lapin::message::Delivery> {
+    app.proxy.restore();
+    let first = app.consumer.collect(3, Duration::from_secs(20)).await;
+    assert_eq!(first.len(), 3);
+    wait_for("rows published", || {
+        app.relay.outbox_count(Some("published")) == 3
+    })
+    .await;
+    first
+}
+
+async fn outbox_stats_list_and_show_read_the_outbox_of_a_running_relay(backend: Backend) {
+    let app = three_pending_rows(backend).await;
+    let relay = &app.relay;
     let stats = relay.outbox_command(&["stats"]);
     assert_eq!(stats["pending"], 3);
     assert_eq!(stats["published"], 0);
     assert!(stats["size_bytes"].as_u64().expect("size") > 0);
-    let listed = relay.outbox_command(&["list", "--state", "pending"]);
-    let rows = listed.as_array().expect("array");
-    assert_eq!(rows.len(), 3);
-    let first_id = rows[2]["id"].as_i64().expect("id");
-    let shown = relay.outbox_command(&["show", &first_id.to_string()]);
+    let shown = relay.outbox_command(&["show", &first_id(relay)]);
     assert_eq!(
         shown["body"].as_str().expect("body").as_bytes(),
-        &body[..],
+        &fixture("whitepay", "order_declined.json")[..],
         "raw body as received"
     );
     assert!(
@@ -68,23 +85,22 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
         "audit headers kept"
     );
     assert_eq!(shown["routing_key"], "whitepay.order.failed");
+}
 
-    proxy.restore();
-    let first = consumer.collect(3, Duration::from_secs(20)).await;
-    assert_eq!(first.len(), 3);
-    wait_for("rows published", || {
-        relay.outbox_count(Some("published")) == 3
-    })
-    .await;
+async fn outbox_replay_of_a_row_publishes_it_again_with_the_same_message_id(backend: Backend) {
+    let mut app = three_pending_rows(backend).await;
+    let first_id = first_id(&app.relay);
+    let first = publish_the_three(&mut app).await;
     let original_id = first
         .iter()
         .find(|d| d.routing_key.as_str() == "whitepay.order.failed")
         .and_then(|d| d.properties.message_id().clone())
         .expect("message id");
 
-    let replayed = relay.outbox_command(&["replay", &first_id.to_string()]);
+    let replayed = app.relay.outbox_command(&["replay", &first_id]);
     assert_eq!(replayed["replayed"], 1);
-    let again = consumer
+    let again = app
+        .consumer
         .next(Duration::from_secs(20))
         .await
         .expect("published again");
@@ -94,11 +110,19 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
         "same message id"
     );
     wait_for("replayed row published", || {
-        relay.outbox_count(Some("published")) == 3
+        app.relay.outbox_count(Some("published")) == 3
     })
     .await;
-    // The admin API's filters, on the command line: a dry run counts and
-    // changes nothing.
+}
+
+/// The admin API's filters, on the command line: a dry run counts and changes
+/// nothing.
+async fn outbox_list_filters_and_a_replay_dry_run_counts_without_changing_anything(
+    backend: Backend,
+) {
+    let mut app = three_pending_rows(backend).await;
+    publish_the_three(&mut app).await;
+    let relay = &app.relay;
     let subject = relay.outbox_command(&["list", "--subject", "cli-2"]);
     assert_eq!(subject.as_array().map(Vec::len), Some(1));
     let searched = relay.outbox_command(&["list", "--search", "m-cli-1", "--kind", "order"]);
@@ -110,18 +134,31 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
         3,
         "a dry run changes nothing"
     );
-    // By receive time: every row of the last hour goes out again.
-    let replayed = relay.outbox_command(&["replay", "--since", "1h"]);
+}
+
+/// By receive time: every row of the last hour goes out again.
+async fn outbox_replay_since_publishes_every_row_received_since_then_again(backend: Backend) {
+    let mut app = three_pending_rows(backend).await;
+    publish_the_three(&mut app).await;
+    let replayed = app.relay.outbox_command(&["replay", "--since", "1h"]);
     assert_eq!(replayed["replayed"], 3);
-    assert_eq!(consumer.collect(3, Duration::from_secs(20)).await.len(), 3);
+    assert_eq!(
+        app.consumer.collect(3, Duration::from_secs(20)).await.len(),
+        3
+    );
     wait_for("rows replayed by time published", || {
-        relay.outbox_count(Some("published")) == 3
+        app.relay.outbox_count(Some("published")) == 3
     })
     .await;
+}
 
-    // Retention's manual form: published rows go, pending ones stay.
-    proxy.cut();
+/// Retention's manual form: published rows go, pending ones stay.
+async fn outbox_purge_removes_published_rows_and_keeps_pending_ones(backend: Backend) {
+    let mut app = three_pending_rows(backend).await;
+    publish_the_three(&mut app).await;
+    app.proxy.cut();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let relay = &app.relay;
     assert_eq!(
         relay.post_whitepay(&whitepay_order("cli-pending")).await.0,
         200
@@ -133,7 +170,6 @@ async fn outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_messag
         (stats["published"].as_u64(), stats["pending"].as_u64()),
         (Some(0), Some(1))
     );
-    drop(relay);
 }
 
 async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_the_same_id(
@@ -142,10 +178,8 @@ async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_th
     let Some(limit) = lowered_max_message_size().await else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("dead");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::on(backend, &exchange, dir.path()));
+    let mut app = TestApp::spawn(backend, "dead").await;
+    let relay = &app.relay;
     relay.wait_broker_connected().await;
     let big = whitepay_order(&format!("big-{}", "x".repeat(100 * 1024)));
     assert_eq!(
@@ -174,14 +208,15 @@ async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_th
         "{row}"
     );
     // The small one, in the same batches, still went through.
-    let delivered = consumer
+    let delivered = app
+        .consumer
         .next(Duration::from_secs(20))
         .await
         .expect("small published");
     let envelope: serde_json::Value = serde_json::from_slice(&delivered.data).expect("JSON");
     assert_eq!(envelope["subject"], "small-1");
     assert!(
-        relay
+        app.relay
             .metrics()
             .await
             .contains("hookrelay_outbox_events{state=\"dead\"} 1"),
@@ -192,9 +227,10 @@ async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_th
     // Another test may lower the limit again as soon as this one lets go: wait
     // until the broker takes large messages, and keep it so while replaying.
     let _unlimited = BrokerMaxMessageSize::unchanged().await;
-    let replayed = relay.outbox_command(&["replay", "--dead"]);
+    let replayed = app.relay.outbox_command(&["replay", "--dead"]);
     assert_eq!(replayed["replayed"], 1);
-    let delivery = consumer
+    let delivery = app
+        .consumer
         .next(Duration::from_secs(30))
         .await
         .expect("published after replay");
@@ -211,7 +247,6 @@ async fn a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_th
             .map(|s| s.to_string()),
         envelope["id"].as_str().map(str::to_owned)
     );
-    drop(relay);
 }
 
 /// Runs the binary with only `env`; returns its exit success and stderr.
@@ -255,14 +290,12 @@ fn the_binary_names_each_cause_of_an_error_once() {
 }
 
 async fn outbox_show_redacts_like_the_published_message_unless_asked_for_raw(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("showredact");
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config.env.push((
-        "HOOKRELAY_SOURCES__WHITEPAY__REDACT".to_owned(),
-        "order.external_order_id".to_owned(),
-    ));
-    let relay = Relay::start(&config);
+    let app = TestApp::build(backend, "showredact")
+        .no_consumer()
+        .redact_whitepay("order.external_order_id")
+        .start()
+        .await;
+    let relay = &app.relay;
     assert_eq!(relay.post_whitepay(&whitepay_order("r-1")).await.0, 200);
     let id = relay.outbox_command(&["list"])[0]["id"].to_string();
 
@@ -295,11 +328,11 @@ fn outbox_commands_on_a_wrong_path_say_so_and_create_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_serve_on_the_same_sqlite_outbox_refuses_to_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("secondserve");
-    let config = RelayConfig::new(&exchange, dir.path());
-    let first = Relay::start(&config);
-    let url = format!("sqlite://{}", config.outbox.display());
+    let app = TestApp::build(Backend::Sqlite, "secondserve")
+        .no_consumer()
+        .start()
+        .await;
+    let url = format!("sqlite://{}", app.config.outbox.display());
     let (ok, stderr) = hookrelay(
         &["serve"],
         &[
@@ -313,10 +346,13 @@ async fn a_second_serve_on_the_same_sqlite_outbox_refuses_to_start() {
         stderr.contains("another `hookrelay serve` is using the outbox"),
         "{stderr}"
     );
-    assert_eq!(first.post_whitepay(&whitepay_order("still-1")).await.0, 200);
-    drop(first);
+    assert_eq!(
+        app.relay.post_whitepay(&whitepay_order("still-1")).await.0,
+        200
+    );
+    drop(app.relay);
     // The lock goes with the process that held it.
-    let again = Relay::start(&config);
+    let again = Relay::start(&app.config);
     assert_eq!(again.post_whitepay(&whitepay_order("still-2")).await.0, 200);
 }
 
@@ -345,10 +381,8 @@ async fn a_dead_row_holds_its_subject_until_replayed_or_released(backend: Backen
     let Some(limit) = lowered_max_message_size().await else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("deadhold");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::on(backend, &exchange, dir.path()));
+    let mut app = TestApp::spawn(backend, "deadhold").await;
+    let (relay, consumer) = (&app.relay, &mut app.consumer);
     relay.wait_broker_connected().await;
     // Two subjects, each an oversized event followed by a later one.
     for body in [
@@ -435,7 +469,11 @@ async fn a_dead_row_holds_its_subject_until_replayed_or_released(backend: Backen
 }
 
 crate::on_both_backends!(
-    outbox_commands_work_beside_a_running_relay_and_replay_keeps_the_message_id,
+    outbox_stats_list_and_show_read_the_outbox_of_a_running_relay,
+    outbox_replay_of_a_row_publishes_it_again_with_the_same_message_id,
+    outbox_list_filters_and_a_replay_dry_run_counts_without_changing_anything,
+    outbox_replay_since_publishes_every_row_received_since_then_again,
+    outbox_purge_removes_published_rows_and_keeps_pending_ones,
     a_message_the_broker_refuses_as_too_large_goes_dead_and_replays_with_the_same_id,
     outbox_show_redacts_like_the_published_message_unless_asked_for_raw,
     a_dead_row_holds_its_subject_until_replayed_or_released,
@@ -445,14 +483,12 @@ crate::on_both_backends!(
 /// `(received_at, id)` index; this one needs three, and must change every row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_by_time_on_postgresql_walks_every_chunk() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("replaychunks");
     // The broker stays out of reach, so nothing is fetched or published meanwhile.
-    let proxy = TcpProxy::start(BROKER).await;
-    proxy.cut();
-    let mut config = RelayConfig::on(Backend::Postgres, &exchange, dir.path());
-    config.broker = proxy.addr.to_string();
-    let relay = Relay::start(&config);
+    let app = TestApp::build(Backend::Postgres, "replaychunks")
+        .no_consumer()
+        .broker_cut()
+        .start()
+        .await;
     // 2,500 published rows received within the last minute, some at the same
     // microsecond (the cursor must not skip or repeat them).
     let now_us = i64::try_from(
@@ -475,11 +511,11 @@ async fn a_replay_by_time_on_postgresql_walks_every_chunk() {
             },
         }
     });
-    let seeded = hookrelay::testing::seed(&config.relay_config(), rows)
+    let seeded = hookrelay::testing::seed(&app.config.relay_config(), rows)
         .await
         .expect("seed");
     assert_eq!(seeded, 2500);
-    let replayed = relay.outbox_command(&["replay", "--since", "1h"]);
+    let replayed = app.relay.outbox_command(&["replay", "--since", "1h"]);
     assert_eq!(replayed["replayed"], 2500);
-    assert_eq!(relay.outbox_count(Some("pending")), 2500);
+    assert_eq!(app.relay.outbox_count(Some("pending")), 2500);
 }

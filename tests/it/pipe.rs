@@ -23,21 +23,18 @@ fn header_text(delivery: &lapin::message::Delivery, name: &str) -> String {
 }
 
 async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("pipe");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::on(backend, &exchange, dir.path()));
+    let mut app = TestApp::spawn(backend, "pipe").await;
     let body = fixture("whitepay", "transaction_completed.json");
     assert!(
         body.windows(2).any(|w| w == b"\\/"),
         "fixture keeps PHP's \\/ escapes"
     );
 
-    let (status, ack) = relay.post_whitepay(&body).await;
+    let (status, ack) = app.relay.post_whitepay(&body).await;
     assert_eq!(status, 200);
     assert!(ack.is_empty(), "Whitepay's ack is an empty body");
 
-    let delivery = consumer.next(ARRIVAL).await.expect("one message");
+    let delivery = app.consumer.next(ARRIVAL).await.expect("one message");
     assert_eq!(
         delivery.routing_key.as_str(),
         "whitepay.transaction.succeeded"
@@ -82,16 +79,15 @@ async fn signed_whitepay_webhook_is_acked_and_published_once_byte_for_byte(backe
         "long decimals stay text"
     );
 
-    assert!(consumer.next(QUIET).await.is_none(), "exactly one message");
-    drop(relay);
+    assert!(
+        app.consumer.next(QUIET).await.is_none(),
+        "exactly one message"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_whitepay_fixture_gets_its_routing_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("fixtures");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let mut app = TestApp::spawn(Backend::Sqlite, "fixtures").await;
     let cases = [
         ("order_declined.json", "whitepay.order.failed"),
         (
@@ -106,10 +102,10 @@ async fn every_whitepay_fixture_gets_its_routing_key() {
         ("rollback_to_client.json", "whitepay.refund.succeeded"),
     ];
     for (file, _) in cases {
-        let (status, _) = relay.post_whitepay(&fixture("whitepay", file)).await;
+        let (status, _) = app.relay.post_whitepay(&fixture("whitepay", file)).await;
         assert_eq!(status, 200, "{file}");
     }
-    let got = consumer.collect(cases.len(), ARRIVAL).await;
+    let got = app.consumer.collect(cases.len(), ARRIVAL).await;
     let mut keys: Vec<String> = got.iter().map(|d| d.routing_key.to_string()).collect();
     keys.sort();
     let mut expected: Vec<&str> = cases.iter().map(|(_, key)| *key).collect();
@@ -136,20 +132,16 @@ async fn every_whitepay_fixture_gets_its_routing_key() {
         ],
         "same-subject events keep received order"
     );
-    drop(relay);
 }
 
 async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_stored(
     backend: Backend,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("refuse");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config
-        .env
-        .push(("HOOKRELAY_MAX_BODY".to_owned(), "2KiB".to_owned()));
-    let relay = Relay::start(&config);
+    let mut app = TestApp::build(backend, "refuse")
+        .env("HOOKRELAY_MAX_BODY", "2KiB")
+        .start()
+        .await;
+    let relay = &app.relay;
     let body = fixture("whitepay", "order_declined.json");
     let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
 
@@ -199,7 +191,10 @@ async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_st
             .contains("2048 bytes")
     );
 
-    assert!(consumer.next(QUIET).await.is_none(), "nothing published");
+    assert!(
+        app.consumer.next(QUIET).await.is_none(),
+        "nothing published"
+    );
     assert_eq!(relay.outbox_count(None), 0, "nothing stored");
     let metrics = relay.metrics().await;
     for outcome in ["unknown_source", "unauthorized", "too_large"] {
@@ -208,39 +203,35 @@ async fn unknown_source_bad_signature_and_oversize_are_refused_and_nothing_is_st
             "{outcome} counted"
         );
     }
-    drop(relay);
 }
 
 async fn the_same_webhook_sent_twice_is_published_once(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("dup");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::on(backend, &exchange, dir.path()));
+    let mut app = TestApp::spawn(backend, "dup").await;
     let body = fixture("whitepay", "order_declined.json");
     for _ in 0..2 {
-        let (status, ack) = relay.post_whitepay(&body).await;
+        let (status, ack) = app.relay.post_whitepay(&body).await;
         assert_eq!(status, 200, "a duplicate gets the provider's ack too");
         assert!(ack.is_empty());
     }
-    assert!(consumer.next(ARRIVAL).await.is_some());
+    assert!(app.consumer.next(ARRIVAL).await.is_some());
     assert!(
-        consumer.next(QUIET).await.is_none(),
+        app.consumer.next(QUIET).await.is_none(),
         "the duplicate is not published"
     );
-    assert_eq!(relay.outbox_count(None), 1, "nor stored twice");
-    assert!(relay.metrics().await.contains("outcome=\"duplicate\""));
-    drop(relay);
+    assert_eq!(app.relay.outbox_count(None), 1, "nor stored twice");
+    assert!(app.relay.metrics().await.contains("outcome=\"duplicate\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_no_binding_matches_lands_in_the_unrouted_queue() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("unrouted");
     // Only a binding that cannot match: whitepay events are not abnormal payments.
-    let mut bound = Consumer::bind(&exchange, "*.abnormal_payment.*").await;
-    let mut unrouted = Consumer::existing(&hookrelay::amqp::unrouted_name(&exchange)).await;
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
-    let (status, _) = relay
+    let mut app = TestApp::build(Backend::Sqlite, "unrouted")
+        .binding("*.abnormal_payment.*")
+        .start()
+        .await;
+    let mut unrouted = Consumer::existing(&hookrelay::amqp::unrouted_name(&app.exchange)).await;
+    let (status, _) = app
+        .relay
         .post_whitepay(&fixture("whitepay", "order_declined.json"))
         .await;
     assert_eq!(status, 200);
@@ -249,26 +240,22 @@ async fn a_message_no_binding_matches_lands_in_the_unrouted_queue() {
         .await
         .expect("kept in the unrouted queue");
     assert_eq!(delivery.routing_key.as_str(), "whitepay.order.failed");
-    assert!(bound.next(QUIET).await.is_none());
+    assert!(app.consumer.next(QUIET).await.is_none());
     // Confirmed, so the row is done.
     let deadline = std::time::Instant::now() + ARRIVAL;
-    while relay.outbox_count(Some("published")) != 1 {
+    while app.relay.outbox_count(Some("published")) != 1 {
         assert!(std::time::Instant::now() < deadline, "row marked published");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(relay);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_from_an_authentic_sender_is_published_as_unrecognized() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("unrecognized");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let mut app = TestApp::spawn(Backend::Sqlite, "unrecognized").await;
     let body = b"{\"order\": truncated".to_vec();
-    let (status, _) = relay.post_whitepay(&body).await;
+    let (status, _) = app.relay.post_whitepay(&body).await;
     assert_eq!(status, 200, "authentic, so acked and kept");
-    let delivery = consumer.next(ARRIVAL).await.expect("published");
+    let delivery = app.consumer.next(ARRIVAL).await.expect("published");
     assert_eq!(delivery.routing_key.as_str(), "whitepay.unrecognized");
     let envelope: serde_json::Value = serde_json::from_slice(&delivery.data).expect("JSON");
     assert!(envelope["data"].get("payload").is_none());
@@ -277,17 +264,14 @@ async fn malformed_json_from_an_authentic_sender_is_published_as_unrecognized() 
         .decode(envelope["data"]["raw_base64"].as_str().expect("raw_base64"))
         .expect("base64");
     assert_eq!(raw, body);
-    drop(relay);
 }
 
 async fn acked_webhooks_survive_a_broker_outage(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("outage");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config.broker = proxy.addr.to_string();
-    let relay = Relay::start(&config);
+    let mut app = TestApp::build(backend, "outage")
+        .broker_behind_proxy()
+        .start()
+        .await;
+    let relay = &app.relay;
     relay.wait_broker_connected().await;
 
     let mut acked = BTreeSet::new();
@@ -296,7 +280,7 @@ async fn acked_webhooks_survive_a_broker_outage(backend: Backend) {
         assert_eq!(relay.post_whitepay(&whitepay_order(&id)).await.0, 200);
         acked.insert(id);
     }
-    proxy.cut();
+    app.proxy.cut();
     for i in 0..30 {
         let id = format!("during-{i}");
         let (status, _) = relay.post_whitepay(&whitepay_order(&id)).await;
@@ -308,7 +292,7 @@ async fn acked_webhooks_survive_a_broker_outage(backend: Backend) {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(relay.metric("hookrelay_broker_connected").await, 0.0);
-    proxy.restore();
+    app.proxy.restore();
     for i in 0..10 {
         let id = format!("after-{i}");
         assert_eq!(relay.post_whitepay(&whitepay_order(&id)).await.0, 200);
@@ -318,44 +302,37 @@ async fn acked_webhooks_survive_a_broker_outage(backend: Backend) {
     let mut seen = BTreeSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while seen.len() < acked.len() && std::time::Instant::now() < deadline {
-        if let Some(d) = consumer.next(Duration::from_secs(5)).await {
+        if let Some(d) = app.consumer.next(Duration::from_secs(5)).await {
             let envelope: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
             seen.insert(envelope["subject"].as_str().expect("subject").to_owned());
         }
     }
     let lost: Vec<_> = acked.difference(&seen).collect();
     assert!(lost.is_empty(), "acked but never published: {lost:?}");
-    drop(relay);
 }
 
 async fn acked_webhooks_survive_kill_9_and_restart(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("kill");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let proxy = TcpProxy::start(BROKER).await;
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config.broker = proxy.addr.to_string();
     // The broker is unreachable, so every acked webhook is still only in the outbox
     // when the process dies.
-    proxy.cut();
-    let relay = Relay::start(&config);
+    let mut app = TestApp::build(backend, "kill").broker_cut().start().await;
     let n = 25;
     for i in 0..n {
-        let (status, _) = relay
+        let (status, _) = app
+            .relay
             .post_whitepay(&whitepay_order(&format!("k-{i}")))
             .await;
         assert_eq!(status, 200);
     }
-    relay.kill9();
+    app.relay.kill9();
     assert_eq!(
-        config.outbox_count(Some("pending")),
+        app.config.outbox_count(Some("pending")),
         n,
         "all acked rows on disk"
     );
 
-    proxy.restore();
-    let relay = Relay::start(&config);
-    let got = consumer.collect(n as usize, ARRIVAL).await;
+    app.proxy.restore();
+    app.relay = Relay::start(&app.config);
+    let got = app.consumer.collect(n as usize, ARRIVAL).await;
     let subjects: BTreeSet<String> = got
         .iter()
         .map(|d| {
@@ -368,13 +345,11 @@ async fn acked_webhooks_survive_kill_9_and_restart(backend: Backend) {
         n as usize,
         "all {n} published after restart"
     );
-    drop(relay);
 }
 
 async fn concurrent_webhooks_share_outbox_commits(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("group");
-    let relay = Relay::start(&RelayConfig::on(backend, &exchange, dir.path()));
+    let app = TestApp::build(backend, "group").no_consumer().start().await;
+    let relay = &app.relay;
     let n = 300;
     let mut tasks = Vec::new();
     for i in 0..n {
@@ -397,38 +372,29 @@ async fn concurrent_webhooks_share_outbox_commits(backend: Backend) {
         commits < rows,
         "group commit: {rows} webhooks in {commits} commits should share some commits"
     );
-    drop(relay);
 }
 
 async fn sigterm_drains_and_exits_zero(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("term");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let config = RelayConfig::on(backend, &exchange, dir.path());
-    let relay = Relay::start(&config);
-    let (status, _) = relay
+    let mut app = TestApp::spawn(backend, "term").await;
+    let (status, _) = app
+        .relay
         .post_whitepay(&fixture("whitepay", "order_declined.json"))
         .await;
     assert_eq!(status, 200);
-    assert!(consumer.next(ARRIVAL).await.is_some());
-    let status = relay.terminate(Duration::from_secs(30));
+    assert!(app.consumer.next(ARRIVAL).await.is_some());
+    let status = app.relay.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_ips_refuse_other_clients_and_trust_forwarded_for_only_from_trusted_proxies() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("allowips");
-    let mut config = RelayConfig::new(&exchange, dir.path());
-    config.env.push((
-        "HOOKRELAY_SOURCES__WHITEPAY__ALLOW_IPS".to_owned(),
-        "203.0.113.0/24".to_owned(),
-    ));
-    config.env.push((
-        "HOOKRELAY_TRUSTED_PROXIES".to_owned(),
-        "127.0.0.1/32".to_owned(),
-    ));
-    let relay = Relay::start(&config);
+    let app = TestApp::build(Backend::Sqlite, "allowips")
+        .no_consumer()
+        .env("HOOKRELAY_SOURCES__WHITEPAY__ALLOW_IPS", "203.0.113.0/24")
+        .env("HOOKRELAY_TRUSTED_PROXIES", "127.0.0.1/32")
+        .start()
+        .await;
+    let relay = &app.relay;
     let body = fixture("whitepay", "order_declined.json");
     let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
 
@@ -476,11 +442,12 @@ async fn allow_ips_refuse_other_clients_and_trust_forwarded_for_only_from_truste
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_without_its_secret_refuses_and_says_which_setting_is_missing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("nosecret");
-    let mut config = RelayConfig::new(&exchange, dir.path());
-    config.env.clear();
-    let relay = Relay::start(&config);
+    let app = TestApp::build(Backend::Sqlite, "nosecret")
+        .no_consumer()
+        .without_whitepay_token()
+        .start()
+        .await;
+    let relay = &app.relay;
     let body = fixture("whitepay", "order_declined.json");
     let (status, reply) = relay.post_whitepay(&body).await;
     assert_eq!(status, 401);
@@ -514,10 +481,11 @@ async fn a_source_without_its_secret_refuses_and_says_which_setting_is_missing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_relay_exports_every_labelled_counter_at_zero_and_process_metrics() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("freshmetrics");
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
-    let text = relay.metrics().await;
+    let app = TestApp::build(Backend::Sqlite, "freshmetrics")
+        .no_consumer()
+        .start()
+        .await;
+    let text = app.relay.metrics().await;
     for sample in [
         r#"hookrelay_publish_failures_total{reason="nack"} 0"#,
         r#"hookrelay_publish_failures_total{reason="timeout"} 0"#,
@@ -550,24 +518,17 @@ async fn a_fresh_relay_exports_every_labelled_counter_at_zero_and_process_metric
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_warns_about_an_unsigned_body_source_without_allow_ips() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("oslwarn");
-    let mut config = RelayConfig::new(&exchange, dir.path());
+    let mut app = TestApp::build(Backend::Sqlite, "oslwarn").no_consumer();
     for (source, ips) in [("osl_open", None), ("osl_fenced", Some("203.0.113.0/24"))] {
         let upper = source.to_ascii_uppercase();
-        config.env.push((
-            format!("HOOKRELAY_SOURCES__{upper}__PROVIDER"),
-            "oslpay".to_owned(),
-        ));
+        app = app.env(format!("HOOKRELAY_SOURCES__{upper}__PROVIDER"), "oslpay");
         if let Some(ips) = ips {
-            config.env.push((
-                format!("HOOKRELAY_SOURCES__{upper}__ALLOW_IPS"),
-                ips.to_owned(),
-            ));
+            app = app.env(format!("HOOKRELAY_SOURCES__{upper}__ALLOW_IPS"), ips);
         }
     }
-    let relay = Relay::start(&config);
-    let warned: Vec<String> = relay
+    let app = app.start().await;
+    let warned: Vec<String> = app
+        .relay
         .logs()
         .into_iter()
         .filter(|line| line.contains("does not sign the body"))
@@ -578,14 +539,12 @@ async fn serve_warns_about_an_unsigned_body_source_without_allow_ips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_source_timestamps_tell_received_from_accepted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("sourcetimes");
-    let mut config = RelayConfig::new(&exchange, dir.path());
-    config.env.push((
-        "HOOKRELAY_SOURCES__WHITEPAY__SILENCE_THRESHOLD".to_owned(),
-        "10m".to_owned(),
-    ));
-    let relay = Relay::start(&config);
+    let app = TestApp::build(Backend::Sqlite, "sourcetimes")
+        .no_consumer()
+        .env("HOOKRELAY_SOURCES__WHITEPAY__SILENCE_THRESHOLD", "10m")
+        .start()
+        .await;
+    let relay = &app.relay;
     let received = r#"hookrelay_source_last_received_timestamp_seconds{source="whitepay"}"#;
     let accepted = r#"hookrelay_source_last_accepted_timestamp_seconds{source="whitepay"}"#;
     let started = relay.metric(accepted).await;
@@ -615,17 +574,12 @@ async fn per_source_timestamps_tell_received_from_accepted() {
 /// Past `HOOKRELAY_OUTBOX_MAX_PENDING` unpublished rows a long outage ends in 503s
 /// the provider retries, not in a full disk; room comes back as rows are published.
 async fn a_full_outbox_answers_503_until_the_broker_drains_it(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("maxpending");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let proxy = TcpProxy::start(BROKER).await;
-    proxy.cut();
-    let mut config = RelayConfig::on(backend, &exchange, dir.path());
-    config.broker = proxy.addr.to_string();
-    config
-        .env
-        .push(("HOOKRELAY_OUTBOX_MAX_PENDING".to_owned(), "20".to_owned()));
-    let relay = Relay::start(&config);
+    let mut app = TestApp::build(backend, "maxpending")
+        .broker_cut()
+        .env("HOOKRELAY_OUTBOX_MAX_PENDING", "20")
+        .start()
+        .await;
+    let relay = &app.relay;
     assert_eq!(relay.metric("hookrelay_outbox_max_pending").await, 20.0);
     for i in 0..20 {
         assert_eq!(
@@ -652,8 +606,8 @@ async fn a_full_outbox_answers_503_until_the_broker_drains_it(backend: Backend) 
         20,
         "nothing stored past the limit"
     );
-    proxy.restore();
-    assert_eq!(consumer.collect(20, ARRIVAL).await.len(), 20);
+    app.proxy.restore();
+    assert_eq!(app.consumer.collect(20, ARRIVAL).await.len(), 20);
     let deadline = std::time::Instant::now() + ARRIVAL;
     while relay.post_whitepay(&whitepay_order("no-room")).await.0 != 200 {
         assert!(

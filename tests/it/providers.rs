@@ -67,13 +67,13 @@ fn data_field<'a>(envelope: &'a Value, key: &str) -> &'a Value {
 }
 
 async fn run_fixtures(provider: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new(provider);
-    let mut consumer = Consumer::bind(&exchange, "#").await;
     let env = credentials(provider);
-    let mut config = RelayConfig::new(&exchange, dir.path());
-    config.env = env.clone();
-    let relay = Relay::start(&config);
+    let mut app = TestApp::build(Backend::Sqlite, provider)
+        .without_whitepay_token()
+        .envs(env.clone())
+        .start()
+        .await;
+    let (relay, consumer) = (&app.relay, &mut app.consumer);
 
     let source_config = Config::load_from(None, &env).expect("test config");
     let source = &source_config.sources[provider];
@@ -212,13 +212,12 @@ async fn standard_fixtures_route_and_normalize() {
 
 /// `hookrelay sample PROVIDER` against a running relay: accepted, and published.
 async fn sample_command(provider: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new(&format!("sample-{provider}"));
-    let mut consumer = Consumer::bind(&exchange, "#").await;
     let env = credentials(provider);
-    let mut config = RelayConfig::new(&exchange, dir.path());
-    config.env = env.clone();
-    let relay = Relay::start(&config);
+    let mut app = TestApp::build(Backend::Sqlite, &format!("sample-{provider}"))
+        .without_whitepay_token()
+        .envs(env.clone())
+        .start()
+        .await;
 
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"));
     command
@@ -226,7 +225,7 @@ async fn sample_command(provider: &str) {
             "sample",
             provider,
             "--url",
-            &format!("http://{}", relay.ingress),
+            &format!("http://{}", app.relay.ingress),
         ])
         .env_clear()
         .envs(env);
@@ -246,7 +245,8 @@ async fn sample_command(provider: &str) {
         stdout.contains(&format!("/webhooks/{provider}")),
         "{stdout}"
     );
-    let delivery = consumer
+    let delivery = app
+        .consumer
         .next(Duration::from_secs(20))
         .await
         .unwrap_or_else(|| panic!("{provider}: sample not published"));

@@ -127,6 +127,14 @@ fn replica_config(exchange: &str, dir: &std::path::Path, database: Arc<Database>
     config
 }
 
+/// One relay on `database` as [`replica_config`] starts replicas, with short
+/// leases.
+fn one_replica(test: &str, database: Arc<Database>) -> TestAppBuilder {
+    TestApp::build(Backend::Postgres, test)
+        .database(database)
+        .env("HOOKRELAY_OUTBOX_LEASE", LEASE)
+}
+
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -513,14 +521,8 @@ async fn a_transaction_held_open_holds_publishing_back_and_says_so() {
     // outbox on a shared server.
     let server = PgServer::start();
     let database = Arc::new(Database::create_on(server.port));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("fence");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&replica_config(
-        &exchange,
-        dir.path(),
-        Arc::clone(&database),
-    ));
+    let mut app = one_replica("fence", Arc::clone(&database)).start().await;
+    let (relay, consumer) = (&app.relay, &mut app.consumer);
     let (holder, connection) = tokio_postgres::connect(&database.url(), tokio_postgres::NoTls)
         .await
         .expect("connect");
@@ -566,18 +568,16 @@ async fn a_relay_reaches_postgresql_over_tls_with_sslmode_require() {
         "on",
         "the machine's PostgreSQL serves TLS (Debian's default, with its snakeoil certificate)"
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("pgtls");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let mut config = replica_config(&exchange, dir.path(), Arc::clone(&database));
     let url = database.url().replace("sslmode=disable", "sslmode=require");
-    config.env.push(("HOOKRELAY_OUTBOX_URL".to_owned(), url));
-    let relay = Relay::start(&config);
+    let mut app = one_replica("pgtls", Arc::clone(&database))
+        .env("HOOKRELAY_OUTBOX_URL", url)
+        .start()
+        .await;
     assert_eq!(
-        relay.post_whitepay(&whitepay_order("over-tls")).await.0,
+        app.relay.post_whitepay(&whitepay_order("over-tls")).await.0,
         200
     );
-    assert!(consumer.next(Duration::from_secs(20)).await.is_some());
+    assert!(app.consumer.next(Duration::from_secs(20)).await.is_some());
     let plain = database.sql(&format!(
         "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
          WHERE a.datname = '{}' AND a.application_name = 'hookrelay' AND NOT s.ssl",
@@ -598,13 +598,12 @@ async fn a_relay_reaches_postgresql_over_tls_with_sslmode_require() {
 /// made it sort every pending row to return 256).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_that_grew_fast_are_analyzed_by_the_relay_itself() {
-    let database = Arc::new(Database::create());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("analyze");
-    let config = replica_config(&exchange, dir.path(), Arc::clone(&database));
-    let relay = Relay::start(&config);
+    let app = one_replica("analyze", Arc::new(Database::create()))
+        .no_consumer()
+        .start()
+        .await;
     let analyzed = || {
-        relay.logs().iter().any(|line| {
+        app.relay.logs().iter().any(|line| {
             let line: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
             line["message"] == "maintained an outbox table" && line["command"] == "analyze"
         })
@@ -620,7 +619,7 @@ async fn tables_that_grew_fast_are_analyzed_by_the_relay_itself() {
         traceparent: String::new(),
         state: SeedState::Published { at_us: n },
     });
-    hookrelay::testing::seed(&config.relay_config(), rows)
+    hookrelay::testing::seed(&app.config.relay_config(), rows)
         .await
         .expect("seed");
     wait_until(

@@ -146,10 +146,7 @@ fn the_schema_rejects_envelopes_that_break_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_whitepay_fixture_publishes_a_message_that_matches_the_schema() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("ops-schema");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let mut app = TestApp::spawn(Backend::Sqlite, "ops-schema").await;
     let fixtures: Vec<String> = std::fs::read_dir(root().join("tests/fixtures/whitepay"))
         .expect("fixtures")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -158,11 +155,12 @@ async fn every_whitepay_fixture_publishes_a_message_that_matches_the_schema() {
     let mut accepted = BTreeSet::new();
     for name in &fixtures {
         let body = fixture("whitepay", name);
-        assert_eq!(relay.post_whitepay(&body).await.0, 200, "{name}");
+        assert_eq!(app.relay.post_whitepay(&body).await.0, 200, "{name}");
         accepted.insert(body);
     }
     // Fixtures may share an idempotency key; each distinct event arrives once.
-    let deliveries = consumer
+    let deliveries = app
+        .consumer
         .collect(fixtures.len(), Duration::from_secs(5))
         .await;
     assert!(

@@ -173,10 +173,8 @@ async fn every_dashboard_and_alert_expression_runs_on_a_real_prometheus_scraping
     );
 
     // A relay with traffic of every outcome a panel or alert looks at.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let exchange = TestExchange::new("ops-prom");
-    let mut consumer = Consumer::bind(&exchange, "#").await;
-    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    let mut app = TestApp::spawn(Backend::Sqlite, "ops-prom").await;
+    let relay = &app.relay;
     relay.wait_broker_connected().await;
     let order = whitepay_order(&uuid::Uuid::new_v4().to_string());
     assert_eq!(relay.post_whitepay(&order).await.0, 200);
@@ -197,7 +195,7 @@ async fn every_dashboard_and_alert_expression_runs_on_a_real_prometheus_scraping
     .await;
     assert_eq!(forged.0, 401);
     assert_eq!(post(&relay.url("nope"), b"{}".to_vec(), &[]).await.0, 404);
-    let published = consumer.collect(2, ARRIVAL).await;
+    let published = app.consumer.collect(2, ARRIVAL).await;
     assert_eq!(published.len(), 2, "order and unrecognized are published");
     for delivery in &published {
         schema::assert_valid_message(delivery);

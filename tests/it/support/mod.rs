@@ -1,10 +1,12 @@
-//! Test harness: the real `hookrelay` binary as a child process ([`relay`]), a real
-//! RabbitMQ on 127.0.0.1:5672 with an exchange and a consumer of the test's own
-//! ([`broker`]), a TCP proxy that can cut the relay off the broker ([`proxy`]), the
-//! bodies the tests send ([`fixtures`]) and the event contract every consumed
-//! message is checked against ([`schema`]).
+//! Test harness: one relay of a test's own with its folder, exchange and consumer,
+//! started in one call ([`app`]), over the lower layer: the real `hookrelay` binary
+//! as a child process ([`relay`]), a real RabbitMQ on 127.0.0.1:5672 with an
+//! exchange and a consumer of the test's own ([`broker`]), a TCP proxy that can cut
+//! the relay off the broker ([`proxy`]), the bodies the tests send ([`fixtures`])
+//! and the event contract every consumed message is checked against ([`schema`]).
 
 pub mod admin;
+pub mod app;
 pub mod broker;
 pub mod fixtures;
 pub mod load;
@@ -13,6 +15,7 @@ pub mod proxy;
 pub mod relay;
 pub mod schema;
 
+pub use app::*;
 pub use broker::*;
 pub use fixtures::*;
 pub use load::*;
