@@ -54,6 +54,9 @@ pub(crate) struct Metrics {
     /// `hookrelay_outbox_fenced_settles_total`: publish outcomes refused because
     /// the lease had passed.
     pub(crate) outbox_fenced_settles: prometheus::IntCounter,
+    /// `hookrelay_outbox_unreadable_rows_total`: due rows this release could not
+    /// read (written by a newer release), set aside as dead.
+    pub(crate) outbox_unreadable_rows: prometheus::IntCounter,
     /// `hookrelay_admin_actions_total{action, via}`: replays run from the admin
     /// API (`api`) or the console (`console`).
     pub(crate) admin_actions: IntCounterVec,
@@ -184,6 +187,11 @@ impl Metrics {
         registry.register(Box::new(outbox_max_pending.clone()))?;
         registry.register(Box::new(outbox_partitions_owned.clone()))?;
         registry.register(Box::new(outbox_fenced_settles.clone()))?;
+        let outbox_unreadable_rows = prometheus::IntCounter::new(
+            "hookrelay_outbox_unreadable_rows_total",
+            "Due rows this release could not read (a newer release wrote them), set aside as dead; a release that reads them replays them when it starts",
+        )?;
+        registry.register(Box::new(outbox_unreadable_rows.clone()))?;
         let admin_actions = IntCounterVec::new(
             Opts::new(
                 "hookrelay_admin_actions_total",
@@ -247,6 +255,7 @@ impl Metrics {
             outbox_max_pending,
             outbox_partitions_owned,
             outbox_fenced_settles,
+            outbox_unreadable_rows,
             admin_actions,
         })
     }

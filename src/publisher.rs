@@ -25,9 +25,10 @@ use crate::amqp::BrokerLink;
 use crate::clock::now_micros;
 use crate::event::cloudevent_json;
 use crate::metrics::Metrics;
-use crate::outbox::{OutboxError, PendingEvent, Pipe, Settlement};
+use crate::outbox::{LONGEST_RETRY, OutboxError, PendingEvent, Pipe, Settlement, Unreadable};
 use crate::pace::Pace;
 use crate::telemetry;
+use crate::telemetry::Throttle;
 
 /// Most confirms outstanding at once (and rows per outbox fetch).
 pub(crate) const WINDOW: usize = 256;
@@ -67,7 +68,7 @@ pub(crate) fn retry_delay(attempts: u32) -> Duration {
         .without_max_times()
         .build()
         .nth(attempts as usize)
-        .unwrap_or(Duration::from_secs(300))
+        .map_or(LONGEST_RETRY, |delay| delay.min(LONGEST_RETRY))
 }
 
 /// Most publish batches awaiting their confirms at once. While one batch waits for
@@ -95,6 +96,9 @@ pub(crate) struct Publisher {
 struct Settler {
     outbox: Arc<dyn Pipe>,
     metrics: Arc<Metrics>,
+    /// Rows set aside as unreadable are logged once a second at most: a newer
+    /// release may have written many.
+    unreadable_logs: Throttle,
 }
 
 /// Why a publish was not confirmed: the `reason` of
@@ -194,7 +198,11 @@ impl Publisher {
             exchange,
             wake,
             pace,
-            settler: Arc::new(Settler { outbox, metrics }),
+            settler: Arc::new(Settler {
+                outbox,
+                metrics,
+                unreadable_logs: Throttle::new(Duration::from_secs(1)),
+            }),
         }
     }
 
@@ -228,13 +236,14 @@ impl Publisher {
             let Some(channel) = self.link.channel(&mut shutdown).await else {
                 break;
             };
-            let fetched = self
-                .settler
-                .outbox
-                .fetch_due(now_micros(), WINDOW, &in_flight)
-                .await;
+            let fetched = self.settler.outbox.fetch_due(WINDOW, &in_flight).await;
             let rows: Vec<PendingEvent> = match fetched {
-                Ok(rows) => rows,
+                Ok(due) => {
+                    if !due.unreadable.is_empty() {
+                        self.settler.set_aside(due.unreadable).await;
+                    }
+                    due.events
+                }
                 Err(e) => {
                     self.pace.set_behind(false);
                     tracing::error!(error = %e, "cannot read the outbox; retrying");
@@ -541,6 +550,29 @@ impl Settler {
         }
     }
 
+    /// Sets aside the due rows this release cannot read: each becomes dead with an
+    /// error that says so (holding back only its own subject), so that nothing
+    /// behind it, of any other subject, waits for it. A release that reads them
+    /// replays them when it starts.
+    async fn set_aside(&self, unreadable: Vec<Unreadable>) {
+        let settled = unreadable
+            .iter()
+            .map(|row| {
+                self.metrics.outbox_unreadable_rows.inc();
+                if let Some(left_out) = self.unreadable_logs.allow() {
+                    tracing::error!(row = row.id, why = %row.why, left_out,
+                        "row {} cannot be read by this release (a newer one wrote it?): set aside as dead, its subject held; a release that reads it replays it when it starts (one line a second at most)",
+                        row.id);
+                }
+                Settlement::Dead {
+                    id: row.id,
+                    error: row.error(),
+                }
+            })
+            .collect();
+        self.settle_until_recorded(settled).await;
+    }
+
     /// A failure that will happen again however often the row is retried (it cannot
     /// be encoded, or the broker refuses its size): retried a bounded number of
     /// times in case the cause was misjudged, then `dead`. Only permanent failures
@@ -581,8 +613,7 @@ impl Settler {
         Settlement::Retry {
             id: row.id,
             error,
-            next_attempt_at_us: now_micros()
-                + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2),
+            retry_in: delay,
             permanent,
         }
     }
@@ -649,6 +680,7 @@ mod tests {
         let settler = Settler {
             outbox: Arc::new(crate::outbox::fake::Hanging),
             metrics: Arc::new(Metrics::new().expect("metrics")),
+            unreadable_logs: Throttle::new(Duration::from_secs(1)),
         };
         let why = || "refused as too large".to_owned();
         // Five broker timeouts, then the first permanent failure: not dead yet.

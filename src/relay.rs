@@ -214,6 +214,20 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         Arc::clone(&pace),
     );
     let publisher_task = spawn_publisher(publisher, stop_rx.clone())?;
+    // Rows an older release set aside as unreadable, and this one reads, go back
+    // to pending; their subjects waited behind them.
+    let reviving = Arc::clone(&operate);
+    tokio::spawn(async move {
+        match outbox::select::revive_unreadable(reviving.as_ref()).await {
+            Ok(0) => {}
+            Ok(revived) => tracing::info!(
+                rows = revived,
+                "replayed the rows a release that could not read them had set aside"
+            ),
+            Err(e) => tracing::warn!(error = %e,
+                "cannot look for rows set aside as unreadable; replay them with `hookrelay outbox replay --dead` once the outbox answers"),
+        }
+    });
     let retention_task = tokio::spawn(outbox::retention::run(
         Arc::clone(&operate),
         config.retention,

@@ -86,6 +86,9 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             "held_subjects": stats.map(|s| s.held_subjects),
             "fenced": stats.map(|s| s.fenced),
             "partitions": stats.map(|s| s.partitions),
+            // Rows this relay could not read (a newer release wrote them) and set
+            // aside as dead since it started: everything else went on.
+            "unreadable_rows": admin.metrics.outbox_unreadable_rows.get(),
         },
         "broker": { "connected": admin.metrics.broker_connected.get() == 1 },
     });

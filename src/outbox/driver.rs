@@ -14,8 +14,7 @@ use async_trait::async_trait;
 
 use super::row::{FullRow, Row};
 use super::{
-    EventFilter, InsertOutcome, Inventory, NewEvent, OutboxError, PendingEvent, Settlement, Stats,
-    Window,
+    Due, EventFilter, InsertOutcome, Inventory, NewEvent, OutboxError, Settlement, Stats, Window,
 };
 
 /// The pipe's half: webhooks in, due rows out, publish outcomes back.
@@ -24,16 +23,12 @@ pub(crate) trait Pipe: Send + Sync {
     /// Stores a webhook durably (committed and synced) or fails; never both.
     async fn insert(&self, event: NewEvent) -> Result<InsertOutcome, OutboxError>;
 
-    /// Pending rows whose next attempt is due, oldest first, at most one per subject
-    /// (a row waits while an older row of its subject is pending), leaving out the
-    /// rows in `in_flight` (published, outcome not yet recorded) before any body is
-    /// read.
-    async fn fetch_due(
-        &self,
-        now_us: i64,
-        limit: usize,
-        in_flight: &HashSet<i64>,
-    ) -> Result<Vec<PendingEvent>, OutboxError>;
+    /// At most `limit` pending rows whose next attempt is due by the outbox's own
+    /// clock, oldest first, at most one per subject (a row waits while an older
+    /// row of its subject is pending), leaving out the rows in `in_flight`
+    /// (published, outcome not yet recorded) before any body is read. A row whose
+    /// metadata this release cannot read comes back apart, to be set aside.
+    async fn fetch_due(&self, limit: usize, in_flight: &HashSet<i64>) -> Result<Due, OutboxError>;
 
     /// Whether the row fetched as `id` may still be published by this relay. On a
     /// shared outbox, false once the lease that the row was fetched under has

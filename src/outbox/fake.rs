@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use super::row::{FullRow, Row};
 use super::{
-    EventFilter, InsertOutcome, Inventory, NewEvent, Operate, OutboxError, PendingEvent, Pipe,
-    Settlement, Stats, Window,
+    Due, EventFilter, InsertOutcome, Inventory, NewEvent, Operate, OutboxError, Pipe, Settlement,
+    Stats, Window,
 };
 
 /// Every call waits forever; `failed` never resolves.
@@ -20,12 +20,7 @@ impl Pipe for Hanging {
     async fn insert(&self, _: NewEvent) -> Result<InsertOutcome, OutboxError> {
         std::future::pending().await
     }
-    async fn fetch_due(
-        &self,
-        _: i64,
-        _: usize,
-        _: &HashSet<i64>,
-    ) -> Result<Vec<PendingEvent>, OutboxError> {
+    async fn fetch_due(&self, _: usize, _: &HashSet<i64>) -> Result<Due, OutboxError> {
         std::future::pending().await
     }
     async fn settle(&self, _: Arc<[Settlement]>) -> Result<(), OutboxError> {

@@ -39,8 +39,8 @@ pub(crate) mod fake;
 pub(crate) use driver::{Operate, Pipe};
 pub(crate) use error::{Fault, FaultKind, OutboxError};
 pub(crate) use model::{
-    ATTEMPTS_KEPT, Attempt, InsertOutcome, Inventory, NewEvent, PendingEvent, Settlement, State,
-    Stats,
+    ATTEMPTS_KEPT, Attempt, Due, InsertOutcome, Inventory, LONGEST_RETRY, NewEvent, PendingEvent,
+    Settlement, State, Stats, UNREADABLE, Unreadable,
 };
 pub(crate) use query::{EventFilter, Window};
 

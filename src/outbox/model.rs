@@ -73,6 +73,48 @@ pub(crate) struct PendingEvent {
     pub(crate) permanent_attempts: u32,
 }
 
+/// The longest wait between two publish attempts of a row (the backoff's 5 min,
+/// doubled at most by its jitter). A next attempt further ahead than this can
+/// only come from a clock that stepped back since it was written: such a row
+/// counts as due, so a step back delays no row by more.
+pub(crate) const LONGEST_RETRY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The prefix of the error a due row this release cannot read is set aside with
+/// (dead): a release that reads it replays such a row by itself at start.
+pub(crate) const UNREADABLE: &str = "unreadable by this release";
+
+/// A due row whose stored metadata this release cannot read (written by a newer
+/// release: a kind or status it does not know, a field it cannot parse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unreadable {
+    /// Row id.
+    pub(crate) id: i64,
+    /// What could not be read.
+    pub(crate) why: String,
+}
+
+impl Unreadable {
+    /// The error the row is set aside with.
+    pub(crate) fn error(&self) -> String {
+        format!(
+            "{UNREADABLE} ({}): {}; a release that reads it replays it by itself when it starts, or `hookrelay outbox replay {}` with one",
+            env!("CARGO_PKG_VERSION"),
+            self.why,
+            self.id
+        )
+    }
+}
+
+/// The rows a fetch found due: those to publish, and those this release cannot
+/// read, which the publisher sets aside.
+#[derive(Debug, Default)]
+pub(crate) struct Due {
+    /// Rows to publish, oldest first.
+    pub(crate) events: Vec<PendingEvent>,
+    /// Rows set aside.
+    pub(crate) unreadable: Vec<Unreadable>,
+}
+
 /// What became of one publish attempt.
 #[derive(Debug, Clone)]
 pub(crate) enum Settlement {
@@ -81,14 +123,16 @@ pub(crate) enum Settlement {
         /// Row id.
         id: i64,
     },
-    /// It was not confirmed: the row stays `pending` until `next_attempt_at_us`.
+    /// It was not confirmed: the row stays `pending`, due again `retry_in` from now
+    /// by the outbox's own clock (the database's on PostgreSQL, so replicas whose
+    /// clocks disagree do not delay each other's rows).
     Retry {
         /// Row id.
         id: i64,
         /// Why, for `last_error`.
         error: String,
-        /// Earliest next attempt, Unix microseconds.
-        next_attempt_at_us: i64,
+        /// How long until the next attempt.
+        retry_in: std::time::Duration,
         /// The failure will not pass by itself (counted apart: only these lead to
         /// `dead`).
         permanent: bool,
@@ -117,24 +161,24 @@ impl Settlement {
             Self::Published { .. } => Effect {
                 state: State::Published,
                 error: None,
-                next_attempt_at_us: None,
+                retry_in_us: None,
                 permanent: false,
             },
             Self::Retry {
                 error,
-                next_attempt_at_us,
+                retry_in,
                 permanent,
                 ..
             } => Effect {
                 state: State::Pending,
                 error: Some(error),
-                next_attempt_at_us: Some(*next_attempt_at_us),
+                retry_in_us: Some(i64::try_from(retry_in.as_micros()).unwrap_or(i64::MAX / 2)),
                 permanent: *permanent,
             },
             Self::Dead { error, .. } => Effect {
                 state: State::Dead,
                 error: Some(error),
-                next_attempt_at_us: None,
+                retry_in_us: None,
                 permanent: true,
             },
         }
@@ -148,8 +192,9 @@ pub(crate) struct Effect<'a> {
     pub(crate) state: State,
     /// The error to record (and log as a failed attempt), if it failed.
     pub(crate) error: Option<&'a str>,
-    /// The next attempt's time, for a row that stays pending.
-    pub(crate) next_attempt_at_us: Option<i64>,
+    /// For a row that stays pending, how long until its next attempt
+    /// (microseconds, added to the outbox's clock).
+    pub(crate) retry_in_us: Option<i64>,
     /// Whether the failure counts towards `dead` (`permanent_attempts`).
     pub(crate) permanent: bool,
 }

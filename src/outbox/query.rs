@@ -226,6 +226,15 @@ pub(crate) async fn matching_ids(
     outbox: &dyn Operate,
     filter: &EventFilter,
 ) -> Result<Vec<i64>, OutboxError> {
+    matching_ids_where(outbox, filter, |_| true).await
+}
+
+/// Ids of every row matching `filter` that `keep` also takes, oldest first.
+pub(crate) async fn matching_ids_where(
+    outbox: &dyn Operate,
+    filter: &EventFilter,
+    keep: impl Fn(&Row) -> bool,
+) -> Result<Vec<i64>, OutboxError> {
     let Some((oldest, newest)) = outbox.id_range().await? else {
         return Ok(Vec::new());
     };
@@ -239,7 +248,7 @@ pub(crate) async fn matching_ids(
             oldest_first: true,
         };
         let found = outbox.find(filter, window, usize::MAX).await?;
-        ids.extend(found.iter().map(|row| row.id));
+        ids.extend(found.iter().filter(|row| keep(row)).map(|row| row.id));
         above = below - 1;
     }
     Ok(ids)

@@ -2,11 +2,11 @@
 //! order, encoded and decoded once.
 //!
 //! A driver's `sql.rs` selects the columns in the order the readers here take them
-//! ([`Row::read`], [`FullRow::read`], [`PendingEvent::read`], [`Attempt::read`])
+//! ([`Row::read`], [`FullRow::read`], [`Due::read`], [`Attempt::read`])
 //! and hands each result row over as [`Columns`]; what the values mean (times,
 //! counts, the stored metadata, a row this release cannot read) is decided here.
 
-use super::{Attempt, NewEvent, OutboxError, PendingEvent};
+use super::{Attempt, Due, NewEvent, OutboxError, PendingEvent, Unreadable};
 use crate::event::EventMeta;
 
 /// A result row as a driver hands it over: typed reads by position. Each method
@@ -167,25 +167,27 @@ impl Attempt {
     }
 }
 
-impl PendingEvent {
-    /// Reads id, metadata, body, received at, traceparent, attempts and permanent
-    /// attempts.
-    pub(crate) fn read(columns: &dyn Columns) -> Result<Self, OutboxError> {
+impl Due {
+    /// Reads a due row (id, metadata, body, received at, traceparent, attempts,
+    /// permanent attempts) into the events, or into the unreadable rows when its
+    /// metadata does not parse.
+    pub(crate) fn read(&mut self, columns: &dyn Columns) -> Result<(), OutboxError> {
         let id = columns.int(0)?;
-        let meta: EventMeta = serde_json::from_str(&columns.text(1)?).map_err(|e| {
-            OutboxError::Storage(super::Fault::new(
-                super::FaultKind::Corrupt,
-                format!("row {id} has unreadable metadata: {e}"),
-            ))
-        })?;
-        Ok(Self {
-            id,
-            meta,
-            body: columns.bytes(2)?,
-            received_at_us: columns.int(3)?,
-            traceparent: columns.text(4)?,
-            attempts: count(columns, 5)?,
-            permanent_attempts: count(columns, 6)?,
-        })
+        match serde_json::from_str::<EventMeta>(&columns.text(1)?) {
+            Ok(meta) => self.events.push(PendingEvent {
+                id,
+                meta,
+                body: columns.bytes(2)?,
+                received_at_us: columns.int(3)?,
+                traceparent: columns.text(4)?,
+                attempts: count(columns, 5)?,
+                permanent_attempts: count(columns, 6)?,
+            }),
+            Err(e) => self.unreadable.push(Unreadable {
+                id,
+                why: format!("its metadata does not parse: {e}"),
+            }),
+        }
+        Ok(())
     }
 }

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use super::OutboxError;
 use super::driver::Operate;
 use super::query::{self, EventFilter};
+use super::{OutboxError, State, UNREADABLE};
 
 /// Most ids one request may name: a longer list is a filter's job.
 pub(crate) const MAX_IDS: usize = 10_000;
@@ -96,6 +96,26 @@ pub(crate) async fn purge_published(
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Replays the dead rows an older release set aside as unreadable (their error
+/// starts with [`UNREADABLE`]) that this release reads: each held its subject, so
+/// nothing after it was published, and it goes first again. Run once at start;
+/// returns how many rows it put back.
+pub(crate) async fn revive_unreadable(outbox: &dyn Operate) -> Result<u64, OutboxError> {
+    let dead = EventFilter {
+        state: Some(State::Dead),
+        ..EventFilter::default()
+    };
+    let readable_now = |row: &crate::outbox::row::Row| {
+        row.meta.is_some()
+            && row
+                .last_error
+                .as_deref()
+                .is_some_and(|error| error.starts_with(UNREADABLE))
+    };
+    let ids = query::matching_ids_where(outbox, &dead, readable_now).await?;
+    replay(outbox, &ids).await
 }
 
 /// Writes an operator's replay to the `hookrelay::audit` log: through what (`cli`,

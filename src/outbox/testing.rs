@@ -6,7 +6,9 @@
 //! the relay.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use super::migrate::Version;
 use super::{Location, NewEvent, OutboxError, State};
 use crate::config::{Config, ConfigError};
 use crate::event::{EventMeta, Origin};
@@ -153,6 +155,55 @@ fn seeded(sources: &BTreeMap<String, Source>, seed: Seed) -> Result<Seeded, Seed
         last_error,
         published_at_us,
     })
+}
+
+/// Stores `meta` (a JSON text) as row `id`'s metadata, as a newer release that
+/// knows more kinds, statuses or fields would have written it.
+pub async fn rewrite_meta(config: &Config, id: i64, meta: &str) -> Result<(), OutboxError> {
+    match Location::parse(config.outbox_url.expose())? {
+        Location::Sqlite(path) => super::sqlite::rewrite_meta(&path, id, meta),
+        Location::Postgres(url) => super::postgres::rewrite_meta(&url, id, meta).await,
+    }
+}
+
+/// Row `id`'s metadata as this release stores it (JSON text); `None` when there
+/// is no such row or this release cannot read its metadata.
+pub async fn meta_of(config: &Config, id: i64) -> Result<Option<String>, OutboxError> {
+    let other = |e: &dyn std::fmt::Display| {
+        OutboxError::Storage(super::Fault::new(super::FaultKind::Other, e.to_string()))
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::new().map_err(|e| other(&e))?);
+    let outbox = super::operate(config.outbox_url.expose(), metrics).await?;
+    let meta = outbox.show(id).await?.and_then(|full| full.row.meta);
+    meta.map(|meta| serde_json::to_string(&meta).map_err(|e| other(&e)))
+        .transpose()
+}
+
+/// The outbox's schema version, and the oldest version whose releases may run on
+/// it.
+pub async fn schema_version(config: &Config) -> Result<(i64, i64), OutboxError> {
+    let version = match Location::parse(config.outbox_url.expose())? {
+        Location::Sqlite(path) => super::sqlite::recorded_version(&path)?,
+        Location::Postgres(url) => super::postgres::recorded_version(&url).await?,
+    };
+    Ok((version.version, version.readable_by))
+}
+
+/// Records schema version `version`, readable by releases of `readable_by` and
+/// later, as a newer release's migration would (without changing any table).
+pub async fn record_schema_version(
+    config: &Config,
+    version: i64,
+    readable_by: i64,
+) -> Result<(), OutboxError> {
+    let version = Version {
+        version,
+        readable_by,
+    };
+    match Location::parse(config.outbox_url.expose())? {
+        Location::Sqlite(path) => super::sqlite::record_version(&path, version),
+        Location::Postgres(url) => super::postgres::record_version(&url, version).await,
+    }
 }
 
 /// SQLite's write lock, taken by another process as the `outbox` commands take it,

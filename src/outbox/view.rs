@@ -105,7 +105,8 @@ impl RowView {
             released_at: row.released_at_us.map(time),
             last_error: row.last_error,
             received_at: time(row.received_at_us),
-            next_attempt_at: time(row.next_attempt_at_us),
+            // New rows are due at once (0): shown as due since they arrived.
+            next_attempt_at: time(row.next_attempt_at_us.max(row.received_at_us)),
             published_at: row.published_at_us.map(time),
             idempotency_key: row.idempotency_key,
             headers: None,

@@ -17,6 +17,7 @@ mod support;
 mod admin_api;
 mod architecture;
 mod bad_input;
+mod compat;
 mod console;
 mod faults;
 mod ops;

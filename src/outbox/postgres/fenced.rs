@@ -24,7 +24,7 @@ use super::sql;
 use crate::clock::now_micros;
 use crate::metrics::Metrics;
 use crate::outbox::row::Columns;
-use crate::outbox::{ATTEMPTS_KEPT, OutboxError, PendingEvent, Settlement};
+use crate::outbox::{ATTEMPTS_KEPT, Due, OutboxError, Settlement};
 
 /// Rows handed to the publisher: row id → (partition, lease epoch) at fetch time.
 #[derive(Clone, Default)]
@@ -52,13 +52,12 @@ pub(super) async fn fetch(
     pool: &Pool,
     leases: &Leases,
     claims: &Claims,
-    now_us: i64,
     limit: usize,
     in_flight: &HashSet<i64>,
-) -> Result<Vec<PendingEvent>, OutboxError> {
+) -> Result<Due, OutboxError> {
     let leased = leases.fetchable();
     if leased.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Due::default());
     }
     let parts: Vec<i16> = leased.iter().map(|(p, _)| *p).collect();
     let epochs: HashMap<i16, i64> = leased.into_iter().collect();
@@ -90,20 +89,22 @@ pub(super) async fn fetch(
             .await
             .map_err(pg_error)?;
         let rows = tx
-            .query(&statement, &[&parts, &now_us, &skip, &limit])
+            .query(&statement, &[&parts, &skip, &limit])
             .await
             .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(rows)
     })
     .await?;
-    let mut fetched = Vec::with_capacity(rows.len());
+    let mut fetched = Due::default();
     let mut claimed = claims.held();
     for row in rows {
-        let event = PendingEvent::read(&row)?;
+        fetched.read(&row)?;
         let part = i16::try_from(row.int(7)?).unwrap_or(-1);
-        claimed.insert(event.id, (part, epochs.get(&part).copied().unwrap_or(-1)));
-        fetched.push(event);
+        claimed.insert(
+            row.int(0)?,
+            (part, epochs.get(&part).copied().unwrap_or(-1)),
+        );
     }
     Ok(fetched)
 }
@@ -132,7 +133,7 @@ pub(super) async fn settle(
     let effects: Vec<_> = settlements.iter().map(Settlement::effect).collect();
     let states: Vec<&str> = effects.iter().map(|e| e.state.as_str()).collect();
     let errors: Vec<Option<&str>> = effects.iter().map(|e| e.error).collect();
-    let next_at: Vec<Option<i64>> = effects.iter().map(|e| e.next_attempt_at_us).collect();
+    let next_at: Vec<Option<i64>> = effects.iter().map(|e| e.retry_in_us).collect();
     let permanent: Vec<i32> = effects.iter().map(|e| i32::from(e.permanent)).collect();
     let parts: Vec<i16> = claimed.iter().map(|(p, _)| *p).collect();
     let epochs: Vec<i64> = claimed.iter().map(|(_, e)| *e).collect();
@@ -148,7 +149,10 @@ pub(super) async fn settle(
         // loss or a reordering (a row is fetched only while pending and only
         // after the rows before it of its subject). Locking them cost a
         // multixact and a WAL record per partition per settle.
-        let statement = client.prepare_cached(sql::SETTLE).await.map_err(pg_error)?;
+        let statement = client
+            .prepare_cached(&sql::settle())
+            .await
+            .map_err(pg_error)?;
         client
             .query(
                 &statement,

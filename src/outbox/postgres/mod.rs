@@ -25,8 +25,8 @@ use super::model::count;
 use super::row::{FullRow, Row};
 use super::sql::{Dialect, Value};
 use super::{
-    Attempt, EventFilter, Fault, FaultKind, InsertOutcome, Inventory, Mode, NewEvent, Options,
-    OutboxError, PendingEvent, Settlement, Stats, Window,
+    Attempt, Due, EventFilter, Fault, FaultKind, InsertOutcome, Inventory, Mode, NewEvent, Options,
+    OutboxError, Settlement, Stats, Window,
 };
 use crate::clock::now_micros;
 use crate::metrics::Metrics;
@@ -44,7 +44,7 @@ mod sql;
 mod writer;
 
 #[cfg(feature = "testing")]
-pub(crate) use seed::{seed, vacuum};
+pub(crate) use seed::{record_version, recorded_version, rewrite_meta, seed, vacuum};
 
 use connect::Target;
 use error::{CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT, bounded, pg_error, pooled};
@@ -207,21 +207,8 @@ impl Pipe for PostgresOutbox {
         intake.insert(event).await
     }
 
-    async fn fetch_due(
-        &self,
-        now_us: i64,
-        limit: usize,
-        in_flight: &HashSet<i64>,
-    ) -> Result<Vec<PendingEvent>, OutboxError> {
-        fenced::fetch(
-            &self.pool,
-            &self.leases,
-            &self.claims,
-            now_us,
-            limit,
-            in_flight,
-        )
-        .await
+    async fn fetch_due(&self, limit: usize, in_flight: &HashSet<i64>) -> Result<Due, OutboxError> {
+        fenced::fetch(&self.pool, &self.leases, &self.claims, limit, in_flight).await
     }
 
     fn may_publish(&self, id: i64) -> bool {

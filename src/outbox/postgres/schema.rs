@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 use super::error::pg_error;
 use super::sql;
 use crate::outbox::OutboxError;
-use crate::outbox::migrate::{self, Step};
+use crate::outbox::migrate::{self, Step, Version};
 
 /// `pg_advisory_lock` key of the migrations ("hookrelay" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
@@ -26,10 +26,12 @@ fn steps() -> [Step<String>; 2] {
     [
         Step {
             what: "events, deliveries, partitions, members",
+            compatible: false,
             how: sql::tables(PARTITIONS),
         },
         Step {
             what: "failed attempts kept; subject index",
+            compatible: true,
             how: sql::ATTEMPTS_AND_SUBJECTS.to_owned(),
         },
     ]
@@ -67,22 +69,39 @@ async fn apply(client: &mut Client) -> Result<(), OutboxError> {
         .batch_execute(sql::VERSIONS)
         .await
         .map_err(pg_error)?;
-    let current: i64 = client
-        .query_one(sql::VERSION, &[])
-        .await
-        .map_err(pg_error)?
-        .get(0);
     let steps = steps();
-    for (version, step) in migrate::pending(current, &steps)? {
+    for (version, step) in migrate::plan(recorded(client).await?, &steps)? {
         let tx = client.transaction().await.map_err(pg_error)?;
         tx.batch_execute(&step.how).await.map_err(pg_error)?;
-        tx.execute(sql::SET_VERSION, &[&version])
-            .await
-            .map_err(pg_error)?;
+        record(&tx, version).await?;
         tx.commit().await.map_err(pg_error)?;
         migrate::applied(version, step);
     }
     Ok(())
+}
+
+/// The recorded version (an outbox of a release before `readable_by`: read by
+/// its own version only).
+pub(super) async fn recorded(client: &Client) -> Result<Version, OutboxError> {
+    let row = client
+        .query_opt(sql::VERSION, &[])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.map_or(Version::EMPTY, |row| Version {
+        version: row.get(0),
+        readable_by: row.get(1),
+    }))
+}
+
+/// Records `version` in the step's transaction.
+pub(super) async fn record(
+    tx: &tokio_postgres::Transaction<'_>,
+    version: Version,
+) -> Result<(), OutboxError> {
+    tx.execute(sql::SET_VERSION, &[&version.version, &version.readable_by])
+        .await
+        .map_err(pg_error)
+        .map(|_| ())
 }
 
 /// The partition of a subject: the first byte of SHA-256 over `source NUL subject`.

@@ -5,9 +5,11 @@ use tokio_postgres::types::ToSql;
 
 use super::connect::Target;
 use super::error::pg_error;
+use super::schema;
 use super::sql;
 use super::writer::Arrays;
 use crate::outbox::OutboxError;
+use crate::outbox::migrate::Version;
 use crate::outbox::row::Encoded;
 use crate::outbox::testing::Seeded;
 
@@ -70,6 +72,38 @@ pub(crate) async fn vacuum(url: &str) -> Result<(), OutboxError> {
             .await
             .map_err(pg_error)?;
     }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// Stores `meta` as row `id`'s metadata.
+pub(crate) async fn rewrite_meta(url: &str, id: i64, meta: &str) -> Result<(), OutboxError> {
+    let (client, driver) = connect(url).await?;
+    client
+        .execute(sql::REWRITE_META, &[&id, &meta])
+        .await
+        .map_err(pg_error)?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// The recorded schema version.
+pub(crate) async fn recorded_version(url: &str) -> Result<Version, OutboxError> {
+    let (client, driver) = connect(url).await?;
+    let version = schema::recorded(&client).await;
+    drop(client);
+    let _ = driver.await;
+    version
+}
+
+/// Records `version`.
+pub(crate) async fn record_version(url: &str, version: Version) -> Result<(), OutboxError> {
+    let (mut client, driver) = connect(url).await?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    schema::record(&tx, version).await?;
+    tx.commit().await.map_err(pg_error)?;
     drop(client);
     let _ = driver.await;
     Ok(())

@@ -2,6 +2,10 @@
 //! steps, the writers', publisher's, leases' and maintenance's statements, and the
 //! reads. The other files of `postgres/` say why each runs when it does.
 
+/// The database's clock, in Unix microseconds: what decides when a row is due, so
+/// that replicas whose own clocks disagree never delay each other's rows.
+const DB_NOW_US: &str = "(extract(epoch FROM now()) * 1000000)::int8";
+
 /// A row that holds back the later rows of its subject: pending, or dead and not
 /// released. The fetch query and its partial index spell it alike.
 const HOLDS_SUBJECT: &str = "(state = 'pending' OR (state = 'dead' AND released_at IS NULL))";
@@ -83,14 +87,21 @@ CREATE INDEX hr_event_subject ON hr_event (subject, source, id);";
 /// Whether the outbox's tables exist.
 pub(super) const EXISTS: &str = "SELECT to_regclass('hr_schema') IS NOT NULL";
 
-/// The versions' own table.
-pub(super) const VERSIONS: &str = "CREATE TABLE IF NOT EXISTS hr_schema (version integer NOT NULL)";
+/// The versions' own table: each version the outbox went through, with the
+/// oldest version whose releases may still run on it (see `migrate`; releases
+/// before that column read NULL as the version itself).
+pub(super) const VERSIONS: &str = "
+CREATE TABLE IF NOT EXISTS hr_schema (version integer NOT NULL);
+ALTER TABLE hr_schema ADD COLUMN IF NOT EXISTS readable_by integer";
 
-/// The schema version.
-pub(super) const VERSION: &str = "SELECT coalesce(max(version), 0)::int8 FROM hr_schema";
+/// The newest version and who reads it; no row for an empty outbox.
+pub(super) const VERSION: &str = "
+SELECT version::int8, coalesce(readable_by, version)::int8 FROM hr_schema
+ORDER BY version DESC LIMIT 1";
 
-/// Records version `$1`.
-pub(super) const SET_VERSION: &str = "INSERT INTO hr_schema (version) VALUES ($1::int8::int4)";
+/// Records version `$1`, readable by releases of `$2` and later.
+pub(super) const SET_VERSION: &str =
+    "INSERT INTO hr_schema (version, readable_by) VALUES ($1::int8::int4, $2::int8::int4)";
 
 /// Waits for, takes and gives back an advisory lock of the session (`$1`).
 pub(super) const LOCK: &str = "SELECT pg_advisory_lock($1)";
@@ -111,7 +122,8 @@ pub(super) const RESET_STATEMENT_TIMEOUT: &str = "RESET statement_timeout";
 
 /// Stores a batch: one array per column (`$1` … `$12`, in the order of the
 /// `hr_event` columns from `event_id`), inserted in array order; a key already
-/// stored is skipped. Returns the source and key of each row stored.
+/// stored is skipped. Each row is due at once (its next attempt at 0, so no clock
+/// decides when it is first due). Returns the source and key of each row stored.
 pub(super) const INSERT_BATCH: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -129,7 +141,7 @@ WITH input AS (
     RETURNING id, source, idempotency_key, subject, part, received_at
 ), queued AS (
     INSERT INTO hr_delivery (id, part, source, subject, next_attempt_at)
-    SELECT id, part, source, subject, received_at FROM stored
+    SELECT id, part, source, subject, 0 FROM stored
 )
 SELECT source, idempotency_key FROM stored";
 
@@ -146,35 +158,38 @@ pub(super) const PIN_FETCH_PLAN: &str = "
 SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off;
 SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
-/// Pending rows of the partitions `$1`, due by `$2`, below the fence, not in `$3`
-/// (in flight), at most `$4`, oldest transaction first; a row waits while an older
-/// row of its subject holds it. Columns as `PendingEvent::read` takes them, then
-/// the partition.
+/// Pending rows of the partitions `$1`, due by the database's clock, below the
+/// fence, not in `$2` (in flight), at most `$3`, oldest transaction first; a row
+/// waits while an older row of its subject holds it. Columns as `Due::read` takes
+/// them, then the partition.
 pub(super) fn fetch_due() -> String {
     format!(
         "SELECT d.id, e.meta, e.body, e.received_at, e.traceparent,
                 d.attempts, d.permanent_attempts, d.part
          FROM hr_delivery d JOIN hr_event e ON e.id = d.id
-         WHERE d.state = 'pending' AND d.part = ANY($1) AND d.next_attempt_at <= $2
+         WHERE d.state = 'pending' AND d.part = ANY($1) AND d.next_attempt_at <= {DB_NOW_US}
            AND d.txid < pg_snapshot_xmin(pg_current_snapshot())
-           AND d.id NOT IN (SELECT unnest($3::int8[]))
+           AND d.id NOT IN (SELECT unnest($2::int8[]))
            AND NOT EXISTS (SELECT 1 FROM hr_delivery o
                            WHERE {HOLDS_SUBJECT} AND o.source = d.source
                              AND o.subject = d.subject
                              AND (o.txid, o.id) < (d.txid, d.id)
                            OFFSET 0)
          ORDER BY d.txid, d.id
-         LIMIT $4"
+         LIMIT $3"
     )
 }
 
 /// Records a batch of publish outcomes (`$1` ids, `$2` partitions, `$3` epochs,
-/// `$4` states, `$5` errors, `$6` next attempts, `$7` permanent failures to add),
+/// `$4` states, `$5` errors, `$6` microseconds until the next attempt, added to
+/// the database's clock (NULL: unchanged), `$7` permanent failures to add),
 /// fenced: only rows of partitions replica `$8` still holds under the epoch they
 /// were fetched with, while the lease has not passed. `$9` is now; failures go to
 /// the attempts log, which keeps the newest `$10` per row. Returns the ids
 /// recorded.
-pub(super) const SETTLE: &str = "
+pub(super) fn settle() -> String {
+    format!(
+        "
 WITH s AS (
     SELECT * FROM unnest($1::int8[], $2::int2[], $3::int8[], $4::text[],
                          $5::text[], $6::int8[], $7::int4[])
@@ -188,7 +203,8 @@ UPDATE hr_delivery d SET
     attempts = d.attempts + 1,
     permanent_attempts = d.permanent_attempts + s.permanent,
     last_error = s.error,
-    next_attempt_at = coalesce(s.next_at, d.next_attempt_at),
+    next_attempt_at = coalesce({DB_NOW_US} + s.next_at,
+                               d.next_attempt_at),
     published_at = CASE WHEN s.state = 'published' THEN $9 ELSE d.published_at END
 FROM s JOIN held ON held.p = s.part AND held.epoch = s.epoch
 WHERE d.id = s.id AND d.state = 'pending'
@@ -209,7 +225,9 @@ RETURNING d.id, s.state, s.error
             FROM hr_attempt WHERE id IN (SELECT id FROM failed)
         ) old WHERE old.n >= $10)
 )
-SELECT id FROM settled";
+SELECT id FROM settled"
+    )
+}
 
 /// Counts: pending, dead, the oldest pending receive time, held subjects, rows
 /// behind the fence and the oldest of them.
@@ -385,3 +403,7 @@ INSERT INTO hr_delivery (id, part, source, subject, state, attempts, permanent_a
 SELECT s.id, i.part, i.source, i.subject, i.state, i.attempts, i.permanent_attempts,
        i.received_at, i.last_error, i.published_at
 FROM stored s JOIN input i USING (source, idempotency_key)";
+
+/// Row `$1`'s metadata becomes `$2` (a newer release's, in tests).
+#[cfg(feature = "testing")]
+pub(super) const REWRITE_META: &str = "UPDATE hr_event SET meta = $2 WHERE id = $1";

@@ -28,9 +28,10 @@ use super::model::count;
 use super::row::{FullRow, Row};
 use super::sql::{Dialect, Value};
 use super::{
-    Attempt, EventFilter, FaultKind, InsertOutcome, Inventory, Mode, NewEvent, OutboxError,
-    PendingEvent, Settlement, Stats, Window,
+    Attempt, Due, EventFilter, FaultKind, InsertOutcome, Inventory, LONGEST_RETRY, Mode, NewEvent,
+    OutboxError, Settlement, Stats, Window,
 };
+use crate::clock::now_micros;
 use crate::metrics::Metrics;
 
 mod error;
@@ -45,7 +46,9 @@ mod seed;
 mod tests;
 
 #[cfg(feature = "testing")]
-pub(crate) use seed::{release_write_lock, seed, write_lock};
+pub(crate) use seed::{
+    record_version, recorded_version, release_write_lock, rewrite_meta, seed, write_lock,
+};
 
 use error::fault;
 use reader::{Browser, Reader};
@@ -210,24 +213,20 @@ impl Pipe for SqliteOutbox {
         self.intake.insert(event).await
     }
 
-    async fn fetch_due(
-        &self,
-        now_us: i64,
-        limit: usize,
-        in_flight: &HashSet<i64>,
-    ) -> Result<Vec<PendingEvent>, OutboxError> {
+    async fn fetch_due(&self, limit: usize, in_flight: &HashSet<i64>) -> Result<Due, OutboxError> {
         // In-flight rows are still pending: the query leaves them out itself (as a
         // JSON array SQLite reads with json_each), so no body of theirs is read and
         // one query fills the batch.
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let in_flight = serde_json::to_string(in_flight).map_err(|e| fault(FaultKind::Other, e))?;
+        let longest = i64::try_from(LONGEST_RETRY.as_micros()).unwrap_or(i64::MAX / 2);
         self.reader
             .read(move |conn| {
                 let mut due = conn.prepare_cached(&sql::fetch_due())?;
-                let mut rows = due.query(params![now_us, limit, in_flight])?;
-                let mut fetched = Vec::new();
+                let mut rows = due.query(params![now_micros(), limit, in_flight, longest])?;
+                let mut fetched = Due::default();
                 while let Some(row) = rows.next()? {
-                    fetched.push(PendingEvent::read(row)?);
+                    fetched.read(row)?;
                 }
                 Ok(fetched)
             })

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::sql;
 use crate::outbox::OutboxError;
-use crate::outbox::migrate::{self, Step};
+use crate::outbox::migrate::{self, Step, Version};
 
 /// How a step runs: in the step's transaction, looking at the schema first.
 type Apply = fn(&Transaction<'_>) -> rusqlite::Result<()>;
@@ -21,14 +21,17 @@ type Apply = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 const STEPS: [Step<Apply>; 3] = [
     Step {
         what: "permanent failures counted apart; releases recorded",
+        compatible: false,
         how: count_permanent_failures,
     },
     Step {
         what: "webhooks in `events`, their publishing state in `deliveries`",
+        compatible: false,
         how: split_state_from_events,
     },
     Step {
         what: "failed attempts kept; subject index",
+        compatible: true,
         how: |tx| tx.execute_batch(sql::ATTEMPTS_AND_SUBJECTS),
     },
 ];
@@ -36,6 +39,26 @@ const STEPS: [Step<Apply>; 3] = [
 /// The version this release writes.
 #[cfg(test)]
 pub(super) const VERSION: i64 = STEPS.len() as i64;
+
+/// The recorded version: `PRAGMA user_version`, and who reads it from
+/// `schema_versions` (an outbox of a release before that table: the version
+/// itself).
+pub(super) fn recorded(conn: &Connection) -> rusqlite::Result<Version> {
+    let version: i64 = conn.query_row(sql::VERSION, [], |r| r.get(0))?;
+    let readable_by: Option<i64> = conn
+        .query_row(sql::READABLE_BY, [version], |r| r.get(0))
+        .optional()?;
+    Ok(Version {
+        version,
+        readable_by: readable_by.unwrap_or(version),
+    })
+}
+
+/// Records `version` in the step's transaction.
+pub(super) fn record(tx: &Transaction<'_>, version: Version) -> rusqlite::Result<()> {
+    tx.execute(sql::RECORD_VERSION, [version.version, version.readable_by])?;
+    tx.execute_batch(&sql::set_version(version.version))
+}
 
 /// Whether `table` exists and has `column`.
 pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
@@ -85,12 +108,12 @@ fn split_state_from_events(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 /// Brings the outbox to this release's version, one step per transaction (taken
 /// with the write lock at once), each recording its version.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), OutboxError> {
-    let current: i64 = conn.query_row(sql::VERSION, [], |r| r.get(0))?;
+    conn.execute_batch(sql::VERSIONS)?;
     let copies = has_one_table(conn)?;
-    for (version, step) in migrate::pending(current, &STEPS)? {
+    for (version, step) in migrate::plan(recorded(conn)?, &STEPS)? {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         (step.how)(&tx)?;
-        tx.execute_batch(&sql::set_version(version))?;
+        record(&tx, version)?;
         tx.commit()?;
         migrate::applied(version, step);
     }

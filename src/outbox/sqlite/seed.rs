@@ -1,12 +1,14 @@
-//! Rows stored straight into a SQLite outbox, and its write lock held, for the
-//! tests and the bench (feature `testing`; see `outbox/testing.rs`).
+//! Rows stored straight into a SQLite outbox, its metadata and schema version
+//! rewritten as a newer release would, and its write lock held, for the tests and
+//! the bench (feature `testing`; see `outbox/testing.rs`).
 
 use std::path::Path;
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::{open_connection, sql, writer};
+use super::{open_connection, schema, sql, writer};
 use crate::outbox::OutboxError;
+use crate::outbox::migrate::Version;
 use crate::outbox::testing::Seeded;
 
 /// Rows per transaction: few commits, and a write-ahead log that stays small.
@@ -62,4 +64,23 @@ pub(crate) fn write_lock(path: &Path) -> Result<Connection, OutboxError> {
 /// Gives the lock `write_lock` took back.
 pub(crate) fn release_write_lock(conn: &Connection) -> Result<(), OutboxError> {
     Ok(conn.execute_batch(sql::ROLLBACK)?)
+}
+
+/// Stores `meta` as row `id`'s metadata.
+pub(crate) fn rewrite_meta(path: &Path, id: i64, meta: &str) -> Result<(), OutboxError> {
+    open_connection(path)?.execute(sql::REWRITE_META, params![id, meta])?;
+    Ok(())
+}
+
+/// The recorded schema version.
+pub(crate) fn recorded_version(path: &Path) -> Result<Version, OutboxError> {
+    Ok(schema::recorded(&open_connection(path)?)?)
+}
+
+/// Records `version`.
+pub(crate) fn record_version(path: &Path, version: Version) -> Result<(), OutboxError> {
+    let mut conn = open_connection(path)?;
+    let tx = conn.transaction()?;
+    schema::record(&tx, version)?;
+    Ok(tx.commit()?)
 }

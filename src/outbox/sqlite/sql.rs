@@ -97,6 +97,21 @@ pub(super) const HAS_COLUMN: &str =
 /// The schema version.
 pub(super) const VERSION: &str = "PRAGMA user_version";
 
+/// Each version the outbox went through, with the oldest version whose releases
+/// may still run on it (see `migrate`).
+pub(super) const VERSIONS: &str = "
+CREATE TABLE IF NOT EXISTS schema_versions (
+    version     INTEGER PRIMARY KEY,
+    readable_by INTEGER NOT NULL
+)";
+
+/// Who reads version `?1`.
+pub(super) const READABLE_BY: &str = "SELECT readable_by FROM schema_versions WHERE version = ?1";
+
+/// Records version `?1`, readable by releases of `?2` and later.
+pub(super) const RECORD_VERSION: &str =
+    "INSERT OR REPLACE INTO schema_versions (version, readable_by) VALUES (?1, ?2)";
+
 /// Records schema version `version`.
 pub(super) fn set_version(version: i64) -> String {
     format!("PRAGMA user_version = {version}")
@@ -140,9 +155,10 @@ INSERT INTO events (event_id, source, provider, idempotency_key, subject, routin
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
 ON CONFLICT (source, idempotency_key) DO NOTHING";
 
-/// The publishing state of the event just inserted: pending, due at once.
+/// The publishing state of the event just inserted: pending, due at once (its
+/// next attempt at 0, so no clock decides when it is first due).
 pub(super) const INSERT_DELIVERY: &str =
-    "INSERT INTO deliveries (id, source, subject, next_attempt_at) VALUES (?1, ?2, ?3, ?4)";
+    "INSERT INTO deliveries (id, source, subject, next_attempt_at) VALUES (?1, ?2, ?3, 0)";
 
 /// Records one publish outcome of a pending row: `?2` state, `?3` permanent
 /// failures to add, `?4` error (NULL when published), `?5` next attempt (NULL:
@@ -188,17 +204,19 @@ DELETE FROM events WHERE id IN (
     SELECT id FROM deliveries WHERE state = 'published' AND published_at < ?1
     ORDER BY id LIMIT ?2)";
 
-/// Pending rows due by `?1`, oldest first, at most `?2`, leaving out the ids in the
-/// JSON array `?3` (the rows in flight). A row waits while an older row of its
-/// subject holds it. The rows are chosen in `deliveries` alone; CROSS JOIN keeps
+/// Pending rows due by `?1` (or whose next attempt is more than `?4` ahead of it:
+/// the clock stepped back since), oldest first, at most `?2`, leaving out the ids
+/// in the JSON array `?3` (the rows in flight). A row waits while an older row of
+/// its subject holds it. The rows are chosen in `deliveries` alone; CROSS JOIN keeps
 /// SQLite from walking `events` instead, so only the bodies of the rows returned
-/// are read. Columns as `PendingEvent::read` takes them.
+/// are read. Columns as `Due::read` takes them.
 pub(super) fn fetch_due() -> String {
     format!(
         "SELECT d.id, e.meta, e.body, e.received_at, e.traceparent, d.attempts,
                 d.permanent_attempts
          FROM deliveries d CROSS JOIN events e ON e.id = d.id
-         WHERE d.state = 'pending' AND d.next_attempt_at <= ?1
+         WHERE d.state = 'pending'
+           AND (d.next_attempt_at <= ?1 OR d.next_attempt_at > ?1 + ?4)
            AND d.id NOT IN (SELECT value FROM json_each(?3))
            AND NOT EXISTS (SELECT 1 FROM deliveries o
                            WHERE {HOLDS_SUBJECT} AND o.source = d.source
@@ -281,3 +299,7 @@ pub(super) const LOCK_FOR_WRITING: &str = "BEGIN IMMEDIATE";
 /// Gives it back.
 #[cfg(feature = "testing")]
 pub(super) const ROLLBACK: &str = "ROLLBACK";
+
+/// Row `?1`'s metadata becomes `?2` (a newer release's, in tests).
+#[cfg(feature = "testing")]
+pub(super) const REWRITE_META: &str = "UPDATE events SET meta = ?2 WHERE id = ?1";

@@ -191,7 +191,6 @@ fn insert(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<Vec
                 tx.last_insert_rowid(),
                 new.meta.source,
                 new.meta.subject,
-                new.received_at_us,
             ])?;
             InsertOutcome::Inserted
         });
@@ -239,7 +238,7 @@ fn settle(
             effect.state.as_str(),
             i64::from(effect.permanent),
             effect.error,
-            effect.next_attempt_at_us,
+            effect.retry_in_us.map(|delay| now_us.saturating_add(delay)),
             now_us,
         ])?;
         if let (1.., Some(error)) = (changed, effect.error) {
