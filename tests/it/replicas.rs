@@ -191,14 +191,6 @@ impl BrokerSplit {
     }
 }
 
-async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_lose_nothing_and_keep_each_subjects_order_through_kill_9() {
     let kills = env_count("HOOKRELAY_REPLICA_KILLS", 10);

@@ -41,3 +41,20 @@ macro_rules! on_both_backends {
         }
     )*};
 }
+
+/// Waits until `done` says so, checking every 100 ms; fails the test, naming
+/// `what`, after `within`.
+pub async fn wait_until(
+    what: &str,
+    within: std::time::Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
