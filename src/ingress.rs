@@ -517,6 +517,15 @@ async fn handle(
                     "duplicate webhook acknowledged, not stored again (one line a second at most)");
             }
         }
+        Err(e @ OutboxError::Unstorable { .. }) => {
+            // No retry stores it: refused alone, with what is wrong with it.
+            count("invalid");
+            if let Some(left_out) = ingress.logs.refused.allow() {
+                tracing::warn!(error = %e, left_out,
+                    "webhook refused: the outbox cannot store it (one line a second at most)");
+            }
+            return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+        }
         Err(e) => {
             count("unavailable");
             // Counted (outcome="unavailable") always, logged once a second at most:

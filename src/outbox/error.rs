@@ -2,7 +2,8 @@
 //! busy database and answer each with the right status and words.
 
 /// Why the outbox could not do what was asked. Ingress answers all of them with 503,
-/// so the provider retries later.
+/// so the provider retries later, but for [`Unstorable`](Self::Unstorable): a
+/// webhook no retry can store, refused alone with 422.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OutboxError {
     /// The write queue is full: the disk cannot keep up with the request rate.
@@ -37,6 +38,18 @@ pub enum OutboxError {
         "there is no outbox at {0}: check HOOKRELAY_OUTBOX_URL (`hookrelay serve` creates the outbox)"
     )]
     Missing(String),
+    /// This webhook cannot be stored, however often it is sent: a text the outbox
+    /// keeps as a column holds a character the database cannot keep. Refused on
+    /// every backend alike, before any of them sees it.
+    #[error(
+        "the webhook's {field} contains {what}, which the outbox cannot store: the provider must send it without"
+    )]
+    Unstorable {
+        /// Which of its routing facts.
+        field: &'static str,
+        /// What it contains.
+        what: String,
+    },
     /// Another `serve` holds the outbox.
     #[error(
         "another `hookrelay serve` is using the outbox at {0}: stop it first, or give this relay its own HOOKRELAY_OUTBOX_URL (replicas share one outbox only on PostgreSQL)"
@@ -56,6 +69,7 @@ impl OutboxError {
             Self::TimedOut(_) => "timeout",
             Self::InvalidUrl(_) | Self::Missing(_) => "config",
             Self::InUse(_) => "in_use",
+            Self::Unstorable { .. } => "unstorable",
         }
     }
 }
@@ -97,6 +111,7 @@ impl Fault {
             FaultKind::Unavailable => format!(
                 "cannot reach the outbox database ({detail}): check that it runs and that HOOKRELAY_OUTBOX_URL points at it"
             ),
+            FaultKind::Invalid => format!("the outbox database refused the data: {detail}"),
             FaultKind::Other => format!("the outbox failed: {detail}"),
         }
     }
@@ -117,19 +132,23 @@ pub enum FaultKind {
     Corrupt,
     /// The database server cannot be reached, or dropped the connection.
     Unavailable,
+    /// The database refused the data itself (a value it cannot hold): retrying
+    /// the same data fails the same way.
+    Invalid,
     /// Anything else.
     Other,
 }
 
 impl FaultKind {
     /// Every kind, for metrics initialised at zero.
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::DiskFull,
         Self::Busy,
         Self::ReadOnly,
         Self::Io,
         Self::Corrupt,
         Self::Unavailable,
+        Self::Invalid,
         Self::Other,
     ];
 
@@ -142,6 +161,7 @@ impl FaultKind {
             Self::Io => "io",
             Self::Corrupt => "corrupt",
             Self::Unavailable => "unavailable",
+            Self::Invalid => "invalid",
             Self::Other => "other",
         }
     }

@@ -1,5 +1,5 @@
-//! An outbox that never answers, for tests of the code that must not wait on it
-//! forever.
+//! For unit tests: an outbox that never answers (for the code that must not wait
+//! on it forever), and webhooks to store.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -59,5 +59,25 @@ impl Operate for Hanging {
     }
     async fn purge_published(&self, _: i64, _: usize) -> Result<u64, OutboxError> {
         std::future::pending().await
+    }
+}
+
+/// A webhook of source `whitepay` with `body`, unrecognized (so its subject and
+/// key come from the body's bytes), received now.
+pub(crate) fn event(body: &str) -> NewEvent {
+    let origin = crate::event::Origin {
+        provider: "whitepay",
+        source: "whitepay",
+        routing_prefix: "whitepay",
+        redact: &[],
+    };
+    let parsed = crate::event::Parsed::unrecognized("test", None);
+    let received = time::OffsetDateTime::now_utc();
+    NewEvent {
+        meta: crate::event::EventMeta::new(&origin, &parsed, body.as_bytes(), received),
+        headers_json: "{}".to_owned(),
+        body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+        received_at_us: crate::clock::micros(received),
+        traceparent: String::new(),
     }
 }

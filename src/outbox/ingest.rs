@@ -67,6 +67,7 @@ impl Intake {
     /// commit lands after this 503, the provider's retry is a duplicate and gets a
     /// 200.
     pub(crate) async fn insert(&self, event: NewEvent) -> Result<InsertOutcome, OutboxError> {
+        storable(&event)?;
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Queued {
@@ -81,6 +82,23 @@ impl Intake {
             Ok(answer) => answer.map_err(|_| OutboxError::Closed)?,
             Err(_) => Err(OutboxError::TimedOut(self.timeout.as_secs())),
         }
+    }
+
+    /// Queues a webhook without [`storable`]'s check, as if it had passed it: for
+    /// tests of what a driver does with data its database refuses.
+    #[cfg(test)]
+    pub(crate) async fn insert_unchecked(
+        &self,
+        event: NewEvent,
+    ) -> Result<InsertOutcome, OutboxError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Queued {
+                event: Box::new(event),
+                reply,
+            })
+            .map_err(|_| OutboxError::Overloaded)?;
+        answer.await.map_err(|_| OutboxError::Closed)?
     }
 
     /// Resolves when no writer is left to take webhooks: the writers own the
@@ -101,6 +119,26 @@ impl Intake {
         self.timeout = timeout;
         self
     }
+}
+
+/// Refuses a webhook whose texts kept as columns hold a character a backend cannot
+/// keep (PostgreSQL's `text` cannot hold NUL), on every backend alike: the same
+/// webhooks are stored whatever the backend, and one that cannot be is refused
+/// alone, never with the batch it would have been committed in.
+pub(crate) fn storable(event: &NewEvent) -> Result<(), OutboxError> {
+    let texts = [
+        ("subject (its order or record id)", &event.meta.subject),
+        ("idempotency key", &event.meta.idempotency_key),
+    ];
+    for (field, text) in texts {
+        if text.contains('\0') {
+            return Err(OutboxError::Unstorable {
+                field,
+                what: "a NUL character (U+0000)".to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// How large one batch may grow.
@@ -186,6 +224,26 @@ impl Batch {
                     let _ = queued.reply.send(Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+impl Batch {
+    /// The same webhooks as batches of one each, to store them one by one when
+    /// the database refused the batch for one of them.
+    pub(crate) fn one_by_one(self) -> Vec<Batch> {
+        self.0
+            .into_iter()
+            .map(|queued| Batch(vec![queued]))
+            .collect()
+    }
+
+    /// Answers every caller `error`: the database refused the data itself, which no
+    /// retry changes. The outbox is healthy, so neither its health nor its commit
+    /// failures record it.
+    pub(crate) fn refuse(self, error: &OutboxError) {
+        for queued in self.0 {
+            let _ = queued.reply.send(Err(error.clone()));
         }
     }
 }

@@ -306,3 +306,57 @@ async fn a_client_that_sends_its_whole_oversized_body_reads_the_413() {
     }
     relay.assert_still_serving().await;
 }
+
+crate::on_both_backends!(a_webhook_the_outbox_cannot_store_is_refused_alone_with_what_is_wrong);
+
+/// A signed webhook whose order id holds a NUL character (which PostgreSQL's text
+/// cannot keep), sent among 120 ordinary ones at once: it alone is refused, with
+/// 422 and the field named (no 5xx a provider would retry for ever), the same on
+/// both backends, and every ordinary one is stored.
+async fn a_webhook_the_outbox_cannot_store_is_refused_alone_with_what_is_wrong(backend: Backend) {
+    let app = TestApp::build(backend, "nul").no_consumer().start().await;
+    let odd = whitepay_order("ord\\u00001");
+    let ordinary: Vec<Vec<u8>> = (0..120)
+        .map(|i| whitepay_order(&format!("ordinary-{i}")))
+        .collect();
+    let relay = &app.relay;
+    let (odd_answer, answers) = tokio::join!(
+        relay.post_whitepay(&odd),
+        futures_lite::future::zip(
+            async {
+                let mut answers = Vec::new();
+                for body in &ordinary[..60] {
+                    answers.push(relay.post_whitepay(body).await.0);
+                }
+                answers
+            },
+            async {
+                let mut answers = Vec::new();
+                for body in &ordinary[60..] {
+                    answers.push(relay.post_whitepay(body).await.0);
+                }
+                answers
+            },
+        )
+    );
+    let (status, reply) = odd_answer;
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&reply));
+    let reply: serde_json::Value = serde_json::from_slice(&reply).expect("JSON error");
+    let text = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("subject") && text.contains("NUL"),
+        "the answer names the field and what is wrong: {text}"
+    );
+    let (first, second) = answers;
+    assert!(
+        first.iter().chain(&second).all(|s| *s == 200),
+        "every ordinary webhook was stored: {first:?} {second:?}"
+    );
+    assert_eq!(app.relay.outbox_count(None), 120);
+    assert_eq!(
+        app.relay
+            .metric("hookrelay_webhooks_received_total{outcome=\"invalid\",provider=\"whitepay\",source=\"whitepay\"}")
+            .await,
+        1.0
+    );
+}

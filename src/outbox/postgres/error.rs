@@ -39,6 +39,9 @@ pub(super) fn pg_error(e: tokio_postgres::Error) -> OutboxError {
             FaultKind::Unavailable
         }
         Some(code) if code.code().starts_with("XX") => FaultKind::Corrupt,
+        // Data exceptions (a NUL in a text, a value out of range): the same data
+        // fails again.
+        Some(code) if code.code().starts_with("22") => FaultKind::Invalid,
         Some(_) => FaultKind::Other,
         // No SQLSTATE: the driver's own failure. Losing the server is the usual
         // one; a parameter it could not encode is a bug, not an outage.

@@ -41,6 +41,8 @@ mod schema;
 #[cfg(feature = "testing")]
 mod seed;
 mod sql;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 #[cfg(feature = "testing")]

@@ -20,7 +20,7 @@ use super::{schema, sql};
 use crate::metrics::Metrics;
 use crate::outbox::ingest::{Batch, INSERT_TIMEOUT, InsertHealth, Limits, Queue};
 use crate::outbox::row::Encoded;
-use crate::outbox::{InsertOutcome, OutboxError};
+use crate::outbox::{FaultKind, InsertOutcome, OutboxError};
 
 /// Most webhooks, and body bytes, one insert statement takes: it carries its
 /// whole batch, so large bodies make smaller batches.
@@ -52,10 +52,46 @@ pub(super) async fn run(
         // The outcome of a commit cut short is unknown: 503, and the provider's
         // retry is a duplicate if it did commit.
         let stored = bounded(INSERT_TIMEOUT, insert(&pool, &batch)).await;
-        let ok = stored.is_ok();
-        batch.answer(stored, &metrics, &health);
-        if ok {
-            committed.notify_one();
+        if refused(&stored) && batch.len() > 1 {
+            // One webhook's data failed the whole statement: store the others, and
+            // refuse only that one.
+            for single in batch.one_by_one() {
+                let stored = bounded(INSERT_TIMEOUT, insert(&pool, &single)).await;
+                store_or_refuse(single, stored, &metrics, &health, &committed);
+            }
+        } else {
+            store_or_refuse(batch, stored, &metrics, &health, &committed);
+        }
+    }
+}
+
+/// Whether the database refused a batch's data (not the outbox failing).
+fn refused(stored: &Result<Vec<InsertOutcome>, OutboxError>) -> bool {
+    matches!(stored, Err(OutboxError::Storage(fault)) if fault.kind == FaultKind::Invalid)
+}
+
+/// Answers a batch: its outcomes, its failure, or, for data the database refused
+/// (a batch of one by then), that it cannot be stored.
+fn store_or_refuse(
+    batch: Batch,
+    stored: Result<Vec<InsertOutcome>, OutboxError>,
+    metrics: &Metrics,
+    health: &InsertHealth,
+    committed: &Notify,
+) {
+    match stored {
+        Err(OutboxError::Storage(fault)) if fault.kind == FaultKind::Invalid => {
+            batch.refuse(&OutboxError::Unstorable {
+                field: "content",
+                what: format!("data the database refuses ({})", fault.detail),
+            });
+        }
+        stored => {
+            let ok = stored.is_ok();
+            batch.answer(stored, metrics, health);
+            if ok {
+                committed.notify_one();
+            }
         }
     }
 }

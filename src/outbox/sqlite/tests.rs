@@ -10,8 +10,8 @@ use super::schema::{self, has_column};
 use super::writer::LIMITS;
 use super::{Mode, SqliteOutbox, serve_lock};
 use crate::clock::now_micros;
-use crate::event::{EventMeta, Origin, Parsed};
 use crate::metrics::Metrics;
+use crate::outbox::fake::event;
 use crate::outbox::row::{FullRow, Row};
 use crate::outbox::view::{Body, RowView};
 use crate::outbox::{
@@ -28,24 +28,6 @@ async fn served() -> (tempfile::TempDir, std::path::PathBuf, SqliteOutbox) {
         .await
         .expect("open");
     (dir, path, outbox)
-}
-
-fn event(body: &str) -> NewEvent {
-    let origin = Origin {
-        provider: "whitepay",
-        source: "whitepay",
-        routing_prefix: "whitepay",
-        redact: &[],
-    };
-    let parsed = Parsed::unrecognized("test", None);
-    let received = time::OffsetDateTime::now_utc();
-    NewEvent {
-        meta: EventMeta::new(&origin, &parsed, body.as_bytes(), received),
-        headers_json: "{}".to_owned(),
-        body: bytes::Bytes::copy_from_slice(body.as_bytes()),
-        received_at_us: crate::clock::micros(received),
-        traceparent: String::new(),
-    }
 }
 
 #[tokio::test]

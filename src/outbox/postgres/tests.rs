@@ -1,0 +1,223 @@
+//! The PostgreSQL driver's own tests, each on a database of its own on the
+//! machine's server (127.0.0.1:5432, user `postgres` without a password, as the
+//! integration tests use it), dropped afterwards.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::{PostgresOutbox, connect::Target, writer};
+use crate::metrics::Metrics;
+use crate::outbox::fake::event;
+use crate::outbox::{InsertOutcome, Mode, Options, OutboxError, ingest};
+
+/// The machine's server.
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// A database of a test's own, dropped with it.
+struct Scratch {
+    name: String,
+}
+
+impl Scratch {
+    async fn create() -> Self {
+        let name = format!("hr_unit_{}", uuid::Uuid::new_v4().simple());
+        admin(&format!("CREATE DATABASE {name}")).await;
+        Self { name }
+    }
+
+    fn url(&self) -> String {
+        format!("{SERVER}/{}?sslmode=disable", self.name)
+    }
+
+    /// A connection of its own to the database.
+    async fn client(&self) -> tokio_postgres::Client {
+        let target = Target::parse(&self.url()).expect("url");
+        let (client, connection) = target
+            .config
+            .connect(target.connector().expect("tls"))
+            .await
+            .expect("connect to the scratch database");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-X",
+                "-q",
+                "-d",
+                "postgres",
+            ])
+            .arg("-c")
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+/// Runs `sql` in the server's `postgres` database.
+async fn admin(sql: &str) {
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls)
+            .await
+            .expect("the machine's PostgreSQL on 127.0.0.1:5432");
+    tokio::spawn(connection);
+    client.batch_execute(sql).await.expect(sql);
+}
+
+/// One webhook whose subject PostgreSQL cannot store, committed among ordinary
+/// ones in one batch, fails alone: the others are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holding_a_webhook_the_database_refuses_stores_the_others() {
+    let scratch = Scratch::create().await;
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let outbox = PostgresOutbox::open(
+        &scratch.url(),
+        Mode::Serve,
+        Arc::clone(&metrics),
+        Options::default(),
+    )
+    .await
+    .expect("open");
+    // A writer of the test's own over a queue the test fills before it runs, so
+    // that every webhook goes into one batch.
+    let (intake, queue) = ingest::queue();
+    let inserts: Vec<_> = (0..120)
+        .map(|i| {
+            let mut webhook = event(&format!("ordinary {i}"));
+            if i == 60 {
+                webhook.meta.subject = "ord\u{0}1".to_owned();
+            }
+            let intake = intake.clone();
+            tokio::spawn(async move { intake.insert_unchecked(webhook).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::spawn(writer::run(
+        outbox.pool.clone(),
+        Arc::new(tokio::sync::Mutex::new(queue)),
+        metrics,
+        intake.health().clone(),
+        Arc::new(Notify::new()),
+    ));
+    let mut stored = 0;
+    let mut refused = Vec::new();
+    for (i, insert) in inserts.into_iter().enumerate() {
+        match insert.await.expect("join") {
+            Ok(InsertOutcome::Inserted) => stored += 1,
+            Ok(other) => panic!("webhook {i}: {other:?}"),
+            Err(e) => refused.push((i, e)),
+        }
+    }
+    assert_eq!(stored, 119, "every ordinary webhook is stored: {refused:?}");
+    assert!(
+        matches!(refused.as_slice(), [(60, OutboxError::Unstorable { .. })]),
+        "only the one the database refuses fails, as unstorable: {refused:?}"
+    );
+    assert!(
+        intake.health().recent_failure().is_ok(),
+        "a refused webhook is no failure of the outbox"
+    );
+}
+
+/// `0,1,…,255`: every partition, as a replica alone leases them.
+fn every_partition() -> String {
+    (0..256)
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The fetch's plan stays a walk of the due index with a per-row check of the
+/// subject's older rows, also when the statistics say the table is empty while a
+/// backlog has built (no sort of every pending row, no anti-join over all of
+/// them), for the custom plan and the generic one a prepared statement gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetch_plan_neither_sorts_nor_anti_joins_the_backlog_on_stale_statistics() {
+    let scratch = Scratch::create().await;
+    let outbox = PostgresOutbox::open(
+        &scratch.url(),
+        Mode::Serve,
+        Arc::new(Metrics::new().expect("metrics")),
+        Options::default(),
+    )
+    .await
+    .expect("open");
+    let client = scratch.client().await;
+    // Statistics of an empty outbox, then a backlog the planner has not seen.
+    client
+        .batch_execute(
+            "ANALYZE hr_event; ANALYZE hr_delivery;
+             WITH ev AS (
+                 INSERT INTO hr_event (event_id, source, provider, idempotency_key, subject, part,
+                                       routing_key, meta, headers, body, traceparent, received_at)
+                 SELECT 'e' || n, 'whitepay', 'whitepay', 'k' || n, 's' || (n % 5000), (n % 256)::int2,
+                        'rk', '{}', '{}', '\\x00', '', n
+                 FROM generate_series(1, 50000) n
+                 RETURNING id, part, source, subject)
+             INSERT INTO hr_delivery (id, part, source, subject, next_attempt_at)
+             SELECT id, part, source, subject, 0 FROM ev",
+        )
+        .await
+        .expect("a backlog");
+    let plan = |generic: bool| {
+        let client = &client;
+        async move {
+            let mode = if generic {
+                "force_generic_plan"
+            } else {
+                "force_custom_plan"
+            };
+            let text = format!(
+                "BEGIN; {}; SET LOCAL plan_cache_mode = {mode};
+                 PREPARE due (int2[], int8[], int8) AS {};",
+                super::sql::PIN_FETCH_PLAN,
+                super::sql::fetch_due()
+            );
+            client
+                .batch_execute(&text)
+                .await
+                .expect("prepare the fetch");
+            let rows = client
+                .query(
+                    &format!(
+                        "EXPLAIN EXECUTE due('{{{}}}', '{{}}', 256)",
+                        every_partition()
+                    ),
+                    &[],
+                )
+                .await
+                .expect("explain");
+            client
+                .batch_execute("DEALLOCATE due; ROLLBACK")
+                .await
+                .expect("end");
+            rows.iter()
+                .map(|row| row.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    for generic in [false, true] {
+        let plan = plan(generic).await;
+        assert!(
+            !plan.contains("Sort") && !plan.contains("Anti Join") && !plan.contains("Hash Join"),
+            "generic {generic}: the fetch reads the backlog whole:\n{plan}"
+        );
+        assert!(
+            plan.contains("hr_delivery_due"),
+            "generic {generic}: the fetch walks the due index:\n{plan}"
+        );
+    }
+    drop(outbox);
+}
