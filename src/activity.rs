@@ -11,13 +11,14 @@ use std::sync::Mutex;
 
 /// Every `outcome` a source's webhooks can have (`unknown_source` is counted
 /// without a source, so not here).
-pub(crate) const OUTCOMES: [&str; 8] = [
+pub(crate) const OUTCOMES: [&str; 9] = [
     "accepted",
     "duplicate",
     "unrecognized",
     "unauthorized",
     "forbidden",
     "too_large",
+    "throttled",
     "invalid",
     "unavailable",
 ];

@@ -227,6 +227,13 @@ impl BrokerLink {
         self.disconnect().await;
     }
 
+    /// Whether the connection and its channel are up now (without reconnecting).
+    pub(crate) fn is_up(&self) -> bool {
+        self.connection.as_ref().is_some_and(|link| {
+            link.connection.status().connected() && link.channel.status().connected()
+        })
+    }
+
     /// Closes the connection (bounded), e.g. at shutdown.
     pub(crate) async fn disconnect(&mut self) {
         self.metrics.broker_connected.set(0);

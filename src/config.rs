@@ -29,6 +29,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "outbox_max_pending",
     "retention",
     "max_body",
+    "body_budget",
+    "body_budget_per_client",
     "trusted_proxies",
     "log_format",
     "read_timeout",
@@ -145,6 +147,11 @@ pub struct Config {
     pub retention: Duration,
     /// Largest accepted body in bytes.
     pub max_body: usize,
+    /// Bytes all request bodies being read may hold at once, before they are
+    /// authenticated.
+    pub body_budget: usize,
+    /// Of those, what one client may hold.
+    pub body_budget_per_client: usize,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Log output format.
@@ -307,6 +314,19 @@ impl Config {
         };
         let retention = parse_duration("retention", &get("retention", "7d"))?;
         let max_body = parse_size("max_body", &get("max_body", "1MiB"))?;
+        let body_budget = parse_size("body_budget", &get("body_budget", "64MiB"))?;
+        let body_budget_per_client = parse_size(
+            "body_budget_per_client",
+            &get("body_budget_per_client", "16MiB"),
+        )?;
+        if body_budget_per_client < max_body || body_budget < body_budget_per_client {
+            return Err(invalid(
+                "body_budget_per_client",
+                format!(
+                    "a client's share ({body_budget_per_client} bytes) must hold one body of max_body ({max_body} bytes) and fit in body_budget ({body_budget} bytes)"
+                ),
+            ));
+        }
         let trusted_proxies = parse_cidrs("trusted_proxies", &get("trusted_proxies", ""))?;
         let read_timeout = parse_duration("read_timeout", &get("read_timeout", "30s"))?;
         if read_timeout.is_zero() {
@@ -338,6 +358,8 @@ impl Config {
             outbox_max_pending,
             retention,
             max_body,
+            body_budget,
+            body_budget_per_client,
             trusted_proxies,
             log_format,
             read_timeout,

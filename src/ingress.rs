@@ -23,10 +23,12 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::activity::Activity;
+use crate::budget::{BodyBudget, Refusal, Reservation};
 use crate::event::Parsed;
 use crate::event::{EventMeta, Origin};
 use crate::metrics::Metrics;
-use crate::outbox::{InsertOutcome, NewEvent, Operate, OutboxError, Pipe};
+use crate::outbox::counts::{Counted, Counts};
+use crate::outbox::{InsertOutcome, NewEvent, OutboxError, Pipe};
 use crate::providers::{Source, VerifyError, WebhookRequest};
 use crate::telemetry::{self, Throttle, TraceParent};
 
@@ -61,6 +63,8 @@ pub(crate) struct Ingress {
     pub(crate) logs: LogThrottles,
     /// The outbox's unpublished rows against their limit.
     pub(crate) backlog: Arc<Backlog>,
+    /// The memory the bodies being read may hold.
+    pub(crate) budget: Arc<BodyBudget>,
     /// Each source's outcomes by minute, for the console.
     pub(crate) activity: Arc<Activity>,
 }
@@ -76,7 +80,15 @@ const BACKLOG_COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(
 pub(crate) struct Backlog {
     limit: u64,
     pending: std::sync::atomic::AtomicU64,
+    /// Seconds since the last count, once that is [`UNCOUNTED_AFTER`] or more: then
+    /// the limit cannot be checked, and webhooks are refused rather than admitted
+    /// unchecked (the backlog may have grown past the limit meanwhile). 0 while
+    /// counts come.
+    uncounted_for: std::sync::atomic::AtomicU64,
 }
+
+/// How long the backlog may go uncounted before webhooks are refused.
+const UNCOUNTED_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Backlog {
     /// A backlog with no rows counted yet.
@@ -84,12 +96,18 @@ impl Backlog {
         Self {
             limit,
             pending: std::sync::atomic::AtomicU64::new(0),
+            uncounted_for: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Whether a webhook may be stored now.
     fn admit(&self) -> Result<(), OutboxError> {
-        let pending = self.pending.load(std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let uncounted = self.uncounted_for.load(Relaxed);
+        if uncounted > 0 {
+            return Err(OutboxError::Uncounted(uncounted));
+        }
+        let pending = self.pending.load(Relaxed);
         if pending >= self.limit {
             return Err(OutboxError::Full {
                 pending,
@@ -99,22 +117,35 @@ impl Backlog {
         Ok(())
     }
 
-    /// Counts the pending rows every second until `stop`; a count that fails keeps
-    /// the last one (the outbox's own failure already answers 503). A slow count
-    /// is waited for (the outbox bounds it), not abandoned: on PostgreSQL an
-    /// abandoned count runs on in the server beside the next one.
+    /// Takes the latest count: its pending rows, or, once the latest is older
+    /// than [`UNCOUNTED_AFTER`] (or none has finished for that long since the
+    /// start), a refusal until one does.
+    fn counted(&self, latest: Option<&Counted>, since_start: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let age = latest.map_or(since_start, Counted::age);
+        if age >= UNCOUNTED_AFTER {
+            self.uncounted_for.store(age.as_secs().max(1), Relaxed);
+            return;
+        }
+        if let Some(counted) = latest {
+            self.pending.store(counted.stats.pending, Relaxed);
+        }
+        self.uncounted_for.store(0, Relaxed);
+    }
+
+    /// Takes the latest count every second until `stop` (counts are shared with
+    /// the admin listener and taken one at a time, so a slow one is waited for,
+    /// not abandoned and started again beside it).
     pub(crate) async fn track(
         self: Arc<Self>,
-        outbox: Arc<dyn Operate>,
+        counts: Arc<Counts>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        let started = std::time::Instant::now();
         loop {
             tokio::select! {
-                counted = outbox.stats() => {
-                    if let Ok(stats) = counted {
-                        self.pending
-                            .store(stats.pending, std::sync::atomic::Ordering::Relaxed);
-                    }
+                latest = counts.latest(BACKLOG_COUNT_EVERY) => {
+                    self.counted(latest.as_ref(), started.elapsed());
                 }
                 _ = stop.wait_for(|s| *s) => return,
             }
@@ -211,6 +242,11 @@ pub(crate) fn router(ingress: Arc<Ingress>) -> Router {
 pub(crate) const MAX_CONNECTIONS: usize = 4096;
 /// Most request headers; more get 431 from the HTTP layer.
 pub(crate) const MAX_HEADERS: usize = 100;
+/// Largest read buffer of one connection (its headers must fit; the body passes
+/// through it in pieces): with [`MAX_CONNECTIONS`], what connections may hold
+/// beside the bodies' budget (hyper's default, about 400 KiB, would let 4096
+/// connections that send huge headers hold 1.6 GiB).
+pub(crate) const MAX_BUFFER: usize = 32 * 1024;
 
 /// Serves the ingress on `listener` until `shutdown` completes, then stops
 /// accepting and waits (at most `drain`) for the requests in flight.
@@ -235,7 +271,8 @@ pub(crate) async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
-        .max_headers(MAX_HEADERS);
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_BUFFER);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // With every slot taken, the shutdown signal must still be heard.
@@ -317,26 +354,36 @@ async fn receive(
         .source_last_received
         .with_label_values(&[source_name.as_str()])
         .set(unix_seconds());
+    // Checked before the request's span starts: only a request that passed them
+    // continues its sender's trace (and obeys its sampled flag); a refused one,
+    // whatever it claims, starts a trace of its own.
+    let admitted = admit(&ingress, source, peer.ip(), request).await;
+    let continued = incoming.filter(|_| admitted.is_ok());
     // The server span of the request, named and attributed after OpenTelemetry's
     // HTTP conventions; exported only when OTLP export is on.
     let span = tracing::info_span!("webhook",
         otel.name = "POST /webhooks/{source}", otel.kind = "server",
         http.request.method = "POST", http.route = "/webhooks/{source}",
-        url.path = request.uri().path(), client.address = %peer.ip(),
+        url.path = %format_args!("/webhooks/{source_name}"), client.address = %peer.ip(),
         http.response.status_code = tracing::field::Empty,
         source = %source_name, provider = %source.config.provider,
         trace_id = tracing::field::Empty, %peer);
-    if let Some(incoming) = &incoming {
+    if let Some(incoming) = &continued {
         telemetry::continue_trace(&span, incoming);
     }
     // Stored with the row: the publish span continues from it. Without export, the
     // relay's own W3C context (the caller's trace, a new span id).
     let traceparent = telemetry::span_traceparent(&span)
-        .unwrap_or_else(|| TraceParent::continue_or_start(incoming.as_deref()).header_value());
+        .unwrap_or_else(|| TraceParent::continue_or_start(continued.as_deref()).header_value());
     span.record("trace_id", traceparent.get(3..35).unwrap_or_default());
-    let response = handle(&ingress, source, peer.ip(), request, traceparent)
-        .instrument(span.clone())
-        .await;
+    let response = match admitted {
+        Ok(admitted) => {
+            store(&ingress, source, admitted, traceparent)
+                .instrument(span.clone())
+                .await
+        }
+        Err(refused) => refused,
+    };
     span.record("http.response.status_code", response.status().as_u16());
     ingress
         .metrics
@@ -346,55 +393,68 @@ async fn receive(
     response
 }
 
-async fn handle(
+/// Counts a request's outcome for its source, in the metrics and the console's
+/// activity.
+fn count(ingress: &Ingress, source: &Source, outcome: &str) {
+    let name = source.config.name.as_str();
+    ingress
+        .metrics
+        .webhooks_received
+        .with_label_values(&[name, source.config.provider.as_str(), outcome])
+        .inc();
+    ingress
+        .activity
+        .record(name, outcome, crate::clock::now_micros() / 1_000_000);
+}
+
+/// A request that passed the checks that come before storing it: from an
+/// allowed address, its body read within the budget, its signature verified.
+struct Admitted {
+    headers: HeaderMap,
+    body: Bytes,
+    received: OffsetDateTime,
+    /// How long the signature check took (its span is made inside the request's,
+    /// which starts only once the request is admitted); `None` for an unsigned
+    /// source.
+    verified_in: Option<std::time::Duration>,
+    /// The body's hold on the budget, given back when the request ends.
+    _budget: Reservation,
+}
+
+/// Checks the client's address, reads the body within the budget and its limit,
+/// and verifies its signature; or answers why not.
+async fn admit(
     ingress: &Ingress,
     source: &Source,
     peer: IpAddr,
     request: Request,
-    traceparent: String,
-) -> Response {
+) -> Result<Admitted, Response> {
     let name = source.config.name.as_str();
-    let provider_name = source.config.provider.as_str();
-    let count = |outcome: &str| {
-        ingress
-            .metrics
-            .webhooks_received
-            .with_label_values(&[name, provider_name, outcome])
-            .inc();
-        ingress
-            .activity
-            .record(name, outcome, crate::clock::now_micros() / 1_000_000);
-    };
+    let client = client_ip(peer, request.headers(), &ingress.trusted_proxies);
     if !source.config.allow_ips.is_empty() {
-        let client = client_ip(peer, request.headers(), &ingress.trusted_proxies);
         let allowed =
             client.is_some_and(|ip| source.config.allow_ips.iter().any(|net| net.contains(&ip)));
         if !allowed {
-            count("forbidden");
+            count(ingress, source, "forbidden");
             if let Some(left_out) = ingress.logs.refused.allow() {
                 tracing::warn!(client = ?client, left_out,
                     "webhook refused: client address not in allow_ips (one line a second at most; see hookrelay_webhooks_received_total)");
             }
-            return error(
+            return Err(error(
                 StatusCode::FORBIDDEN,
                 "client address is not allowed to post to this source",
-            );
+            ));
         }
     }
     let too_large = || {
-        count("too_large");
-        let mut response = error(
+        count(ingress, source, "too_large");
+        closing(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "body is larger than the relay's limit of {} bytes",
                 ingress.max_body
             ),
-        );
-        response.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-        response
+        ))
     };
     let declared_length = request
         .headers()
@@ -407,40 +467,75 @@ async fn handle(
         if length - ingress.max_body as u64 <= LINGER_BYTES {
             linger(&mut body).await;
         }
-        return too_large();
+        return Err(too_large());
     }
-    let body = match read_body(&mut body, ingress.max_body, ingress.read_timeout).await {
+    let over_budget = |refusal: Refusal| {
+        let (status, outcome) = match refusal {
+            Refusal::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Refusal::Share(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
+        };
+        count(ingress, source, outcome);
+        if let Some(left_out) = ingress.logs.refused.allow() {
+            tracing::warn!(client = ?client, reason = %refusal, left_out,
+                "webhook refused before its body was read (one line a second at most; see hookrelay_webhooks_received_total)");
+        }
+        let mut response = closing(error(status, refusal.to_string()));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        response
+    };
+    // A body's bytes are reserved before they are read: all that it declares at
+    // once, or as they arrive when it declares nothing.
+    let declared = declared_length.map_or(0, |len| usize::try_from(len).unwrap_or(usize::MAX));
+    let mut reservation = match ingress.budget.reserve(client.unwrap_or(peer), declared) {
+        Ok(reservation) => reservation,
+        Err(refusal) => return Err(over_budget(refusal)),
+    };
+    let body = match read_body(
+        &mut body,
+        ingress.max_body,
+        ingress.read_timeout,
+        &mut reservation,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(BodyError::TooLarge) => {
             linger(&mut body).await;
-            return too_large();
+            return Err(too_large());
         }
+        Err(BodyError::OverBudget(refusal)) => return Err(over_budget(refusal)),
         Err(BodyError::Unreadable(e)) => {
             tracing::debug!(error = %e, "could not read the request body");
-            return error(StatusCode::BAD_REQUEST, "could not read the request body");
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "could not read the request body",
+            ));
         }
         Err(BodyError::TimedOut) => {
             tracing::debug!("request body not received in time");
-            return error(
+            return Err(error(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the body did not arrive within {} s",
                     ingress.read_timeout.as_secs()
                 ),
-            );
+            ));
         }
     };
     let received = OffsetDateTime::now_utc();
-    let webhook = WebhookRequest {
-        headers: &headers,
-        body: &body,
-        now: received,
-    };
+    let mut verified_in = None;
     if !source.config.allow_unsigned {
-        let verdict = tracing::info_span!("verify", otel.name = "verify signature")
-            .in_scope(|| source.provider.verify(&webhook));
+        let verifying = Instant::now();
+        let verdict = source.provider.verify(&WebhookRequest {
+            headers: &headers,
+            body: &body,
+            now: received,
+        });
+        verified_in = Some(verifying.elapsed());
         if let Err(e) = verdict {
-            count("unauthorized");
+            count(ingress, source, "unauthorized");
             if let Some(left_out) = ingress.logs.refused.allow() {
                 match &e {
                     VerifyError::MissingCredential(key) => tracing::error!(
@@ -452,9 +547,60 @@ async fn handle(
                         "webhook refused (one line a second at most; see hookrelay_webhooks_received_total)"),
                 }
             }
-            return error(StatusCode::UNAUTHORIZED, e.to_string());
+            return Err(error(StatusCode::UNAUTHORIZED, e.to_string()));
         }
     }
+    Ok(Admitted {
+        headers,
+        body,
+        received,
+        verified_in,
+        _budget: reservation,
+    })
+}
+
+/// The response, with the connection closed after it (the client may still be
+/// sending a body the relay will not read).
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// Parses an admitted webhook, stores it and answers with its provider's ack, in
+/// the request's span.
+async fn store(
+    ingress: &Ingress,
+    source: &Source,
+    admitted: Admitted,
+    traceparent: String,
+) -> Response {
+    let name = source.config.name.as_str();
+    let provider_name = source.config.provider.as_str();
+    let count = |outcome: &str| count(ingress, source, outcome);
+    if let Some(took) = admitted.verified_in {
+        // The check ran before the request's span began; its span says how long.
+        let _verified = tracing::info_span!(
+            "verify",
+            otel.name = "verify signature",
+            hookrelay.verify.duration_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
+        )
+        .entered();
+    }
+    let Admitted {
+        headers,
+        body,
+        received,
+        _budget,
+        ..
+    } = admitted;
+    let webhook = WebhookRequest {
+        headers: &headers,
+        body: &body,
+        now: received,
+    };
     let parsed = source.provider.parse(&webhook);
     if let Parsed::Unrecognized {
         reason,
@@ -558,6 +704,8 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 enum BodyError {
     /// It is larger than `HOOKRELAY_MAX_BODY`.
     TooLarge,
+    /// The bodies in flight hold the budget (or this client's share of it).
+    OverBudget(Refusal),
     /// The connection failed or the framing is broken.
     Unreadable(String),
     /// It did not arrive within `HOOKRELAY_READ_TIMEOUT`.
@@ -570,16 +718,21 @@ async fn read_body(
     body: &mut axum::body::Body,
     max: usize,
     within: std::time::Duration,
+    reservation: &mut Reservation,
 ) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt;
     let read = async {
-        let mut bytes = bytes::BytesMut::new();
+        let mut bytes = bytes::BytesMut::with_capacity(reservation.bytes().min(max));
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
             if let Some(data) = frame.data_ref() {
-                if bytes.len() + data.len() > max {
+                let length = bytes.len() + data.len();
+                if length > max {
                     return Err(BodyError::TooLarge);
                 }
+                reservation
+                    .grow(length.saturating_sub(reservation.bytes()))
+                    .map_err(BodyError::OverBudget)?;
                 bytes.extend_from_slice(data);
             }
         }
@@ -698,6 +851,38 @@ mod tests {
             backlog.admit().is_ok(),
             "room again once rows were published"
         );
+    }
+
+    #[test]
+    fn a_backlog_that_goes_uncounted_refuses_webhooks_until_a_count_comes() {
+        use std::time::{Duration, Instant};
+        let backlog = Backlog::new(1000);
+        let count = |pending, ago: Duration| Counted {
+            stats: crate::outbox::Stats {
+                pending,
+                ..crate::outbox::Stats::default()
+            },
+            at: Instant::now() - ago,
+        };
+        backlog.counted(None, Duration::from_secs(5));
+        assert!(backlog.admit().is_ok(), "the first count may take a moment");
+        backlog.counted(Some(&count(10, Duration::ZERO)), Duration::from_secs(6));
+        assert!(backlog.admit().is_ok());
+        // The counts stop coming (each times out); the last one, below the
+        // limit, must not admit webhooks for ever.
+        backlog.counted(
+            Some(&count(10, Duration::from_secs(31))),
+            Duration::from_secs(40),
+        );
+        let refused = backlog.admit().map_err(|e| (e.reason(), e.to_string()));
+        assert!(
+            matches!(&refused, Err(("uncounted", text)) if text.contains("31 s")),
+            "{refused:?}"
+        );
+        backlog.counted(None, Duration::from_secs(45));
+        assert!(backlog.admit().is_err(), "no count at all for as long");
+        backlog.counted(Some(&count(10, Duration::ZERO)), Duration::from_secs(50));
+        assert!(backlog.admit().is_ok(), "a count came: admitted again");
     }
     use axum::http::HeaderValue;
 

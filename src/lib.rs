@@ -12,6 +12,7 @@
 mod activity;
 mod admin;
 pub mod amqp;
+mod budget;
 pub mod cli;
 mod clock;
 pub mod config;

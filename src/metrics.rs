@@ -54,6 +54,9 @@ pub(crate) struct Metrics {
     /// `hookrelay_outbox_fenced_settles_total`: publish outcomes refused because
     /// the lease had passed.
     pub(crate) outbox_fenced_settles: prometheus::IntCounter,
+    /// `hookrelay_outbox_counted_age_seconds`: how old the outbox counts behind the
+    /// gauges above are (they are counted one at a time and shared).
+    pub(crate) outbox_counted_age: prometheus::Gauge,
     /// `hookrelay_outbox_unreadable_rows_total`: due rows this release could not
     /// read (written by a newer release), set aside as dead.
     pub(crate) outbox_unreadable_rows: prometheus::IntCounter,
@@ -187,6 +190,11 @@ impl Metrics {
         registry.register(Box::new(outbox_max_pending.clone()))?;
         registry.register(Box::new(outbox_partitions_owned.clone()))?;
         registry.register(Box::new(outbox_fenced_settles.clone()))?;
+        let outbox_counted_age = prometheus::Gauge::new(
+            "hookrelay_outbox_counted_age_seconds",
+            "Age of the outbox counts behind the outbox gauges: they are counted one at a time, and a slow count is served late rather than started again",
+        )?;
+        registry.register(Box::new(outbox_counted_age.clone()))?;
         let outbox_unreadable_rows = prometheus::IntCounter::new(
             "hookrelay_outbox_unreadable_rows_total",
             "Due rows this release could not read (a newer release wrote them), set aside as dead; a release that reads them replays them when it starts",
@@ -255,6 +263,7 @@ impl Metrics {
             outbox_max_pending,
             outbox_partitions_owned,
             outbox_fenced_settles,
+            outbox_counted_age,
             outbox_unreadable_rows,
             admin_actions,
         })

@@ -11,13 +11,21 @@
 //! connections share the same throughput); what shrinks is the time from ack to
 //! publish.
 //!
-//! The wait is bounded and applies only while the publisher is publishing: a
-//! broker outage empties its flight and clears "behind", so an outage never slows
-//! ingest, and a broker that stops confirming costs each webhook [`MAX_WAIT`] at
-//! most.
+//! The wait is bounded and applies only while the publisher is publishing: while
+//! its broker link is down it is [paused](Pace::pause), so an outage never slows
+//! ingest (also one first noticed while reconnecting, before the rows in flight
+//! have failed), and a broker that stops confirming costs each webhook
+//! [`MAX_WAIT`] at most.
+//!
+//! **Progress.** The publisher also reports its publishes that failed and those
+//! confirmed. One that renews its leases but gets nowhere (every publish refused,
+//! blocked or unconfirmed since the first failure) is seen by
+//! [`stuck_for`](Pace::stuck_for), so that a shared outbox hands its subjects to
+//! the other replicas.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -40,7 +48,13 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_millis(250);
 pub(crate) struct Pace {
     in_flight: AtomicUsize,
     behind: AtomicBool,
+    /// The broker link is down: nothing is being published, so nothing to give
+    /// way to.
+    paused: AtomicBool,
     room: Notify,
+    /// Since when every publish failed (`None`: the last one was confirmed, or
+    /// none failed).
+    failing_since: Mutex<Option<Instant>>,
 }
 
 impl Pace {
@@ -57,8 +71,46 @@ impl Pace {
         self.announce();
     }
 
+    /// The broker link is down (or being brought back): webhooks stop giving way
+    /// until [`resume`](Self::resume).
+    pub(crate) fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+        self.announce();
+    }
+
+    /// The broker link is up again.
+    pub(crate) fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
+        self.announce();
+    }
+
+    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A publish was confirmed: the publisher gets somewhere.
+    pub(crate) fn progressed(&self) {
+        *self.failing_since() = None;
+    }
+
+    /// A publish failed (refused, returned, nacked, unconfirmed, its channel lost).
+    pub(crate) fn failed(&self) {
+        self.failing_since().get_or_insert_with(Instant::now);
+    }
+
+    /// How long every publish has failed, since the first failure after the last
+    /// confirmed publish; zero while publishes go through or none failed.
+    pub(crate) fn stuck_for(&self) -> Duration {
+        self.failing_since()
+            .map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
     fn busy(&self) -> bool {
-        self.behind.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Relaxed) >= BUSY_ROWS
+        !self.paused.load(Ordering::Relaxed)
+            && (self.behind.load(Ordering::Relaxed)
+                || self.in_flight.load(Ordering::Relaxed) >= BUSY_ROWS)
     }
 
     /// Lets the waiting webhooks go once the publisher is no longer busy.
@@ -138,6 +190,45 @@ mod tests {
         pace.set_behind(false);
         assert!(waiter.await.expect("waiter"));
         assert!(!pace.give_way().await, "waited although caught up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_whose_link_is_down_holds_no_webhook() {
+        let pace = Arc::new(Pace::default());
+        // Busy as the link dropped: a full window in flight, behind.
+        pace.set_in_flight(BUSY_ROWS * 4);
+        pace.set_behind(true);
+        let waiter = tokio::spawn({
+            let pace = Arc::clone(&pace);
+            async move { pace.give_way().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        pace.pause();
+        assert!(
+            waiter.await.expect("waiter"),
+            "the waiting webhook goes on at the pause"
+        );
+        let started = tokio::time::Instant::now();
+        assert!(!pace.give_way().await, "no wait while the link is down");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        pace.resume();
+        assert!(pace.give_way().await, "busy again once the link is back");
+    }
+
+    #[test]
+    fn a_publisher_is_stuck_from_its_first_failure_until_a_publish_is_confirmed() {
+        let pace = Pace::default();
+        assert_eq!(pace.stuck_for(), Duration::ZERO, "nothing failed yet");
+        pace.failed();
+        std::thread::sleep(Duration::from_millis(20));
+        pace.failed();
+        let stuck = pace.stuck_for();
+        assert!(
+            stuck >= Duration::from_millis(20),
+            "counted from the first failure: {stuck:?}"
+        );
+        pace.progressed();
+        assert_eq!(pace.stuck_for(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -172,6 +172,10 @@ struct Awaiting {
 /// channel needs recovering.
 struct BatchDone {
     ids: Vec<i64>,
+    /// How many of them the broker confirmed: the publisher got somewhere.
+    published: usize,
+    /// How many failed (to be tried again, or dead).
+    failed: usize,
     trouble: Option<ChannelTrouble>,
 }
 
@@ -233,9 +237,15 @@ impl Publisher {
                 }
                 continue;
             }
+            if !self.link.is_up() {
+                // Nothing is published until the link is back: ingress must not
+                // wait on the rows that were in flight when it went down.
+                self.pace.pause();
+            }
             let Some(channel) = self.link.channel(&mut shutdown).await else {
                 break;
             };
+            self.pace.resume();
             let fetched = self.settler.outbox.fetch_due(WINDOW, &in_flight).await;
             let rows: Vec<PendingEvent> = match fetched {
                 Ok(due) => {
@@ -302,6 +312,11 @@ impl Publisher {
                 for id in &done.ids {
                     in_flight.remove(id);
                 }
+                if done.published > 0 {
+                    self.pace.progressed();
+                } else if done.failed > 0 {
+                    self.pace.failed();
+                }
                 done.trouble
             }
             Err(e) => {
@@ -330,6 +345,7 @@ impl Publisher {
         }
         // Nothing is published until the link is back: ingress must not wait.
         self.pace.set_behind(false);
+        self.pace.pause();
         match trouble {
             ChannelTrouble::Error(e) => self.link.recover(Some(e), shutdown).await,
             ChannelTrouble::Timeout => self.link.recover(None, shutdown).await,
@@ -512,9 +528,22 @@ impl Settler {
                 }
             }
         }
+        let published = settled
+            .iter()
+            .filter(|s| matches!(s, Settlement::Published { .. }))
+            .count();
+        let failed = settled.len() - published;
+        // Rows never sent stay due as they are; their claims go now, so that a
+        // partition being handed on does not wait for them.
+        self.outbox.unclaim(&unsent);
         let ids = settled.iter().map(Settlement::id).chain(unsent).collect();
         self.settle_until_recorded(settled).await;
-        BatchDone { ids, trouble }
+        BatchDone {
+            ids,
+            published,
+            failed,
+            trouble,
+        }
     }
 
     /// Records a batch's outcomes, retrying with backoff while the outbox cannot
@@ -678,7 +707,7 @@ mod tests {
     #[test]
     fn only_permanent_failures_count_towards_dead() {
         let settler = Settler {
-            outbox: Arc::new(crate::outbox::fake::Hanging),
+            outbox: Arc::new(crate::outbox::fake::Hanging::default()),
             metrics: Arc::new(Metrics::new().expect("metrics")),
             unreadable_logs: Throttle::new(Duration::from_secs(1)),
         };

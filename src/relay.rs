@@ -168,12 +168,17 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     // Woken by ingress on every stored webhook, and by a shared outbox when another
     // replica committed some.
     let wake = Arc::new(Notify::new());
+    // Told by the publisher its rows in flight and its progress: ingress gives way
+    // to it, a shared outbox hands on the partitions of one that gets nowhere.
+    let pace = Arc::new(crate::pace::Pace::default());
     let outbox::Outbox { pipe, operate } = outbox::serve(
         config.outbox_url.expose(),
         Arc::clone(&metrics),
         outbox::Options {
             lease: config.outbox_lease,
             wake: Arc::clone(&wake),
+            pace: Arc::clone(&pace),
+            stuck_after: crate::publisher::CONFIRM_TIMEOUT + config.outbox_lease,
         },
     )
     .await
@@ -204,7 +209,6 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         config.exchange.clone(),
         Arc::clone(&metrics),
     );
-    let pace = Arc::new(crate::pace::Pace::default());
     let publisher = Publisher::new(
         Arc::clone(&pipe),
         link,
@@ -238,8 +242,9 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     metrics
         .outbox_max_pending
         .set(i64::try_from(config.outbox_max_pending).unwrap_or(i64::MAX));
+    let counts = outbox::counts::Counts::new(Arc::clone(&operate));
     let backlog_task =
-        tokio::spawn(Arc::clone(&backlog).track(Arc::clone(&operate), stop_rx.clone()));
+        tokio::spawn(Arc::clone(&backlog).track(Arc::clone(&counts), stop_rx.clone()));
     let source_list = sources
         .values()
         .map(|s| (s.config.name.clone(), s.config.provider.clone()))
@@ -250,10 +255,11 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         outbox: Arc::clone(&pipe),
         metrics: Arc::clone(&metrics),
         max_body: config.max_body,
+        budget: crate::budget::BodyBudget::new(config.body_budget, config.body_budget_per_client),
         trusted_proxies: config.trusted_proxies.clone(),
         read_timeout: config.read_timeout,
         wake,
-        pace,
+        pace: Arc::clone(&pace),
         logs: ingress::LogThrottles::default(),
         backlog,
         activity: Arc::clone(&activity),
@@ -261,11 +267,13 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     ingress.count_from_zero();
     let admin = Arc::new(Admin {
         outbox: operate,
+        counts,
         metrics,
         activity,
         sources: source_list,
         access: admin::auth::Access::new(config.admin_token.clone(), admin_addr.ip().is_loopback()),
         searches: tokio::sync::Semaphore::new(1),
+        pace: Arc::clone(&pace),
         failed_logins: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),
     });
     let mut admin_stop = stop_rx.clone();
@@ -324,7 +332,7 @@ mod tests {
         let outcome = supervise(
             std::future::pending(),
             &mut publisher,
-            &outbox::fake::Hanging,
+            &outbox::fake::Hanging::default(),
         )
         .await;
         assert!(
@@ -338,7 +346,7 @@ mod tests {
             "{outcome:?}"
         );
         let (_running, mut publisher) = oneshot::channel();
-        let outcome = supervise(async {}, &mut publisher, &outbox::fake::Hanging).await;
+        let outcome = supervise(async {}, &mut publisher, &outbox::fake::Hanging::default()).await;
         assert!(outcome.is_ok(), "a shutdown is not a crash: {outcome:?}");
     }
 }

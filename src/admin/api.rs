@@ -28,7 +28,7 @@ impl IntoResponse for ViewError {
         let status = match &self {
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Outbox(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Outbox(_) | Self::Busy | Self::Uncounted => StatusCode::SERVICE_UNAVAILABLE,
         };
         (
             status,

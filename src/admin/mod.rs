@@ -14,7 +14,8 @@ use axum::{Json, Router};
 use crate::activity::Activity;
 use crate::clock::now_micros;
 use crate::metrics::Metrics;
-use crate::outbox::{Operate, OutboxError};
+use crate::outbox::Operate;
+use crate::outbox::counts::Counts;
 
 mod api;
 pub(crate) mod auth;
@@ -27,8 +28,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Shared state of the admin handlers.
 pub(crate) struct Admin {
-    /// The outbox, for readiness and gauges.
+    /// The outbox, for readiness and what the API and console show.
     pub(crate) outbox: Arc<dyn Operate>,
+    /// Its counts, shared with admission, one count at a time.
+    pub(crate) counts: Arc<Counts>,
     /// Metrics to render.
     pub(crate) metrics: Arc<Metrics>,
     /// Each source's recent outcomes.
@@ -39,6 +42,8 @@ pub(crate) struct Admin {
     pub(crate) access: auth::Access,
     /// One text search at a time.
     pub(crate) searches: tokio::sync::Semaphore,
+    /// The publisher's progress, for `/readyz`.
+    pub(crate) pace: Arc<crate::pace::Pace>,
     /// Console logins with a wrong token, logged once a second at most.
     pub(crate) failed_logins: crate::telemetry::Throttle,
 }
@@ -70,11 +75,10 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
         Ok(Err(e)) => Some((e.reason(), e.to_string())),
         Err(_) => Some(("timeout", "the outbox did not answer within 2 s".to_owned())),
     };
-    // A stalled read must not hold the probe (or the prober) either.
-    let stats = tokio::time::timeout(READ_TIMEOUT, admin.outbox.stats())
-        .await
-        .ok()
-        .and_then(Result::ok);
+    // A slow count must not hold the probe (or the prober) either: the latest one
+    // is answered, with its age.
+    let counted = admin.counts.latest(READ_TIMEOUT).await;
+    let stats = counted.map(|c| c.stats);
     let body = serde_json::json!({
         "ready": outbox_error.is_none(),
         "outbox": {
@@ -86,11 +90,18 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             "held_subjects": stats.map(|s| s.held_subjects),
             "fenced": stats.map(|s| s.fenced),
             "partitions": stats.map(|s| s.partitions),
+            "counted_seconds_ago": counted.map(|c| c.age().as_secs_f64()),
             // Rows this relay could not read (a newer release wrote them) and set
             // aside as dead since it started: everything else went on.
             "unreadable_rows": admin.metrics.outbox_unreadable_rows.get(),
         },
         "broker": { "connected": admin.metrics.broker_connected.get() == 1 },
+        // How long the publisher has got nowhere (no publish confirmed while rows
+        // wait): past a confirm timeout and a lease, a shared outbox hands this
+        // replica's subjects to the others.
+        "publisher": {
+            "stuck_seconds": admin.pace.stuck_for().as_secs_f64(),
+        },
     });
     let status = if outbox_error.is_none() {
         StatusCode::OK
@@ -106,12 +117,11 @@ fn age(received_us: Option<i64>) -> f64 {
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    // Outbox gauges are read at scrape time so they are never stale.
-    match tokio::time::timeout(READ_TIMEOUT, admin.outbox.stats())
-        .await
-        .unwrap_or(Err(OutboxError::TimedOut(READ_TIMEOUT.as_secs())))
-    {
-        Ok(stats) => {
+    // Outbox gauges are the latest count (a new one each scrape, unless one still
+    // runs): a slow count is served late, with its age, never started twice.
+    match admin.counts.latest(READ_TIMEOUT).await {
+        Some(counted) => {
+            let stats = counted.stats;
             let gauges = &admin.metrics.outbox_events;
             gauges
                 .with_label_values(&["pending"])
@@ -135,8 +145,12 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
                 .metrics
                 .outbox_fence_wait
                 .set(age(stats.oldest_fenced_us));
+            admin
+                .metrics
+                .outbox_counted_age
+                .set(counted.age().as_secs_f64());
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read outbox stats for /metrics"),
+        None => tracing::warn!("cannot read outbox stats for /metrics: no count has finished yet"),
     }
     match admin.metrics.render() {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
@@ -155,12 +169,14 @@ mod tests {
     #[tokio::test]
     async fn probes_and_scrapes_answer_even_when_the_outbox_hangs() {
         let admin = Arc::new(Admin {
-            outbox: Arc::new(crate::outbox::fake::Hanging),
+            outbox: Arc::new(crate::outbox::fake::Hanging::default()),
+            counts: Counts::new(Arc::new(crate::outbox::fake::Hanging::default())),
             metrics: Arc::new(Metrics::new().expect("metrics")),
             activity: Arc::default(),
             sources: Vec::new(),
             access: auth::Access::new(None, true),
             searches: tokio::sync::Semaphore::new(1),
+            pace: Arc::default(),
             failed_logins: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),
         });
         tokio::time::pause();

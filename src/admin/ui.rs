@@ -98,7 +98,9 @@ fn problem(caller: &Caller, admin: &Admin, error: &ViewError) -> Response {
     let status = match error {
         ViewError::Invalid(_) => StatusCode::BAD_REQUEST,
         ViewError::NotFound(_) => StatusCode::NOT_FOUND,
-        ViewError::Outbox(_) | ViewError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        ViewError::Outbox(_) | ViewError::Busy | ViewError::Uncounted => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
     let body = html! { p.error role="alert" { (error.to_string()) } };
     (status, page("Problem", caller, admin, body)).into_response()
@@ -430,10 +432,13 @@ async fn dead(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Call
     page("Dead & unrecognized", &caller, &admin, body).into_response()
 }
 
+/// How long the outbox page waits for a count before it answers with the latest.
+const COUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn outbox(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
-    let stats = match admin.outbox.stats().await {
-        Ok(stats) => stats,
-        Err(e) => return problem(&caller, &admin, &ViewError::Outbox(e)),
+    let stats = match admin.counts.latest(COUNT_WAIT).await {
+        Some(counted) => counted.stats,
+        None => return problem(&caller, &admin, &ViewError::Uncounted),
     };
     let oldest = stats.oldest_pending_us.map_or_else(
         || "–".to_owned(),

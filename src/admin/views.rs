@@ -83,6 +83,9 @@ pub(crate) enum ViewError {
     /// Another text search holds the relay's one search slot.
     #[error("another text search is running on this relay; retry in a moment")]
     Busy,
+    /// No count of the outbox has finished yet (one runs).
+    #[error("the outbox's rows are being counted; retry in a moment")]
+    Uncounted,
 }
 
 impl From<FilterError> for ViewError {

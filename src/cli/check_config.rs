@@ -53,6 +53,11 @@ fn check(config: &Config) -> (String, Vec<String>) {
         humantime::format_duration(config.retention)
     );
     let _ = writeln!(out, "max_body        {} bytes", config.max_body);
+    let _ = writeln!(
+        out,
+        "body_budget     {} bytes ({} per client)",
+        config.body_budget, config.body_budget_per_client
+    );
     let _ = writeln!(out, "sources:");
     match providers::build_sources(config) {
         Err(e) => problems.push(e.to_string()),

@@ -37,6 +37,11 @@ pub(crate) trait Pipe: Send + Sync {
         true
     }
 
+    /// Lets go of rows fetched and never sent (they stay due as they are): on a
+    /// shared outbox their claims no longer hold back the handoff of their
+    /// partitions.
+    fn unclaim(&self, _ids: &[i64]) {}
+
     /// Records the outcome of a batch of publish attempts in one transaction.
     /// Shared, so a caller that retries after a failure does not copy the batch.
     async fn settle(&self, settlements: Arc<[Settlement]>) -> Result<(), OutboxError>;

@@ -27,6 +27,12 @@ pub enum OutboxError {
         /// The limit.
         limit: u64,
     },
+    /// No count of the outbox's backlog has finished for this many seconds, so
+    /// `HOOKRELAY_OUTBOX_MAX_PENDING` cannot be checked.
+    #[error(
+        "the outbox's backlog has not been counted for {0} s, so its limit (HOOKRELAY_OUTBOX_MAX_PENDING) cannot be checked; retry later"
+    )]
+    Uncounted(u64),
     /// A commit did not finish in time (a stalled disk).
     #[error("the outbox did not commit within {0} s; retry later")]
     TimedOut(u64),
@@ -66,6 +72,7 @@ impl OutboxError {
             Self::Storage(fault) => fault.kind.as_str(),
             Self::Closed => "closed",
             Self::Full { .. } => "full",
+            Self::Uncounted(_) => "uncounted",
             Self::TimedOut(_) => "timeout",
             Self::InvalidUrl(_) | Self::Missing(_) => "config",
             Self::InUse(_) => "in_use",

@@ -12,8 +12,13 @@ use super::{
     Stats, Window,
 };
 
-/// Every call waits forever; `failed` never resolves.
-pub(crate) struct Hanging;
+/// Every call waits forever; `failed` never resolves. Counts the calls of
+/// `stats`.
+#[derive(Default)]
+pub(crate) struct Hanging {
+    /// How often `stats` was called.
+    pub(crate) counted: std::sync::atomic::AtomicUsize,
+}
 
 #[async_trait]
 impl Pipe for Hanging {
@@ -34,6 +39,8 @@ impl Pipe for Hanging {
 #[async_trait]
 impl Operate for Hanging {
     async fn stats(&self) -> Result<Stats, OutboxError> {
+        self.counted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::future::pending().await
     }
     async fn check_writable(&self) -> Result<(), OutboxError> {

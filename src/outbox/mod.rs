@@ -17,6 +17,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub(crate) mod counts;
 mod driver;
 mod error;
 mod ingest;
@@ -96,6 +97,12 @@ pub(crate) struct Options {
     pub(crate) lease: std::time::Duration,
     /// Notified when another relay committed webhooks, to wake the publisher.
     pub(crate) wake: Arc<tokio::sync::Notify>,
+    /// The publisher's progress: a shared outbox hands the partitions of a
+    /// replica whose publisher gets nowhere to the others.
+    pub(crate) pace: Arc<crate::pace::Pace>,
+    /// How long the publisher may get nowhere before that (a confirm timeout and
+    /// a lease, so that a slow broker is not taken for a stuck one).
+    pub(crate) stuck_after: std::time::Duration,
 }
 
 impl Default for Options {
@@ -103,6 +110,8 @@ impl Default for Options {
         Self {
             lease: std::time::Duration::from_secs(10),
             wake: Arc::default(),
+            pace: Arc::default(),
+            stuck_after: std::time::Duration::from_secs(20),
         }
     }
 }

@@ -242,7 +242,7 @@ mod tests {
         };
         let taken = tokio::time::timeout(
             Duration::from_secs(1),
-            ids.ids(&crate::outbox::fake::Hanging),
+            ids.ids(&crate::outbox::fake::Hanging::default()),
         )
         .await;
         assert_eq!(taken.ok().and_then(Result::ok), Some(vec![2, 9]));

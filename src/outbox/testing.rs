@@ -206,23 +206,35 @@ pub async fn record_schema_version(
     }
 }
 
-/// SQLite's write lock, taken by another process as the `outbox` commands take it,
-/// held until dropped.
-pub struct WriteLock(rusqlite::Connection);
+/// The outbox's tables locked by another session, as a long maintenance job or
+/// an `outbox` command would lock them, until dropped: SQLite's write lock, or on
+/// PostgreSQL an exclusive lock of its tables in a transaction held open.
+pub struct WriteLock(Held);
 
-/// Takes the write lock of the SQLite outbox at `url` (`sqlite://PATH`) and holds
-/// it until the returned guard is dropped.
-pub fn hold_write_lock(url: &str) -> Result<WriteLock, OutboxError> {
-    match Location::parse(url)? {
-        Location::Sqlite(path) => super::sqlite::write_lock(&path).map(WriteLock),
-        Location::Postgres(_) => Err(OutboxError::InvalidUrl(
-            "only a SQLite outbox has a write lock to hold",
-        )),
-    }
+enum Held {
+    Sqlite(rusqlite::Connection),
+    /// The session whose transaction holds the locks; its end gives them back.
+    Postgres {
+        _session: tokio_postgres::Client,
+    },
+}
+
+/// Takes the outbox's write lock (see [`WriteLock`]) and holds it until the
+/// returned guard is dropped.
+pub async fn hold_write_lock(url: &str) -> Result<WriteLock, OutboxError> {
+    Ok(WriteLock(match Location::parse(url)? {
+        Location::Sqlite(path) => Held::Sqlite(super::sqlite::write_lock(&path)?),
+        Location::Postgres(url) => Held::Postgres {
+            _session: super::postgres::write_lock(&url).await?,
+        },
+    }))
 }
 
 impl Drop for WriteLock {
     fn drop(&mut self) {
-        let _ = super::sqlite::release_write_lock(&self.0);
+        // PostgreSQL's lock goes with its session (the client, dropped with this).
+        if let Held::Sqlite(conn) = &self.0 {
+            let _ = super::sqlite::release_write_lock(conn);
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// order leaves no room for an import circle.
 const LAYERS: &[(&str, u8)] = &[
     ("activity", 0),
+    ("budget", 0),
     ("clock", 0),
     ("config", 0),
     ("event", 0),

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -358,5 +359,101 @@ async fn a_webhook_the_outbox_cannot_store_is_refused_alone_with_what_is_wrong(b
             .metric("hookrelay_webhooks_received_total{outcome=\"invalid\",provider=\"whitepay\",source=\"whitepay\"}")
             .await,
         1.0
+    );
+}
+
+/// Strangers that each send most of a large body and then wait cannot make the
+/// relay hold their bodies without bound: the bodies being read hold one budget
+/// and each client a share of it, past which it gets 429 at once. Signed
+/// webhooks of another client go on meanwhile, and the memory is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_unsigned_bodies_is_bounded_and_signed_webhooks_go_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const STRANGERS: usize = 300;
+    const SENT: usize = 900_000;
+    let app = TestApp::build(Backend::Sqlite, "bodyflood")
+        .no_consumer()
+        .start()
+        .await;
+    let before = app.relay.rss_mib();
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let answers = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let strangers: Vec<_> = (0..STRANGERS)
+        .map(|i| {
+            let (addr, mut stop, answers) = (app.relay.ingress, stop.subscribe(), Arc::clone(&answers));
+            tokio::spawn(async move {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                    return;
+                };
+                let head = format!(
+                    "POST /webhooks/whitepay HTTP/1.1\r\nHost: relay\r\nSignature: x{i}\r\nContent-Length: 1000000\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&vec![b'{'; SENT]).await;
+                // Held open until the test ends the flood, reading what the relay
+                // answers meanwhile.
+                let mut answer = [0u8; 12];
+                tokio::select! {
+                    read = stream.read(&mut answer) => if let Ok(n @ 1..) = read {
+                        let text = String::from_utf8_lossy(&answer[..n]).to_string();
+                        answers.lock().expect("answers").push(text);
+                        let _ = stop.recv().await;
+                    },
+                    _ = stop.recv() => {}
+                }
+            })
+        })
+        .collect();
+    let mut peak = before;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        peak = peak.max(app.relay.rss_mib());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Another client (another loopback address) still gets its webhooks in.
+    let signed = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("client");
+    let body = whitepay_order("during-the-flood");
+    let started = std::time::Instant::now();
+    let status = signed
+        .post(app.relay.url("whitepay"))
+        .header("Signature", whitepay_signature(WHITEPAY_TOKEN, &body))
+        .body(body)
+        .send()
+        .await
+        .expect("request")
+        .status();
+    let took = started.elapsed();
+    peak = peak.max(app.relay.rss_mib());
+    let _ = stop.send(());
+    for stranger in strangers {
+        let _ = stranger.await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = app.relay.rss_mib();
+    let refused = answers
+        .lock()
+        .expect("answers")
+        .iter()
+        .filter(|a| a.contains(" 429"))
+        .count();
+    eprintln!(
+        "body flood: {STRANGERS} strangers x {SENT} bytes: RSS {before:.1} -> peak {peak:.1} -> after {after:.1} MiB; {refused} answered 429; a signed webhook: {status} in {took:?}"
+    );
+    assert_eq!(status, 200, "a signed webhook of another client goes on");
+    assert!(took < Duration::from_secs(2), "and quickly: {took:?}");
+    assert!(
+        peak < before + 64.0,
+        "the bodies held at most a client's share: RSS {before:.1} -> {peak:.1} MiB"
+    );
+    assert!(
+        refused >= STRANGERS / 2,
+        "most strangers were refused at once: {refused} of {STRANGERS}"
+    );
+    assert!(
+        after < before + 32.0,
+        "the memory went back: {before:.1} -> {after:.1} MiB"
     );
 }

@@ -439,19 +439,12 @@ async fn a_failing_settle_is_retried_without_publishing_again() {
     }
 
     // Hold the write lock for two busy timeouts and more, so settles fail twice.
-    let outbox = app.config.outbox_url();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let lock = hookrelay::testing::hold_write_lock(&outbox).expect("take the write lock");
-        locked_tx.send(()).expect("signal");
-        std::thread::sleep(Duration::from_secs(12));
-        drop(lock);
-    });
-    locked_rx.recv().expect("lock taken");
-    app.proxy.restore();
-    tokio::task::spawn_blocking(move || holder.join().expect("lock holder"))
+    let lock = hookrelay::testing::hold_write_lock(&app.config.outbox_url())
         .await
-        .expect("join");
+        .expect("take the write lock");
+    app.proxy.restore();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    drop(lock);
 
     let deliveries = app
         .consumer

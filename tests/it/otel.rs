@@ -278,3 +278,44 @@ async fn export_resumes_when_the_receiver_comes_back() {
         .await;
     app.relay.assert_still_serving().await;
 }
+
+/// A request that fails authentication does not continue the trace it claims
+/// (nor obey its sampled flag): its server span starts a trace of its own, so a
+/// stranger cannot put spans into someone else's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_fails_authentication_starts_a_trace_of_its_own() {
+    let receiver = Receiver::start(([127, 0, 0, 1], 0).into(), Received::default()).await;
+    let app = traced("oteluntrusted", receiver.addr, 100)
+        .no_consumer()
+        .start()
+        .await;
+    let (trace_id, parent) = (random_hex(16), random_hex(8));
+    let body = whitepay_order("forged");
+    let (status, _) = post(
+        &app.relay.url("whitepay"),
+        body,
+        &[
+            ("Signature", "not-a-signature".to_owned()),
+            ("traceparent", format!("00-{trace_id}-{parent}-01")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let spans = receiver
+        .wait_for("the refused request's span", |spans| {
+            spans
+                .iter()
+                .any(|s| s.attribute("http.response.status_code") == Some("401"))
+        })
+        .await;
+    let refused = spans
+        .iter()
+        .find(|s| s.attribute("http.response.status_code") == Some("401"))
+        .expect("the span");
+    assert_ne!(refused.trace_id, trace_id, "a trace of its own");
+    assert!(refused.parent_span_id.is_empty(), "a root span");
+    assert!(
+        spans.iter().all(|s| s.trace_id != trace_id),
+        "nothing joined the claimed trace"
+    );
+}

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use hookrelay::testing::{Seed, SeedState};
 use rand::Rng;
 
+use crate::support::admin::Admin;
 use crate::support::*;
 
 /// Short leases, so takeovers happen within the test's patience.
@@ -549,7 +550,13 @@ async fn a_transaction_held_open_holds_publishing_back_and_says_so() {
     holder.batch_execute("COMMIT").await.expect("commit");
     let got = consumer.collect(5, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 5, "published once the transaction ended");
-    assert_eq!(relay.metric("hookrelay_outbox_fenced_rows").await, 0.0);
+    // The gauges are the latest count, at most a second old.
+    wait_until(
+        "the metric shows no fenced rows",
+        Duration::from_secs(5),
+        async || relay.metric("hookrelay_outbox_fenced_rows").await == 0.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,4 +627,195 @@ async fn tables_that_grew_fast_are_analyzed_by_the_relay_itself() {
         async || analyzed(),
     )
     .await;
+}
+
+/// Counts that PostgreSQL is slow to answer (its tables locked by another
+/// session) are taken one at a time: probes and scrapes that give up waiting
+/// leave the running count to the next caller instead of stacking theirs beside
+/// it, and they are served the latest count with its age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_counts_are_taken_one_at_a_time_and_served_with_their_age() {
+    let database = Arc::new(Database::create());
+    let app = one_replica("slowcounts", Arc::clone(&database))
+        .no_consumer()
+        .start()
+        .await;
+    wait_until("a first count", Duration::from_secs(10), async || {
+        app.relay
+            .metric("hookrelay_outbox_counted_age_seconds")
+            .await
+            > 0.0
+    })
+    .await;
+    let lock = hookrelay::testing::hold_write_lock(&app.config.outbox_url())
+        .await
+        .expect("lock the outbox's tables");
+    // A scraper and a prober every half second for six seconds.
+    for _ in 0..12 {
+        let started = Instant::now();
+        let (_, (status, _)) = tokio::join!(app.relay.metrics(), app.relay.readyz());
+        assert!(status == 200 || status == 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "answered within the probe's bound"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let counting: i64 = database
+        .sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = '{}' AND pid <> pg_backend_pid() AND state <> 'idle'
+               AND query LIKE '%count(*) FROM%'",
+            database.name
+        ))
+        .parse()
+        .expect("a number");
+    assert!(counting <= 1, "{counting} counts run in the server at once");
+    let (_, ready) = app.relay.readyz().await;
+    let age = ready["outbox"]["counted_seconds_ago"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        age >= 5.0,
+        "the count served is the latest one, with its age: {ready}"
+    );
+    drop(lock);
+}
+
+/// The lease heartbeat has a connection of its own: a pool that the writers,
+/// the counts and the operator's reads hold (here, all stuck behind a lock of the
+/// outbox's tables) does not cost the replica its leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_while_the_pool_is_saturated() {
+    let database = Arc::new(Database::create());
+    let app = one_replica("saturated", Arc::clone(&database))
+        .no_consumer()
+        .start()
+        .await;
+    wait_until(
+        "every partition leased",
+        Duration::from_secs(20),
+        async || app.relay.metric("hookrelay_outbox_partitions_owned").await == 256.0,
+    )
+    .await;
+    let lock = hookrelay::testing::hold_write_lock(&app.config.outbox_url())
+        .await
+        .expect("lock the outbox's tables");
+    // Webhooks for the writers, searches for the operator's reads: every pooled
+    // connection waits on the lock.
+    let admin = Admin::of(&app.relay);
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let url = app.relay.url("whitepay");
+        let body = whitepay_order(&format!("saturate-{i}"));
+        let signature = whitepay_signature(WHITEPAY_TOKEN, &body);
+        held.push(tokio::spawn(async move {
+            let _ = post(&url, body, &[("Signature", signature)]).await;
+        }));
+    }
+    for _ in 0..8 {
+        let admin = admin.clone();
+        held.push(tokio::spawn(async move {
+            let _ = admin.get("/api/v1/events?subject=nowhere").await;
+        }));
+    }
+    // Three leases long.
+    let mut fewest = 256.0_f64;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        fewest = fewest.min(app.relay.metric("hookrelay_outbox_partitions_owned").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(lock);
+    for task in held {
+        let _ = task.await;
+    }
+    assert_eq!(
+        fewest, 256.0,
+        "no lease was lost while the pool was saturated"
+    );
+    assert!(
+        !app.relay
+            .logs()
+            .iter()
+            .any(|line| line.contains("renewing partition leases timed out")
+                || line.contains("leases lost")),
+        "no renewal failed"
+    );
+}
+
+/// A replica that stays connected to the broker but gets nowhere publishing (its
+/// user may not write to the exchange: every publish is refused, the channel
+/// recovers, and again) hands its subjects to the other replica within a bound,
+/// and its /readyz says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_publisher_gets_nowhere_hands_its_subjects_to_the_others() {
+    let user = format!("hr_nowrite_{}", uuid::Uuid::new_v4().simple());
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl");
+        assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+    };
+    ctl(&["add_user", &user, "nowrite"]);
+    // It may declare (configure) and bind (read; write on the unrouted queue), but
+    // not publish to the exchange.
+    ctl(&[
+        "set_permissions",
+        "-p",
+        "/",
+        &user,
+        ".*",
+        "\\.unrouted$",
+        ".*",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new("nowhere");
+    let mut consumer = Consumer::bind(&exchange, "#").await;
+    let database = Arc::new(Database::create());
+    let mut config_a = replica_config(&exchange, dir.path(), Arc::clone(&database));
+    config_a.env.push((
+        "HOOKRELAY_AMQP_URL".to_owned(),
+        format!("amqp://{user}:nowrite@{BROKER}/%2f"),
+    ));
+    let config_b = replica_config(&exchange, dir.path(), database);
+    let a = Relay::start(&config_a);
+    let b = Relay::start(&config_b);
+    let mut acked = Acked::new();
+    for s in 0..20 {
+        let subject = format!("nowhere-{s}-{}", uuid::Uuid::new_v4().simple());
+        assert_eq!(
+            a.post_whitepay(&whitepay_order_at(&subject, ORDER_LIFE[0]))
+                .await
+                .0,
+            200
+        );
+        acked.insert(subject, vec![ORDER_LIFE[0].to_owned()]);
+    }
+    // Stuck for a confirm timeout and a lease, then handed on.
+    let delivered = drain(
+        &mut consumer,
+        &acked,
+        hookrelay::publisher::CONFIRM_TIMEOUT + Duration::from_secs(30),
+    )
+    .await;
+    let v = judge(&acked, &delivered);
+    let said = a
+        .logs()
+        .iter()
+        .any(|line| line.contains("the publisher has got nowhere"));
+    let (_, ready) = a.readyz().await;
+    drop((a, b));
+    ctl(&["delete_user", &user]);
+    assert_eq!(
+        (v.lost, v.phantom),
+        (0, 0),
+        "the other replica published the stuck one's subjects: {v:?}"
+    );
+    assert!(said, "the stuck replica's log says why");
+    assert!(
+        ready["publisher"]["stuck_seconds"].as_f64().is_some(),
+        "its /readyz shows how long its publisher got nowhere: {ready}"
+    );
 }

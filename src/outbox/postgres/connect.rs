@@ -34,6 +34,7 @@ pub(super) enum Tls {
 
 /// A parsed outbox URL: the driver's config (password inside, never printed) and
 /// the TLS settings taken out of it.
+#[derive(Clone)]
 pub(super) struct Target {
     pub(super) config: tokio_postgres::Config,
     pub(super) tls: Tls,

@@ -40,6 +40,29 @@ impl Claims {
         self.held().values().any(|(p, _)| *p == part)
     }
 
+    /// Lets go of the claims of rows never sent.
+    pub(super) fn release(&self, ids: &[i64]) {
+        let mut held = self.held();
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    /// The claims of `ids`, to put them back with [`restore`](Self::restore) (a
+    /// test of a settle whose first try committed unseen).
+    #[cfg(test)]
+    pub(super) fn of_rows(&self, ids: &[i64]) -> Vec<(i64, (i16, i64))> {
+        ids.iter()
+            .filter_map(|id| Some((*id, self.of(*id)?)))
+            .collect()
+    }
+
+    /// Puts claims back.
+    #[cfg(test)]
+    pub(super) fn restore(&self, claims: &[(i64, (i16, i64))]) {
+        self.held().extend(claims.iter().copied());
+    }
+
     /// The partition and epoch row `id` was fetched under.
     fn of(&self, id: i64) -> Option<(i16, i64)> {
         self.held().get(&id).copied()
@@ -173,14 +196,10 @@ pub(super) async fn settle(
             .map_err(pg_error)
     })
     .await?;
-    let recorded: HashSet<i64> = recorded.iter().map(|row| row.get(0)).collect();
-    {
-        let mut held = claims.held();
-        for id in &ids {
-            held.remove(id);
-        }
-    }
-    let fenced = ids.len() - recorded.len();
+    claims.release(&ids);
+    // Refused: the partition was no longer held under the epoch (a row already
+    // settled by an earlier try of this settle is no refusal).
+    let fenced = recorded.iter().filter(|row| !row.get::<_, bool>(1)).count();
     if fenced > 0 {
         metrics.outbox_fenced_settles.inc_by(fenced as u64);
         tracing::warn!(

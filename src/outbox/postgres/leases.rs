@@ -21,11 +21,15 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::error::{pg_error, pooled};
+use super::connect::Target;
+use super::error::{CHECKOUT_TIMEOUT, pg_error, pooled};
 use super::schema::PARTITIONS;
 use super::sql;
 use crate::outbox::OutboxError;
+use crate::pace::Pace;
 
 /// Longest wait for a partition's rows in flight before it is given back anyway:
 /// longer than a publish batch may take to be confirmed (10 s). A row whose outcome
@@ -98,11 +102,10 @@ impl Leases {
     /// publish its subjects meanwhile; it still takes webhooks.
     pub(super) async fn tick_once(
         &self,
-        pool: &Pool,
+        client: &Client,
         in_flight: impl Fn(i16) -> bool,
         publishing: bool,
     ) -> Result<(), OutboxError> {
-        let client = pooled(pool).await?;
         let sent = Instant::now();
         let ttl = self.ttl.as_secs_f64();
         let valid_until = sent + self.ttl - self.tick();
@@ -113,6 +116,12 @@ impl Leases {
         };
         client
             .execute(heartbeat, &[&self.replica])
+            .await
+            .map_err(pg_error)?;
+        // Members gone for ten leases (killed replicas, the write probes of
+        // replicas that never published) are forgotten.
+        client
+            .execute(sql::FORGET_MEMBERS, &[&(ttl * 10.0)])
             .await
             .map_err(pg_error)?;
         let live: i64 = client
@@ -158,8 +167,8 @@ impl Leases {
         } else {
             0
         };
-        self.give_back(&client, share, in_flight).await?;
-        self.take(&client, share, valid_until).await
+        self.give_back(client, share, in_flight).await?;
+        self.take(client, share, valid_until).await
     }
 
     /// Marks partitions over the fair share for release, and releases those whose
@@ -276,36 +285,93 @@ impl Leases {
     }
 }
 
-/// Renews and balances the leases every tick until `stop`.
+/// The lease task's own connection to the database: renewals never wait for a
+/// pooled connection held by the writers, the settles, the counts or the
+/// operator's reads (a saturated pool would otherwise cost a replica its leases
+/// for no reason). Connected again when it drops.
+pub(super) struct Session {
+    target: Target,
+    tls: MakeRustlsConnect,
+    client: Option<Client>,
+}
+
+impl Session {
+    pub(super) fn new(target: Target, tls: MakeRustlsConnect) -> Self {
+        Self {
+            target,
+            tls,
+            client: None,
+        }
+    }
+
+    /// The connection, made again if it is closed.
+    async fn client(&mut self) -> Result<&Client, OutboxError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let connecting = self.target.config.connect(self.tls.clone());
+            let (client, connection) = tokio::time::timeout(CHECKOUT_TIMEOUT, connecting)
+                .await
+                .map_err(|_| OutboxError::TimedOut(CHECKOUT_TIMEOUT.as_secs()))?
+                .map_err(pg_error)?;
+            tokio::spawn(connection);
+            self.client = Some(client);
+        }
+        self.client.as_ref().ok_or(OutboxError::Closed)
+    }
+}
+
+/// What says whether this replica can publish: its broker link and its
+/// publisher's progress.
+pub(super) struct Publishing {
+    /// Where the broker link's state is.
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
+    /// Where the publisher's progress is.
+    pub(super) pace: Arc<Pace>,
+    /// How long the publisher may get nowhere before this replica hands its
+    /// partitions on.
+    pub(super) stuck_after: Duration,
+}
+
+/// Renews and balances the leases every tick until `stop`. A replica that cannot
+/// publish (its broker link down for a lease, or its publisher getting nowhere
+/// for a confirm timeout and a lease: a broker that blocks it, confirms that
+/// never come) leaves the member list and gives its partitions to the others.
 pub(super) async fn run(
     leases: Arc<Leases>,
-    pool: Pool,
+    mut session: Session,
     in_flight: impl Fn(i16) -> bool + Send + Sync + 'static,
-    metrics: Arc<crate::metrics::Metrics>,
+    publishing: Publishing,
     mut stop: watch::Receiver<bool>,
 ) {
+    let stuck_after = publishing.stuck_after;
     // When the broker link was last seen up (or the task started).
     let mut broker_seen = Instant::now();
-    let mut publishing = true;
+    let mut able = true;
     loop {
-        if metrics.broker_connected.get() == 1 {
+        if publishing.metrics.broker_connected.get() == 1 {
             broker_seen = Instant::now();
         }
-        let able = broker_seen.elapsed() < leases.ttl;
-        if able != publishing {
-            publishing = able;
-            if publishing {
-                tracing::info!("the broker is back: taking a share of the partitions again");
+        let stuck = publishing.pace.stuck_for();
+        let now_able = broker_seen.elapsed() < leases.ttl && stuck < stuck_after;
+        if now_able != able {
+            able = now_able;
+            if able {
+                tracing::info!("publishing again: taking a share of the partitions again");
+            } else if stuck >= stuck_after {
+                tracing::warn!(
+                    stuck_s = stuck.as_secs(),
+                    "the publisher has got nowhere for {} s (no publish confirmed, rows to publish): giving this replica's partitions to the others (webhooks are still taken)",
+                    stuck.as_secs()
+                );
             } else {
                 tracing::warn!(
                     "the broker has been unreachable for longer than the lease: giving this replica's partitions to the others (webhooks are still taken)"
                 );
             }
         }
-        let tick = tokio::time::timeout(
-            leases.tick(),
-            leases.tick_once(&pool, &in_flight, publishing),
-        );
+        let tick = tokio::time::timeout(leases.tick(), async {
+            let client = session.client().await?;
+            leases.tick_once(client, &in_flight, able).await
+        });
         match tick.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -313,7 +379,8 @@ pub(super) async fn run(
             }
             Err(_) => tracing::warn!("renewing partition leases timed out; retrying"),
         }
-        metrics
+        publishing
+            .metrics
             .outbox_partitions_owned
             .set(i64::try_from(leases.count()).unwrap_or(0));
         tokio::select! {

@@ -11,7 +11,7 @@
 //!   errors as faults, and the time bounds of every call.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,7 +46,7 @@ mod tests;
 mod writer;
 
 #[cfg(feature = "testing")]
-pub(crate) use seed::{record_version, recorded_version, rewrite_meta, seed, vacuum};
+pub(crate) use seed::{record_version, recorded_version, rewrite_meta, seed, vacuum, write_lock};
 
 use connect::Target;
 use error::{CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT, bounded, pg_error, pooled};
@@ -65,6 +65,9 @@ pub(crate) struct PostgresOutbox {
     /// Only for `serve`: the `outbox` commands take no webhooks.
     intake: Option<Intake>,
     leases: Arc<Leases>,
+    /// The lease task (`serve` only), awaited at close so that no renewal in
+    /// flight takes partitions back after they were given up.
+    lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     claims: Claims,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
@@ -128,6 +131,7 @@ impl PostgresOutbox {
         let (stop, stop_rx) = watch::channel(false);
         let claims = Claims::default();
         let mut intake = None;
+        let mut lease_task = Mutex::new(None);
         if mode == Mode::Serve {
             let (taken, queue) = ingest::queue();
             let queue: writer::Shared = Arc::new(tokio::sync::Mutex::new(queue));
@@ -144,13 +148,19 @@ impl PostgresOutbox {
             intake = Some(taken);
             tokio::spawn(notify::announce(pool.clone(), committed, stop_rx.clone()));
             let claimed = claims.clone();
-            tokio::spawn(leases::run(
-                Arc::clone(&leases),
-                pool.clone(),
-                move |part| claimed.in_partition(part),
-                Arc::clone(&metrics),
-                stop_rx.clone(),
-            ));
+            let publishing = leases::Publishing {
+                metrics: Arc::clone(&metrics),
+                pace: options.pace,
+                stuck_after: options.stuck_after,
+            };
+            *lease_task.get_mut().unwrap_or_else(PoisonError::into_inner) =
+                Some(tokio::spawn(leases::run(
+                    Arc::clone(&leases),
+                    leases::Session::new(target.clone(), tls.clone()),
+                    move |part| claimed.in_partition(part),
+                    publishing,
+                    stop_rx.clone(),
+                )));
             tokio::spawn(maintenance::run(pool.clone(), stop_rx.clone()));
             tokio::spawn(notify::listen(target, tls, options.wake, stop_rx));
         }
@@ -158,6 +168,7 @@ impl PostgresOutbox {
             pool,
             intake,
             leases,
+            lease_task,
             claims,
             metrics,
             stop,
@@ -235,8 +246,22 @@ impl Pipe for PostgresOutbox {
         }
     }
 
+    fn unclaim(&self, ids: &[i64]) {
+        self.claims.release(ids);
+    }
+
     async fn close(&self) {
         let _ = self.stop.send(true);
+        let task = self
+            .lease_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            // The lease task ends at its next check of `stop`: after the tick in
+            // flight, which is bounded by a tick.
+            let _ = tokio::time::timeout(self.leases.tick() * 2, task).await;
+        }
         if self.intake.is_some()
             && let Err(e) = bounded(CHECKOUT_TIMEOUT, self.leases.leave(&self.pool)).await
         {

@@ -109,6 +109,17 @@ pub(crate) async fn record_version(url: &str, version: Version) -> Result<(), Ou
     Ok(())
 }
 
+/// A session holding an exclusive lock of the outbox's tables in an open
+/// transaction, until the client is dropped.
+pub(crate) async fn write_lock(url: &str) -> Result<tokio_postgres::Client, OutboxError> {
+    let (client, _driver) = connect(url).await?;
+    client
+        .batch_execute(sql::LOCK_TABLES)
+        .await
+        .map_err(pg_error)?;
+    Ok(client)
+}
+
 /// A connection of its own to the outbox at `url`, and the task that drives it
 /// (ended once the client is dropped).
 async fn connect(

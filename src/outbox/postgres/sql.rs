@@ -185,8 +185,10 @@ pub(super) fn fetch_due() -> String {
 /// the database's clock (NULL: unchanged), `$7` permanent failures to add),
 /// fenced: only rows of partitions replica `$8` still holds under the epoch they
 /// were fetched with, while the lease has not passed. `$9` is now; failures go to
-/// the attempts log, which keeps the newest `$10` per row. Returns the ids
-/// recorded.
+/// the attempts log, which keeps the newest `$10` per row. Returns each id with
+/// whether its partition was still held under its epoch (if not, the outcome was
+/// refused); a held row not recorded had been settled already (a settle that
+/// committed after its caller gave up on it, retried).
 pub(super) fn settle() -> String {
     format!(
         "
@@ -225,7 +227,7 @@ RETURNING d.id, s.state, s.error
             FROM hr_attempt WHERE id IN (SELECT id FROM failed)
         ) old WHERE old.n >= $10)
 )
-SELECT id FROM settled"
+SELECT s.id, h.p IS NOT NULL FROM s LEFT JOIN held h ON h.p = s.part AND h.epoch = s.epoch"
     )
 }
 
@@ -321,6 +323,12 @@ ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now()";
 /// Replica `$1` leaves the member list.
 pub(super) const LEAVE: &str = "DELETE FROM hr_member WHERE replica = $1";
 
+/// Forgets the members whose heartbeat and write probe are both older than `$1`
+/// seconds.
+pub(super) const FORGET_MEMBERS: &str = "
+DELETE FROM hr_member
+WHERE greatest(heartbeat_at, coalesce(probed_at, '-infinity')) < now() - make_interval(secs => $1)";
+
 /// Replicas that heartbeat within the last `$1` seconds.
 pub(super) const LIVE_MEMBERS: &str =
     "SELECT count(*) FROM hr_member WHERE heartbeat_at > now() - make_interval(secs => $1)";
@@ -407,3 +415,9 @@ FROM stored s JOIN input i USING (source, idempotency_key)";
 /// Row `$1`'s metadata becomes `$2` (a newer release's, in tests).
 #[cfg(feature = "testing")]
 pub(super) const REWRITE_META: &str = "UPDATE hr_event SET meta = $2 WHERE id = $1";
+
+/// Locks the outbox's tables against every other session until the transaction
+/// ends (tests).
+#[cfg(feature = "testing")]
+pub(super) const LOCK_TABLES: &str =
+    "BEGIN; LOCK TABLE hr_event, hr_delivery IN ACCESS EXCLUSIVE MODE";

@@ -221,3 +221,85 @@ async fn the_fetch_plan_neither_sorts_nor_anti_joins_the_backlog_on_stale_statis
     }
     drop(outbox);
 }
+
+/// The replica's outbox once its leases hold every partition, with `rows` webhooks
+/// stored and fetched (claimed).
+async fn fetched(
+    scratch: &Scratch,
+    metrics: &Arc<Metrics>,
+    rows: usize,
+) -> (PostgresOutbox, Vec<i64>) {
+    use crate::outbox::Pipe;
+    let outbox = PostgresOutbox::open(
+        &scratch.url(),
+        Mode::Serve,
+        Arc::clone(metrics),
+        Options::default(),
+    )
+    .await
+    .expect("open");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while outbox.leases.count() < 256 {
+        assert!(std::time::Instant::now() < deadline, "leases taken");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for i in 0..rows {
+        outbox
+            .insert(event(&format!("claimed {i}")))
+            .await
+            .expect("insert");
+    }
+    // Rows wait behind the fence while any transaction of the cluster that began
+    // before them is open (other tests run beside this one).
+    loop {
+        let due = outbox
+            .fetch_due(rows, &std::collections::HashSet::new())
+            .await
+            .expect("fetch");
+        if due.events.len() == rows {
+            return (outbox, due.events.iter().map(|row| row.id).collect());
+        }
+        assert!(std::time::Instant::now() < deadline, "rows fetched");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A settle that committed after its caller gave up on it, tried again, records
+/// nothing twice and is no refused outcome: the lease was held all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_tried_again_after_it_committed_is_not_counted_as_fenced() {
+    use crate::outbox::{Pipe, Settlement};
+    let scratch = Scratch::create().await;
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let (outbox, ids) = fetched(&scratch, &metrics, 3).await;
+    let settled: Arc<[Settlement]> = ids
+        .iter()
+        .map(|id| Settlement::Published { id: *id })
+        .collect();
+    // The first try commits, but its caller does not learn it (it timed out):
+    // the claims stay, and the publisher settles the same outcomes again.
+    let claims = outbox.claims.of_rows(&ids);
+    outbox.settle(Arc::clone(&settled)).await.expect("settle");
+    outbox.claims.restore(&claims);
+    outbox.settle(settled).await.expect("settle again");
+    assert_eq!(metrics.outbox_fenced_settles.get(), 0);
+}
+
+/// Rows fetched and never sent let go of their claims, so that a partition being
+/// handed on does not wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_never_sent_let_go_of_their_partitions() {
+    use crate::outbox::Pipe;
+    let scratch = Scratch::create().await;
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let (outbox, ids) = fetched(&scratch, &metrics, 5).await;
+    let parts: Vec<i16> = (0..256)
+        .filter(|p| outbox.claims.in_partition(*p))
+        .collect();
+    assert!(!parts.is_empty(), "fetched rows claim their partitions");
+    outbox.unclaim(&ids);
+    assert!(
+        (0..256).all(|p| !outbox.claims.in_partition(p)),
+        "no claim is left"
+    );
+}

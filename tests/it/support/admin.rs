@@ -33,6 +33,7 @@ impl Answer {
 }
 
 /// Talks to one relay's admin listener.
+#[derive(Clone)]
 pub struct Admin {
     base: String,
     client: reqwest::Client,

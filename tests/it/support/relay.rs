@@ -147,6 +147,23 @@ impl Relay {
         }
     }
 
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
+    /// The relay's resident memory now, in MiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the relay's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .expect("VmRSS")
+    }
+
     /// The URL of a source.
     pub fn url(&self, source: &str) -> String {
         format!("http://{}/webhooks/{source}", self.ingress)
