@@ -264,7 +264,11 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         metrics,
         activity,
         sources: source_list,
-        access: admin::auth::Access::new(config.admin_token.clone(), admin_addr.ip().is_loopback()),
+        access: admin::auth::Access::new(
+            config.admin_token.clone(),
+            admin_addr.ip().is_loopback(),
+            config.admin_hosts.clone(),
+        ),
         searches: tokio::sync::Semaphore::new(1),
         failed_logins: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),
     });

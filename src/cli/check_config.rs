@@ -40,6 +40,11 @@ fn check(config: &Config) -> (String, Vec<String>) {
         }
     };
     let _ = writeln!(out, "admin_token     {console}");
+    if config.admin_token.is_none() {
+        let mut names = vec!["localhost", "127.0.0.0/8", "[::1]"];
+        names.extend(config.admin_hosts.iter().map(String::as_str));
+        let _ = writeln!(out, "admin_hosts     {} (any port)", names.join(", "));
+    }
     let _ = writeln!(
         out,
         "amqp_url        {}",
