@@ -95,6 +95,102 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
+/// How long `check-config --connect` waits for the broker to accept a
+/// connection and a channel.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why [`check_reachable`] could not reach the broker: what failed, at which
+/// URL (password masked), the broker's or the system's words (kept as text, so a
+/// printed chain names them once), and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{} at {url} ({error}): {}", .failed.what(), .failed.what_to_do())]
+pub(crate) struct BrokerCheckError {
+    failed: BrokerCheck,
+    url: String,
+    error: String,
+}
+
+/// The step of [`check_reachable`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BrokerCheck {
+    /// Nothing took the connection: refused, unknown host, unreachable, TLS.
+    Connect,
+    /// The broker refused the user or its password (reply code 403).
+    Login,
+    /// The virtual host does not exist, or the user may not use it (530).
+    VirtualHost,
+    /// No connection and channel within [`CHECK_TIMEOUT`].
+    Answer,
+    /// Connected, but the broker gave no channel.
+    Channel,
+}
+
+impl BrokerCheck {
+    fn what(self) -> &'static str {
+        match self {
+            Self::Connect => "cannot connect to the broker",
+            Self::Login => "the broker refused the login",
+            Self::VirtualHost => "the broker refused the virtual host",
+            Self::Answer => "no connection and channel within 10 s from the broker",
+            Self::Channel => "connected, but no channel from the broker",
+        }
+    }
+
+    fn what_to_do(self) -> &'static str {
+        match self {
+            Self::Connect => {
+                "check the host and port of HOOKRELAY_AMQP_URL, and that RabbitMQ runs and is reachable from here"
+            }
+            Self::Login => "check the user and password in HOOKRELAY_AMQP_URL",
+            Self::VirtualHost => {
+                "check the path of HOOKRELAY_AMQP_URL (`%2f` is the default vhost `/`) and the user's permissions on it"
+            }
+            Self::Answer => {
+                "check that the port of HOOKRELAY_AMQP_URL is RabbitMQ's AMQP port (5672, 5671 for amqps://) and that nothing on the way holds the connection"
+            }
+            Self::Channel => "check the broker's logs and its channel_max",
+        }
+    }
+}
+
+/// Opens a connection and a channel to the broker at `url` and closes them:
+/// declares nothing, publishes nothing (`check-config --connect`). The
+/// connection is named after the check, so the broker's logs tell it apart.
+pub(crate) async fn check_reachable(url: &str) -> Result<(), BrokerCheckError> {
+    let failed = |failed, error: String| BrokerCheckError {
+        failed,
+        url: redact_url(url),
+        error,
+    };
+    let timed_out = |_| failed(BrokerCheck::Answer, "timed out".to_owned());
+    let properties = ConnectionProperties::default()
+        .with_connection_name("hookrelay check-config --connect".into());
+    let connection = tokio::time::timeout(CHECK_TIMEOUT, Connection::connect(url, properties))
+        .await
+        .map_err(timed_out)?
+        .map_err(|e| {
+            // AMQP 0-9-1 reply codes: 403 the login, 530 the virtual host.
+            let step = match e.kind() {
+                lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 403 => BrokerCheck::Login,
+                lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 530 => {
+                    BrokerCheck::VirtualHost
+                }
+                _ => BrokerCheck::Connect,
+            };
+            failed(step, e.to_string())
+        })?;
+    let channel = tokio::time::timeout(CHECK_TIMEOUT, connection.create_channel()).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(200, "hookrelay check-config done".into()),
+    )
+    .await;
+    channel
+        .map_err(timed_out)?
+        .map(|_| ())
+        .map_err(|e| failed(BrokerCheck::Channel, e.to_string()))
+}
+
 /// A self-healing connection with one confirm-mode channel.
 pub(crate) struct BrokerLink {
     url: String,

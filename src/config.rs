@@ -22,6 +22,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "admin_listen",
     "admin_token",
+    "admin_hosts",
     "amqp_url",
     "exchange",
     "outbox_url",
@@ -131,6 +132,9 @@ pub struct Config {
     /// Bearer token of the admin API and console; without one they are served
     /// only on a loopback admin address.
     pub admin_token: Option<Secret>,
+    /// Host names, besides the loopback ones, that the admin API and console
+    /// answer to without a token (lower case, without a port or a trailing dot).
+    pub admin_hosts: Vec<String>,
     /// RabbitMQ URL (may hold a password).
     pub amqp_url: Secret,
     /// Topic exchange the relay publishes to.
@@ -287,6 +291,7 @@ impl Config {
             }
             Some(token) => Some(Secret(token.to_owned())),
         };
+        let admin_hosts = parse_host_names("admin_hosts", &get("admin_hosts", ""))?;
         let amqp_url = get("amqp_url", "amqp://guest:guest@127.0.0.1:5672/%2f");
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             return Err(invalid("amqp_url", "expected amqp://… or amqps://…"));
@@ -351,6 +356,7 @@ impl Config {
             listen,
             admin_listen,
             admin_token,
+            admin_hosts,
             amqp_url: Secret(amqp_url),
             exchange,
             outbox_url: Secret(outbox_url),
@@ -559,6 +565,45 @@ fn parse_size(key: &str, value: &str) -> Result<usize, ConfigError> {
     Ok(bytes)
 }
 
+/// A host name as the admin listener compares it: lower case, without a trailing
+/// dot, an IPv6 address without its brackets.
+pub(crate) fn normalize_host(host: &str) -> String {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.to_ascii_lowercase()
+}
+
+/// A comma-separated list of host names (or IP addresses), each matched with any
+/// port. A port, a wildcard or a URL is refused: it would not mean what it says.
+fn parse_host_names(key: &str, value: &str) -> Result<Vec<String>, ConfigError> {
+    split_list(value)
+        .into_iter()
+        .map(|item| {
+            let host = normalize_host(&item);
+            let name = !host.is_empty()
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if name || host.parse::<std::net::IpAddr>().is_ok() {
+                Ok(host)
+            } else {
+                Err(invalid(
+                    key,
+                    format!(
+                        "`{item}` is not a host name: give names such as relay.internal, without a scheme, a port (any port is accepted) or a wildcard"
+                    ),
+                ))
+            }
+        })
+        .collect()
+}
+
 fn parse_cidrs(key: &str, value: &str) -> Result<Vec<IpNet>, ConfigError> {
     split_list(value)
         .into_iter()
@@ -678,6 +723,29 @@ mod tests {
         let text = err.to_string();
         assert!(!text.contains("t0ken-s3cret"), "{text}");
         assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn admin_host_names_are_read_without_case_or_trailing_dot_and_ports_are_refused() {
+        let cfg = Config::load_from(
+            None,
+            &env(&[("HOOKRELAY_ADMIN_HOSTS", "Relay.Internal., [::1], 10.0.0.7")]),
+        )
+        .expect("valid");
+        assert_eq!(cfg.admin_hosts, ["relay.internal", "::1", "10.0.0.7"]);
+        assert!(
+            Config::load_from(None, &[])
+                .expect("defaults")
+                .admin_hosts
+                .is_empty()
+        );
+        for bad in ["relay.internal:9090", "*.example", "http://relay", "a..b"] {
+            let err = Config::load_from(None, &env(&[("HOOKRELAY_ADMIN_HOSTS", bad)]))
+                .map(|_| ())
+                .unwrap_err();
+            assert!(err.to_string().contains("admin_hosts"), "{bad}: {err}");
+            assert!(err.to_string().contains("not a host name"), "{bad}: {err}");
+        }
     }
 
     #[test]

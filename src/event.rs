@@ -165,7 +165,7 @@ impl Parsed {
 
 /// The routing-key segment, kind and status of an authentic event no mapping
 /// table recognizes.
-const UNRECOGNIZED: &str = "unrecognized";
+pub(crate) const UNRECOGNIZED: &str = "unrecognized";
 
 /// Fixed namespace for event ids (UUID v5), so ids are the same on every replica.
 const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d2c_7a4e_3f1b_4c8a_9e6d_0b1f_2a3c_4d5e);

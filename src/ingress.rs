@@ -622,7 +622,7 @@ async fn store(
     let event_id = meta.id.clone();
     let event = NewEvent {
         meta,
-        headers_json: audit_headers(&headers),
+        headers_json: audit_headers(&headers, source.spec.credential_headers),
         body,
         received_at_us: crate::clock::micros(received),
         traceparent,
@@ -796,11 +796,14 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpA
     Some(client)
 }
 
-/// The request headers as a JSON object for the audit trail, without credentials.
-/// Repeated headers are joined with `, ` as HTTP allows. Written straight to text:
-/// building a `serde_json::Value` first cost as much as parsing the body.
-fn audit_headers(headers: &HeaderMap) -> String {
-    struct Audit<'a>(&'a HeaderMap);
+/// The request headers as a JSON object for the audit trail, without the
+/// caller's credentials, and with the provider's `credentials` (headers that
+/// authenticate other bodies too) as `[redacted]`: kept by name, so the trail
+/// still says they were sent. Repeated headers are joined with `, ` as HTTP
+/// allows. Written straight to text: building a `serde_json::Value` first cost
+/// as much as parsing the body.
+fn audit_headers(headers: &HeaderMap, credentials: &[&str]) -> String {
+    struct Audit<'a>(&'a HeaderMap, &'a [&'a str]);
     impl serde::Serialize for Audit<'_> {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             let kept = self
@@ -808,6 +811,11 @@ fn audit_headers(headers: &HeaderMap) -> String {
                 .keys()
                 .filter(|name| !SECRET_HEADERS.contains(&name.as_str()));
             serializer.collect_map(kept.map(|name| {
+                if self.1.contains(&name.as_str()) {
+                    // The body's redaction marker, without its JSON quotes.
+                    let marker = crate::event::REDACTED.trim_matches('"');
+                    return (name.as_str(), std::borrow::Cow::Borrowed(marker));
+                }
                 let mut values = self
                     .0
                     .get_all(name)
@@ -825,7 +833,7 @@ fn audit_headers(headers: &HeaderMap) -> String {
         }
     }
     // Serializing string keys and values into a String cannot fail.
-    serde_json::to_string(&Audit(headers)).unwrap_or_else(|_| "{}".to_owned())
+    serde_json::to_string(&Audit(headers, credentials)).unwrap_or_else(|_| "{}".to_owned())
 }
 
 #[cfg(test)]
@@ -955,15 +963,22 @@ mod tests {
     }
 
     #[test]
-    fn audit_headers_drop_credentials_and_keep_signatures() {
+    fn audit_headers_drop_credentials_mask_the_providers_and_keep_body_macs() {
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
         headers.insert("signature", HeaderValue::from_static("abc123"));
+        headers.insert("timestamp", HeaderValue::from_static("1700000000000"));
         headers.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         headers.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
-        let json: serde_json::Value = serde_json::from_str(&audit_headers(&headers)).expect("json");
+        let json: serde_json::Value =
+            serde_json::from_str(&audit_headers(&headers, &[])).expect("json");
         assert!(json.get("authorization").is_none());
-        assert_eq!(json["signature"], "abc123");
+        assert_eq!(json["signature"], "abc123", "a MAC of the body stays");
         assert_eq!(json["x-forwarded-for"], "1.2.3.4, 5.6.7.8");
+        let json: serde_json::Value =
+            serde_json::from_str(&audit_headers(&headers, &["signature"])).expect("json");
+        assert_eq!(json["signature"], "[redacted]", "a credential is masked");
+        assert_eq!(json["timestamp"], "1700000000000");
+        assert!(json.get("authorization").is_none());
     }
 }

@@ -265,13 +265,29 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         activity: Arc::clone(&activity),
     });
     ingress.count_from_zero();
+    // `hookrelay_events_published_total` at 0 for each configured provider with
+    // the one kind and status every provider can publish, so `rate()` over it is
+    // 0, not empty, before the first publish; the other pairs are a provider's
+    // mapping (or a `standard` source's configuration) and appear when published.
+    for source in ingress.sources.values() {
+        let unrecognized = crate::event::UNRECOGNIZED;
+        metrics.events_published.with_label_values(&[
+            source.config.provider.as_str(),
+            unrecognized,
+            unrecognized,
+        ]);
+    }
     let admin = Arc::new(Admin {
         outbox: operate,
         counts,
         metrics,
         activity,
         sources: source_list,
-        access: admin::auth::Access::new(config.admin_token.clone(), admin_addr.ip().is_loopback()),
+        access: admin::auth::Access::new(
+            config.admin_token.clone(),
+            admin_addr.ip().is_loopback(),
+            config.admin_hosts.clone(),
+        ),
         searches: tokio::sync::Semaphore::new(1),
         pace: Arc::clone(&pace),
         failed_logins: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),

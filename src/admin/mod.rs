@@ -174,7 +174,7 @@ mod tests {
             metrics: Arc::new(Metrics::new().expect("metrics")),
             activity: Arc::default(),
             sources: Vec::new(),
-            access: auth::Access::new(None, true),
+            access: auth::Access::new(None, true, Vec::new()),
             searches: tokio::sync::Semaphore::new(1),
             pace: Arc::default(),
             failed_logins: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),

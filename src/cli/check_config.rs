@@ -1,5 +1,6 @@
 //! `hookrelay check-config`: the effective configuration, secrets masked, and every
-//! problem found in it.
+//! problem found in it; with `--connect`, also whether the broker and the outbox
+//! can be reached, as `vector validate` checks its sinks.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -7,9 +8,86 @@ use std::process::ExitCode;
 use crate::config::Config;
 use crate::providers;
 
-/// Prints the report, then the problems to stderr; fails when there is any.
-pub(crate) fn run(config: &Config) -> ExitCode {
-    let (report, problems) = check(config);
+/// Arguments of `hookrelay check-config`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CheckConfigArgs {
+    /// Also reach the broker (open a connection and a channel; nothing is
+    /// declared) and the outbox (it must exist; its schema version is read,
+    /// nothing is created or migrated), and say for each what failed and what
+    /// to do.
+    #[arg(long)]
+    pub(crate) connect: bool,
+}
+
+/// What `--connect` found of one service: a line of the report, and the
+/// problem when it could not be reached.
+pub(crate) struct Reached {
+    /// `broker` or `outbox`.
+    what: &'static str,
+    /// Where, as it may be shown (no password).
+    target: String,
+    /// What was found, or what failed and what to do.
+    outcome: Result<String, String>,
+}
+
+/// Reaches the broker and the outbox at once (each has its own time bound);
+/// an outbox URL already reported as invalid is not tried again.
+pub(crate) async fn connect(config: &Config) -> Vec<Reached> {
+    let amqp_url = config.amqp_url.expose();
+    let broker = async {
+        Reached {
+            what: "broker",
+            target: crate::amqp::redact_url(amqp_url),
+            outcome: crate::amqp::check_reachable(amqp_url)
+                .await
+                .map(|()| "connected, a channel opened, nothing declared".to_owned())
+                .map_err(|e| e.to_string()),
+        }
+    };
+    let outbox_url = config.outbox_url.expose();
+    let outbox = async {
+        let target = crate::outbox::describe_url(outbox_url).ok()?;
+        let outcome = crate::outbox::schema_version(outbox_url)
+            .await
+            .map(|version| match version {
+                0 => "schema version 0 (empty: `hookrelay serve` creates its tables)".to_owned(),
+                n => format!("schema version {n}"),
+            })
+            .map_err(|e| match e.reason() {
+                // The database's own words (a database that does not exist, a
+                // role it refuses) carry no advice of their own.
+                "other" => format!(
+                    "{e}: check the database, user and password in HOOKRELAY_OUTBOX_URL, and that it names a hookrelay outbox"
+                ),
+                _ => e.to_string(),
+            });
+        Some(Reached {
+            what: "outbox",
+            target,
+            outcome,
+        })
+    };
+    let (broker, outbox) = tokio::join!(broker, outbox);
+    std::iter::once(broker).chain(outbox).collect()
+}
+
+/// Prints the report (with what `--connect` found, if it ran), then the
+/// problems to stderr; fails when there is any.
+pub(crate) fn run(config: &Config, reached: &[Reached]) -> ExitCode {
+    let (mut report, mut problems) = check(config);
+    if !reached.is_empty() {
+        let _ = writeln!(report, "connections:");
+    }
+    for service in reached {
+        let found = match &service.outcome {
+            Ok(found) => found.as_str(),
+            Err(problem) => {
+                problems.push(problem.clone());
+                "FAILED (see below)"
+            }
+        };
+        let _ = writeln!(report, "  {:<13} {}: {found}", service.what, service.target);
+    }
     print!("{report}");
     if problems.is_empty() {
         println!("configuration OK");
@@ -40,6 +118,11 @@ fn check(config: &Config) -> (String, Vec<String>) {
         }
     };
     let _ = writeln!(out, "admin_token     {console}");
+    if config.admin_token.is_none() {
+        let mut names = vec!["localhost", "127.0.0.0/8", "[::1]"];
+        names.extend(config.admin_hosts.iter().map(String::as_str));
+        let _ = writeln!(out, "admin_hosts     {} (any port)", names.join(", "));
+    }
     let _ = writeln!(
         out,
         "amqp_url        {}",

@@ -36,8 +36,9 @@ enum Command {
     /// Run the relay (ingress, publisher, admin listener) until SIGTERM/SIGINT.
     Serve,
     /// Load and validate the configuration, print the effective sources (secrets
-    /// masked), and exit non-zero on any problem.
-    CheckConfig,
+    /// masked), and exit non-zero on any problem; with --connect, also reach the
+    /// broker and the outbox.
+    CheckConfig(check_config::CheckConfigArgs),
     /// Post a correctly signed example webhook of PROVIDER to a running relay, with
     /// fresh ids and timestamp, and print the status and the ack.
     ///
@@ -85,7 +86,14 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 .map_err(CliError::Serve)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig => Ok(check_config::run(&config)),
+        Command::CheckConfig(args) => {
+            let reached = if args.connect {
+                runtime()?.block_on(check_config::connect(&config))
+            } else {
+                Vec::new()
+            };
+            Ok(check_config::run(&config, &reached))
+        }
         Command::Sample(args) => runtime()?
             .block_on(sample::run(&config, &args))
             .map_err(CliError::Sample),

@@ -81,6 +81,20 @@ pub(crate) fn describe_url(url: &str) -> Result<String, OutboxError> {
     }
 }
 
+/// The schema version of the existing outbox the URL names, as `check-config
+/// --connect` reports it: the outbox must exist, as for the `outbox` commands,
+/// and is read without being created, migrated or locked.
+pub(crate) async fn schema_version(url: &str) -> Result<i64, OutboxError> {
+    match Location::parse(url)? {
+        Location::Sqlite(path) => {
+            tokio::task::spawn_blocking(move || sqlite::schema::schema_version(&path))
+                .await
+                .map_err(|e| OutboxError::Storage(Fault::new(FaultKind::Other, e.to_string())))?
+        }
+        Location::Postgres(url) => postgres::schema::schema_version(&url).await,
+    }
+}
+
 /// Who opens the outbox, which decides what may happen to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {

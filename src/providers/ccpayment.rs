@@ -31,6 +31,8 @@ pub(crate) const SPEC: ProviderSpec = ProviderSpec {
     name: "ccpayment",
     keys: &["app_id", "app_secret", "api_version"],
     secret_keys: &["app_secret"],
+    // Its signature is a MAC of the body: it authenticates that body alone.
+    credential_headers: &[],
     default_redact: &[],
     build,
     sample_body,

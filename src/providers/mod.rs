@@ -34,6 +34,11 @@ pub struct ProviderSpec {
     pub keys: &'static [&'static str],
     /// Keys whose values are secrets: masked in `check-config`, never logged.
     pub secret_keys: &'static [&'static str],
+    /// Request headers (lower case) that work as a credential: they authenticate
+    /// other bodies than this one for a while (a signature that does not cover
+    /// the body). Ingress stores them as `[redacted]`, so no view shows them. A
+    /// MAC of the body authenticates only that body and is not listed.
+    pub credential_headers: &'static [&'static str],
     /// JSON paths (dot-separated) whose string values are redacted in published
     /// payloads when the source sets no `redact` of its own.
     pub default_redact: &'static [&'static str],

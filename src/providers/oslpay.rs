@@ -37,6 +37,9 @@ pub(crate) const SPEC: ProviderSpec = ProviderSpec {
     // The app id travels in clear in every webhook header and the key is public:
     // masking them would only hide from the operator which key is configured.
     secret_keys: &[],
+    // OSL signs `appId` and `timestamp`, not the body: within the timestamp's
+    // window the signature authenticates any body, as a password would.
+    credential_headers: &["signature"],
     // OSL documents an optional `privateSecret` ("App private secret") in order
     // bodies: it must not reach every consumer of the exchange.
     default_redact: &["data.privateSecret"],

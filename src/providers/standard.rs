@@ -46,6 +46,8 @@ pub(crate) const SPEC: ProviderSpec = ProviderSpec {
         "time_pointer",
     ],
     secret_keys: &["secret"],
+    // Its signature is a MAC of the body: it authenticates that body alone.
+    credential_headers: &[],
     default_redact: &[],
     build,
     sample_body,

@@ -36,6 +36,8 @@ pub(crate) const SPEC: ProviderSpec = ProviderSpec {
     name: "wcheckout",
     keys: &[SIGN_KEY],
     secret_keys: &[SIGN_KEY],
+    // Its signature is a MAC of the body: it authenticates that body alone.
+    credential_headers: &[],
     default_redact: &[],
     build,
     sample_body,

@@ -23,6 +23,8 @@ pub(crate) const SPEC: ProviderSpec = ProviderSpec {
     name: "whitepay",
     keys: &["webhook_token"],
     secret_keys: &["webhook_token"],
+    // Its signature is a MAC of the body: it authenticates that body alone.
+    credential_headers: &[],
     default_redact: &[],
     build,
     sample_body,

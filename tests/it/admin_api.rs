@@ -454,3 +454,110 @@ async fn without_a_token_the_api_is_served_only_on_a_loopback_admin_address() {
     assert_eq!(admin.get("/ui/").await.status, 403);
     assert_eq!(admin.get("/metrics").await.status, 200, "probes stay open");
 }
+
+/// The DNS rebinding of issue 21: a page on `attacker.example`, whose name the
+/// attacker has pointed at 127.0.0.1, is same-origin with the listener in the
+/// browser's eyes, so it could read every stored body and replay events from the
+/// operator's own browser. Its requests carry its own name as `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_a_foreign_host_name_is_refused_for_reads_and_replays() {
+    // Published rows, so that a replay that got through would show.
+    let mut app = a_relay_with_orders(Backend::Sqlite).await;
+    publish_everything(&mut app).await;
+    let port = app.relay.admin.port();
+    let mut page = Admin::of(&app.relay);
+    page.host = Some(format!("attacker.example:{port}"));
+
+    let read = page.get("/api/v1/events").await;
+    assert_eq!(
+        read.status, 421,
+        "a foreign Host reads nothing: {}",
+        read.body
+    );
+    let message = read.json()["error"].as_str().expect("error").to_owned();
+    assert!(
+        message.contains("HOOKRELAY_ADMIN_HOSTS") && message.contains("HOOKRELAY_ADMIN_TOKEN"),
+        "the refusal says what to do: {message}"
+    );
+    assert!(!read.body.contains("ord-a"), "{}", read.body);
+    assert_eq!(page.get("/ui/").await.status, 421, "nor the console");
+    assert_eq!(page.get("/ui/events/1").await.status, 421);
+
+    // The page's own origin matches the Host it sent: still refused.
+    page.origin = Some(format!("http://attacker.example:{port}"));
+    let replay = page
+        .post_json("/api/v1/replay", &serde_json::json!({ "subject": "ord-a" }))
+        .await;
+    assert_eq!(replay.status, 421, "{}", replay.body);
+    let form = page
+        .post_form("/ui/replay", &[("subject", "ord-a"), ("confirm", "1")])
+        .await;
+    assert_eq!(form.status, 421, "{}", form.body);
+
+    // Probes and scrapes answer any Host: Kubernetes and Prometheus use the pod IP.
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(page.get(open).await.status, 200, "{open} answers any Host");
+    }
+    assert_eq!(
+        app.relay.outbox_count(Some("pending")),
+        0,
+        "nothing was replayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_loopback_and_configured_host_names_are_served() {
+    let app = TestApp::build(Backend::Sqlite, "adminhost")
+        .no_consumer()
+        .env("HOOKRELAY_ADMIN_HOSTS", "relay.internal, console.example.")
+        .start()
+        .await;
+    let port = app.relay.admin.port();
+    let mut admin = Admin::of(&app.relay);
+    for host in [
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("127.1.2.3:{port}"),
+        format!("[::1]:{port}"),
+        // Any port: a `kubectl port-forward` or an SSH tunnel changes it.
+        "localhost:18080".to_owned(),
+        "localhost".to_owned(),
+        format!("relay.internal:{port}"),
+        "CONSOLE.example".to_owned(),
+    ] {
+        admin.host = Some(host.clone());
+        let answer = admin.get("/api/v1/events").await;
+        assert_eq!(answer.status, 200, "Host {host}: {}", answer.body);
+    }
+    for foreign in [
+        "relay.internal.attacker.example".to_owned(),
+        format!("127.0.0.1.attacker.example:{port}"),
+        format!("10.0.0.1:{port}"),
+        "localhost.:not-a-port".to_owned(),
+    ] {
+        admin.host = Some(foreign.clone());
+        assert_eq!(
+            admin.get("/api/v1/events").await.status,
+            421,
+            "Host {foreign}"
+        );
+    }
+
+    // A POST's Origin is compared with the names the console answers to, not
+    // with whatever Host the request names.
+    let dry_run = serde_json::json!({ "state": "dead", "dry_run": true });
+    admin.host = Some(format!("127.0.0.1:{port}"));
+    for (origin, status) in [
+        (format!("http://127.0.0.1:{port}"), 200),
+        ("https://relay.internal".to_owned(), 200),
+        ("http://attacker.example".to_owned(), 403),
+        // Another program's page on this machine is another origin.
+        ("http://127.0.0.1:3000".to_owned(), 403),
+        ("null".to_owned(), 403),
+    ] {
+        admin.origin = Some(origin.clone());
+        let answer = admin.post_json("/api/v1/replay", &dry_run).await;
+        assert_eq!(answer.status, status, "Origin {origin}: {}", answer.body);
+    }
+}

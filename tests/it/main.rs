@@ -17,6 +17,7 @@ mod support;
 mod admin_api;
 mod architecture;
 mod bad_input;
+mod check_config;
 mod clocks;
 mod compat;
 mod console;

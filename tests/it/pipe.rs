@@ -493,6 +493,9 @@ async fn a_fresh_relay_exports_every_labelled_counter_at_zero_and_process_metric
         r#"hookrelay_webhooks_received_total{outcome="accepted",provider="whitepay",source="whitepay"} 0"#,
         r#"hookrelay_webhooks_received_total{outcome="unknown_source",provider="",source=""} 0"#,
         r#"hookrelay_outbox_commit_failures_total{reason="disk_full"} 0"#,
+        // Per configured provider, so `sum(rate(...))` is 0 from the start, not
+        // empty; the pair every provider can publish.
+        r#"hookrelay_events_published_total{kind="unrecognized",provider="whitepay",status="unrecognized"} 0"#,
         concat!(
             r#"hookrelay_build_info{version=""#,
             env!("CARGO_PKG_VERSION"),

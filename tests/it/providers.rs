@@ -271,3 +271,83 @@ async fn sample_command_posts_accepted_webhooks_for_every_provider() {
         sample_command(spec.name).await;
     }
 }
+
+/// OSL Pay signs its app id and a timestamp, not the body: within the timestamp's
+/// window its `signature` header authenticates any body, so it is a credential,
+/// never stored nor shown. Whitepay's `Signature` is a MAC of its own body (it
+/// authenticates nothing else) and is kept for the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oslpay_signature_is_neither_stored_nor_shown_but_a_body_mac_is() {
+    let env = credentials("oslpay");
+    let app = TestApp::build(Backend::Sqlite, "credheaders")
+        .no_consumer()
+        .envs(env.clone())
+        .start()
+        .await;
+    let relay = &app.relay;
+
+    let config = Config::load_from(None, &env).expect("test config");
+    let private_key = String::from_utf8(fixture("oslpay", "test_private_key.pem")).expect("PEM");
+    let ctx = SampleContext {
+        source: &config.sources["oslpay"],
+        now: time::OffsetDateTime::now_utc(),
+        unique: "cred-1",
+        private_key_pem: Some(&private_key),
+    };
+    let body = fixture("oslpay", "order_completed.json");
+    let signed = (providers::find("oslpay").expect("oslpay").sign)(&ctx, &body).expect("sign");
+    let osl_signature = signed
+        .iter()
+        .find(|(name, _)| name == "signature")
+        .map(|(_, value)| value.clone())
+        .expect("OSL sends a signature header");
+    let headers: Vec<(&str, String)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    assert_eq!(post(&relay.url("oslpay"), body, &headers).await.0, 200);
+    let order = whitepay_order("cred-2");
+    assert_eq!(relay.post_whitepay(&order).await.0, 200);
+    let whitepay_mac = whitepay_signature(WHITEPAY_TOKEN, &order);
+
+    let admin = crate::support::admin::Admin::of(relay);
+    let rows = relay.outbox_command(&["list"]);
+    let rows = rows.as_array().expect("list prints an array");
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let id = row["id"].to_string();
+        let views = [
+            ("outbox show", relay.outbox_command(&["show", &id])),
+            (
+                "outbox show --raw",
+                relay.outbox_command(&["show", &id, "--raw"]),
+            ),
+            (
+                "the admin API",
+                admin.get(&format!("/api/v1/events/{id}")).await.json(),
+            ),
+        ];
+        for (view, shown) in views {
+            let headers = &shown["headers"];
+            match row["source"].as_str() {
+                Some("oslpay") => {
+                    assert_eq!(headers["signature"], "[redacted]", "{view}: {headers}");
+                    assert_eq!(headers["appid"], "me114702259781634", "{view}: {headers}");
+                    assert!(headers["timestamp"].is_string(), "{view}: {headers}");
+                    assert!(
+                        !shown.to_string().contains(&osl_signature),
+                        "{view} shows OSL's signature: {shown}"
+                    );
+                }
+                Some("whitepay") => {
+                    assert_eq!(
+                        headers["signature"],
+                        whitepay_mac.as_str(),
+                        "{view}: {headers}"
+                    );
+                }
+                other => panic!("unexpected source {other:?}"),
+            }
+        }
+    }
+}

@@ -37,7 +37,7 @@ mod fenced;
 mod leases;
 mod maintenance;
 mod notify;
-mod schema;
+pub(super) mod schema;
 #[cfg(feature = "testing")]
 mod seed;
 mod sql;

@@ -9,7 +9,7 @@
 
 use tokio_postgres::Client;
 
-use super::error::pg_error;
+use super::error::{STATEMENT_TIMEOUT, bounded, pg_error};
 use super::sql;
 use crate::outbox::OutboxError;
 use crate::outbox::migrate::{self, Step, Version};
@@ -102,6 +102,29 @@ pub(super) async fn record(
         .await
         .map_err(pg_error)
         .map(|_| ())
+}
+
+/// The schema version of the existing outbox at `url`, on a connection of its
+/// own with the settings and the existence check of the `outbox` commands;
+/// nothing is created or migrated (`check-config --connect`).
+pub(in crate::outbox) async fn schema_version(url: &str) -> Result<i64, OutboxError> {
+    let target = super::connect::Target::parse(url)?;
+    let tls = target.connector()?;
+    bounded(STATEMENT_TIMEOUT, async {
+        let (client, connection) = target.config.connect(tls).await.map_err(pg_error)?;
+        // The connection's messages are driven beside the queries; it ends when
+        // the client is dropped.
+        tokio::spawn(connection);
+        if !exists(&client).await? {
+            return Err(OutboxError::Missing(target.describe()));
+        }
+        let row = client
+            .query_one(sql::SCHEMA_VERSION, &[])
+            .await
+            .map_err(pg_error)?;
+        row.try_get(0).map_err(pg_error)
+    })
+    .await
 }
 
 /// The partition of a subject: the first byte of SHA-256 over `source NUL subject`.

@@ -99,6 +99,10 @@ pub(super) const VERSION: &str = "
 SELECT version::int8, coalesce(readable_by, version)::int8 FROM hr_schema
 ORDER BY version DESC LIMIT 1";
 
+/// The newest version recorded, read by `check-config --connect` without
+/// migrating: it names only the column every release's `hr_schema` has.
+pub(super) const SCHEMA_VERSION: &str = "SELECT coalesce(max(version), 0)::int8 FROM hr_schema";
+
 /// Records version `$1`, readable by releases of `$2` and later.
 pub(super) const SET_VERSION: &str =
     "INSERT INTO hr_schema (version, readable_by) VALUES ($1::int8::int4, $2::int8::int4)";

@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 
 mod error;
 mod reader;
-mod schema;
+pub(super) mod schema;
 mod sql;
 mod writer;
 

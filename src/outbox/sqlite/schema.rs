@@ -8,7 +8,9 @@
 //!   [`sql::tables`]), copied from the one table of an older outbox.
 //! - 3: the failed-attempts log and the subject index.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::sql;
 use crate::outbox::OutboxError;
@@ -103,6 +105,20 @@ fn split_state_from_events(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(&sql::tables("events", "deliveries"))?;
     tx.execute_batch(sql::HEALTH)?;
     tx.execute_batch(&sql::indexes())
+}
+
+/// The schema version of the existing outbox at `path`, read on a connection
+/// of its own that may neither create the file nor change it (no migration, no
+/// journal mode): `check-config --connect`.
+pub(in crate::outbox) fn schema_version(path: &Path) -> Result<i64, OutboxError> {
+    // The `outbox` commands' rule: a mistyped path names no outbox.
+    if !path.exists() {
+        return Err(OutboxError::Missing(path.display().to_string()));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    // A `serve` committing beside it may hold a lock for a moment.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn.query_row(sql::VERSION, [], |r| r.get(0))?)
 }
 
 /// Brings the outbox to this release's version, one step per transaction (taken

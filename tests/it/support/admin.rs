@@ -41,6 +41,11 @@ pub struct Admin {
     pub bearer: Option<String>,
     /// Sent as the `Cookie` header when set.
     pub cookie: Option<String>,
+    /// Sent as the `Host` header when set (a browser sends the name in its address
+    /// bar: another name that resolves to the listener, in a DNS rebinding).
+    pub host: Option<String>,
+    /// Sent as the `Origin` header when set (a browser sends the page's origin).
+    pub origin: Option<String>,
 }
 
 impl Admin {
@@ -65,6 +70,8 @@ impl Admin {
                 .expect("client"),
             bearer: None,
             cookie: None,
+            host: None,
+            origin: None,
         }
     }
 
@@ -75,6 +82,12 @@ impl Admin {
         }
         if let Some(cookie) = &self.cookie {
             request = request.header("Cookie", cookie);
+        }
+        if let Some(host) = &self.host {
+            request = request.header("Host", host);
+        }
+        if let Some(origin) = &self.origin {
+            request = request.header("Origin", origin);
         }
         request
     }
