@@ -30,6 +30,18 @@ impl Scratch {
         format!("{SERVER}/{}?sslmode=disable", self.name)
     }
 
+    /// The outbox as `serve` opens it, with its writers and its lease task.
+    async fn serve(&self, metrics: &Arc<Metrics>) -> PostgresOutbox {
+        PostgresOutbox::open(
+            &self.url(),
+            Mode::Serve,
+            Arc::clone(metrics),
+            Options::default(),
+        )
+        .await
+        .expect("open")
+    }
+
     /// A connection of its own to the database.
     async fn client(&self) -> tokio_postgres::Client {
         let target = Target::parse(&self.url()).expect("url");
@@ -81,14 +93,7 @@ async fn admin(sql: &str) {
 async fn a_batch_holding_a_webhook_the_database_refuses_stores_the_others() {
     let scratch = Scratch::create().await;
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let outbox = PostgresOutbox::open(
-        &scratch.url(),
-        Mode::Serve,
-        Arc::clone(&metrics),
-        Options::default(),
-    )
-    .await
-    .expect("open");
+    let outbox = scratch.serve(&metrics).await;
     // A writer of the test's own over a queue the test fills before it runs, so
     // that every webhook goes into one batch.
     let (intake, queue) = ingest::queue();
@@ -230,14 +235,7 @@ async fn fetched(
     rows: usize,
 ) -> (PostgresOutbox, Vec<i64>) {
     use crate::outbox::Pipe;
-    let outbox = PostgresOutbox::open(
-        &scratch.url(),
-        Mode::Serve,
-        Arc::clone(metrics),
-        Options::default(),
-    )
-    .await
-    .expect("open");
+    let outbox = scratch.serve(metrics).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while outbox.leases.count() < 256 {
         assert!(std::time::Instant::now() < deadline, "leases taken");
@@ -302,4 +300,42 @@ async fn rows_never_sent_let_go_of_their_partitions() {
         (0..256).all(|p| !outbox.claims.in_partition(p)),
         "no claim is left"
     );
+}
+
+/// A replica killed long ago (or a write probe that never published) leaves the
+/// member list after ten leases; one gone for less is kept, so a replica paused
+/// for a while finds its place again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_gone_for_ten_leases_are_forgotten() {
+    use super::leases::Leases;
+    let scratch = Scratch::create().await;
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let outbox = scratch.serve(&metrics).await;
+    let client = scratch.client().await;
+    // The default lease is 10 s: ten leases are 100 s.
+    client
+        .batch_execute(
+            "INSERT INTO hr_member (replica, heartbeat_at, probed_at) VALUES
+               ('killed', now() - interval '101 seconds', NULL),
+               ('probe', now() - interval '500 seconds', now() - interval '200 seconds'),
+               ('paused', now() - interval '99 seconds', NULL),
+               ('probed lately', now() - interval '500 seconds', now() - interval '5 seconds')",
+        )
+        .await
+        .expect("members");
+    let leases = Leases::new("ticking".to_owned(), Options::default().lease);
+    leases
+        .tick_once(&client, |_| false, true)
+        .await
+        .expect("tick");
+    let mut left: Vec<String> = client
+        .query("SELECT replica FROM hr_member", &[])
+        .await
+        .expect("members")
+        .iter()
+        .map(|row| row.get(0))
+        .filter(|replica: &String| replica != &outbox.leases.replica)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["paused", "probed lately", "ticking"]);
 }
