@@ -29,6 +29,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "outbox_lease",
     "outbox_max_pending",
     "retention",
+    "sequence_retention",
     "max_body",
     "body_budget",
     "body_budget_per_client",
@@ -149,6 +150,9 @@ pub struct Config {
     pub outbox_max_pending: u64,
     /// How long published rows are kept.
     pub retention: Duration,
+    /// How long a subject's sequence is kept after its last change once none of
+    /// its rows is left (a later event of it starts again at 1).
+    pub sequence_retention: Duration,
     /// Largest accepted body in bytes.
     pub max_body: usize,
     /// Bytes all request bodies being read may hold at once, before they are
@@ -318,6 +322,14 @@ impl Config {
             }
         };
         let retention = parse_duration("retention", &get("retention", "7d"))?;
+        let sequence_retention =
+            parse_duration("sequence_retention", &get("sequence_retention", "90d"))?;
+        if sequence_retention < retention {
+            return Err(invalid(
+                "sequence_retention",
+                "must be at least `retention`: a replay of a row still kept must find its subject's sequence",
+            ));
+        }
         let max_body = parse_size("max_body", &get("max_body", "1MiB"))?;
         let body_budget = parse_size("body_budget", &get("body_budget", "64MiB"))?;
         let body_budget_per_client = parse_size(
@@ -363,6 +375,7 @@ impl Config {
             outbox_lease,
             outbox_max_pending,
             retention,
+            sequence_retention,
             max_body,
             body_budget,
             body_budget_per_client,

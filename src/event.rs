@@ -354,6 +354,29 @@ pub(crate) enum EventError {
     Serialize(serde_json::Error),
 }
 
+/// An event's place in its subject's sequence, as published (contract §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sequence {
+    /// 1 for a subject's first published event, then one more for each.
+    pub(crate) number: i64,
+    /// Its status is behind one already published for its subject and kind.
+    pub(crate) stale: bool,
+}
+
+impl Sequence {
+    /// The number as the `sequence` attribute carries it: decimal digits
+    /// zero-padded to 20, so lexical order is numeric order.
+    pub(crate) fn attribute(self) -> String {
+        format!("{:020}", self.number)
+    }
+}
+
+/// `{source}/{subject}`: the `partitionkey` of an event (events that share it are
+/// numbered in one sequence).
+pub(crate) fn partition_key(meta: &EventMeta) -> String {
+    format!("{}/{}", meta.source, meta.subject)
+}
+
 #[derive(Serialize)]
 struct CloudEvent<'a> {
     specversion: &'static str,
@@ -366,6 +389,11 @@ struct CloudEvent<'a> {
     time: &'a str,
     datacontenttype: &'static str,
     provider: &'a str,
+    partitionkey: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stale: bool,
     data: Data<'a>,
 }
 
@@ -388,11 +416,16 @@ struct Data<'a> {
     raw_base64: Option<String>,
 }
 
-/// Builds the CloudEvents JSON body for a stored event and its raw body.
+/// Builds the CloudEvents JSON body for a stored event and its raw body, with its
+/// place in its subject's sequence (`None`: a preview, not a publish).
 ///
 /// A recognized event embeds the body verbatim as `data.payload`; an unrecognized
 /// one (or one whose body is not JSON after all) carries it as `data.raw_base64`.
-pub(crate) fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, EventError> {
+pub(crate) fn cloudevent_json(
+    meta: &EventMeta,
+    sequence: Option<Sequence>,
+    body: &[u8],
+) -> Result<Vec<u8>, EventError> {
     // Redaction comes first, whatever the class: an unrecognized JSON body carries
     // the same secrets as a recognized one, only base64-encoded.
     let redacted = match meta.redact.is_empty() {
@@ -419,6 +452,9 @@ pub(crate) fn cloudevent_json(meta: &EventMeta, body: &[u8]) -> Result<Vec<u8>, 
         time: meta.event_time.as_deref().unwrap_or(&meta.received_at),
         datacontenttype: "application/json",
         provider: &meta.provider,
+        partitionkey: partition_key(meta),
+        sequence: sequence.map(Sequence::attribute),
+        stale: sequence.is_some_and(|s| s.stale),
         data: Data {
             provider: &meta.provider,
             source: &meta.source,
@@ -591,7 +627,7 @@ mod tests {
             ..origin("osl")
         };
         let meta = EventMeta::new(&origin, &parsed, body, OffsetDateTime::UNIX_EPOCH);
-        let json = cloudevent_json(&meta, body).expect("envelope");
+        let json = cloudevent_json(&meta, None, body).expect("envelope");
         let value: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(value["data"]["raw_base64"].as_str().expect("string"))
@@ -620,7 +656,7 @@ mod tests {
             OffsetDateTime::UNIX_EPOCH,
         );
         assert_eq!(meta.routing_key(), "whitepay.transaction.succeeded");
-        let json = cloudevent_json(&meta, BODY).expect("envelope");
+        let json = cloudevent_json(&meta, None, BODY).expect("envelope");
         let text = String::from_utf8(json).expect("utf8");
         let body = std::str::from_utf8(BODY).expect("utf8");
         assert!(text.contains(&format!("\"payload\":{body}}}")), "{text}");
@@ -631,6 +667,29 @@ mod tests {
         assert_eq!(value["source"], "/webhooks/whitepay");
         assert_eq!(value["data"]["amount"], "200");
         assert_eq!(value["time"], "1970-01-01T00:00:00Z");
+        assert_eq!(value["partitionkey"], "whitepay/t-1");
+        assert!(value.get("sequence").is_none() && value.get("stale").is_none());
+    }
+
+    #[test]
+    fn the_sequence_travels_zero_padded_and_stale_only_when_true() {
+        let meta = EventMeta::new(
+            &origin("whitepay"),
+            &parsed(),
+            BODY,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let published = |number, stale| {
+            let json =
+                cloudevent_json(&meta, Some(Sequence { number, stale }), BODY).expect("envelope");
+            serde_json::from_slice::<serde_json::Value>(&json).expect("valid JSON")
+        };
+        let first = published(1, false);
+        assert_eq!(first["sequence"], "00000000000000000001");
+        assert!(first.get("stale").is_none());
+        let late = published(i64::MAX, true);
+        assert_eq!(late["sequence"], "09223372036854775807");
+        assert_eq!(late["stale"], true);
     }
 
     #[test]
@@ -639,7 +698,7 @@ mod tests {
         let parsed = Parsed::unrecognized("not JSON", None);
         let meta = EventMeta::new(&origin("shop"), &parsed, body, OffsetDateTime::UNIX_EPOCH);
         assert_eq!(meta.routing_key(), "whitepay.unrecognized");
-        let json = cloudevent_json(&meta, body).expect("envelope");
+        let json = cloudevent_json(&meta, None, body).expect("envelope");
         let value: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
         assert!(value["data"].get("payload").is_none());
         let decoded = base64::engine::general_purpose::STANDARD

@@ -15,6 +15,9 @@ pub(crate) struct Metrics {
     pub(crate) ingest_duration: HistogramVec,
     /// `hookrelay_events_published_total{provider, kind, status}`.
     pub(crate) events_published: IntCounterVec,
+    /// `hookrelay_events_stale_total{source}`: events first published with a
+    /// status behind one already published for their subject and kind.
+    pub(crate) events_stale: IntCounterVec,
     /// `hookrelay_publish_failures_total{reason}`.
     pub(crate) publish_failures: IntCounterVec,
     /// `hookrelay_publish_duration_seconds`: publish to broker confirm.
@@ -96,6 +99,13 @@ impl Metrics {
                 "Events confirmed by the broker",
             ),
             &["provider", "kind", "status"],
+        )?;
+        let events_stale = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_events_stale_total",
+                "Events published with stale=true: their status is behind one already published for their subject and kind",
+            ),
+            &["source"],
         )?;
         let publish_failures = IntCounterVec::new(
             Opts::new(
@@ -214,6 +224,7 @@ impl Metrics {
         registry.register(Box::new(webhooks_received.clone()))?;
         registry.register(Box::new(ingest_duration.clone()))?;
         registry.register(Box::new(events_published.clone()))?;
+        registry.register(Box::new(events_stale.clone()))?;
         registry.register(Box::new(publish_failures.clone()))?;
         registry.register(Box::new(publish_duration.clone()))?;
         registry.register(Box::new(delivery_lag.clone()))?;
@@ -246,6 +257,7 @@ impl Metrics {
             webhooks_received,
             ingest_duration,
             events_published,
+            events_stale,
             publish_failures,
             publish_duration,
             delivery_lag,

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::amqp::BrokerLink;
 use crate::clock::now_micros;
-use crate::event::cloudevent_json;
+use crate::event::{Sequence, cloudevent_json, partition_key};
 use crate::metrics::Metrics;
 use crate::outbox::{LONGEST_RETRY, OutboxError, PendingEvent, Pipe, Settlement, Unreadable};
 use crate::pace::Pace;
@@ -370,7 +370,7 @@ impl Publisher {
                 batch.unsent.push(row.id);
                 continue;
             }
-            let body = match cloudevent_json(&row.meta, &row.body) {
+            let body = match cloudevent_json(&row.meta, Some(sequence(&row)), &row.body) {
                 Ok(body) => body,
                 Err(e) => {
                     batch.settled.push(self.settler.permanent(
@@ -482,8 +482,17 @@ impl Settler {
                         .events_published
                         .with_label_values(&[row.meta.provider.as_str(), kind, status])
                         .inc();
-                    tracing::debug!(event_id = %row.meta.id, "published");
-                    settled.push(Settlement::Published { id: row.id });
+                    if row.place.first.as_ref().is_some_and(|first| first.stale) {
+                        self.metrics
+                            .events_stale
+                            .with_label_values(&[row.meta.source.as_str()])
+                            .inc();
+                    }
+                    tracing::debug!(event_id = %row.meta.id, sequence = row.place.sequence, "published");
+                    settled.push(Settlement::Published {
+                        id: row.id,
+                        first: row.place.first,
+                    });
                 }
                 Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                     confirmed(&span, "returned");
@@ -658,6 +667,14 @@ fn confirmed(span: &tracing::Span, answer: &str) {
     );
 }
 
+/// A row's place in its subject's sequence, as the envelope carries it.
+fn sequence(row: &PendingEvent) -> Sequence {
+    Sequence {
+        number: row.place.sequence,
+        stale: row.place.stale,
+    }
+}
+
 fn properties(row: &PendingEvent, traceparent: &str) -> BasicProperties {
     let (kind, status) = row.meta.kind_status();
     let mut headers = FieldTable::default();
@@ -669,6 +686,17 @@ fn properties(row: &PendingEvent, traceparent: &str) -> BasicProperties {
         ("traceparent", traceparent),
     ] {
         headers.insert(key.into(), AMQPValue::LongString(value.into()));
+    }
+    headers.insert(
+        "partitionkey".into(),
+        AMQPValue::LongString(partition_key(&row.meta).into()),
+    );
+    headers.insert(
+        "sequence".into(),
+        AMQPValue::LongLongInt(row.place.sequence),
+    );
+    if row.place.stale {
+        headers.insert("stale".into(), AMQPValue::Boolean(true));
     }
     BasicProperties::default()
         .with_delivery_mode(2)
@@ -699,6 +727,11 @@ mod tests {
             body: b"x".to_vec(),
             received_at_us: 0,
             traceparent: String::new(),
+            place: crate::outbox::sequence::Place {
+                sequence: 1,
+                stale: false,
+                first: None,
+            },
             attempts,
             permanent_attempts,
         }

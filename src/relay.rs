@@ -234,7 +234,10 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     });
     let retention_task = tokio::spawn(outbox::retention::run(
         Arc::clone(&operate),
-        config.retention,
+        outbox::retention::Keep {
+            published: config.retention,
+            sequences: config.sequence_retention,
+        },
         stop_rx.clone(),
     ));
 
@@ -276,6 +279,9 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
             unrecognized,
             unrecognized,
         ]);
+    }
+    for name in ingress.sources.keys() {
+        metrics.events_stale.with_label_values(&[name.as_str()]);
     }
     let admin = Arc::new(Admin {
         outbox: operate,

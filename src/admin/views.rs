@@ -217,7 +217,7 @@ pub(crate) async fn detail(admin: &Admin, id: i64) -> Result<Detail, ViewError> 
         .await?
         .ok_or(ViewError::NotFound(id))?;
     let (cloudevent, cloudevent_error) = match &full.row.meta {
-        Some(meta) => match crate::event::cloudevent_json(meta, &full.body)
+        Some(meta) => match crate::event::cloudevent_json(meta, None, &full.body)
             .map_err(|e| e.to_string())
             .and_then(|bytes| String::from_utf8(bytes).map_err(|e| e.to_string()))
             .and_then(|text| {

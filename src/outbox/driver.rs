@@ -98,4 +98,9 @@ pub(crate) trait Operate: Send + Sync {
     /// Deletes at most `limit` published rows confirmed before `cutoff_us`; returns
     /// how many. Never touches pending or dead rows.
     async fn purge_published(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError>;
+
+    /// Forgets the sequences of at most `limit` subjects unchanged since
+    /// `cutoff_us` that have no row left (a later event of one starts again at
+    /// 1); returns how many.
+    async fn forget_subjects(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError>;
 }

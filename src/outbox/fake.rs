@@ -67,6 +67,9 @@ impl Operate for Hanging {
     async fn purge_published(&self, _: i64, _: usize) -> Result<u64, OutboxError> {
         std::future::pending().await
     }
+    async fn forget_subjects(&self, _: i64, _: usize) -> Result<u64, OutboxError> {
+        std::future::pending().await
+    }
 }
 
 /// A webhook of source `whitepay` with `body`, unrecognized (so its subject and

@@ -28,6 +28,7 @@ pub(crate) mod query;
 pub(crate) mod retention;
 pub(crate) mod row;
 pub(crate) mod select;
+pub(crate) mod sequence;
 mod sql;
 mod sqlite;
 #[cfg(feature = "testing")]

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 
+use super::sequence::{First, Place};
 use crate::event::EventMeta;
 
 /// Row states.
@@ -71,6 +72,8 @@ pub(crate) struct PendingEvent {
     pub(crate) attempts: u32,
     /// Of those, the ones that failed for a reason that will not pass by itself.
     pub(crate) permanent_attempts: u32,
+    /// Its place in its subject's sequence.
+    pub(crate) place: Place,
 }
 
 /// The longest wait between two publish attempts of a row (the backoff's 5 min,
@@ -122,6 +125,9 @@ pub(crate) enum Settlement {
     Published {
         /// Row id.
         id: i64,
+        /// For the row's first publish, the number it went out with: recorded
+        /// with the row and raised for its subject in the same transaction.
+        first: Option<First>,
     },
     /// It was not confirmed: the row stays `pending`, due again `retry_in` from now
     /// by the outbox's own clock (the database's on PostgreSQL, so replicas whose
@@ -151,7 +157,15 @@ impl Settlement {
     /// The row it is about.
     pub(crate) fn id(&self) -> i64 {
         match self {
-            Self::Published { id } | Self::Retry { id, .. } | Self::Dead { id, .. } => *id,
+            Self::Published { id, .. } | Self::Retry { id, .. } | Self::Dead { id, .. } => *id,
+        }
+    }
+
+    /// The number a first publish went out with, to record.
+    pub(crate) fn first(&self) -> Option<&First> {
+        match self {
+            Self::Published { first, .. } => first.as_ref(),
+            _ => None,
         }
     }
 

@@ -99,6 +99,9 @@ pub(crate) struct Row {
     pub(crate) meta: Option<EventMeta>,
 }
 
+/// How many columns [`Due::read`] takes; a driver reads its own after them.
+pub(crate) const DUE_COLUMNS: usize = 11;
+
 /// How many columns [`Row::read`] takes; [`FullRow::read`] reads its own after them.
 pub(crate) const ROW_COLUMNS: usize = 16;
 
@@ -169,13 +172,23 @@ impl Attempt {
 
 impl Due {
     /// Reads a due row (id, metadata, body, received at, traceparent, attempts,
-    /// permanent attempts) into the events, or into the unreadable rows when its
-    /// metadata does not parse.
+    /// permanent attempts, then its own number and `stale` flag, and its
+    /// subject's last number and stages: see [`sequence`](super::sequence)) into
+    /// the events, or into the unreadable rows when its metadata does not parse.
     pub(crate) fn read(&mut self, columns: &dyn Columns) -> Result<(), OutboxError> {
         let id = columns.int(0)?;
         match serde_json::from_str::<EventMeta>(&columns.text(1)?) {
             Ok(meta) => self.events.push(PendingEvent {
                 id,
+                place: super::sequence::place(
+                    &super::sequence::Stored {
+                        sequence: columns.opt_int(7)?,
+                        stale: columns.int(8)? != 0,
+                        last: columns.opt_int(9)?,
+                        stages: columns.opt_text(10)?,
+                    },
+                    meta.class,
+                ),
                 meta,
                 body: columns.bytes(2)?,
                 received_at_us: columns.int(3)?,

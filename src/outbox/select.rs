@@ -98,6 +98,23 @@ pub(crate) async fn purge_published(
     }
 }
 
+/// Forgets the sequences of every subject with no row left that has not changed
+/// since `cutoff_us`, [`PURGE_BATCH`] per transaction; returns how many.
+pub(crate) async fn forget_subjects(
+    outbox: &dyn Operate,
+    cutoff_us: i64,
+) -> Result<u64, OutboxError> {
+    let mut total = 0;
+    loop {
+        let n = outbox.forget_subjects(cutoff_us, PURGE_BATCH).await?;
+        total += n;
+        if n < PURGE_BATCH as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Replays the dead rows an older release set aside as unreadable (their error
 /// starts with [`UNREADABLE`]) that this release reads: each held its subject, so
 /// nothing after it was published, and it goes first again. Run once at start;
@@ -208,6 +225,9 @@ mod tests {
             panic!("not asked")
         }
         async fn purge_published(&self, _: i64, _: usize) -> Result<u64, OutboxError> {
+            panic!("not asked")
+        }
+        async fn forget_subjects(&self, _: i64, _: usize) -> Result<u64, OutboxError> {
             panic!("not asked")
         }
     }

@@ -206,6 +206,16 @@ pub async fn record_schema_version(
     }
 }
 
+/// Leaves the outbox (stopped) as the release before the per-subject sequence
+/// left it: its rows without numbers, its schema a version back. The next relay
+/// started on it migrates it again (tests of that migration).
+pub async fn as_before_sequences(config: &Config) -> Result<(), OutboxError> {
+    match Location::parse(config.outbox_url.expose())? {
+        Location::Sqlite(path) => super::sqlite::undo_sequences(&path),
+        Location::Postgres(url) => super::postgres::undo_sequences(&url).await,
+    }
+}
+
 /// The outbox's tables locked by another session, as a long maintenance job or
 /// an `outbox` command would lock them, until dropped: SQLite's write lock, or on
 /// PostgreSQL an exclusive lock of its tables in a transaction held open.

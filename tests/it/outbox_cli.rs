@@ -382,6 +382,10 @@ fn declined_order(id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A dead row holds its subject; released, the subject goes on past it with a
+/// gap in its sequence (the row's number is skipped), and replayed later it gets
+/// the next free number; replayed without a release, it takes the number it would
+/// have had.
 async fn a_dead_row_holds_its_subject_until_replayed_or_released(backend: Backend) {
     let Some(limit) = lowered_max_message_size().await else {
         return;
@@ -438,6 +442,8 @@ async fn a_dead_row_holds_its_subject_until_replayed_or_released(backend: Backen
     let envelope: serde_json::Value = serde_json::from_slice(&next.data).expect("JSON");
     assert_eq!(envelope["subject"], "held-b");
     assert_eq!(envelope["data"]["status"], "failed");
+    // The released row's number is skipped: consumers see the gap.
+    assert_eq!(envelope["sequence"], "00000000000000000002");
     assert_eq!(
         relay.outbox_count(Some("dead")),
         2,
@@ -459,7 +465,7 @@ async fn a_dead_row_holds_its_subject_until_replayed_or_released(backend: Backen
         .next(Duration::from_secs(30))
         .await
         .expect("then the held one");
-    let statuses: Vec<String> = [first, second]
+    let statuses: Vec<String> = [&first, &second]
         .iter()
         .map(|d| {
             let envelope: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
@@ -471,6 +477,28 @@ async fn a_dead_row_holds_its_subject_until_replayed_or_released(backend: Backen
         })
         .collect();
     assert_eq!(statuses, ["succeeded", "failed"], "received order");
+    // Never released, so nothing was skipped: 1, 2.
+    let numbers: Vec<String> = [&first, &second]
+        .iter()
+        .map(|d| {
+            let envelope: serde_json::Value = serde_json::from_slice(&d.data).expect("JSON");
+            envelope["sequence"].as_str().expect("sequence").to_owned()
+        })
+        .collect();
+    assert_eq!(numbers, ["00000000000000000001", "00000000000000000002"]);
+
+    // The released row, replayed at last: the late event gets the next free
+    // number, after the one its subject went on with.
+    let replayed = relay.outbox_command(&["replay", &id_of("held-b")]);
+    assert_eq!(replayed["replayed"], 1);
+    let late = consumer
+        .next(Duration::from_secs(30))
+        .await
+        .expect("the late event");
+    let envelope: serde_json::Value = serde_json::from_slice(&late.data).expect("JSON");
+    assert_eq!(envelope["subject"], "held-b");
+    assert_eq!(envelope["data"]["status"], "succeeded");
+    assert_eq!(envelope["sequence"], "00000000000000000003");
 }
 
 crate::on_both_backends!(

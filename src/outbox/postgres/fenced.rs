@@ -23,7 +23,7 @@ use super::leases::Leases;
 use super::sql;
 use crate::clock::now_micros;
 use crate::metrics::Metrics;
-use crate::outbox::row::Columns;
+use crate::outbox::row::{Columns, DUE_COLUMNS};
 use crate::outbox::{ATTEMPTS_KEPT, Due, OutboxError, Settlement};
 
 /// Rows handed to the publisher: row id → (partition, lease epoch) at fetch time.
@@ -123,7 +123,7 @@ pub(super) async fn fetch(
     let mut claimed = claims.held();
     for row in rows {
         fetched.read(&row)?;
-        let part = i16::try_from(row.int(7)?).unwrap_or(-1);
+        let part = i16::try_from(row.int(DUE_COLUMNS)?).unwrap_or(-1);
         claimed.insert(
             row.int(0)?,
             (part, epochs.get(&part).copied().unwrap_or(-1)),
@@ -160,6 +160,16 @@ pub(super) async fn settle(
     let permanent: Vec<i32> = effects.iter().map(|e| i32::from(e.permanent)).collect();
     let parts: Vec<i16> = claimed.iter().map(|(p, _)| *p).collect();
     let epochs: Vec<i64> = claimed.iter().map(|(_, e)| *e).collect();
+    let firsts: Vec<_> = settlements.iter().map(Settlement::first).collect();
+    let sequences: Vec<Option<i64>> = firsts.iter().map(|f| f.map(|f| f.sequence)).collect();
+    let stale: Vec<i16> = firsts
+        .iter()
+        .map(|f| i16::from(f.is_some_and(|f| f.stale)))
+        .collect();
+    let stages: Vec<Option<&str>> = firsts
+        .iter()
+        .map(|f| f.map(|f| f.stages.as_str()))
+        .collect();
     let replica = leases.replica.as_str();
     let now_us = now_micros();
     let recorded = bounded(STATEMENT_TIMEOUT, async {
@@ -190,6 +200,9 @@ pub(super) async fn settle(
                     &replica,
                     &now_us,
                     &ATTEMPTS_KEPT,
+                    &sequences,
+                    &stale,
+                    &stages,
                 ],
             )
             .await

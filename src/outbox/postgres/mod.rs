@@ -46,7 +46,9 @@ mod tests;
 mod writer;
 
 #[cfg(feature = "testing")]
-pub(crate) use seed::{record_version, recorded_version, rewrite_meta, seed, vacuum, write_lock};
+pub(crate) use seed::{
+    record_version, recorded_version, rewrite_meta, seed, undo_sequences, vacuum, write_lock,
+};
 
 use connect::Target;
 use error::{CHECKOUT_TIMEOUT, STATEMENT_TIMEOUT, bounded, pg_error, pooled};
@@ -211,6 +213,37 @@ impl PostgresOutbox {
         })
         .await
     }
+
+    /// Runs a retention statement (`$1` cutoff, `$2` limit) in a transaction of
+    /// its own; returns the rows it deleted.
+    async fn purge(
+        &self,
+        statement: &str,
+        cutoff_us: i64,
+        limit: usize,
+    ) -> Result<u64, OutboxError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        bounded(STATEMENT_TIMEOUT, async {
+            let mut client = pooled(&self.pool).await?;
+            let tx = client.transaction().await.map_err(pg_error)?;
+            // One replica purges at a time; the others find the lock taken and skip.
+            let mine: bool = tx
+                .query_one(sql::TRY_LOCK_FOR_TRANSACTION, &[&RETENTION_LOCK])
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            if !mine {
+                return Ok(0);
+            }
+            let n = tx
+                .execute(statement, &[&cutoff_us, &limit])
+                .await
+                .map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(n)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -359,30 +392,15 @@ impl Operate for PostgresOutbox {
     }
 
     async fn release(&self, ids: Vec<i64>) -> Result<u64, OutboxError> {
-        self.execute(sql::RELEASE, &[&ids, &now_micros()]).await
+        let row = self.query_one(sql::RELEASE, &[&ids, &now_micros()]).await?;
+        Ok(count(row.get(0)))
     }
 
     async fn purge_published(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        bounded(STATEMENT_TIMEOUT, async {
-            let mut client = pooled(&self.pool).await?;
-            let tx = client.transaction().await.map_err(pg_error)?;
-            // One replica purges at a time; the others find the lock taken and skip.
-            let mine: bool = tx
-                .query_one(sql::TRY_LOCK_FOR_TRANSACTION, &[&RETENTION_LOCK])
-                .await
-                .map_err(pg_error)?
-                .get(0);
-            if !mine {
-                return Ok(0);
-            }
-            let n = tx
-                .execute(sql::PURGE, &[&cutoff_us, &limit])
-                .await
-                .map_err(pg_error)?;
-            tx.commit().await.map_err(pg_error)?;
-            Ok(n)
-        })
-        .await
+        self.purge(sql::PURGE, cutoff_us, limit).await
+    }
+
+    async fn forget_subjects(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
+        self.purge(sql::FORGET_SUBJECTS, cutoff_us, limit).await
     }
 }

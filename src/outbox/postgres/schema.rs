@@ -22,7 +22,7 @@ const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
 pub(super) const PARTITIONS: i16 = 256;
 
 /// Every step, in order, as SQL.
-fn steps() -> [Step<String>; 2] {
+fn steps() -> [Step<String>; 3] {
     [
         Step {
             what: "events, deliveries, partitions, members",
@@ -33,6 +33,13 @@ fn steps() -> [Step<String>; 2] {
             what: "failed attempts kept; subject index",
             compatible: true,
             how: sql::ATTEMPTS_AND_SUBJECTS.to_owned(),
+        },
+        // Compatible: a release before it publishes without numbers and never
+        // reads them; the subjects it publishes then go on from their last number.
+        Step {
+            what: "per-subject sequence numbers",
+            compatible: true,
+            how: sql::SEQUENCES.to_owned(),
         },
     ]
 }

@@ -109,6 +109,18 @@ pub(crate) async fn record_version(url: &str, version: Version) -> Result<(), Ou
     Ok(())
 }
 
+/// Takes the sequence's schema step back out.
+pub(crate) async fn undo_sequences(url: &str) -> Result<(), OutboxError> {
+    let (client, driver) = connect(url).await?;
+    client
+        .batch_execute(sql::UNDO_SEQUENCES)
+        .await
+        .map_err(pg_error)?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
 /// A session holding an exclusive lock of the outbox's tables in an open
 /// transaction, until the client is dropped.
 pub(crate) async fn write_lock(url: &str) -> Result<tokio_postgres::Client, OutboxError> {

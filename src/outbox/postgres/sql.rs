@@ -84,6 +84,32 @@ CREATE TABLE hr_attempt (
 CREATE INDEX hr_attempt_id ON hr_attempt (id, at);
 CREATE INDEX hr_event_subject ON hr_event (subject, source, id);";
 
+/// Step 3: the per-subject sequence (see `outbox::sequence`). Each delivery
+/// gets the number it was first published with (`seq`, NULL until then) and its
+/// `stale` flag; `hr_subject` keeps each subject's last number, its furthest
+/// stage per kind and when it last changed (`at`, for forgetting it). The rows
+/// published already are numbered 1, 2, 3 … per subject in the order they were
+/// published, and each subject goes on from its last.
+pub(super) const SEQUENCES: &str = "
+ALTER TABLE hr_delivery ADD COLUMN seq bigint,
+                        ADD COLUMN stale smallint NOT NULL DEFAULT 0;
+CREATE TABLE hr_subject (
+    source  text   NOT NULL,
+    subject text   NOT NULL,
+    seq     bigint NOT NULL,
+    stages  text   NOT NULL DEFAULT '',
+    at      bigint NOT NULL,
+    PRIMARY KEY (source, subject)
+);
+UPDATE hr_delivery d SET seq = numbered.n
+FROM (SELECT id, row_number() OVER (PARTITION BY source, subject
+                                    ORDER BY published_at, id) AS n
+      FROM hr_delivery WHERE state = 'published') AS numbered
+WHERE d.id = numbered.id;
+INSERT INTO hr_subject (source, subject, seq, at)
+SELECT source, subject, max(seq), max(published_at) FROM hr_delivery
+WHERE seq IS NOT NULL GROUP BY source, subject;";
+
 /// Whether the outbox's tables exist.
 pub(super) const EXISTS: &str = "SELECT to_regclass('hr_schema') IS NOT NULL";
 
@@ -165,12 +191,13 @@ SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 /// Pending rows of the partitions `$1`, due by the database's clock, below the
 /// fence, not in `$2` (in flight), at most `$3`, oldest transaction first; a row
 /// waits while an older row of its subject holds it. Columns as `Due::read` takes
-/// them, then the partition.
+/// them (with the subject's sequence), then the partition.
 pub(super) fn fetch_due() -> String {
     format!(
         "SELECT d.id, e.meta, e.body, e.received_at, e.traceparent,
-                d.attempts, d.permanent_attempts, d.part
+                d.attempts, d.permanent_attempts, d.seq, d.stale, s.seq, s.stages, d.part
          FROM hr_delivery d JOIN hr_event e ON e.id = d.id
+              LEFT JOIN hr_subject s ON s.source = d.source AND s.subject = d.subject
          WHERE d.state = 'pending' AND d.part = ANY($1) AND d.next_attempt_at <= {DB_NOW_US}
            AND d.txid < pg_snapshot_xmin(pg_current_snapshot())
            AND d.id NOT IN (SELECT unnest($2::int8[]))
@@ -189,7 +216,10 @@ pub(super) fn fetch_due() -> String {
 /// the database's clock (NULL: unchanged), `$7` permanent failures to add),
 /// fenced: only rows of partitions replica `$8` still holds under the epoch they
 /// were fetched with, while the lease has not passed. `$9` is now; failures go to
-/// the attempts log, which keeps the newest `$10` per row. Returns each id with
+/// the attempts log, which keeps the newest `$10` per row. A first publish
+/// records its number (`$11`, NULL otherwise; a number once recorded stays) and
+/// `stale` flag (`$12`) with the row, and raises its subject's last number
+/// (never lowers it) with its stages (`$13`). Returns each id with
 /// whether its partition was still held under its epoch (if not, the outcome was
 /// refused); a held row not recorded had been settled already (a settle that
 /// committed after its caller gave up on it, retried).
@@ -198,8 +228,9 @@ pub(super) fn settle() -> String {
         "
 WITH s AS (
     SELECT * FROM unnest($1::int8[], $2::int2[], $3::int8[], $4::text[],
-                         $5::text[], $6::int8[], $7::int4[])
-      AS s(id, part, epoch, state, error, next_at, permanent)
+                         $5::text[], $6::int8[], $7::int4[], $11::int8[], $12::int2[],
+                         $13::text[])
+      AS s(id, part, epoch, state, error, next_at, permanent, seq, stale, stages)
 ), held AS (
     SELECT p.p, p.epoch FROM hr_partition p
     WHERE p.p = ANY($2) AND p.owner = $8 AND p.lease_until > now()
@@ -211,10 +242,20 @@ UPDATE hr_delivery d SET
     last_error = s.error,
     next_attempt_at = coalesce({DB_NOW_US} + s.next_at,
                                d.next_attempt_at),
-    published_at = CASE WHEN s.state = 'published' THEN $9 ELSE d.published_at END
+    published_at = CASE WHEN s.state = 'published' THEN $9 ELSE d.published_at END,
+    stale = CASE WHEN d.seq IS NULL AND s.seq IS NOT NULL THEN s.stale ELSE d.stale END,
+    seq = coalesce(d.seq, s.seq)
 FROM s JOIN held ON held.p = s.part AND held.epoch = s.epoch
 WHERE d.id = s.id AND d.state = 'pending'
-RETURNING d.id, s.state, s.error
+RETURNING d.id, d.source, d.subject, s.state, s.error, s.seq, s.stages
+), numbered AS (
+    INSERT INTO hr_subject (source, subject, seq, stages, at)
+    SELECT DISTINCT ON (source, subject) source, subject, seq, stages, $9 FROM settled
+    WHERE state = 'published' AND seq IS NOT NULL
+    ORDER BY source, subject, seq DESC
+    ON CONFLICT (source, subject) DO UPDATE
+    SET seq = greatest(hr_subject.seq, excluded.seq), stages = excluded.stages,
+        at = excluded.at
 ), failed AS (
     SELECT id, state, error FROM settled WHERE state <> 'published'
 ), logged AS (
@@ -307,10 +348,22 @@ UPDATE hr_delivery SET state = 'pending', attempts = 0,
     published_at = NULL, released_at = NULL
 WHERE id = ANY($2) AND state <> 'pending'";
 
-/// Releases the dead rows `$1` at `$2`.
+/// Releases the dead rows `$1` at `$2`. Each skips the number it would have
+/// been published with, unless it was published before: the subject's next event
+/// shows consumers the gap.
 pub(super) const RELEASE: &str = "
-UPDATE hr_delivery SET released_at = $2
-WHERE id = ANY($1) AND state = 'dead' AND released_at IS NULL";
+WITH released AS (
+    UPDATE hr_delivery SET released_at = $2
+    WHERE id = ANY($1) AND state = 'dead' AND released_at IS NULL
+    RETURNING source, subject, seq
+), skipped AS (
+    INSERT INTO hr_subject (source, subject, seq, at)
+    SELECT source, subject, count(*), $2 FROM released WHERE seq IS NULL
+    GROUP BY source, subject
+    ON CONFLICT (source, subject) DO UPDATE
+    SET seq = hr_subject.seq + excluded.seq, at = excluded.at
+)
+SELECT count(*) FROM released";
 
 /// Deletes at most `$2` published rows confirmed before `$1`; deleting the event
 /// deletes its delivery row (ON DELETE CASCADE).
@@ -318,6 +371,14 @@ pub(super) const PURGE: &str = "
 DELETE FROM hr_event WHERE id IN (
     SELECT id FROM hr_delivery WHERE state = 'published' AND published_at < $1
     ORDER BY published_at LIMIT $2)";
+
+/// Forgets at most `$2` subjects unchanged since `$1` that have no row left.
+pub(super) const FORGET_SUBJECTS: &str = "
+DELETE FROM hr_subject WHERE (source, subject) IN (
+    SELECT s.source, s.subject FROM hr_subject s
+    WHERE s.at < $1
+      AND NOT EXISTS (SELECT 1 FROM hr_event e WHERE e.subject = s.subject AND e.source = s.source)
+    LIMIT $2)";
 
 /// Replica `$1` is alive.
 pub(super) const HEARTBEAT: &str = "
@@ -425,3 +486,11 @@ pub(super) const REWRITE_META: &str = "UPDATE hr_event SET meta = $2 WHERE id = 
 #[cfg(feature = "testing")]
 pub(super) const LOCK_TABLES: &str =
     "BEGIN; LOCK TABLE hr_event, hr_delivery IN ACCESS EXCLUSIVE MODE";
+
+/// Takes step 3 back out, leaving the outbox as the release before it left it
+/// (tests of its migration).
+#[cfg(feature = "testing")]
+pub(super) const UNDO_SEQUENCES: &str = "
+ALTER TABLE hr_delivery DROP COLUMN seq, DROP COLUMN stale;
+DROP TABLE hr_subject;
+DELETE FROM hr_schema WHERE version = 3;";

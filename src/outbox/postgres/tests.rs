@@ -272,7 +272,10 @@ async fn a_settle_tried_again_after_it_committed_is_not_counted_as_fenced() {
     let (outbox, ids) = fetched(&scratch, &metrics, 3).await;
     let settled: Arc<[Settlement]> = ids
         .iter()
-        .map(|id| Settlement::Published { id: *id })
+        .map(|id| Settlement::Published {
+            id: *id,
+            first: None,
+        })
         .collect();
     // The first try commits, but its caller does not learn it (it timed out):
     // the claims stay, and the publisher settles the same outcomes again.

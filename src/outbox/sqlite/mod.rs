@@ -47,12 +47,13 @@ mod tests;
 
 #[cfg(feature = "testing")]
 pub(crate) use seed::{
-    record_version, recorded_version, release_write_lock, rewrite_meta, seed, write_lock,
+    record_version, recorded_version, release_write_lock, rewrite_meta, seed, undo_sequences,
+    write_lock,
 };
 
 use error::fault;
 use reader::{Browser, Reader};
-use writer::Control;
+use writer::{Control, Purged};
 
 /// The SQLite outbox handle; cheap to share.
 pub(crate) struct SqliteOutbox {
@@ -366,6 +367,17 @@ impl Operate for SqliteOutbox {
 
     async fn purge_published(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
         self.write(|reply| Control::Purge {
+            what: Purged::Published,
+            cutoff_us,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn forget_subjects(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
+        self.write(|reply| Control::Purge {
+            what: Purged::Subjects,
             cutoff_us,
             limit,
             reply,

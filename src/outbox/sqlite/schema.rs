@@ -7,6 +7,7 @@
 //! - 2: the webhook in `events`, its publishing state in `deliveries` (see
 //!   [`sql::tables`]), copied from the one table of an older outbox.
 //! - 3: the failed-attempts log and the subject index.
+//! - 4: the per-subject sequence ([`sql::SEQUENCES`]).
 
 use std::path::Path;
 
@@ -20,7 +21,7 @@ use crate::outbox::migrate::{self, Step, Version};
 type Apply = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Every step, in order.
-const STEPS: [Step<Apply>; 3] = [
+const STEPS: [Step<Apply>; 4] = [
     Step {
         what: "permanent failures counted apart; releases recorded",
         compatible: false,
@@ -35,6 +36,13 @@ const STEPS: [Step<Apply>; 3] = [
         what: "failed attempts kept; subject index",
         compatible: true,
         how: |tx| tx.execute_batch(sql::ATTEMPTS_AND_SUBJECTS),
+    },
+    // Compatible: a release before it publishes without numbers and never reads
+    // them; the subjects it publishes then go on from their last number.
+    Step {
+        what: "per-subject sequence numbers",
+        compatible: true,
+        how: |tx| tx.execute_batch(sql::SEQUENCES),
     },
 ];
 

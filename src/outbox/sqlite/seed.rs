@@ -84,3 +84,8 @@ pub(crate) fn record_version(path: &Path, version: Version) -> Result<(), Outbox
     schema::record(&tx, version)?;
     Ok(tx.commit()?)
 }
+
+/// Takes the sequence's schema step back out.
+pub(crate) fn undo_sequences(path: &Path) -> Result<(), OutboxError> {
+    Ok(open_connection(path)?.execute_batch(sql::UNDO_SEQUENCES)?)
+}

@@ -85,6 +85,33 @@ CREATE INDEX IF NOT EXISTS attempts_id ON attempts (id, at);
 CREATE INDEX IF NOT EXISTS events_subject ON events (subject, source, id);
 ";
 
+/// Version 4: the per-subject sequence (see `outbox::sequence`). Each delivery
+/// gets the number it was first published with (`seq`, NULL until then) and its
+/// `stale` flag; `subjects` keeps each subject's last number, its furthest stage
+/// per kind and when it last changed (`at`, for forgetting it). The rows
+/// published already are numbered 1, 2, 3 … per subject in the order they were
+/// published, and each subject goes on from its last.
+pub(super) const SEQUENCES: &str = "
+ALTER TABLE deliveries ADD COLUMN seq INTEGER;
+ALTER TABLE deliveries ADD COLUMN stale INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE subjects (
+    source  TEXT    NOT NULL,
+    subject TEXT    NOT NULL,
+    seq     INTEGER NOT NULL,
+    stages  TEXT    NOT NULL DEFAULT '',
+    at      INTEGER NOT NULL,
+    PRIMARY KEY (source, subject)
+) WITHOUT ROWID;
+UPDATE deliveries SET seq = numbered.n
+FROM (SELECT id, row_number() OVER (PARTITION BY source, subject
+                                    ORDER BY published_at, id) AS n
+      FROM deliveries WHERE state = 'published') AS numbered
+WHERE deliveries.id = numbered.id;
+INSERT INTO subjects (source, subject, seq, at)
+SELECT source, subject, max(seq), max(published_at) FROM deliveries
+WHERE seq IS NOT NULL GROUP BY source, subject;
+";
+
 /// The columns version 1 added to the one table of version 0.
 pub(super) const V1_COLUMNS: &str =
     "ALTER TABLE events ADD COLUMN permanent_attempts INTEGER NOT NULL DEFAULT 0;
@@ -162,13 +189,41 @@ pub(super) const INSERT_DELIVERY: &str =
 
 /// Records one publish outcome of a pending row: `?2` state, `?3` permanent
 /// failures to add, `?4` error (NULL when published), `?5` next attempt (NULL:
-/// unchanged), `?6` now.
+/// unchanged), `?6` now; for a first publish, `?7` its number and `?8` its
+/// `stale` flag (NULL and 0 otherwise; a number once recorded stays).
 pub(super) const SETTLE: &str = "
 UPDATE deliveries SET state = ?2, attempts = attempts + 1,
                       permanent_attempts = permanent_attempts + ?3, last_error = ?4,
                       next_attempt_at = coalesce(?5, next_attempt_at),
-                      published_at = CASE WHEN ?2 = 'published' THEN ?6 ELSE published_at END
+                      published_at = CASE WHEN ?2 = 'published' THEN ?6 ELSE published_at END,
+                      stale = CASE WHEN seq IS NULL AND ?7 IS NOT NULL THEN ?8 ELSE stale END,
+                      seq = coalesce(seq, ?7)
 WHERE id = ?1 AND state = 'pending'";
+
+/// Row `?1`'s subject has handed out number `?2` (never lowered), with stages
+/// `?3`, at `?4`.
+pub(super) const NUMBER_SUBJECT: &str = "
+INSERT INTO subjects (source, subject, seq, stages, at)
+SELECT source, subject, ?2, ?3, ?4 FROM deliveries WHERE id = ?1
+ON CONFLICT (source, subject) DO UPDATE SET seq = max(seq, excluded.seq),
+                                            stages = excluded.stages, at = excluded.at";
+
+/// Releasing dead row `?1` (at `?2`) skips the number it would have been
+/// published with, unless it was published before: the subject's next event shows
+/// consumers the gap. Runs before [`RELEASE`], whose conditions it repeats.
+pub(super) const SKIP_NUMBER: &str = "
+INSERT INTO subjects (source, subject, seq, at)
+SELECT source, subject, 1, ?2 FROM deliveries
+WHERE id = ?1 AND state = 'dead' AND released_at IS NULL AND seq IS NULL
+ON CONFLICT (source, subject) DO UPDATE SET seq = seq + 1, at = excluded.at";
+
+/// Forgets at most `?2` subjects unchanged since `?1` that have no row left.
+pub(super) const FORGET_SUBJECTS: &str = "
+DELETE FROM subjects WHERE (source, subject) IN (
+    SELECT s.source, s.subject FROM subjects s
+    WHERE s.at < ?1
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.subject = s.subject AND e.source = s.source)
+    LIMIT ?2)";
 
 /// Logs a failed attempt.
 pub(super) const LOG_FAILURE: &str =
@@ -209,12 +264,13 @@ DELETE FROM events WHERE id IN (
 /// in the JSON array `?3` (the rows in flight). A row waits while an older row of
 /// its subject holds it. The rows are chosen in `deliveries` alone; CROSS JOIN keeps
 /// SQLite from walking `events` instead, so only the bodies of the rows returned
-/// are read. Columns as `Due::read` takes them.
+/// are read. Columns as `Due::read` takes them, with the subject's sequence.
 pub(super) fn fetch_due() -> String {
     format!(
         "SELECT d.id, e.meta, e.body, e.received_at, e.traceparent, d.attempts,
-                d.permanent_attempts
+                d.permanent_attempts, d.seq, d.stale, s.seq, s.stages
          FROM deliveries d CROSS JOIN events e ON e.id = d.id
+              LEFT JOIN subjects s ON s.source = d.source AND s.subject = d.subject
          WHERE d.state = 'pending'
            AND (d.next_attempt_at <= ?1 OR d.next_attempt_at > ?1 + ?4)
            AND d.id NOT IN (SELECT value FROM json_each(?3))
@@ -303,3 +359,13 @@ pub(super) const ROLLBACK: &str = "ROLLBACK";
 /// Row `?1`'s metadata becomes `?2` (a newer release's, in tests).
 #[cfg(feature = "testing")]
 pub(super) const REWRITE_META: &str = "UPDATE events SET meta = ?2 WHERE id = ?1";
+
+/// Takes version 4 back out, leaving the outbox as the release before it left
+/// it (tests of its migration).
+#[cfg(feature = "testing")]
+pub(super) const UNDO_SEQUENCES: &str = "
+ALTER TABLE deliveries DROP COLUMN seq;
+ALTER TABLE deliveries DROP COLUMN stale;
+DROP TABLE subjects;
+DELETE FROM schema_versions WHERE version = 4;
+PRAGMA user_version = 3;";

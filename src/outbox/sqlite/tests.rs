@@ -369,6 +369,7 @@ async fn an_outbox_of_the_previous_release_is_migrated_with_its_rows() {
             "schema_versions",
             "sqlite_autoindex_events_1",
             "sqlite_sequence",
+            "subjects",
         ],
         "the old table's indexes went with it, and no temporary table is left"
     );
@@ -443,7 +444,7 @@ async fn an_outbox_of_the_previous_release_is_migrated_with_its_rows() {
     );
     outbox
         .settle(Arc::from([
-            Settlement::Published { id: 1 },
+            Settlement::Published { id: 1, first: None },
             Settlement::Dead {
                 id: 6,
                 error: "no".to_owned(),
@@ -531,7 +532,7 @@ async fn settles_replays_and_releases_never_write_the_event_row() {
         .expect("trigger");
     outbox
         .settle(Arc::from([
-            Settlement::Published { id: 1 },
+            Settlement::Published { id: 1, first: None },
             Settlement::Retry {
                 id: 2,
                 error: "nack".to_owned(),
@@ -575,7 +576,7 @@ async fn a_settle_logs_far_less_than_the_body_in_the_wal() {
     wal.push("-wal");
     assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
     outbox
-        .settle(Arc::from([Settlement::Published { id: 1 }]))
+        .settle(Arc::from([Settlement::Published { id: 1, first: None }]))
         .await
         .expect("settle");
     let logged = std::fs::metadata(&wal).expect("wal").len();
@@ -593,8 +594,8 @@ async fn a_purge_deletes_the_event_and_its_delivery() {
     }
     outbox
         .settle(Arc::from([
-            Settlement::Published { id: 1 },
-            Settlement::Published { id: 2 },
+            Settlement::Published { id: 1, first: None },
+            Settlement::Published { id: 2, first: None },
         ]))
         .await
         .expect("settle");
@@ -687,7 +688,10 @@ async fn settlements_go_in_the_next_commit_ahead_of_queued_webhooks() {
         let (outbox, stored) = (Arc::clone(&outbox), Arc::clone(&stored));
         tokio::spawn(async move {
             outbox
-                .settle(Arc::from(vec![Settlement::Published { id: 1 }]))
+                .settle(Arc::from(vec![Settlement::Published {
+                    id: 1,
+                    first: None,
+                }]))
                 .await
                 .expect("settle");
             stored.load(std::sync::atomic::Ordering::SeqCst)

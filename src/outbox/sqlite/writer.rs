@@ -46,10 +46,21 @@ pub(super) enum Control {
     Release(Vec<i64>, Reply<u64>),
     /// Retention or an operator's purge.
     Purge {
+        /// What goes: published rows, or subjects' sequences.
+        what: Purged,
         cutoff_us: i64,
         limit: usize,
         reply: Reply<u64>,
     },
+}
+
+/// What a purge deletes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Purged {
+    /// Published rows confirmed before the cutoff.
+    Published,
+    /// Sequences of subjects unchanged since the cutoff, with no row left.
+    Subjects,
 }
 
 impl Control {
@@ -152,18 +163,27 @@ fn apply(
                 n
             }
             Control::Release(ids, _) => {
+                let mut skip = tx.prepare_cached(sql::SKIP_NUMBER)?;
                 let mut release = tx.prepare_cached(sql::RELEASE)?;
                 let mut n = 0;
                 for id in ids {
+                    skip.execute(params![id, now_us])?;
                     n += release.execute(params![id, now_us])? as u64;
                 }
                 n
             }
             Control::Purge {
-                cutoff_us, limit, ..
+                what,
+                cutoff_us,
+                limit,
+                ..
             } => {
                 let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
-                tx.execute(sql::PURGE, params![cutoff_us, limit])? as u64
+                let statement = match what {
+                    Purged::Published => sql::PURGE,
+                    Purged::Subjects => sql::FORGET_SUBJECTS,
+                };
+                tx.execute(statement, params![cutoff_us, limit])? as u64
             }
         });
     }
@@ -230,9 +250,11 @@ fn settle(
     let mut record = tx.prepare_cached(sql::SETTLE)?;
     let mut log = tx.prepare_cached(sql::LOG_FAILURE)?;
     let mut trim = tx.prepare_cached(sql::TRIM_FAILURES)?;
+    let mut number = tx.prepare_cached(sql::NUMBER_SUBJECT)?;
     for settlement in settlements {
         let id = settlement.id();
         let effect = settlement.effect();
+        let first = settlement.first();
         let changed = record.execute(params![
             id,
             effect.state.as_str(),
@@ -240,10 +262,15 @@ fn settle(
             effect.error,
             effect.retry_in_us.map(|delay| now_us.saturating_add(delay)),
             now_us,
+            first.map(|f| f.sequence),
+            first.is_some_and(|f| f.stale),
         ])?;
         if let (1.., Some(error)) = (changed, effect.error) {
             log.execute(params![id, now_us, effect.outcome(), error])?;
             trim.execute(params![id, ATTEMPTS_KEPT])?;
+        }
+        if let (1.., Some(first)) = (changed, first) {
+            number.execute(params![id, first.sequence, first.stages, now_us])?;
         }
     }
     Ok(())

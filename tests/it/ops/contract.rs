@@ -120,6 +120,18 @@ fn the_schema_rejects_envelopes_that_break_the_contract() {
             v["data"]["raw_base64"] = json!("e30=")
         }),
         ("unknown attribute", good.clone(), |v| v["extra"] = json!(1)),
+        ("sequence as a JSON number", good.clone(), |v| {
+            v["sequence"] = json!(2)
+        }),
+        ("sequence not zero-padded", good.clone(), |v| {
+            v["sequence"] = json!("2")
+        }),
+        ("stale as false", good.clone(), |v| {
+            v["stale"] = json!(false)
+        }),
+        ("without partitionkey", good.clone(), |v| {
+            v.as_object_mut().map(|o| o.remove("partitionkey"));
+        }),
         ("id that is not a UUID", good.clone(), |v| {
             v["id"] = json!("42")
         }),

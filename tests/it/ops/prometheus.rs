@@ -15,10 +15,6 @@ use super::{ARRIVAL, relay_job_name, relay_metric_names, root};
 use crate::support::schema;
 use crate::support::*;
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 fn find_on_path(binary: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(binary))

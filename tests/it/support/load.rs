@@ -19,6 +19,8 @@ pub enum Walk {
     /// Each order through [`ORDER_LIFE`], an event only after the previous one of
     /// the order was acked, then a new order.
     OrderLives,
+    /// The same for this many orders per worker, then the worker stops.
+    OrdersThroughLife(usize),
 }
 
 /// One webhook that got a 2xx.
@@ -60,13 +62,14 @@ impl Load {
                         .timeout(Duration::from_secs(10))
                         .build()
                         .expect("client");
-                    let statuses: &[&str] = match walk {
-                        Walk::NewOrders => &ORDER_LIFE[3..],
-                        Walk::OrderLives => &ORDER_LIFE,
+                    let (statuses, orders): (&[&str], usize) = match walk {
+                        Walk::NewOrders => (&ORDER_LIFE[3..], usize::MAX),
+                        Walk::OrderLives => (&ORDER_LIFE, usize::MAX),
+                        Walk::OrdersThroughLife(orders) => (&ORDER_LIFE, orders),
                     };
                     let mut acked = Vec::new();
                     let mut target = w;
-                    for order in 0.. {
+                    for order in 0..orders {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
@@ -122,6 +125,16 @@ impl Load {
     /// Points target `index` elsewhere (a restarted relay).
     pub fn retarget(&self, index: usize, url: String) {
         self.targets.lock().expect("targets")[index] = url;
+    }
+
+    /// Waits until every worker sent all its orders (a bounded walk); returns
+    /// what [`finish`](Self::finish) returns.
+    pub async fn completed(self) -> (Vec<Acked>, usize) {
+        let mut acked = Vec::new();
+        for worker in self.workers {
+            acked.extend(worker.await.expect("worker"));
+        }
+        (acked, self.refusals.load(Ordering::Relaxed))
     }
 
     /// Stops after each worker's current order; returns everything acked, each

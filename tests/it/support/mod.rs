@@ -42,6 +42,12 @@ macro_rules! on_both_backends {
     )*};
 }
 
+/// Whether the tests run in CI (`CI=true`), where every tool the tests use is
+/// installed by `.ci/run` and none may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
 /// Waits until `done` says so, checking every 100 ms; fails the test, naming
 /// `what`, after `within`.
 pub async fn wait_until(

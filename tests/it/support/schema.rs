@@ -120,8 +120,30 @@ pub fn message_errors(delivery: &Delivery) -> Vec<String> {
         format!("{kind}.{status}")
     };
     expect("type", Some(event_type.clone()), &class);
+    expect(
+        "header partitionkey",
+        header(delivery, "partitionkey"),
+        &text(&envelope["partitionkey"]).unwrap_or_default(),
+    );
     if props.timestamp().is_none() {
         errors.push("timestamp property is missing".to_owned());
+    }
+    // The sequence's headers repeat its attributes, typed for routing.
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let headers = headers.inner();
+    let sequence = text(&envelope["sequence"]).and_then(|s| s.parse::<i64>().ok());
+    match (headers.get("sequence"), sequence) {
+        (Some(AMQPValue::LongLongInt(n)), Some(m)) if *n == m && m > 0 => {}
+        (got, want) => errors.push(format!(
+            "header sequence is {got:?}, expected a signed 64-bit {want:?} above 0"
+        )),
+    }
+    let stale = envelope.get("stale") == Some(&Value::Bool(true));
+    match (headers.get("stale"), stale) {
+        (None, false) | (Some(AMQPValue::Boolean(true)), true) => {}
+        (got, _) => errors.push(format!(
+            "header stale is {got:?}, the attribute stale is {stale}"
+        )),
     }
     let traceparent = header(delivery, "traceparent").unwrap_or_default();
     if !is_traceparent(&traceparent) {
@@ -169,4 +191,72 @@ fn is_traceparent(value: &str) -> bool {
         && hex(parts[1], 32)
         && hex(parts[2], 16)
         && hex(parts[3], 2)
+}
+
+/// What the CloudEvents Python SDK reads out of each body (`from_json`), as
+/// JSON lines of id, partitionkey, sequence and stale.
+const SDK_READS: &str = r#"
+import json, pathlib, sys
+from cloudevents.http import from_json
+for path in sorted(pathlib.Path(sys.argv[1]).iterdir(), key=lambda p: int(p.stem)):
+    event = from_json(path.read_bytes())
+    print(json.dumps({"id": event["id"], "partitionkey": event["partitionkey"],
+                      "sequence": event["sequence"], "stale": event.get("stale")}))
+"#;
+
+/// Asserts that the CloudEvents Python SDK parses every body, with the
+/// sequence's attributes as the relay wrote them. The SDK comes from the tools
+/// venv `.ci/run` makes (`HOOKRELAY_CI_TOOLS`, default `target/ci-tools`);
+/// without it the check is skipped, except in CI.
+pub fn assert_python_sdk_parses(bodies: &[Vec<u8>]) {
+    use std::io::Write as _;
+    let tools = std::env::var_os("HOOKRELAY_CI_TOOLS").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-tools"),
+        std::path::PathBuf::from,
+    );
+    let python = tools.join("bin/python");
+    let has_sdk = std::process::Command::new(&python)
+        .args(["-c", "import cloudevents"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_sdk {
+        assert!(
+            !super::in_ci(),
+            "CI=true but {} has no CloudEvents SDK: .ci/run installs it",
+            python.display()
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: no CloudEvents Python SDK in {} (bash .ci/run installs it); CI runs this check",
+            tools.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (n, body) in bodies.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{n}.json")), body).expect("write body");
+    }
+    let output = std::process::Command::new(&python)
+        .args(["-c", SDK_READS])
+        .arg(dir.path())
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "the CloudEvents SDK refused a message: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    assert_eq!(read.len(), bodies.len());
+    for (body, sdk) in bodies.iter().zip(&read) {
+        let envelope: Value = serde_json::from_slice(body).expect("JSON");
+        for attribute in ["id", "partitionkey", "sequence"] {
+            assert_eq!(sdk[attribute], envelope[attribute], "{attribute}");
+        }
+        let stale = envelope.get("stale").cloned().unwrap_or(Value::Null);
+        assert_eq!(sdk["stale"], stale, "stale");
+    }
 }
