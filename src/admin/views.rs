@@ -208,6 +208,15 @@ pub(crate) struct Detail {
     pub(crate) cloudevent_error: Option<String>,
 }
 
+/// The place a row was first published with, which its CloudEvent shows
+/// (`None` before its first publish).
+fn published_as(row: &crate::outbox::row::Row) -> Option<crate::event::Sequence> {
+    row.sequence.map(|number| crate::event::Sequence {
+        number,
+        stale: row.stale,
+    })
+}
+
 /// An event with its headers, redacted body, verification, failed attempts and
 /// CloudEvent.
 pub(crate) async fn detail(admin: &Admin, id: i64) -> Result<Detail, ViewError> {
@@ -217,15 +226,17 @@ pub(crate) async fn detail(admin: &Admin, id: i64) -> Result<Detail, ViewError> 
         .await?
         .ok_or(ViewError::NotFound(id))?;
     let (cloudevent, cloudevent_error) = match &full.row.meta {
-        Some(meta) => match crate::event::cloudevent_json(meta, None, &full.body)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| String::from_utf8(bytes).map_err(|e| e.to_string()))
-            .and_then(|text| {
-                serde_json::value::RawValue::from_string(text).map_err(|e| e.to_string())
-            }) {
-            Ok(raw) => (Some(raw), None),
-            Err(e) => (None, Some(e)),
-        },
+        Some(meta) => {
+            match crate::event::cloudevent_json(meta, published_as(&full.row), &full.body)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| String::from_utf8(bytes).map_err(|e| e.to_string()))
+                .and_then(|text| {
+                    serde_json::value::RawValue::from_string(text).map_err(|e| e.to_string())
+                }) {
+                Ok(raw) => (Some(raw), None),
+                Err(e) => (None, Some(e)),
+            }
+        }
         None => (None, Some("the row's metadata is unreadable".to_owned())),
     };
     let verification = match full.row.meta.as_ref().and_then(|meta| meta.verified) {
@@ -420,6 +431,8 @@ mod tests {
             released_at_us: None,
             subject: meta.subject.clone(),
             meta: Some(meta),
+            sequence: None,
+            stale: false,
         })
     }
 

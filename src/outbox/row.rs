@@ -61,7 +61,8 @@ impl<'a> Encoded<'a> {
 ///
 /// Columns, in order: id, event id, source, provider, routing key, state,
 /// attempts, last error, received at, next attempt at, published at, idempotency
-/// key, permanent attempts, released at, subject, metadata.
+/// key, permanent attempts, released at, subject, metadata, sequence number,
+/// stale flag.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
     /// Row id (received order; the paging cursor).
@@ -97,13 +98,17 @@ pub(crate) struct Row {
     /// The stored metadata, or `None` when this release cannot read it (the row is
     /// still shown).
     pub(crate) meta: Option<EventMeta>,
+    /// The number it was first published with (`None`: never published).
+    pub(crate) sequence: Option<i64>,
+    /// Whether it was published as `stale`.
+    pub(crate) stale: bool,
 }
 
 /// How many columns [`Due::read`] takes; a driver reads its own after them.
 pub(crate) const DUE_COLUMNS: usize = 11;
 
 /// How many columns [`Row::read`] takes; [`FullRow::read`] reads its own after them.
-pub(crate) const ROW_COLUMNS: usize = 16;
+pub(crate) const ROW_COLUMNS: usize = 18;
 
 impl Row {
     /// Reads the columns listed on [`Row`], from position 0.
@@ -125,6 +130,8 @@ impl Row {
             released_at_us: columns.opt_int(13)?,
             subject: columns.text(14)?,
             meta: serde_json::from_str(&columns.text(15)?).ok(),
+            sequence: columns.opt_int(16)?,
+            stale: columns.int(17)? != 0,
         })
     }
 }

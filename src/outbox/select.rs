@@ -185,6 +185,8 @@ mod tests {
             released_at_us: None,
             subject: String::new(),
             meta: None,
+            sequence: None,
+            stale: false,
         }
     }
 

@@ -50,6 +50,12 @@ pub(crate) struct RowView {
     pub(crate) published_at: Option<String>,
     /// Idempotency key.
     pub(crate) idempotency_key: String,
+    /// The `sequence` it was first published with; absent until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sequence: Option<i64>,
+    /// Whether it was published as `stale`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) stale: bool,
     /// Audit headers (only with `show`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) headers: Option<serde_json::Value>,
@@ -109,6 +115,8 @@ impl RowView {
             next_attempt_at: time(row.next_attempt_at_us.max(row.received_at_us)),
             published_at: row.published_at_us.map(time),
             idempotency_key: row.idempotency_key,
+            sequence: row.sequence,
+            stale: row.stale,
             headers: None,
             body: None,
             traceparent: None,

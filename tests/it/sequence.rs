@@ -356,6 +356,12 @@ async fn a_replay_keeps_its_number_and_a_late_status_is_marked_stale(backend: Ba
 
     // Replayed: the same number, and the same mark, as first published.
     let opened = row_of(&app.relay, "r-1", "pending");
+    // Operators see the number and the mark too.
+    let shown = app.relay.outbox_command(&["show", &opened]);
+    assert_eq!(
+        (&shown["sequence"], &shown["stale"]),
+        (&serde_json::json!(3), &serde_json::json!(true))
+    );
     let replayed = app.relay.outbox_command(&["replay", &opened]);
     assert_eq!(replayed["replayed"], 1);
     let again = app

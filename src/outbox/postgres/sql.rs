@@ -312,7 +312,7 @@ pub(super) const ID_RANGE: &str = "SELECT min(id), max(id) FROM hr_delivery";
 const ROW_COLUMNS: &str =
     "d.id, e.event_id, e.source, e.provider, e.routing_key, d.state, d.attempts,
      d.last_error, e.received_at, d.next_attempt_at, d.published_at, e.idempotency_key,
-     d.permanent_attempts, d.released_at, e.subject, e.meta";
+     d.permanent_attempts, d.released_at, e.subject, e.meta, d.seq, d.stale";
 
 /// Rows with ids between `$1` and `$2` matching `conditions` (placeholders from
 /// `$4`), in id order (`oldest_first`, else newest first), at most `$3`.

@@ -259,6 +259,10 @@ impl V1Row {
             released_at_us: self.released_at,
             subject: ev.meta.subject.clone(),
             meta: Some(ev.meta.clone()),
+            // Each row is its own subject: the migration numbers a published
+            // one 1.
+            sequence: (self.state == "published").then_some(1),
+            stale: false,
         };
         let full = FullRow {
             row,
