@@ -29,3 +29,4 @@ mod pipe;
 mod provider_fuzz;
 mod providers;
 mod replicas;
+mod topology;
