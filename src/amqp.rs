@@ -12,14 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use lapin::options::{
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+
+pub(crate) mod topology;
 
 /// How long the publisher waits for lapin's automatic recovery before it replaces
 /// the connection itself. Kept short: with lapin 4.12, a recovery whose first
@@ -38,49 +37,10 @@ pub fn unrouted_name(exchange: &str) -> String {
 
 /// Declares the topic exchange with its alternate exchange `{exchange}.unrouted`
 /// (fanout) and the durable queue of the same name bound to it. Idempotent; tests
-/// and consumers call it too, so everyone declares with identical arguments.
+/// and consumers call it too, so everyone declares with identical arguments
+/// (`hookrelay topology declare` declares the same list, [`topology::relay`]).
 pub async fn declare_topology(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
-    let unrouted = unrouted_name(exchange);
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            unrouted.as_str().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "alternate-exchange".into(),
-        AMQPValue::LongString(unrouted.as_str().into()),
-    );
-    channel
-        .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, args)
-        .await?;
-    channel
-        .queue_declare(
-            unrouted.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            unrouted.as_str().into(),
-            unrouted.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
+    topology::declare_all(channel, &topology::relay(exchange)).await
 }
 
 /// The broker URL without its password, for logs.
@@ -157,17 +117,37 @@ impl BrokerCheck {
 /// declares nothing, publishes nothing (`check-config --connect`). The
 /// connection is named after the check, so the broker's logs tell it apart.
 pub(crate) async fn check_reachable(url: &str) -> Result<(), BrokerCheckError> {
+    let connection = open_connection(url, "hookrelay check-config --connect").await?;
+    let channel = tokio::time::timeout(CHECK_TIMEOUT, connection.create_channel()).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(200, "hookrelay check-config done".into()),
+    )
+    .await;
     let failed = |failed, error: String| BrokerCheckError {
         failed,
         url: redact_url(url),
         error,
     };
-    let timed_out = |_| failed(BrokerCheck::Answer, "timed out".to_owned());
-    let properties = ConnectionProperties::default()
-        .with_connection_name("hookrelay check-config --connect".into());
-    let connection = tokio::time::timeout(CHECK_TIMEOUT, Connection::connect(url, properties))
+    channel
+        .map_err(|_| failed(BrokerCheck::Answer, "timed out".to_owned()))?
+        .map(|_| ())
+        .map_err(|e| failed(BrokerCheck::Channel, e.to_string()))
+}
+
+/// A connection to the broker at `url` named `name` (the broker's logs and
+/// console show it), within [`CHECK_TIMEOUT`], without automatic recovery: for
+/// the commands, which do one thing and exit. What failed says what to do.
+async fn open_connection(url: &str, name: &str) -> Result<Connection, BrokerCheckError> {
+    let failed = |failed, error: String| BrokerCheckError {
+        failed,
+        url: redact_url(url),
+        error,
+    };
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(CHECK_TIMEOUT, Connection::connect(url, properties))
         .await
-        .map_err(timed_out)?
+        .map_err(|_| failed(BrokerCheck::Answer, "timed out".to_owned()))?
         .map_err(|e| {
             // AMQP 0-9-1 reply codes: 403 the login, 530 the virtual host.
             let step = match e.kind() {
@@ -178,17 +158,7 @@ pub(crate) async fn check_reachable(url: &str) -> Result<(), BrokerCheckError> {
                 _ => BrokerCheck::Connect,
             };
             failed(step, e.to_string())
-        })?;
-    let channel = tokio::time::timeout(CHECK_TIMEOUT, connection.create_channel()).await;
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        connection.close(200, "hookrelay check-config done".into()),
-    )
-    .await;
-    channel
-        .map_err(timed_out)?
-        .map(|_| ())
-        .map_err(|e| failed(BrokerCheck::Channel, e.to_string()))
+        })
 }
 
 /// A self-healing connection with one confirm-mode channel.

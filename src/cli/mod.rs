@@ -6,6 +6,7 @@
 mod check_config;
 mod outbox;
 mod sample;
+mod topology;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ use crate::config::{Config, ConfigError};
 
 pub(crate) use outbox::OutboxCommand;
 pub(crate) use sample::SampleArgs;
+pub(crate) use topology::TopologyCommand;
 
 /// hookrelay: receives payment-provider webhooks, stores them durably, and publishes
 /// them to RabbitMQ.
@@ -50,6 +52,10 @@ enum Command {
     /// Inspect and operate the outbox (works while `serve` runs on the same outbox).
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Declare the broker topology consumers read from (checked first; nothing
+    /// is changed when something conflicts).
+    #[command(subcommand)]
+    Topology(TopologyCommand),
 }
 
 /// Why a command failed. Each variant names its cause once (its message includes
@@ -71,6 +77,9 @@ pub enum CliError {
     /// `sample` failed.
     #[error("{0}")]
     Sample(sample::SampleCommandError),
+    /// A `topology` command failed.
+    #[error("{0}")]
+    Topology(crate::amqp::topology::TopologyError),
 }
 
 /// Runs the parsed command line; the exit code says whether it succeeded.
@@ -101,6 +110,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let out = runtime()?
                 .block_on(outbox::run(&config, command))
                 .map_err(CliError::Outbox)?;
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topology(command) => {
+            let out = runtime()?
+                .block_on(topology::run(&config, command))
+                .map_err(CliError::Topology)?;
             println!("{out}");
             Ok(ExitCode::SUCCESS)
         }
@@ -159,6 +175,13 @@ mod tests {
                 error: std::io::Error::from(std::io::ErrorKind::AddrInUse),
             }),
             "address in use",
+        );
+        printed_once(
+            CliError::Topology(crate::amqp::topology::TopologyError::Conflict {
+                entity: "queue `orders.1`".to_owned(),
+                broker: "inequivalent arg 'x-queue-type'".to_owned(),
+            }),
+            "inequivalent arg 'x-queue-type'",
         );
     }
 }

@@ -30,3 +30,4 @@ mod provider_fuzz;
 mod providers;
 mod replicas;
 mod sequence;
+mod topology;

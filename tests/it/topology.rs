@@ -1,0 +1,388 @@
+//! `hookrelay topology declare` against the real broker: it declares the
+//! partitioned topology once (a second run changes nothing), the events it
+//! routes land by their `partitionkey` header in one partition queue each, a
+//! conflicting queue is named with its argument and stops everything before
+//! anything is made, and `--dry-run` makes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ExchangeKind};
+
+use crate::support::*;
+
+/// What one run of `hookrelay topology declare` printed.
+struct Declared {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// `hookrelay topology declare ARGS` on the tests' broker, with `exchange` as
+/// the relay's exchange.
+fn declare(exchange: &str, args: &[&str]) -> Declared {
+    let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .args(["topology", "declare"])
+        .args(args)
+        .env_clear()
+        .env(
+            "HOOKRELAY_AMQP_URL",
+            format!("amqp://guest:guest@{BROKER}/%2f"),
+        )
+        .env("HOOKRELAY_EXCHANGE", exchange)
+        .output()
+        .expect("run hookrelay topology declare");
+    Declared {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The consistent-hash exchange `{name}` and its queues `{name}.{i}`, deleted
+/// when the guard drops (also when the test fails); the relay's exchange is the
+/// [`TestExchange`]'s to delete.
+struct Partitions {
+    name: String,
+    count: u16,
+}
+
+impl Partitions {
+    fn new(exchange: &str, count: u16) -> Self {
+        Self {
+            name: format!("{exchange}-orders"),
+            count,
+        }
+    }
+
+    fn queue(&self, i: u16) -> String {
+        format!("{}.{i}", self.name)
+    }
+}
+
+impl Drop for Partitions {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let queues: Vec<String> = (0..self.count).map(|i| self.queue(i)).collect();
+        // Drop cannot await; a short-lived runtime on its own thread cleans up.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let connection = broker_connection().await;
+                let Ok(channel) = connection.create_channel().await else {
+                    return;
+                };
+                for queue in &queues {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                let _ = channel
+                    .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Whether an exchange exists (a passive declare, on a channel of its own:
+/// a refusal closes it).
+async fn exchange_exists(connection: &Connection, name: &str) -> bool {
+    let channel = connection.create_channel().await.expect("channel");
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+}
+
+/// Declares queue `name` with `args` on a channel of its own: whether the
+/// broker took it (a passive declare when `args` is `None`).
+async fn queue_declare(connection: &Connection, name: &str, args: Option<FieldTable>) -> bool {
+    let channel = connection.create_channel().await.expect("channel");
+    let options = QueueDeclareOptions {
+        passive: args.is_none(),
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(name.into(), options, args.unwrap_or_default())
+        .await
+        .is_ok()
+}
+
+/// The partition queues' arguments, as the command declares them.
+fn partition_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args
+}
+
+/// Every message in `queue` (consumed until none came for half a second;
+/// a queue with a single active consumer refuses `basic.get`), acknowledged:
+/// their bodies.
+async fn drain(connection: &Connection, queue: &str) -> Vec<String> {
+    let channel = connection.create_channel().await.expect("channel");
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut bodies = Vec::new();
+    while let Ok(Some(delivery)) =
+        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+    {
+        let delivery = delivery.expect("delivery");
+        bodies.push(String::from_utf8_lossy(&delivery.data).into_owned());
+    }
+    let _ = channel.close(200, "drained".into()).await;
+    bodies
+}
+
+#[tokio::test]
+async fn topology_declare_routes_each_partition_key_to_one_queue_and_runs_again_as_a_no_op() {
+    let exchange = TestExchange::new("topology");
+    let partitions = Partitions::new(&exchange, 4);
+    let args = [
+        "--partitions",
+        "4",
+        "--pattern",
+        "*.order.*",
+        "--name",
+        &partitions.name,
+    ];
+
+    let first = declare(&exchange, &args);
+    assert!(first.ok, "{}{}", first.stdout, first.stderr);
+    assert!(
+        first.stdout.contains("8 exchange(s) and queue(s) created"),
+        "{}",
+        first.stdout
+    );
+    let second = declare(&exchange, &args);
+    assert!(second.ok, "{}{}", second.stdout, second.stderr);
+    assert!(
+        second
+            .stdout
+            .contains("nothing created: every exchange and queue existed"),
+        "{}",
+        second.stdout
+    );
+    assert!(!second.stdout.contains("created "), "{}", second.stdout);
+
+    // The queues are quorum queues with a single active consumer: declared again
+    // with those arguments they are taken, with a classic queue's refused.
+    let connection = broker_connection().await;
+    for i in 0..4 {
+        let queue = partitions.queue(i);
+        assert!(queue_declare(&connection, &queue, Some(partition_args())).await);
+        assert!(!queue_declare(&connection, &queue, Some(FieldTable::default())).await);
+    }
+
+    // Events published as the relay does (to its exchange, with the
+    // `partitionkey` header), each key twice: each copy lands in exactly one
+    // queue, both copies of a key in the same one, and the keys spread.
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let keys: Vec<String> = (0..64).map(|k| format!("whitepay/order-{k}")).collect();
+    let publish = |routing_key: &'static str, key: String| {
+        let channel = channel.clone();
+        let exchange = exchange.to_string();
+        async move {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "partitionkey".into(),
+                AMQPValue::LongString(key.as_str().into()),
+            );
+            channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    key.as_bytes(),
+                    BasicProperties::default().with_headers(headers),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+        }
+    };
+    for _copy in 0..2 {
+        for key in &keys {
+            publish("whitepay.order.succeeded", key.clone()).await;
+        }
+    }
+    // A routing key the pattern does not match reaches no partition queue.
+    publish("whitepay.refund.succeeded", "whitepay/refund-1".to_owned()).await;
+
+    let mut queue_of: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    let mut used = BTreeSet::new();
+    for i in 0..4 {
+        for body in drain(&connection, &partitions.queue(i)).await {
+            queue_of.entry(body.clone()).or_default().insert(i);
+            *copies.entry(body).or_default() += 1;
+            used.insert(i);
+        }
+    }
+    assert_eq!(
+        copies.keys().cloned().collect::<Vec<_>>(),
+        keys.iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        "every order event arrived, and no refund"
+    );
+    assert!(copies.values().all(|n| *n == 2), "{copies:?}");
+    assert!(
+        queue_of.values().all(|queues| queues.len() == 1),
+        "a key in two queues: {queue_of:?}"
+    );
+    assert!(used.len() > 1, "64 keys all in one queue: {queue_of:?}");
+}
+
+#[tokio::test]
+async fn topology_declare_names_a_conflicting_queue_and_declares_nothing() {
+    let exchange = TestExchange::new("topology-conflict");
+    let partitions = Partitions::new(&exchange, 3);
+    let connection = broker_connection().await;
+    // A classic queue in the place of partition 1.
+    assert!(
+        queue_declare(
+            &connection,
+            &partitions.queue(1),
+            Some(FieldTable::default())
+        )
+        .await
+    );
+
+    let declared = declare(
+        &exchange,
+        &[
+            "--partitions",
+            "3",
+            "--pattern",
+            "*.order.*",
+            "--name",
+            &partitions.name,
+        ],
+    );
+    assert!(!declared.ok, "{}", declared.stdout);
+    let queue = partitions.queue(1);
+    assert!(
+        declared.stderr.contains(&format!("queue `{queue}`"))
+            && declared.stderr.contains("x-queue-type")
+            && declared.stderr.contains("Nothing was declared"),
+        "{}",
+        declared.stderr
+    );
+
+    // Nothing else was made: no hash exchange, no relay exchange, no other queue.
+    assert!(!exchange_exists(&connection, &partitions.name).await);
+    assert!(!exchange_exists(&connection, &exchange).await);
+    for i in [0, 2] {
+        assert!(!queue_declare(&connection, &partitions.queue(i), None).await);
+    }
+}
+
+#[tokio::test]
+async fn topology_declare_dry_run_declares_nothing() {
+    let exchange = TestExchange::new("topology-dry");
+    let partitions = Partitions::new(&exchange, 2);
+    let declared = declare(
+        &exchange,
+        &[
+            "--partitions",
+            "2",
+            "--pattern",
+            "*.order.*",
+            "--name",
+            &partitions.name,
+            "--dry-run",
+        ],
+    );
+    assert!(declared.ok, "{}{}", declared.stdout, declared.stderr);
+    assert!(
+        declared
+            .stdout
+            .contains(&format!("would create  queue `{}`", partitions.queue(1)))
+            && declared.stdout.contains("nothing changed"),
+        "{}",
+        declared.stdout
+    );
+    let connection = broker_connection().await;
+    assert!(!exchange_exists(&connection, &partitions.name).await);
+    assert!(!exchange_exists(&connection, &exchange).await);
+    for i in 0..2 {
+        assert!(!queue_declare(&connection, &partitions.queue(i), None).await);
+    }
+}
+
+#[test]
+fn topology_declare_refuses_bad_arguments_before_reaching_the_broker() {
+    // The exchange is never used: nothing is declared.
+    for (args, says) in [
+        (
+            ["0", "*.order.*", "orders"],
+            "--partitions 0 is out of range",
+        ),
+        (["4", "*.order.*", "amq.orders"], "reserved by the broker"),
+        (["4", "order*", "orders"], "is not a topic pattern"),
+        (["4", "*.order.*", "or ders"], "ASCII letters"),
+    ] {
+        let declared = declare(
+            "hookrelay-test-topology-unused",
+            &[
+                "--partitions",
+                args[0],
+                "--pattern",
+                args[1],
+                "--name",
+                args[2],
+            ],
+        );
+        assert!(
+            !declared.ok && declared.stderr.contains(says),
+            "{args:?}: {}",
+            declared.stderr
+        );
+    }
+}
