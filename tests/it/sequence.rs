@@ -225,17 +225,17 @@ async fn each_orders_events_are_numbered_in_received_order_through_kills_and_a_c
         Duration::from_millis(40),
         Walk::OrdersThroughLife(ORDERS_EACH),
     );
-    // Two kills -9 (of a random relay on PostgreSQL, each replaced by a fresh
-    // one on the same outbox) and a broker cut between them.
+    // Two kills -9 (of a random relay on PostgreSQL), each followed by a fresh
+    // relay on the same outbox, and a broker cut between them.
     let kill = |app: &mut TestApp, relays: &mut Vec<Relay>| {
         let victim = rand::random_range(0..replicas);
-        let fresh = Relay::start(&app.config);
-        load.retarget(victim, fresh.url("whitepay"));
-        let dead = match victim {
-            0 => std::mem::replace(&mut app.relay, fresh),
-            n => std::mem::replace(&mut relays[n - 1], fresh),
+        let slot = match victim {
+            0 => &mut app.relay,
+            n => &mut relays[n - 1],
         };
-        dead.kill9();
+        slot.kill9();
+        *slot = Relay::start(&app.config);
+        load.retarget(victim, slot.url("whitepay"));
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     kill(&mut app, &mut relays);

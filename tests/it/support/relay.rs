@@ -223,8 +223,9 @@ impl Relay {
         self.process.resume().expect("send SIGCONT");
     }
 
-    /// Kills the process with SIGKILL: no shutdown code runs.
-    pub fn kill9(mut self) {
+    /// Kills the process with SIGKILL: no shutdown code runs. The handle stays,
+    /// dead, until it is replaced (a relay started again on the same outbox).
+    pub fn kill9(&mut self) {
         self.process.kill();
     }
 
