@@ -18,13 +18,15 @@
 //! - **at or below the last**: a duplicate (delivery is at least once) or a replay
 //!   of something already processed: acknowledged without work. The one exception
 //!   is a number recorded as missing (below): that is a late event.
-//! - **a gap** (`sequence > last + 1`): the numbers between are logged and recorded
-//!   as missing, and the event is processed at once. It does not wait for them:
-//!   the queue has a single active consumer and the relay publishes a key's events
-//!   in order, so a missing number is not late in the queue, it was never
-//!   published in that order: an event an operator released (`hookrelay outbox
-//!   release`), which comes only if someone replays it, maybe days later. Holding
-//!   the message would hold every other key of this queue behind it for nothing.
+//! - **a gap** (`sequence > last + 1`): logged, and the event (with any later one of
+//!   its key) is held, unacknowledged, for at most [`GAP_PATIENCE`] while the
+//!   other keys of the queue go on. If the missing numbers arrive meanwhile they
+//!   are processed first; otherwise the held events are processed and the
+//!   numbers recorded as missing. The wait is short on purpose: the queue has a
+//!   single active consumer and the relay publishes a key's events in order, so a
+//!   number missing from the queue is almost always an event an operator released
+//!   (`hookrelay outbox release`), which comes only if someone replays it, maybe
+//!   days later; and held messages take prefetch slots from every other key.
 //! - **a late event** (a missing number that arrives after all, replayed): logged
 //!   as "late event filled gap N" and processed; the work must not let it overwrite
 //!   newer state (it is older than what was applied).
@@ -49,8 +51,10 @@
 //! - **Observability.** Continue the trace from the `traceparent` header; count
 //!   processed, duplicate, gapped, late and failed messages.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
@@ -70,6 +74,10 @@ const PREFETCH: u16 = 16;
 /// event is taken for a duplicate, which a production consumer's durable state
 /// would tell apart.
 const MAX_MISSING: usize = 1024;
+
+/// How long events after a gap are held for the missing numbers before going on
+/// without them.
+const GAP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How long to wait before a message whose work failed is delivered again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -191,11 +199,100 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let mut keys: HashMap<String, KeyState> = HashMap::new();
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery?;
-        handle(&mut keys, &delivery).await?;
+    let mut held: HashMap<String, Held> = HashMap::new();
+    loop {
+        let due = held.values().map(|h| h.until).min();
+        tokio::select! {
+            delivery = consumer.next() => {
+                let Some(delivery) = delivery else { break };
+                take(&mut keys, &mut held, delivery?).await?;
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let now = Instant::now();
+                let expired: Vec<String> = held
+                    .iter()
+                    .filter(|(_, h)| h.until <= now)
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in expired {
+                    if let Some(h) = held.remove(&key) {
+                        println!("{key}: gap not filled within {GAP_PATIENCE:?}; going on");
+                        for delivery in h.deliveries {
+                            handle(&mut keys, &delivery).await?;
+                        }
+                    }
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Events of one key held after a gap, in arrival order, until `until`.
+struct Held {
+    until: Instant,
+    deliveries: VecDeque<Delivery>,
+}
+
+/// Handles a delivery, or holds it behind a gap of its key: a gap starts a hold;
+/// while a key is held its later events join the hold, and the missing number
+/// itself is handled at once, after which the held events that no longer follow
+/// a gap are handled too.
+async fn take(
+    keys: &mut HashMap<String, KeyState>,
+    held: &mut HashMap<String, Held>,
+    delivery: Delivery,
+) -> Result<(), lapin::Error> {
+    let order = serde_json::from_slice::<Value>(&delivery.data)
+        .ok()
+        .and_then(|envelope| ordering(&delivery, &envelope));
+    let Some(Ordering { key, sequence, .. }) = order else {
+        return handle(keys, &delivery).await;
+    };
+    let place = KeyState::place(keys.get(&key), sequence);
+    if let Some(h) = held.get_mut(&key) {
+        if !matches!(place, Place::Next) {
+            h.deliveries.push_back(delivery);
+            return Ok(());
+        }
+        println!("{key}: #{sequence} arrived while the later events waited");
+        handle(keys, &delivery).await?;
+        // The held events that now follow on (or are duplicates) go; a hold
+        // behind a further gap keeps waiting until its deadline.
+        while let Some(next) = held.get_mut(&key).and_then(|h| h.deliveries.pop_front()) {
+            let next_sequence = sequence_of(&next);
+            if matches!(
+                next_sequence.map(|n| KeyState::place(keys.get(&key), n)),
+                Some(Place::Gap { .. })
+            ) {
+                if let Some(h) = held.get_mut(&key) {
+                    h.deliveries.push_front(next);
+                }
+                return Ok(());
+            }
+            handle(keys, &next).await?;
+        }
+        held.remove(&key);
+        return Ok(());
+    }
+    if let Place::Gap { from, to } = place {
+        println!("{key} #{sequence}: gap, #{from}..=#{to} missing; waiting up to {GAP_PATIENCE:?}");
+        held.insert(
+            key,
+            Held {
+                until: Instant::now() + GAP_PATIENCE,
+                deliveries: VecDeque::from([delivery]),
+            },
+        );
+        return Ok(());
+    }
+    handle(keys, &delivery).await
+}
+
+/// The sequence of a delivery, if it has one.
+fn sequence_of(delivery: &Delivery) -> Option<i64> {
+    let envelope = serde_json::from_slice::<Value>(&delivery.data).ok()?;
+    ordering(delivery, &envelope).map(|o| o.sequence)
 }
 
 /// Decides, works, and acknowledges one message.
@@ -230,7 +327,7 @@ async fn handle(
             return delivery.ack(BasicAckOptions::default()).await.map(|_| ());
         }
         Place::Gap { from, to } => println!(
-            "{key} #{sequence}: gap, #{from}..=#{to} missing (released, or replayed later); going on"
+            "{key} #{sequence}: #{from}..=#{to} recorded as missing (released, or replayed later)"
         ),
         Place::Late => println!("{key}: late event filled gap {sequence}"),
         Place::Next => {}
