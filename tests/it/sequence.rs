@@ -11,12 +11,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::process::Command;
 use std::time::Duration;
 
 use hookrelay::testing::{Seed, SeedState};
 use lapin::message::Delivery;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+
 use lapin::types::AMQPValue;
 
 use crate::on_both_backends;
@@ -60,70 +59,6 @@ fn numbered(delivery: &Delivery) -> Numbered {
             .unwrap_or_default()
             .to_owned(),
         stale: envelope["stale"] == true,
-    }
-}
-
-/// A consumer topology declared with `hookrelay topology declare` on the test's
-/// exchange: its queues are deleted with it.
-struct Partitions {
-    name: String,
-    queues: Vec<String>,
-}
-
-impl Partitions {
-    /// Declares `partitions` queues for `pattern`, as an operator would.
-    fn declare(exchange: &str, partitions: usize, pattern: &str) -> Self {
-        let name = format!("{exchange}-parts");
-        let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-            .args(["topology", "declare", "--partitions"])
-            .arg(partitions.to_string())
-            .args(["--pattern", pattern, "--name", &name])
-            .env_clear()
-            .env(
-                "HOOKRELAY_AMQP_URL",
-                format!("amqp://guest:guest@{BROKER}/%2f"),
-            )
-            .env("HOOKRELAY_EXCHANGE", exchange)
-            .output()
-            .expect("run hookrelay topology declare");
-        assert!(
-            output.status.success(),
-            "topology declare: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Self {
-            queues: (0..partitions).map(|i| format!("{name}.{i}")).collect(),
-            name,
-        }
-    }
-}
-
-impl Drop for Partitions {
-    fn drop(&mut self) {
-        let (name, queues) = (self.name.clone(), self.queues.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let connection = broker_connection().await;
-                let Ok(channel) = connection.create_channel().await else {
-                    return;
-                };
-                for queue in queues {
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                let _ = channel
-                    .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            });
-        })
-        .join();
     }
 }
 
@@ -210,10 +145,22 @@ async fn each_orders_events_are_numbered_in_received_order_through_kills_and_a_c
         .env("HOOKRELAY_OUTBOX_LEASE", "2s")
         .start()
         .await;
-    let partitions = Partitions::declare(&app.exchange, 4, "*.order.*");
+    let partitions = Partitions::new(&app.exchange, 4);
+    let declared = topology_declare(
+        &app.exchange,
+        &[
+            "--partitions",
+            "4",
+            "--pattern",
+            "*.order.*",
+            "--name",
+            &partitions.name,
+        ],
+    );
+    assert!(declared.ok, "topology declare: {}", declared.stderr);
     let mut consumers = Vec::new();
-    for queue in &partitions.queues {
-        consumers.push(Consumer::existing(queue).await);
+    for i in 0..partitions.count {
+        consumers.push(Consumer::existing(&partitions.queue(i)).await);
     }
     let replicas = if backend == Backend::Postgres { 2 } else { 1 };
     let mut relays: Vec<Relay> = (1..replicas).map(|_| Relay::start(&app.config)).collect();

@@ -5,99 +5,18 @@
 //! anything is made, and `--dry-run` makes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ExchangeKind};
 
 use crate::support::*;
-
-/// What one run of `hookrelay topology declare` printed.
-struct Declared {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// `hookrelay topology declare ARGS` on the tests' broker, with `exchange` as
-/// the relay's exchange.
-fn declare(exchange: &str, args: &[&str]) -> Declared {
-    let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-        .args(["topology", "declare"])
-        .args(args)
-        .env_clear()
-        .env(
-            "HOOKRELAY_AMQP_URL",
-            format!("amqp://guest:guest@{BROKER}/%2f"),
-        )
-        .env("HOOKRELAY_EXCHANGE", exchange)
-        .output()
-        .expect("run hookrelay topology declare");
-    Declared {
-        ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// The consistent-hash exchange `{name}` and its queues `{name}.{i}`, deleted
-/// when the guard drops (also when the test fails); the relay's exchange is the
-/// [`TestExchange`]'s to delete.
-struct Partitions {
-    name: String,
-    count: u16,
-}
-
-impl Partitions {
-    fn new(exchange: &str, count: u16) -> Self {
-        Self {
-            name: format!("{exchange}-orders"),
-            count,
-        }
-    }
-
-    fn queue(&self, i: u16) -> String {
-        format!("{}.{i}", self.name)
-    }
-}
-
-impl Drop for Partitions {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let queues: Vec<String> = (0..self.count).map(|i| self.queue(i)).collect();
-        // Drop cannot await; a short-lived runtime on its own thread cleans up.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let connection = broker_connection().await;
-                let Ok(channel) = connection.create_channel().await else {
-                    return;
-                };
-                for queue in &queues {
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                let _ = channel
-                    .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
 
 /// Whether an exchange exists (a passive declare, on a channel of its own:
 /// a refusal closes it).
@@ -185,14 +104,14 @@ async fn topology_declare_routes_each_partition_key_to_one_queue_and_runs_again_
         &partitions.name,
     ];
 
-    let first = declare(&exchange, &args);
+    let first = topology_declare(&exchange, &args);
     assert!(first.ok, "{}{}", first.stdout, first.stderr);
     assert!(
         first.stdout.contains("8 exchange(s) and queue(s) created"),
         "{}",
         first.stdout
     );
-    let second = declare(&exchange, &args);
+    let second = topology_declare(&exchange, &args);
     assert!(second.ok, "{}{}", second.stdout, second.stderr);
     assert!(
         second
@@ -294,7 +213,7 @@ async fn topology_declare_names_a_conflicting_queue_and_declares_nothing() {
         .await
     );
 
-    let declared = declare(
+    let declared = topology_declare(
         &exchange,
         &[
             "--partitions",
@@ -327,7 +246,7 @@ async fn topology_declare_names_a_conflicting_queue_and_declares_nothing() {
 async fn topology_declare_dry_run_declares_nothing() {
     let exchange = TestExchange::new("topology-dry");
     let partitions = Partitions::new(&exchange, 2);
-    let declared = declare(
+    let declared = topology_declare(
         &exchange,
         &[
             "--partitions",
@@ -368,7 +287,7 @@ fn topology_declare_refuses_bad_arguments_before_reaching_the_broker() {
         (["4", "order*", "orders"], "is not a topic pattern"),
         (["4", "*.order.*", "or ders"], "ASCII letters"),
     ] {
-        let declared = declare(
+        let declared = topology_declare(
             "hookrelay-test-topology-unused",
             &[
                 "--partitions",
