@@ -135,6 +135,12 @@ fn check(config: &Config) -> (String, Vec<String>) {
         "retention       {}",
         humantime::format_duration(config.retention)
     );
+    // In whole days when it is (humantime writes 90 days as months of 30.44).
+    let sequence_retention = match config.sequence_retention.as_secs() {
+        secs if secs % 86_400 == 0 => format!("{}days", secs / 86_400),
+        _ => humantime::format_duration(config.sequence_retention).to_string(),
+    };
+    let _ = writeln!(out, "sequence_retention {sequence_retention}");
     let _ = writeln!(out, "max_body        {} bytes", config.max_body);
     let _ = writeln!(
         out,
