@@ -87,15 +87,7 @@ pub(crate) async fn purge_published(
     outbox: &dyn Operate,
     cutoff_us: i64,
 ) -> Result<u64, OutboxError> {
-    let mut total = 0;
-    loop {
-        let n = outbox.purge_published(cutoff_us, PURGE_BATCH).await?;
-        total += n;
-        if n < PURGE_BATCH as u64 {
-            return Ok(total);
-        }
-        tokio::task::yield_now().await;
-    }
+    in_batches(|limit| outbox.purge_published(cutoff_us, limit)).await
 }
 
 /// Forgets the sequences of every subject with no row left that has not changed
@@ -104,9 +96,19 @@ pub(crate) async fn forget_subjects(
     outbox: &dyn Operate,
     cutoff_us: i64,
 ) -> Result<u64, OutboxError> {
+    in_batches(|limit| outbox.forget_subjects(cutoff_us, limit)).await
+}
+
+/// Runs `batch` (which deletes at most its argument's rows and says how many)
+/// until a batch comes back short, yielding in between; returns the total.
+async fn in_batches<F, Fut>(mut batch: F) -> Result<u64, OutboxError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, OutboxError>>,
+{
     let mut total = 0;
     loop {
-        let n = outbox.forget_subjects(cutoff_us, PURGE_BATCH).await?;
+        let n = batch(PURGE_BATCH).await?;
         total += n;
         if n < PURGE_BATCH as u64 {
             return Ok(total);

@@ -206,6 +206,17 @@ impl SqliteOutbox {
             .map_err(|_| OutboxError::Closed)?;
         answer.await.map_err(|_| OutboxError::Closed)?
     }
+
+    /// Has the writer delete at most `limit` of `what`, older than `cutoff_us`.
+    async fn purge(&self, what: Purged, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
+        self.write(|reply| Control::Purge {
+            what,
+            cutoff_us,
+            limit,
+            reply,
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -366,22 +377,10 @@ impl Operate for SqliteOutbox {
     }
 
     async fn purge_published(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
-        self.write(|reply| Control::Purge {
-            what: Purged::Published,
-            cutoff_us,
-            limit,
-            reply,
-        })
-        .await
+        self.purge(Purged::Published, cutoff_us, limit).await
     }
 
     async fn forget_subjects(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
-        self.write(|reply| Control::Purge {
-            what: Purged::Subjects,
-            cutoff_us,
-            limit,
-            reply,
-        })
-        .await
+        self.purge(Purged::Subjects, cutoff_us, limit).await
     }
 }
