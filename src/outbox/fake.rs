@@ -1,5 +1,5 @@
 //! For unit tests: an outbox that never answers (for the code that must not wait
-//! on it forever), and webhooks to store.
+//! on it forever), webhooks to store, and a scenario each driver's tests run.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -90,4 +90,46 @@ pub(crate) fn event(body: &str) -> NewEvent {
         received_at_us: crate::clock::micros(received),
         traceparent: String::new(),
     }
+}
+
+/// The sequence's life on a driver, run by each driver's tests: a subject's first
+/// event is 1; its number survives the purge of its rows; it is forgotten only
+/// once no row of the subject is left, and then starts again at 1.
+pub(crate) async fn a_subject_is_forgotten_only_once_no_row_is_left<O: Pipe + Operate>(outbox: &O) {
+    // Stores the body, waits until it is due (PostgreSQL's fence may hold it a
+    // moment), settles its publish as the publisher would; its number.
+    let publish = async |body: &str| {
+        outbox.insert(event(body)).await.expect("insert");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let row = loop {
+            let due = outbox.fetch_due(10, &HashSet::new()).await.expect("fetch");
+            if let Some(row) = due.events.into_iter().next() {
+                break row;
+            }
+            assert!(std::time::Instant::now() < deadline, "the row is due");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let settled: Arc<[Settlement]> = Arc::from([Settlement::Published {
+            id: row.id,
+            first: row.place.first.clone(),
+        }]);
+        outbox.settle(settled).await.expect("settle");
+        row.place.sequence
+    };
+    let everything = i64::MAX;
+    assert_eq!(publish("kept").await, 1, "a subject's first event");
+    assert_eq!(
+        outbox.forget_subjects(everything, 10).await.ok(),
+        Some(0),
+        "a subject with a row left is kept"
+    );
+    assert_eq!(outbox.purge_published(everything, 10).await.ok(), Some(1));
+    assert_eq!(
+        publish("kept").await,
+        2,
+        "the number outlives the rows until the subject is forgotten"
+    );
+    assert_eq!(outbox.purge_published(everything, 10).await.ok(), Some(1));
+    assert_eq!(outbox.forget_subjects(everything, 10).await.ok(), Some(1));
+    assert_eq!(publish("kept").await, 1, "a forgotten subject starts again");
 }

@@ -227,6 +227,17 @@ async fn the_fetch_plan_neither_sorts_nor_anti_joins_the_backlog_on_stale_statis
     drop(outbox);
 }
 
+/// The replica's outbox once its leases hold every partition (it is alone).
+async fn leasing_everything(scratch: &Scratch, metrics: &Arc<Metrics>) -> PostgresOutbox {
+    let outbox = scratch.serve(metrics).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while outbox.leases.count() < 256 {
+        assert!(std::time::Instant::now() < deadline, "leases taken");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    outbox
+}
+
 /// The replica's outbox once its leases hold every partition, with `rows` webhooks
 /// stored and fetched (claimed).
 async fn fetched(
@@ -235,12 +246,8 @@ async fn fetched(
     rows: usize,
 ) -> (PostgresOutbox, Vec<i64>) {
     use crate::outbox::Pipe;
-    let outbox = scratch.serve(metrics).await;
+    let outbox = leasing_everything(scratch, metrics).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while outbox.leases.count() < 256 {
-        assert!(std::time::Instant::now() < deadline, "leases taken");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     for i in 0..rows {
         outbox
             .insert(event(&format!("claimed {i}")))
@@ -341,4 +348,13 @@ async fn members_gone_for_ten_leases_are_forgotten() {
         .collect();
     left.sort();
     assert_eq!(left, ["paused", "probed lately", "ticking"]);
+}
+
+/// The sequence's life on this driver (the scenario is `fake`'s, run by both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_is_forgotten_only_once_no_row_is_left() {
+    let scratch = Scratch::create().await;
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let outbox = leasing_everything(&scratch, &metrics).await;
+    crate::outbox::fake::a_subject_is_forgotten_only_once_no_row_is_left(&outbox).await;
 }

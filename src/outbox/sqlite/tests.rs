@@ -735,3 +735,9 @@ async fn an_insert_that_cannot_commit_in_time_fails_instead_of_waiting() {
     holder.execute_batch("ROLLBACK").expect("release");
     outbox.insert(event("b")).await.expect("inserts work again");
 }
+
+#[tokio::test]
+async fn a_subject_is_forgotten_only_once_no_row_is_left() {
+    let (_dir, _path, outbox) = served().await;
+    crate::outbox::fake::a_subject_is_forgotten_only_once_no_row_is_left(&outbox).await;
+}
