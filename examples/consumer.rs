@@ -217,8 +217,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 for key in expired {
                     if let Some(h) = held.remove(&key) {
                         println!("{key}: gap not filled within {GAP_PATIENCE:?}; going on");
-                        for delivery in h.deliveries {
-                            handle(&mut keys, &delivery).await?;
+                        for event in h.events {
+                            handle(&mut keys, event).await?;
                         }
                     }
                 }
@@ -231,74 +231,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Events of one key held after a gap, in arrival order, until `until`.
 struct Held {
     until: Instant,
-    deliveries: VecDeque<Delivery>,
+    events: VecDeque<Event>,
 }
 
-/// Handles a delivery, or holds it behind a gap of its key: a gap starts a hold;
-/// while a key is held its later events join the hold, and the missing number
-/// itself is handled at once, after which the held events that no longer follow
-/// a gap are handled too.
+/// A delivery with what was read out of it, once.
+struct Event {
+    delivery: Delivery,
+    envelope: Value,
+    order: Ordering,
+}
+
+/// Reads a delivery; handles at once what has no place in a sequence (not a
+/// CloudEvent: rejected; no ordering facts: processed), and otherwise handles
+/// the event or holds it behind a gap of its key. A gap starts a hold; while a
+/// key is held its later events join the hold, and the missing number itself is
+/// handled at once, after which the held events that no longer follow a gap are
+/// handled too.
 async fn take(
     keys: &mut HashMap<String, KeyState>,
     held: &mut HashMap<String, Held>,
     delivery: Delivery,
-) -> Result<(), lapin::Error> {
-    let order = serde_json::from_slice::<Value>(&delivery.data)
-        .ok()
-        .and_then(|envelope| ordering(&delivery, &envelope));
-    let Some(Ordering { key, sequence, .. }) = order else {
-        return handle(keys, &delivery).await;
-    };
-    let place = KeyState::place(keys.get(&key), sequence);
-    if let Some(h) = held.get_mut(&key) {
-        if !matches!(place, Place::Next) {
-            h.deliveries.push_back(delivery);
-            return Ok(());
-        }
-        println!("{key}: #{sequence} arrived while the later events waited");
-        handle(keys, &delivery).await?;
-        // The held events that now follow on (or are duplicates) go; a hold
-        // behind a further gap keeps waiting until its deadline.
-        while let Some(next) = held.get_mut(&key).and_then(|h| h.deliveries.pop_front()) {
-            let next_sequence = sequence_of(&next);
-            if matches!(
-                next_sequence.map(|n| KeyState::place(keys.get(&key), n)),
-                Some(Place::Gap { .. })
-            ) {
-                if let Some(h) = held.get_mut(&key) {
-                    h.deliveries.push_front(next);
-                }
-                return Ok(());
-            }
-            handle(keys, &next).await?;
-        }
-        held.remove(&key);
-        return Ok(());
-    }
-    if let Place::Gap { from, to } = place {
-        println!("{key} #{sequence}: gap, #{from}..=#{to} missing; waiting up to {GAP_PATIENCE:?}");
-        held.insert(
-            key,
-            Held {
-                until: Instant::now() + GAP_PATIENCE,
-                deliveries: VecDeque::from([delivery]),
-            },
-        );
-        return Ok(());
-    }
-    handle(keys, &delivery).await
-}
-
-/// The sequence of a delivery, if it has one.
-fn sequence_of(delivery: &Delivery) -> Option<i64> {
-    let envelope = serde_json::from_slice::<Value>(&delivery.data).ok()?;
-    ordering(delivery, &envelope).map(|o| o.sequence)
-}
-
-/// Decides, works, and acknowledges one message.
-async fn handle(
-    keys: &mut HashMap<String, KeyState>,
-    delivery: &Delivery,
 ) -> Result<(), lapin::Error> {
     let envelope = match serde_json::from_slice::<Value>(&delivery.data) {
         Ok(value) if value["specversion"] == "1.0" => value,
@@ -313,12 +265,63 @@ async fn handle(
             return delivery.nack(reject).await.map(|_| ());
         }
     };
-    let Some(order) = ordering(delivery, &envelope) else {
+    let Some(order) = ordering(&delivery, &envelope) else {
         // Published by a relay older than the ordering headers: nothing to
         // compare; production dedupes these on `message_id`.
         println!("no partitionkey/sequence: processed without order checks");
-        return finish(delivery, commit(&envelope, false)).await;
+        return finish(&delivery, commit(&envelope, false)).await;
     };
+    let event = Event {
+        delivery,
+        envelope,
+        order,
+    };
+    let (key, sequence) = (event.order.key.clone(), event.order.sequence);
+    let place = KeyState::place(keys.get(&key), sequence);
+    if let Some(h) = held.get_mut(&key) {
+        if !matches!(place, Place::Next) {
+            h.events.push_back(event);
+            return Ok(());
+        }
+        println!("{key}: #{sequence} arrived while the later events waited");
+        handle(keys, event).await?;
+        // The held events that now follow on (or are duplicates) go; a hold
+        // behind a further gap keeps waiting until its deadline.
+        while let Some(h) = held.get_mut(&key) {
+            let Some(next) = h.events.pop_front() else {
+                held.remove(&key);
+                break;
+            };
+            let place = KeyState::place(keys.get(&key), next.order.sequence);
+            if matches!(place, Place::Gap { .. }) {
+                h.events.push_front(next);
+                break;
+            }
+            handle(keys, next).await?;
+        }
+        return Ok(());
+    }
+    if let Place::Gap { from, to } = place {
+        println!("{key} #{sequence}: gap, #{from}..=#{to} missing; waiting up to {GAP_PATIENCE:?}");
+        held.insert(
+            key,
+            Held {
+                until: Instant::now() + GAP_PATIENCE,
+                events: VecDeque::from([event]),
+            },
+        );
+        return Ok(());
+    }
+    handle(keys, event).await
+}
+
+/// Places, works, and acknowledges one event.
+async fn handle(keys: &mut HashMap<String, KeyState>, event: Event) -> Result<(), lapin::Error> {
+    let Event {
+        delivery,
+        envelope,
+        order,
+    } = event;
     let place = KeyState::place(keys.get(&order.key), order.sequence);
     let (key, sequence) = (&order.key, order.sequence);
     match &place {
@@ -338,7 +341,7 @@ async fn handle(
             .or_default()
             .processed(sequence, &place);
     }
-    finish(delivery, result).await
+    finish(&delivery, result).await
 }
 
 /// Acknowledges after the work committed; after a failure, requeues (the message
