@@ -713,17 +713,9 @@ mod tests {
     use super::*;
 
     fn row(attempts: u32, permanent_attempts: u32) -> PendingEvent {
-        let origin = crate::event::Origin {
-            provider: "whitepay",
-            source: "whitepay",
-            routing_prefix: "whitepay",
-            redact: &[],
-        };
-        let parsed = crate::event::Parsed::unrecognized("test", None);
-        let received = time::OffsetDateTime::now_utc();
         PendingEvent {
             id: 7,
-            meta: crate::event::EventMeta::new(&origin, &parsed, b"x", received),
+            meta: crate::outbox::fake::event("x").meta,
             body: b"x".to_vec(),
             received_at_us: 0,
             traceparent: String::new(),
