@@ -16,6 +16,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
 
+use crate::config::QueueType;
 use crate::metrics::Metrics;
 
 pub(crate) mod topology;
@@ -36,11 +37,12 @@ pub fn unrouted_name(exchange: &str) -> String {
 }
 
 /// Declares the topic exchange with its alternate exchange `{exchange}.unrouted`
-/// (fanout) and the durable queue of the same name bound to it. Idempotent; tests
+/// (fanout) and the durable quorum queue of the same name bound to it (the
+/// relay's default, `HOOKRELAY_UNROUTED_QUEUE_TYPE=quorum`). Idempotent; tests
 /// and consumers call it too, so everyone declares with identical arguments
 /// (`hookrelay topology declare` declares the same list, [`topology::relay`]).
 pub async fn declare_topology(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
-    topology::declare_all(channel, &topology::relay(exchange)).await
+    topology::declare_all(channel, &topology::relay(exchange, QueueType::Quorum)).await
 }
 
 /// The broker URL without its password, for logs.
@@ -161,16 +163,59 @@ async fn open_connection(url: &str, name: &str) -> Result<Connection, BrokerChec
         })
 }
 
-/// A self-healing connection with one confirm-mode channel.
-pub(crate) struct BrokerLink {
+/// One broker node the relay may publish through.
+struct Node {
     url: String,
+    /// `host:port`: the `node` label, and what logs name.
+    label: String,
+}
+
+/// Why the link replaced its connection: the `reason` of
+/// `hookrelay_broker_reconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replaced {
+    /// The connection or its channel failed.
+    Lost,
+    /// Publishes got no confirm in time on a connection that looked up.
+    Timeout,
+    /// The broker blocked the connection (a memory or disk alarm) for longer
+    /// than [`BLOCKED_LIMIT`].
+    Blocked,
+}
+
+impl Replaced {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Lost => "lost",
+            Self::Timeout => "timeout",
+            Self::Blocked => "blocked",
+        }
+    }
+}
+
+/// How long a blocked connection is kept before the link moves to another node:
+/// a publish on it waits as long, no more than a confirm would.
+const BLOCKED_LIMIT: Duration = Duration::from_secs(10);
+
+/// A self-healing connection with one confirm-mode channel, on one of the
+/// configured nodes at a time.
+///
+/// With several nodes (a cluster), a failed connection is not recovered in place:
+/// the link goes to the next node at once, and rows unconfirmed on the old one
+/// stay pending and are published again there (the publisher's per-subject rule
+/// keeps their order). With one node, lapin's recovery is tried first.
+pub(crate) struct BrokerLink {
+    nodes: Vec<Node>,
+    /// The node connected to, or to be tried next.
+    at: usize,
     exchange: String,
+    unrouted: QueueType,
     metrics: Arc<Metrics>,
     connection: Option<Link>,
 }
 
 /// A live connection, its channel, and the task that mirrors its state into
-/// `hookrelay_broker_connected`.
+/// `hookrelay_broker_connected` and `hookrelay_broker_blocked`.
 struct Link {
     connection: Connection,
     channel: Channel,
@@ -178,11 +223,28 @@ struct Link {
 }
 
 impl BrokerLink {
-    /// A link that connects on first use.
-    pub(crate) fn new(url: String, exchange: String, metrics: Arc<Metrics>) -> Self {
+    /// A link that connects on first use, to a node picked at random so that
+    /// replicas spread over a cluster.
+    pub(crate) fn new(
+        urls: &[String],
+        exchange: String,
+        unrouted: QueueType,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let nodes: Vec<Node> = urls
+            .iter()
+            .map(|url| Node {
+                url: url.clone(),
+                label: node_label(url),
+            })
+            .collect();
+        let labels: Vec<String> = nodes.iter().map(|n| n.label.clone()).collect();
+        metrics.broker.nodes(&labels);
         Self {
-            url,
+            at: rand::random_range(0..nodes.len().max(1)),
+            nodes,
             exchange,
+            unrouted,
             metrics,
             connection: None,
         }
@@ -195,10 +257,18 @@ impl BrokerLink {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Channel> {
         if let Some(link) = &self.connection {
-            if link.connection.status().connected() && link.channel.status().connected() {
-                return Some(link.channel.clone());
+            let up = link.connection.status().connected() && link.channel.status().connected();
+            let blocked_long = self
+                .metrics
+                .broker
+                .now()
+                .blocked_since
+                .is_some_and(|since| since.elapsed() >= BLOCKED_LIMIT);
+            match (up, blocked_long && self.nodes.len() > 1) {
+                (true, false) => return Some(link.channel.clone()),
+                (true, true) => self.replace(Replaced::Blocked).await,
+                (false, _) => self.replace(Replaced::Lost).await,
             }
-            self.disconnect().await;
         }
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -206,17 +276,21 @@ impl BrokerLink {
             .with_jitter()
             .without_max_times()
             .build();
+        let mut tried = 0;
         loop {
             if *shutdown.borrow() {
                 return None;
             }
-            match self.connect().await {
+            let node = &self.nodes[self.at];
+            match self.connect(node).await {
                 Ok((connection, channel)) => {
-                    tracing::info!(broker = %redact_url(&self.url), exchange = %self.exchange, "broker connected");
-                    self.metrics.broker_connected.set(1);
+                    tracing::info!(broker = %redact_url(&node.url), node = %node.label,
+                        exchange = %self.exchange, "broker connected");
+                    self.metrics.broker.on(Some(&node.label));
                     let watcher = tokio::spawn(monitor(
                         connection.status().clone(),
                         Arc::clone(&self.metrics),
+                        node.label.clone(),
                     ));
                     self.connection = Some(Link {
                         connection,
@@ -226,9 +300,17 @@ impl BrokerLink {
                     return Some(channel);
                 }
                 Err(e) => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(broker = %redact_url(&self.url), error = %e, retry_in = ?delay,
+                    tracing::warn!(broker = %redact_url(&node.url), node = %node.label, error = %e,
                         "cannot reach the broker; webhooks are still accepted into the outbox");
+                    self.at = (self.at + 1) % self.nodes.len();
+                    tried += 1;
+                    // The next node is tried at once; a pause only after all failed.
+                    if tried % self.nodes.len() != 0 {
+                        continue;
+                    }
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(nodes = self.nodes.len(), retry_in = ?delay,
+                        "no broker node reachable");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}
@@ -238,46 +320,69 @@ impl BrokerLink {
         }
     }
 
-    async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
-        let properties = ConnectionProperties::default()
+    async fn connect(&self, node: &Node) -> Result<(Connection, Channel), lapin::Error> {
+        let mut properties = ConnectionProperties::default()
             // Operators (and the fault tests) tell relays apart by this name.
             .with_connection_name(
                 format!("hookrelay {} pid {}", self.exchange, std::process::id()).into(),
-            )
-            .enable_auto_recover()
-            .with_backoff(
+            );
+        // In place recovery only retries the same node: with others to go to, the
+        // link moves on instead.
+        if self.nodes.len() == 1 {
+            properties = properties.enable_auto_recover().with_backoff(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(200))
                     .with_max_delay(Duration::from_secs(2))
                     .with_max_times(8),
             );
+        }
         let conn = tokio::time::timeout(
             Duration::from_secs(10),
-            Connection::connect(&self.url, properties),
+            Connection::connect(&node.url, properties),
         )
         .await
         .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
         let channel = conn.create_channel().await?;
-        declare_topology(&channel, &self.exchange).await?;
+        let declared = topology::declare_all(&channel, &topology::relay(&self.exchange, self.unrouted)).await;
+        let channel = match declared {
+            Err(e) if self.unrouted == QueueType::Quorum && is_precondition_failed(&e) => {
+                // An outbox of an older release declared the queue as classic; a
+                // queue's type cannot change, so it is kept until an operator
+                // moves it (docs/high-availability.md).
+                tracing::warn!(queue = %unrouted_name(&self.exchange), error = %e,
+                    "the unrouted queue exists as a classic queue, which stops taking messages while its node is down: delete it when it is empty to have it declared as a quorum queue, or set HOOKRELAY_UNROUTED_QUEUE_TYPE=classic");
+                let channel = conn.create_channel().await?;
+                topology::declare_all(&channel, &topology::relay(&self.exchange, QueueType::Classic)).await?;
+                channel
+            }
+            declared => declared.map(|()| channel)?,
+        };
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok((conn, channel))
     }
 
-    /// Called after a publish failed with `error`: waits (bounded) for lapin to
-    /// recover the channel, or else drops the connection so the next
-    /// [`channel`](Self::channel) call builds a fresh one.
+    /// Called after a publish failed with `error` (or, `None`, got no confirm in
+    /// time): with one node, waits (bounded) for lapin to recover the channel;
+    /// otherwise, or if that fails, drops the connection so the next
+    /// [`channel`](Self::channel) call builds a fresh one, on the next node.
     pub(crate) async fn recover(
         &mut self,
         error: Option<lapin::Error>,
         shutdown: &mut watch::Receiver<bool>,
     ) {
-        self.metrics.broker_connected.set(0);
+        let blocked = self.metrics.broker.now().blocked_since.is_some();
+        self.metrics.broker.on(None);
         let Some(link) = &self.connection else {
             return;
         };
-        if let Some(error) = error {
+        let reason = match (&error, blocked) {
+            (_, true) => Replaced::Blocked,
+            (Some(_), false) => Replaced::Lost,
+            (None, false) => Replaced::Timeout,
+        };
+        if let (Some(error), true) = (error, self.nodes.len() == 1) {
             let channel = link.channel.clone();
             let recovered = tokio::select! {
                 r = tokio::time::timeout(RECOVERY_WAIT, channel.wait_for_recovery(error)) => matches!(r, Ok(Ok(()))),
@@ -285,12 +390,24 @@ impl BrokerLink {
             };
             if recovered && channel.status().connected() {
                 tracing::info!("broker connection recovered");
-                self.metrics.broker_connected.set(1);
+                self.metrics.broker.on(Some(&self.nodes[self.at].label));
                 return;
             }
         }
-        tracing::warn!("replacing the broker connection");
+        self.replace(reason).await;
+    }
+
+    /// Drops the connection for `reason` and, with several nodes, moves on to the
+    /// next one.
+    async fn replace(&mut self, reason: Replaced) {
+        let from = &self.nodes[self.at];
+        tracing::warn!(node = %from.label, reason = reason.as_str(), "replacing the broker connection");
+        self.metrics
+            .broker_reconnects
+            .with_label_values(&[reason.as_str()])
+            .inc();
         self.disconnect().await;
+        self.at = (self.at + 1) % self.nodes.len();
     }
 
     /// Whether the connection and its channel are up now (without reconnecting).
@@ -302,7 +419,7 @@ impl BrokerLink {
 
     /// Closes the connection (bounded), e.g. at shutdown.
     pub(crate) async fn disconnect(&mut self) {
-        self.metrics.broker_connected.set(0);
+        self.metrics.broker.on(None);
         if let Some(link) = self.connection.take() {
             link.watcher.abort();
             let _ = tokio::time::timeout(
@@ -314,24 +431,50 @@ impl BrokerLink {
     }
 }
 
-/// Mirrors the connection's state into `hookrelay_broker_connected` and the logs.
-/// lapin's recovery reconnects silently (publishes wait for it), so the state is
-/// read from the connection itself rather than inferred from publish failures.
-async fn monitor(status: lapin::ConnectionStatus, metrics: Arc<Metrics>) {
-    let mut was_connected = true;
+/// Whether the broker refused a declare because the entity exists with other
+/// arguments (406 `PRECONDITION_FAILED`).
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+/// `host:port` of a broker URL: no user, password or virtual host.
+pub(crate) fn node_label(url: &str) -> String {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => redact_url(url),
+    }
+}
+
+/// Mirrors the connection's state into the broker gauges and the logs. lapin's
+/// recovery reconnects silently (publishes wait for it), and the broker blocks
+/// and unblocks a connection without a publish failing, so the state is read
+/// from the connection itself rather than inferred from publish failures.
+async fn monitor(status: lapin::ConnectionStatus, metrics: Arc<Metrics>, node: String) {
+    let (mut was_connected, mut was_blocked) = (true, false);
     loop {
         tokio::time::sleep(MONITOR_INTERVAL).await;
         let connected = status.connected();
         if connected != was_connected {
             if connected {
-                tracing::info!("broker connection recovered");
+                tracing::info!(%node, "broker connection recovered");
             } else {
-                tracing::warn!(
+                tracing::warn!(%node,
                     "broker connection lost; webhooks are still accepted into the outbox"
                 );
             }
-            metrics.broker_connected.set(i64::from(connected));
+            metrics.broker.on(connected.then_some(node.as_str()));
             was_connected = connected;
+        }
+        let blocked = connected && status.blocked();
+        if blocked != was_blocked {
+            if blocked {
+                tracing::warn!(%node, limit = ?BLOCKED_LIMIT,
+                    "the broker blocked the connection (a memory or disk alarm on the node): publishing waits, and moves to another node after the limit if there is one; webhooks are still accepted into the outbox");
+            } else {
+                tracing::info!(%node, "the broker unblocked the connection");
+            }
+            metrics.broker.set_blocked(blocked);
+            was_blocked = blocked;
         }
     }
 }

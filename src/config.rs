@@ -24,9 +24,11 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "admin_token",
     "admin_hosts",
     "amqp_url",
+    "unrouted_queue_type",
     "exchange",
     "outbox_url",
     "outbox_lease",
+    "outbox_require_sync_standby",
     "outbox_max_pending",
     "retention",
     "sequence_retention",
@@ -136,8 +138,12 @@ pub struct Config {
     /// Host names, besides the loopback ones, that the admin API and console
     /// answer to without a token (lower case, without a port or a trailing dot).
     pub admin_hosts: Vec<String>,
-    /// RabbitMQ URL (may hold a password).
-    pub amqp_url: Secret,
+    /// RabbitMQ URLs, one per node of a cluster (each may hold a password):
+    /// the relay publishes through one and moves to the next when it fails.
+    pub amqp_urls: Vec<Secret>,
+    /// Whether the queue of unroutable messages is a quorum queue (survives the
+    /// loss of a cluster node) or a classic one.
+    pub unrouted_queue_type: QueueType,
     /// Topic exchange the relay publishes to.
     pub exchange: String,
     /// Outbox location, as written: the outbox parses it, so that only `outbox/`
@@ -146,6 +152,9 @@ pub struct Config {
     /// How long a replica's lease on its share of a shared (PostgreSQL) outbox
     /// lasts: a dead replica's subjects are taken over within about this long.
     pub outbox_lease: Duration,
+    /// Refuse to start unless the outbox's commits wait for a synchronous
+    /// standby, so a failover cannot lose an acknowledged webhook.
+    pub outbox_require_sync_standby: bool,
     /// Pending rows past which webhooks get 503 instead of filling the disk.
     pub outbox_max_pending: u64,
     /// How long published rows are kept.
@@ -296,10 +305,17 @@ impl Config {
             Some(token) => Some(Secret(token.to_owned())),
         };
         let admin_hosts = parse_host_names("admin_hosts", &get("admin_hosts", ""))?;
-        let amqp_url = get("amqp_url", "amqp://guest:guest@127.0.0.1:5672/%2f");
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(invalid("amqp_url", "expected amqp://… or amqps://…"));
-        }
+        let amqp_urls = parse_amqp_urls(&get("amqp_url", "amqp://guest:guest@127.0.0.1:5672/%2f"))?;
+        let unrouted_queue_type = match get("unrouted_queue_type", "quorum").as_str() {
+            "quorum" => QueueType::Quorum,
+            "classic" => QueueType::Classic,
+            other => {
+                return Err(invalid(
+                    "unrouted_queue_type",
+                    format!("`{other}`: expected quorum or classic"),
+                ));
+            }
+        };
         let exchange = get("exchange", "webhooks");
         if exchange.is_empty() || exchange.len() > 200 {
             return Err(invalid("exchange", "must be 1 to 200 characters"));
@@ -312,6 +328,10 @@ impl Config {
                 "must be at least 2s (leases are renewed every fifth of it)",
             ));
         }
+        let outbox_require_sync_standby = parse_bool(
+            "outbox_require_sync_standby",
+            &get("outbox_require_sync_standby", "false"),
+        )?;
         let outbox_max_pending = match get("outbox_max_pending", "1000000").trim().parse::<u64>() {
             Ok(n) if n > 0 => n,
             _ => {
@@ -369,10 +389,12 @@ impl Config {
             admin_listen,
             admin_token,
             admin_hosts,
-            amqp_url: Secret(amqp_url),
+            amqp_urls,
+            unrouted_queue_type,
             exchange,
             outbox_url: Secret(outbox_url),
             outbox_lease,
+            outbox_require_sync_standby,
             outbox_max_pending,
             retention,
             sequence_retention,
@@ -385,6 +407,45 @@ impl Config {
             sources,
         })
     }
+}
+
+/// The kind of a queue the relay declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated over the cluster's nodes (RabbitMQ 3.8 and later).
+    Quorum,
+    /// On one node: lost to publishers while that node is down.
+    Classic,
+}
+
+/// `amqp_url`: one URL, or several separated by commas (one per cluster node).
+/// Each is checked alone, so a mistake names the URL's place, never its text
+/// (it may hold a password).
+fn parse_amqp_urls(text: &str) -> Result<Vec<Secret>, ConfigError> {
+    let mut urls = Vec::new();
+    for (i, url) in text.split(',').map(str::trim).enumerate() {
+        let place = i + 1;
+        if url.is_empty() {
+            return Err(invalid(
+                "amqp_url",
+                format!("URL {place} is empty: separate the nodes' URLs by single commas"),
+            ));
+        }
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(invalid(
+                "amqp_url",
+                format!("URL {place}: expected amqp://… or amqps://…"),
+            ));
+        }
+        if url.parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(invalid(
+                "amqp_url",
+                format!("URL {place} is not a valid AMQP URL (amqp://user:password@host:port/vhost, the vhost `/` written %2f)"),
+            ));
+        }
+        urls.push(Secret(url.to_owned()));
+    }
+    Ok(urls)
 }
 
 /// Settings as text, by key.
@@ -492,16 +553,10 @@ impl SourceConfig {
             .cloned()
             .unwrap_or_else(|| name.to_owned());
         let key = |k: &str| format!("sources.{name}.{k}");
-        let allow_unsigned = match settings.get("allow_unsigned").map(|s| s.trim()) {
-            None | Some("") | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
-                return Err(invalid(
-                    key("allow_unsigned"),
-                    format!("`{other}`: expected true or false"),
-                ));
-            }
-        };
+        let allow_unsigned = parse_bool(
+            &key("allow_unsigned"),
+            settings.get("allow_unsigned").map_or("", String::as_str),
+        )?;
         let timestamp_tolerance = settings
             .get("timestamp_tolerance")
             .map(|v| parse_duration(&key("timestamp_tolerance"), v))
@@ -552,6 +607,15 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
             format!("`{value}`: expected IP:PORT, e.g. 0.0.0.0:8080"),
         )
     })
+}
+
+/// `true` or `false`; empty is `false`.
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "" | "false" => Ok(false),
+        "true" => Ok(true),
+        other => Err(invalid(key, format!("`{other}`: expected true or false"))),
+    }
 }
 
 /// Durations are humantime text (`7d`, `90s`, `1h 30m`) or a bare number of seconds.
@@ -637,6 +701,22 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn several_broker_urls_are_one_per_node_and_a_bad_one_is_named_by_its_place_not_its_text() {
+        let urls =
+            parse_amqp_urls("amqp://u:p1@n1:5672/%2f, amqp://u:p2@n2:5673/%2f").expect("two URLs");
+        let urls: Vec<&str> = urls.iter().map(Secret::expose).collect();
+        assert_eq!(urls, ["amqp://u:p1@n1:5672/%2f", "amqp://u:p2@n2:5673/%2f"]);
+        for (text, problem) in [
+            ("amqp://u:p1@n1/%2f,", "URL 2 is empty"),
+            ("amqp://u:p1@n1/%2f,http://u:s3cret@n2", "URL 2: expected amqp://"),
+        ] {
+            let error = parse_amqp_urls(text).expect_err(text).to_string();
+            assert!(error.contains(problem), "{error}");
+            assert!(!error.contains("s3cret") && !error.contains("p1"), "{error}");
+        }
     }
 
     #[test]

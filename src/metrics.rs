@@ -30,8 +30,11 @@ pub(crate) struct Metrics {
     pub(crate) outbox_held_subjects: IntGauge,
     /// `hookrelay_outbox_oldest_pending_seconds`.
     pub(crate) outbox_oldest_pending: prometheus::Gauge,
-    /// `hookrelay_broker_connected`: 1 or 0.
-    pub(crate) broker_connected: IntGauge,
+    /// `hookrelay_broker_connected{node}`, `hookrelay_broker_blocked`, and what
+    /// the broker link is doing now.
+    pub(crate) broker: BrokerGauges,
+    /// `hookrelay_broker_reconnects_total{reason}`: broker connections replaced.
+    pub(crate) broker_reconnects: IntCounterVec,
     /// `hookrelay_source_last_received_timestamp_seconds{source}`: last request,
     /// whatever its outcome.
     pub(crate) source_last_received: GaugeVec,
@@ -155,10 +158,27 @@ impl Metrics {
             "hookrelay_outbox_held_subjects",
             "Subjects whose later events wait behind a dead row nobody replayed or released",
         )?;
-        let broker_connected = IntGauge::new(
-            "hookrelay_broker_connected",
-            "1 when the publisher has a broker channel",
+        let broker_connected = IntGaugeVec::new(
+            Opts::new(
+                "hookrelay_broker_connected",
+                "1 for the broker node the publisher has a channel on, 0 for the others",
+            ),
+            &["node"],
         )?;
+        let broker_blocked = IntGauge::new(
+            "hookrelay_broker_blocked",
+            "1 while the broker blocks the publisher's connection (a memory or disk alarm)",
+        )?;
+        let broker_reconnects = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_broker_reconnects_total",
+                "Broker connections the publisher replaced, by why (lost, timeout, blocked)",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["lost", "timeout", "blocked"] {
+            broker_reconnects.with_label_values(&[reason]).inc_by(0);
+        }
         let outbox_commit_batch_size = Histogram::with_opts(
             HistogramOpts::new(
                 "hookrelay_outbox_commit_batch_size",
@@ -231,6 +251,8 @@ impl Metrics {
         registry.register(Box::new(outbox_events.clone()))?;
         registry.register(Box::new(outbox_oldest_pending.clone()))?;
         registry.register(Box::new(broker_connected.clone()))?;
+        registry.register(Box::new(broker_blocked.clone()))?;
+        registry.register(Box::new(broker_reconnects.clone()))?;
         registry.register(Box::new(outbox_held_subjects.clone()))?;
         registry.register(Box::new(source_last_received.clone()))?;
         registry.register(Box::new(source_last_accepted.clone()))?;
@@ -267,7 +289,12 @@ impl Metrics {
             source_last_received,
             source_last_accepted,
             source_silence_threshold,
-            broker_connected,
+            broker: BrokerGauges {
+                connected: broker_connected,
+                blocked: broker_blocked,
+                now: std::sync::Mutex::default(),
+            },
+            broker_reconnects,
             outbox_commit_batch_size,
             outbox_commit_failures,
             outbox_fenced_rows,
@@ -286,5 +313,73 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// Which broker node the publisher is on and whether it is blocked: the gauges,
+/// and the same state for `/readyz`, the console and the leases.
+pub(crate) struct BrokerGauges {
+    connected: IntGaugeVec,
+    blocked: IntGauge,
+    now: std::sync::Mutex<BrokerNow>,
+}
+
+/// The broker link's state at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BrokerNow {
+    /// The node (`host:port`) the publisher has a channel on, if any.
+    pub(crate) node: Option<String>,
+    /// Since when the broker has blocked that connection.
+    pub(crate) blocked_since: Option<std::time::Instant>,
+}
+
+impl BrokerGauges {
+    /// Exports every configured node at 0, so a dashboard lists them all.
+    pub(crate) fn nodes(&self, nodes: &[String]) {
+        for node in nodes {
+            self.connected.with_label_values(&[node.as_str()]).set(0);
+        }
+    }
+
+    /// The publisher has a channel on `node`, or (`None`) on no node.
+    pub(crate) fn on(&self, node: Option<&str>) {
+        let mut now = self.lock();
+        if let Some(was) = now.node.take() {
+            self.connected.with_label_values(&[was.as_str()]).set(0);
+        }
+        if let Some(node) = node {
+            self.connected.with_label_values(&[node]).set(1);
+        }
+        now.node = node.map(str::to_owned);
+        if node.is_none() {
+            now.blocked_since = None;
+            self.blocked.set(0);
+        }
+    }
+
+    /// The broker blocked (or unblocked) the current connection.
+    pub(crate) fn set_blocked(&self, blocked: bool) {
+        let mut now = self.lock();
+        match (blocked, now.blocked_since) {
+            (true, None) => now.blocked_since = Some(std::time::Instant::now()),
+            (false, Some(_)) => now.blocked_since = None,
+            _ => {}
+        }
+        self.blocked.set(i64::from(blocked));
+    }
+
+    /// The state now.
+    pub(crate) fn now(&self) -> BrokerNow {
+        self.lock().clone()
+    }
+
+    /// Whether the publisher has a channel on some node.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.lock().node.is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BrokerNow> {
+        // The state is replaced whole, so a panic elsewhere cannot leave it torn.
+        self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

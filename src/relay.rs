@@ -36,6 +36,15 @@ pub enum RelayError {
     /// The outbox could not be opened.
     #[error("cannot open the outbox: {0}")]
     Outbox(OutboxError),
+    /// `HOOKRELAY_OUTBOX_REQUIRE_SYNC_STANDBY=true`, and the outbox's commits do
+    /// not wait for a synchronous standby.
+    #[error(
+        "the outbox has no synchronous standby and HOOKRELAY_OUTBOX_REQUIRE_SYNC_STANDBY=true: {found}; set synchronous_standby_names (and synchronous_commit = on) on the primary, or unset the requirement"
+    )]
+    NoSyncStandby {
+        /// What the outbox reported.
+        found: String,
+    },
     /// The sources do not build.
     #[error("invalid configuration: {0}")]
     Config(ConfigError),
@@ -160,6 +169,23 @@ async fn shutdown_signal() {
     }
 }
 
+/// Says what stands behind the outbox's commits, warning when a failover could
+/// lose acknowledged webhooks; refuses to start then if `required`.
+async fn check_replication(outbox: &dyn outbox::Operate, required: bool) -> Result<(), RelayError> {
+    let replication = outbox.replication().await.map_err(RelayError::Outbox)?;
+    let found = replication.describe();
+    match (replication.synchronous(), replication) {
+        (true, _) => tracing::info!(replication = %found, "outbox replication"),
+        (false, _) if required => return Err(RelayError::NoSyncStandby { found }),
+        // One file on one disk: what that means is the deployment's choice
+        // (docs/high-availability.md), not news at every start.
+        (false, outbox::Replication::Local) => {}
+        (false, _) => tracing::warn!(replication = %found,
+            "the outbox's commits do not wait for a synchronous standby: if its server fails over, webhooks acknowledged in the last moments can be lost (docs/high-availability.md); set HOOKRELAY_OUTBOX_REQUIRE_SYNC_STANDBY=true to refuse to start so"),
+    }
+    Ok(())
+}
+
 /// Runs the relay until SIGTERM/SIGINT, then: stops accepting, answers the requests
 /// in flight, lets the publisher finish its batch (bounded), and returns.
 pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
@@ -183,6 +209,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     )
     .await
     .map_err(RelayError::Outbox)?;
+    check_replication(operate.as_ref(), config.outbox_require_sync_standby).await?;
     for source in sources.values() {
         let name = &source.config.name;
         if source.config.allow_unsigned {
@@ -204,9 +231,15 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     let admin_addr = admin_listener.local_addr().map_err(RelayError::Serve)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let urls: Vec<String> = config
+        .amqp_urls
+        .iter()
+        .map(|url| url.expose().to_owned())
+        .collect();
     let link = BrokerLink::new(
-        config.amqp_url.expose().to_owned(),
+        &urls,
         config.exchange.clone(),
+        config.unrouted_queue_type,
         Arc::clone(&metrics),
     );
     let publisher = Publisher::new(

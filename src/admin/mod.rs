@@ -79,6 +79,11 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     // is answered, with its age.
     let counted = admin.counts.latest(READ_TIMEOUT).await;
     let stats = counted.map(|c| c.stats);
+    let broker = admin.metrics.broker.now();
+    let replication = tokio::time::timeout(READ_TIMEOUT, admin.outbox.replication())
+        .await
+        .ok()
+        .and_then(Result::ok);
     let body = serde_json::json!({
         "ready": outbox_error.is_none(),
         "outbox": {
@@ -94,8 +99,19 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             // Rows this relay could not read (a newer release wrote them) and set
             // aside as dead since it started: everything else went on.
             "unreadable_rows": admin.metrics.outbox_unreadable_rows.get(),
+            // Whether a failover of its server keeps every acknowledged webhook
+            // (null: not known within the probe's time).
+            "synchronous_standby": replication.as_ref().map(|r| r.synchronous()),
+            "replication": replication.as_ref().map(|r| r.describe()),
         },
-        "broker": { "connected": admin.metrics.broker_connected.get() == 1 },
+        // Which node the publisher is on, and whether that node blocks it (it
+        // moves to another node within 10 s when there is one).
+        "broker": {
+            "connected": broker.node.is_some(),
+            "node": broker.node,
+            "blocked": broker.blocked_since.is_some(),
+            "blocked_seconds": broker.blocked_since.map(|since| since.elapsed().as_secs_f64()),
+        },
         // How long the publisher has got nowhere (no publish confirmed while rows
         // wait): past a confirm timeout and a lease, a shared outbox hands this
         // replica's subjects to the others.

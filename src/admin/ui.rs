@@ -447,6 +447,7 @@ async fn outbox(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Ca
             format!("{age} s ago ({})", view::shown_time(us))
         },
     );
+    let broker = admin.metrics.broker.now();
     let body = html! {
         dl {
             dt { "Pending" } dd { a href="/ui/?state=pending" { (stats.pending) } }
@@ -455,7 +456,15 @@ async fn outbox(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Ca
             dt { "Subjects held by a dead event" } dd { (stats.held_subjects) }
             dt { "Fenced (committed, not yet readable)" } dd { (stats.fenced) }
             dt { "Partitions this relay leases" } dd { (stats.partitions) }
-            dt { "Broker" } dd { @if admin.metrics.broker_connected.get() == 1 { "connected" } @else { span.error { "disconnected" } } }
+            dt { "Broker" } dd {
+                @match &broker.node {
+                    Some(node) => {
+                        "connected to " (node)
+                        @if broker.blocked_since.is_some() { " " span.error { "(blocked by the broker: a memory or disk alarm)" } }
+                    }
+                    None => span.error { "disconnected" },
+                }
+            }
         }
     };
     page("Outbox", &caller, &admin, body).into_response()

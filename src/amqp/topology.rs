@@ -17,6 +17,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 
 use super::{open_connection, redact_url, unrouted_name};
+use crate::config::QueueType;
 
 /// The AMQP header the relay puts the partition key (`{source}/{subject}`) in,
 /// which the consistent-hash exchange hashes.
@@ -220,9 +221,14 @@ pub(crate) async fn declare_all(
 
 /// What the relay declares at each connect: the durable topic exchange with
 /// argument `alternate-exchange = {exchange}.unrouted`, the fanout exchange
-/// `{exchange}.unrouted`, and the durable queue `{exchange}.unrouted` bound to it.
-pub(crate) fn relay(exchange: &str) -> Vec<Entity> {
+/// `{exchange}.unrouted`, and the durable queue `{exchange}.unrouted` of type
+/// `unrouted` bound to it.
+pub(crate) fn relay(exchange: &str, unrouted_type: QueueType) -> Vec<Entity> {
     let unrouted = unrouted_name(exchange);
+    let queue_args = match unrouted_type {
+        QueueType::Quorum => vec![("x-queue-type", Arg::Text("quorum".to_owned()))],
+        QueueType::Classic => Vec::new(),
+    };
     vec![
         Entity::Exchange {
             name: unrouted.clone(),
@@ -236,7 +242,7 @@ pub(crate) fn relay(exchange: &str) -> Vec<Entity> {
         },
         Entity::Queue {
             name: unrouted.clone(),
-            args: Vec::new(),
+            args: queue_args,
         },
         Entity::Binding {
             source: unrouted.clone(),
@@ -329,13 +335,13 @@ impl Partitioned {
     /// exchange first (a broker without the plugin refuses it before anything else
     /// is made), and the binding from the relay's exchange last (until the queues
     /// are bound, the hash exchange would drop what it gets).
-    fn entities(&self, exchange: &str) -> Vec<Entity> {
+    fn entities(&self, exchange: &str, unrouted: QueueType) -> Vec<Entity> {
         let mut entities = vec![Entity::Exchange {
             name: self.name.clone(),
             kind: ExchangeKind::Custom("x-consistent-hash".to_owned()),
             args: vec![("hash-header", Arg::Text(PARTITION_KEY_HEADER.to_owned()))],
         }];
-        entities.extend(relay(exchange));
+        entities.extend(relay(exchange, unrouted));
         entities.extend(self.queues().map(|name| Entity::Queue {
             name,
             args: vec![
@@ -494,14 +500,14 @@ fn refusal(error: &lapin::Error) -> Option<(u16, String)> {
 /// decision, so a check never creates anything.
 pub(crate) async fn declare_partitioned(
     url: &str,
-    exchange: &str,
+    (exchange, unrouted): (&str, QueueType),
     topology: &Partitioned,
     dry_run: bool,
 ) -> Result<Report, TopologyError> {
     let connection = open_connection(url, "hookrelay topology declare")
         .await
         .map_err(|e| TopologyError::Connect(e.to_string()))?;
-    let result = check_then_declare(&connection, url, exchange, topology, dry_run).await;
+    let result = check_then_declare(&connection, url, (exchange, unrouted), topology, dry_run).await;
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
         connection.close(200, "hookrelay topology declare done".into()),
@@ -513,7 +519,7 @@ pub(crate) async fn declare_partitioned(
 async fn check_then_declare(
     connection: &Connection,
     url: &str,
-    exchange: &str,
+    (exchange, unrouted): (&str, QueueType),
     topology: &Partitioned,
     dry_run: bool,
 ) -> Result<Report, TopologyError> {
@@ -524,7 +530,7 @@ async fn check_then_declare(
         partial,
     };
     let mut checked = Vec::new();
-    for entity in topology.entities(exchange) {
+    for entity in topology.entities(exchange, unrouted) {
         let exists = match entity {
             Entity::Binding { .. } => None,
             _ => match exists(connection, &entity).await {

@@ -33,42 +33,70 @@ pub(crate) struct Reached {
 /// Reaches the broker and the outbox at once (each has its own time bound);
 /// an outbox URL already reported as invalid is not tried again.
 pub(crate) async fn connect(config: &Config) -> Vec<Reached> {
-    let amqp_url = config.amqp_url.expose();
-    let broker = async {
-        Reached {
-            what: "broker",
-            target: crate::amqp::redact_url(amqp_url),
-            outcome: crate::amqp::check_reachable(amqp_url)
-                .await
-                .map(|()| "connected, a channel opened, nothing declared".to_owned())
-                .map_err(|e| e.to_string()),
-        }
+    // Every node of a cluster is checked: one the relay cannot reach is one it
+    // cannot move to.
+    let mut checks = tokio::task::JoinSet::new();
+    for (place, url) in config.amqp_urls.iter().enumerate() {
+        let url = url.expose().to_owned();
+        checks.spawn(async move {
+            let reached = Reached {
+                what: "broker",
+                target: crate::amqp::redact_url(&url),
+                outcome: crate::amqp::check_reachable(&url)
+                    .await
+                    .map(|()| "connected, a channel opened, nothing declared".to_owned())
+                    .map_err(|e| e.to_string()),
+            };
+            (place, reached)
+        });
+    }
+    let brokers = async {
+        let mut reached = checks.join_all().await;
+        reached.sort_by_key(|(place, _)| *place);
+        reached.into_iter().map(|(_, reached)| reached)
     };
     let outbox_url = config.outbox_url.expose();
+    let require_sync = config.outbox_require_sync_standby;
     let outbox = async {
         let target = crate::outbox::describe_url(outbox_url).ok()?;
-        let outcome = crate::outbox::schema_version(outbox_url)
-            .await
-            .map(|version| match version {
-                0 => "schema version 0 (empty: `hookrelay serve` creates its tables)".to_owned(),
-                n => format!("schema version {n}"),
-            })
-            .map_err(|e| match e.reason() {
+        let version = crate::outbox::schema_version(outbox_url).await;
+        // Asked only of an outbox that answered, so a failure is reported once.
+        let replication = match &version {
+            Ok(_) => Some(crate::outbox::replication(outbox_url).await),
+            Err(_) => None,
+        };
+        let outcome = match (version, replication) {
+            (Err(e), _) | (Ok(_), Some(Err(e))) => Err(match e.reason() {
                 // The database's own words (a database that does not exist, a
                 // role it refuses) carry no advice of their own.
                 "other" => format!(
                     "{e}: check the database, user and password in HOOKRELAY_OUTBOX_URL, and that it names a hookrelay outbox"
                 ),
                 _ => e.to_string(),
-            });
+            }),
+            (Ok(version), replication) => {
+                let version = match version {
+                    0 => "schema version 0 (empty: `hookrelay serve` creates its tables)".to_owned(),
+                    n => format!("schema version {n}"),
+                };
+                match replication.and_then(Result::ok) {
+                    Some(r) if require_sync && !r.synchronous() => Err(format!(
+                        "the outbox's commits do not wait for a synchronous standby ({}), and HOOKRELAY_OUTBOX_REQUIRE_SYNC_STANDBY=true: `serve` would refuse to start; set synchronous_standby_names on the primary, or unset the requirement",
+                        r.describe()
+                    )),
+                    Some(r) => Ok(format!("{version}; {}", r.describe())),
+                    None => Ok(version),
+                }
+            }
+        };
         Some(Reached {
             what: "outbox",
             target,
             outcome,
         })
     };
-    let (broker, outbox) = tokio::join!(broker, outbox);
-    std::iter::once(broker).chain(outbox).collect()
+    let (brokers, outbox) = tokio::join!(brokers, outbox);
+    brokers.into_iter().chain(outbox).collect()
 }
 
 /// Prints the report (with what `--connect` found, if it ran), then the
@@ -123,11 +151,23 @@ fn check(config: &Config) -> (String, Vec<String>) {
         names.extend(config.admin_hosts.iter().map(String::as_str));
         let _ = writeln!(out, "admin_hosts     {} (any port)", names.join(", "));
     }
-    let _ = writeln!(
-        out,
-        "amqp_url        {}",
-        crate::amqp::redact_url(config.amqp_url.expose())
-    );
+    let urls: Vec<String> = config
+        .amqp_urls
+        .iter()
+        .map(|url| crate::amqp::redact_url(url.expose()))
+        .collect();
+    let _ = writeln!(out, "amqp_url        {}", urls.join(","));
+    if urls.len() > 1 {
+        let _ = writeln!(
+            out,
+            "                {} nodes: publishes through one, moves to the next when it fails",
+            urls.len()
+        );
+    }
+    let _ = writeln!(out, "unrouted_queue  {}", match config.unrouted_queue_type {
+        crate::config::QueueType::Quorum => "quorum",
+        crate::config::QueueType::Classic => "classic (stops taking messages while its node is down)",
+    });
     let _ = writeln!(out, "exchange        {}", config.exchange);
     let _ = writeln!(out, "outbox_url      {outbox}");
     let _ = writeln!(

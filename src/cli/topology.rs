@@ -46,10 +46,21 @@ pub(crate) async fn run(
 ) -> Result<String, TopologyError> {
     let TopologyCommand::Declare(args) = command;
     let wanted = Partitioned::new(&args.name, &args.pattern, args.partitions, &config.exchange)?;
-    let url = config.amqp_url.expose();
-    let report =
-        topology::declare_partitioned(url, &config.exchange, &wanted, args.dry_run).await?;
-    Ok(render(&crate::amqp::redact_url(url), &report))
+    let relay = (config.exchange.as_str(), config.unrouted_queue_type);
+    // Any node of a cluster will do: the next is tried only when one cannot be
+    // reached at all.
+    let mut unreachable = None;
+    for url in &config.amqp_urls {
+        let url = url.expose();
+        match topology::declare_partitioned(url, relay, &wanted, args.dry_run).await {
+            Ok(report) => return Ok(render(&crate::amqp::redact_url(url), &report)),
+            Err(e @ TopologyError::Connect(_)) => unreachable = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(unreachable.unwrap_or(TopologyError::Connect(
+        "no broker URL is configured (HOOKRELAY_AMQP_URL)".to_owned(),
+    )))
 }
 
 /// One line per entity, then what it came to.

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 
 use super::row::{FullRow, Row};
 use super::{
-    Due, EventFilter, InsertOutcome, Inventory, NewEvent, OutboxError, Settlement, Stats, Window,
+    Due, EventFilter, InsertOutcome, Inventory, NewEvent, OutboxError, Replication, Settlement,
+    Stats, Window,
 };
 
 /// The pipe's half: webhooks in, due rows out, publish outcomes back.
@@ -65,6 +66,9 @@ pub(crate) trait Operate: Send + Sync {
     /// Succeeds when the outbox can take writes now: a probe write commits, and no
     /// insert commit has failed recently without one succeeding since.
     async fn check_writable(&self) -> Result<(), OutboxError>;
+
+    /// What stands behind the outbox's commits if its server is lost.
+    async fn replication(&self) -> Result<Replication, OutboxError>;
 
     /// Counts by state and size on disk (slower than [`stats`](Self::stats): it
     /// counts published rows too).

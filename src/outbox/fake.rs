@@ -46,6 +46,10 @@ impl Operate for Hanging {
     async fn check_writable(&self) -> Result<(), OutboxError> {
         std::future::pending().await
     }
+    async fn replication(&self) -> Result<super::Replication, OutboxError> {
+        Ok(super::Replication::Local)
+    }
+
     async fn inventory(&self) -> Result<Inventory, OutboxError> {
         std::future::pending().await
     }

@@ -42,7 +42,7 @@ pub(crate) use driver::{Operate, Pipe};
 pub(crate) use error::{Fault, FaultKind, OutboxError};
 pub(crate) use model::{
     ATTEMPTS_KEPT, Attempt, Due, InsertOutcome, Inventory, LONGEST_RETRY, NewEvent, PendingEvent,
-    Settlement, State, Stats, UNREADABLE, Unreadable,
+    Replication, Settlement, State, Stats, UNREADABLE, Unreadable,
 };
 pub(crate) use query::{EventFilter, Window};
 
@@ -93,6 +93,15 @@ pub(crate) async fn schema_version(url: &str) -> Result<i64, OutboxError> {
                 .map_err(|e| OutboxError::Storage(Fault::new(FaultKind::Other, e.to_string())))?
         }
         Location::Postgres(url) => postgres::schema::schema_version(&url).await,
+    }
+}
+
+/// What stands behind the existing outbox the URL names, as `check-config
+/// --connect` reports it (nothing is created or changed).
+pub(crate) async fn replication(url: &str) -> Result<Replication, OutboxError> {
+    match Location::parse(url)? {
+        Location::Sqlite(_) => Ok(Replication::Local),
+        Location::Postgres(url) => postgres::replication_of(&url).await,
     }
 }
 

@@ -254,6 +254,71 @@ pub(crate) struct Inventory {
     pub(crate) size_bytes: u64,
 }
 
+/// What stands behind the outbox's commits if its server is lost: whether an
+/// acknowledged webhook survives a failover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Replication {
+    /// An embedded file on this replica's disk: no standby to fail over to.
+    Local,
+    /// A server, as this relay's sessions see it.
+    Server {
+        /// `synchronous_standby_names`: the standbys a commit waits for.
+        standby_names: String,
+        /// `synchronous_commit` of the relay's session.
+        commit: String,
+        /// Standbys streaming synchronously now, where the role may see them
+        /// (`pg_read_all_stats`); `None` when it may not.
+        synchronous_standbys: Option<i64>,
+    },
+}
+
+impl Replication {
+    /// Whether every commit waits until a standby has the webhook: then a
+    /// promoted standby holds everything that was acknowledged.
+    pub(crate) fn synchronous(&self) -> bool {
+        match self {
+            Self::Local => false,
+            Self::Server {
+                standby_names,
+                commit,
+                ..
+            } => {
+                !standby_names.trim().is_empty()
+                    && matches!(commit.as_str(), "on" | "remote_write" | "remote_apply")
+            }
+        }
+    }
+
+    /// One line for logs, `check-config --connect` and the console.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Local => "embedded file: no standby".to_owned(),
+            Self::Server {
+                standby_names,
+                commit,
+                synchronous_standbys,
+            } => {
+                let names = if standby_names.trim().is_empty() {
+                    "none"
+                } else {
+                    standby_names
+                };
+                let streaming = synchronous_standbys
+                    .map(|n| format!(", {n} streaming synchronously now"))
+                    .unwrap_or_default();
+                let verdict = if self.synchronous() {
+                    "commits wait for a synchronous standby"
+                } else {
+                    "NO synchronous standby: a failover can lose acknowledged webhooks"
+                };
+                format!(
+                    "{verdict} (synchronous_standby_names = {names}, synchronous_commit = {commit}{streaming})"
+                )
+            }
+        }
+    }
+}
+
 /// Counts for metrics and `/readyz`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Stats {

@@ -216,6 +216,10 @@ mod tests {
         async fn check_writable(&self) -> Result<(), OutboxError> {
             panic!("not asked")
         }
+        async fn replication(&self) -> Result<crate::outbox::Replication, OutboxError> {
+            Ok(crate::outbox::Replication::Local)
+        }
+
         async fn inventory(&self) -> Result<Inventory, OutboxError> {
             panic!("not asked")
         }

@@ -119,12 +119,28 @@ impl Target {
 
     /// `postgres://user@host:port/db?sslmode=…`: what may be shown of the URL.
     pub(super) fn describe(&self) -> String {
-        let host = match self.config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-            None => String::new(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        // Every host of a multi-host URL with its port, in the order they are
+        // tried.
+        let ports = self.config.get_ports();
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let host = match host {
+                    tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                };
+                // One port given serves every host, as the driver uses it.
+                let port = match ports {
+                    [one] => *one,
+                    ports => ports.get(i).copied().unwrap_or(5432),
+                };
+                format!("{host}:{port}")
+            })
+            .collect();
+        let hosts = hosts.join(",");
         let user = self.config.get_user().unwrap_or("");
         let db = self.config.get_dbname().unwrap_or(user);
         let mode = match self.tls {
@@ -133,7 +149,11 @@ impl Target {
             Tls::Require => "require",
             Tls::VerifyFull => "verify-full",
         };
-        format!("postgres://{user}@{host}:{port}/{db}?sslmode={mode}")
+        let session = match self.config.get_target_session_attrs() {
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite => "&target_session_attrs=read-write",
+            _ => "",
+        };
+        format!("postgres://{user}@{hosts}/{db}?sslmode={mode}{session}")
     }
 
     /// The rustls connector for [`Self::tls`].
@@ -253,6 +273,26 @@ mod tests {
             "postgres://app@db.internal:6432/outbox?sslmode=verify-full"
         );
         assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn a_multi_host_url_shows_every_host_and_the_session_it_wants_never_a_password() {
+        let target = Target::parse(
+            "postgres://app:s3cret@pg-a:5432,pg-b:5433/outbox?target_session_attrs=read-write",
+        )
+        .expect("parses");
+        let shown = target.describe();
+        assert_eq!(
+            shown,
+            "postgres://app@pg-a:5432,pg-b:5433/outbox?sslmode=prefer&target_session_attrs=read-write"
+        );
+        assert!(!shown.contains("s3cret"));
+        // A host without a port has the default one.
+        let default_port = Target::parse("postgres://app@pg-a,pg-b:6432/outbox").expect("parses");
+        assert_eq!(
+            default_port.describe(),
+            "postgres://app@pg-a:5432,pg-b:6432/outbox?sslmode=prefer"
+        );
     }
 
     #[test]

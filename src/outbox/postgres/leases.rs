@@ -347,7 +347,7 @@ pub(super) async fn run(
     let mut broker_seen = Instant::now();
     let mut able = true;
     loop {
-        if publishing.metrics.broker_connected.get() == 1 {
+        if publishing.metrics.broker.is_connected() {
             broker_seen = Instant::now();
         }
         let stuck = publishing.pace.stuck_for();

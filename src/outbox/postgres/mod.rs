@@ -26,7 +26,7 @@ use super::row::{FullRow, Row};
 use super::sql::{Dialect, Value};
 use super::{
     Attempt, Due, EventFilter, Fault, FaultKind, InsertOutcome, Inventory, Mode, NewEvent, Options,
-    OutboxError, Settlement, Stats, Window,
+    OutboxError, Replication, Settlement, Stats, Window,
 };
 use crate::clock::now_micros;
 use crate::metrics::Metrics;
@@ -78,6 +78,32 @@ pub(crate) struct PostgresOutbox {
 /// What may be shown of a `postgres://` URL (no password).
 pub(crate) fn describe_url(url: &str) -> Result<String, OutboxError> {
     Ok(Target::parse(url)?.describe())
+}
+
+/// What stands behind the existing outbox at `url` (`check-config --connect`).
+pub(crate) async fn replication_of(url: &str) -> Result<Replication, OutboxError> {
+    let target = Target::parse(url)?;
+    let tls = target.connector()?;
+    bounded(STATEMENT_TIMEOUT, async {
+        let (client, connection) = target.config.connect(tls).await.map_err(pg_error)?;
+        // Driven beside the query; it ends when the client is dropped.
+        tokio::spawn(connection);
+        replication(&client).await
+    })
+    .await
+}
+
+/// What a commit of `client`'s session waits for.
+async fn replication(client: &tokio_postgres::Client) -> Result<Replication, OutboxError> {
+    let row = client
+        .query_one(sql::REPLICATION, &[])
+        .await
+        .map_err(pg_error)?;
+    Ok(Replication::Server {
+        standby_names: row.try_get(0).map_err(pg_error)?,
+        commit: row.try_get(1).map_err(pg_error)?,
+        synchronous_standbys: row.try_get(2).map_err(pg_error)?,
+    })
 }
 
 /// A statement's parameters, as the driver takes them.
@@ -331,6 +357,14 @@ impl Operate for PostgresOutbox {
         })
         .await
         .map(|_| ())
+    }
+
+    async fn replication(&self) -> Result<Replication, OutboxError> {
+        bounded(CHECKOUT_TIMEOUT, async {
+            let client = pooled(&self.pool).await?;
+            replication(&client).await
+        })
+        .await
     }
 
     async fn inventory(&self) -> Result<Inventory, OutboxError> {

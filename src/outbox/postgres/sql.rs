@@ -127,6 +127,16 @@ ORDER BY version DESC LIMIT 1";
 
 /// The newest version recorded, read by `check-config --connect` without
 /// migrating: it names only the column every release's `hr_schema` has.
+/// What a commit of this session waits for, and the synchronous standbys
+/// streaming now (counted only where the role may see `sync_state`: otherwise
+/// the column is null for every row and the count is null too).
+pub(super) const REPLICATION: &str = "
+    SELECT current_setting('synchronous_standby_names'),
+           current_setting('synchronous_commit'),
+           CASE WHEN bool_and(sync_state IS NULL) THEN NULL
+                ELSE count(*) FILTER (WHERE sync_state IN ('sync', 'quorum')) END
+    FROM pg_stat_replication";
+
 pub(super) const SCHEMA_VERSION: &str = "SELECT coalesce(max(version), 0)::int8 FROM hr_schema";
 
 /// Records version `$1`, readable by releases of `$2` and later.

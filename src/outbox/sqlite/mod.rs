@@ -290,6 +290,10 @@ impl Operate for SqliteOutbox {
         answer.await.map_err(|_| OutboxError::Closed)?
     }
 
+    async fn replication(&self) -> Result<super::Replication, OutboxError> {
+        Ok(super::Replication::Local)
+    }
+
     async fn inventory(&self) -> Result<Inventory, OutboxError> {
         let stats = self.stats().await?;
         let published: i64 = self
