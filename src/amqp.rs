@@ -343,7 +343,8 @@ impl BrokerLink {
         .await
         .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
         let channel = conn.create_channel().await?;
-        let declared = topology::declare_all(&channel, &topology::relay(&self.exchange, self.unrouted)).await;
+        let declared =
+            topology::declare_all(&channel, &topology::relay(&self.exchange, self.unrouted)).await;
         let channel = match declared {
             Err(e) if self.unrouted == QueueType::Quorum && is_precondition_failed(&e) => {
                 // An outbox of an older release declared the queue as classic; a
@@ -352,7 +353,11 @@ impl BrokerLink {
                 tracing::warn!(queue = %unrouted_name(&self.exchange), error = %e,
                     "the unrouted queue exists as a classic queue, which stops taking messages while its node is down: delete it when it is empty to have it declared as a quorum queue, or set HOOKRELAY_UNROUTED_QUEUE_TYPE=classic");
                 let channel = conn.create_channel().await?;
-                topology::declare_all(&channel, &topology::relay(&self.exchange, QueueType::Classic)).await?;
+                topology::declare_all(
+                    &channel,
+                    &topology::relay(&self.exchange, QueueType::Classic),
+                )
+                .await?;
                 channel
             }
             declared => declared.map(|()| channel)?,

@@ -440,7 +440,9 @@ fn parse_amqp_urls(text: &str) -> Result<Vec<Secret>, ConfigError> {
         if url.parse::<lapin::uri::AMQPUri>().is_err() {
             return Err(invalid(
                 "amqp_url",
-                format!("URL {place} is not a valid AMQP URL (amqp://user:password@host:port/vhost, the vhost `/` written %2f)"),
+                format!(
+                    "URL {place} is not a valid AMQP URL (amqp://user:password@host:port/vhost, the vhost `/` written %2f)"
+                ),
             ));
         }
         urls.push(Secret(url.to_owned()));
@@ -711,11 +713,17 @@ mod tests {
         assert_eq!(urls, ["amqp://u:p1@n1:5672/%2f", "amqp://u:p2@n2:5673/%2f"]);
         for (text, problem) in [
             ("amqp://u:p1@n1/%2f,", "URL 2 is empty"),
-            ("amqp://u:p1@n1/%2f,http://u:s3cret@n2", "URL 2: expected amqp://"),
+            (
+                "amqp://u:p1@n1/%2f,http://u:s3cret@n2",
+                "URL 2: expected amqp://",
+            ),
         ] {
             let error = parse_amqp_urls(text).expect_err(text).to_string();
             assert!(error.contains(problem), "{error}");
-            assert!(!error.contains("s3cret") && !error.contains("p1"), "{error}");
+            assert!(
+                !error.contains("s3cret") && !error.contains("p1"),
+                "{error}"
+            );
         }
     }
 

@@ -380,6 +380,8 @@ impl BrokerGauges {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BrokerNow> {
         // The state is replaced whole, so a panic elsewhere cannot leave it torn.
-        self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -309,7 +309,8 @@ impl Metrics {
                 "hookrelay_webhooks_received_total" if name.contains("outcome=\"unavailable\"") => {
                     m.unavailable += value;
                 }
-                "hookrelay_broker_connected" => m.broker_connected = value,
+                // 1 on the node the publisher is on, 0 on the others.
+                "hookrelay_broker_connected" => m.broker_connected += value,
                 "hookrelay_outbox_partitions_owned" => m.partitions_owned = value,
                 "hookrelay_ingest_duration_seconds_count" => m.ingest_count += value,
                 "hookrelay_ingest_duration_seconds_bucket" if name.contains("le=\"0.01\"") => {
@@ -372,7 +373,8 @@ mod tests {
             hookrelay_outbox_commit_batch_size_count 4\n\
             hookrelay_outbox_events{state=\"dead\"} 1\n\
             hookrelay_outbox_events{state=\"pending\"} 12\n\
-            hookrelay_broker_connected 1\n\
+            hookrelay_broker_connected{node=\"127.0.0.1:5672\"} 1\n\
+            hookrelay_broker_connected{node=\"127.0.0.1:5673\"} 0\n\
             hookrelay_outbox_partitions_owned 86\n\
             hookrelay_ingest_duration_seconds_bucket{source=\"whitepay\",le=\"0.01\"} 90\n\
             hookrelay_ingest_duration_seconds_bucket{source=\"whitepay\",le=\"0.05\"} 99\n\

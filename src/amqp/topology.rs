@@ -507,7 +507,8 @@ pub(crate) async fn declare_partitioned(
     let connection = open_connection(url, "hookrelay topology declare")
         .await
         .map_err(|e| TopologyError::Connect(e.to_string()))?;
-    let result = check_then_declare(&connection, url, (exchange, unrouted), topology, dry_run).await;
+    let result =
+        check_then_declare(&connection, url, (exchange, unrouted), topology, dry_run).await;
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
         connection.close(200, "hookrelay topology declare done".into()),

@@ -76,7 +76,9 @@ pub(crate) async fn connect(config: &Config) -> Vec<Reached> {
             }),
             (Ok(version), replication) => {
                 let version = match version {
-                    0 => "schema version 0 (empty: `hookrelay serve` creates its tables)".to_owned(),
+                    0 => {
+                        "schema version 0 (empty: `hookrelay serve` creates its tables)".to_owned()
+                    }
                     n => format!("schema version {n}"),
                 };
                 match replication.and_then(Result::ok) {
@@ -164,10 +166,15 @@ fn check(config: &Config) -> (String, Vec<String>) {
             urls.len()
         );
     }
-    let _ = writeln!(out, "unrouted_queue  {}", match config.unrouted_queue_type {
-        crate::config::QueueType::Quorum => "quorum",
-        crate::config::QueueType::Classic => "classic (stops taking messages while its node is down)",
-    });
+    let _ = writeln!(
+        out,
+        "unrouted_queue  {}",
+        match config.unrouted_queue_type {
+            crate::config::QueueType::Quorum => "quorum",
+            crate::config::QueueType::Classic =>
+                "classic (stops taking messages while its node is down)",
+        }
+    );
     let _ = writeln!(out, "exchange        {}", config.exchange);
     let _ = writeln!(out, "outbox_url      {outbox}");
     let _ = writeln!(

@@ -82,10 +82,16 @@ async fn check_config_connect_reports_the_broker_and_the_outbox_schema_version(b
         .stdout
         .split("schema version ")
         .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no schema version in:\n{}", checked.stdout));
     assert!(version >= 1, "a migrated outbox: {}", checked.stdout);
+    // What a failover would keep: the machine's server has no standby.
+    let replication = match backend {
+        Backend::Sqlite => "embedded file: no standby",
+        Backend::Postgres => "NO synchronous standby: a failover can lose acknowledged webhooks",
+    };
+    assert!(checked.stdout.contains(replication), "{}", checked.stdout);
     assert!(checked.stdout.contains("configuration OK"));
     for secret in ["s3cret", "guest:guest"] {
         assert!(
@@ -231,4 +237,121 @@ fn check_config_connect_on_postgres_names_a_missing_outbox_and_an_unreachable_se
         checked.stdout
     );
     assert!(!checked.stdout.contains("s3cret") && !err.contains("s3cret"));
+}
+
+#[test]
+fn check_config_reaches_every_broker_node_and_masks_each_password() {
+    let port = dead_port();
+    let env = [
+        (
+            "HOOKRELAY_AMQP_URL",
+            format!("amqp://guest:guest@{BROKER}/%2f,amqp://relay:s3cret@127.0.0.1:{port}/%2f"),
+        ),
+        (
+            "HOOKRELAY_OUTBOX_URL",
+            "sqlite://outbox-never-made.db".to_owned(),
+        ),
+    ];
+    let unconnected = check_config(&[], &env);
+    assert!(unconnected.ok, "{}", unconnected.stderr);
+    assert!(
+        unconnected.stdout.contains(&format!(
+            "amqp_url        amqp://guest:***@{BROKER}/%2f,amqp://relay:***@127.0.0.1:{port}/%2f"
+        )),
+        "{}",
+        unconnected.stdout
+    );
+    assert!(
+        unconnected.stdout.contains("2 nodes"),
+        "{}",
+        unconnected.stdout
+    );
+
+    let checked = check_config(&["--connect"], &env);
+    assert!(!checked.ok, "an unreachable node fails the check");
+    let out = &checked.stdout;
+    assert!(
+        out.contains(&format!("amqp://guest:***@{BROKER}/%2f: connected")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("amqp://relay:***@127.0.0.1:{port}/%2f: FAILED")),
+        "{out}"
+    );
+    assert_eq!(
+        checked
+            .stderr
+            .matches("cannot connect to the broker")
+            .count(),
+        1,
+        "only the dead node is a problem: {}",
+        checked.stderr
+    );
+    for text in [out, &checked.stderr] {
+        assert!(
+            !text.contains("s3cret") && !text.contains("guest:guest"),
+            "{text}"
+        );
+    }
+
+    // A list with a hole names the URL by its place, never its text.
+    let holed = check_config(
+        &[],
+        &[(
+            "HOOKRELAY_AMQP_URL",
+            "amqp://relay:s3cret@mq-1/%2f,,amqp://relay:s3cret@mq-2/%2f".to_owned(),
+        )],
+    );
+    assert!(!holed.ok);
+    assert!(holed.stderr.contains("URL 2 is empty"), "{}", holed.stderr);
+    assert!(!holed.stderr.contains("s3cret"), "{}", holed.stderr);
+}
+
+#[tokio::test]
+async fn without_a_synchronous_standby_the_requirement_fails_the_check_and_the_start() {
+    // An outbox made by a relay that did not require a standby.
+    let app = TestApp::build(Backend::Postgres, "requiresync")
+        .no_consumer()
+        .start()
+        .await;
+    let (ready, body) = app.relay.readyz().await;
+    assert_eq!(ready, 200);
+    assert_eq!(body["outbox"]["synchronous_standby"], false, "{body}");
+    let env = [
+        (
+            "HOOKRELAY_AMQP_URL",
+            format!("amqp://guest:guest@{BROKER}/%2f"),
+        ),
+        ("HOOKRELAY_OUTBOX_URL", app.config.outbox_url()),
+        ("HOOKRELAY_OUTBOX_REQUIRE_SYNC_STANDBY", "true".to_owned()),
+    ];
+    let checked = check_config(&["--connect"], &env);
+    assert!(!checked.ok, "{}", checked.stdout);
+    assert_eq!(
+        checked
+            .stderr
+            .matches("do not wait for a synchronous standby")
+            .count(),
+        1,
+        "{}",
+        checked.stderr
+    );
+
+    // `serve` refuses to start, saying why and what to do.
+    let refused = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .arg("serve")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("HOOKRELAY_SOURCES__WHITEPAY__WEBHOOK_TOKEN", WHITEPAY_TOKEN)
+        .env("HOOKRELAY_LISTEN", "127.0.0.1:0")
+        .env("HOOKRELAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run hookrelay serve");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("the outbox has no synchronous standby")
+            && stderr.contains("set synchronous_standby_names"),
+        "{stderr}"
+    );
 }

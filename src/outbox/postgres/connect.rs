@@ -150,7 +150,9 @@ impl Target {
             Tls::VerifyFull => "verify-full",
         };
         let session = match self.config.get_target_session_attrs() {
-            tokio_postgres::config::TargetSessionAttrs::ReadWrite => "&target_session_attrs=read-write",
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite => {
+                "&target_session_attrs=read-write"
+            }
             _ => "",
         };
         format!("postgres://{user}@{hosts}/{db}?sslmode={mode}{session}")

@@ -245,8 +245,9 @@ fn alert_rules_cover_the_failure_modes_the_issue_lists() {
         ),
         (
             "HookrelayBrokerDisconnected",
-            "hookrelay_broker_connected == 0",
+            "max without (node) (hookrelay_broker_connected) == 0",
         ),
+        ("HookrelayBrokerBlocked", "hookrelay_broker_blocked == 1"),
         ("HookrelayUnauthorizedSpike", "outcome=\"unauthorized\""),
         ("HookrelayUnrecognizedSpike", "outcome=\"unrecognized\""),
         (

@@ -263,10 +263,21 @@ impl Relay {
         (status, serde_json::from_slice(&body).expect("JSON body"))
     }
 
+    /// The broker node (`host:port`) the publisher has a channel on, as
+    /// `hookrelay_broker_connected{node}` says.
+    pub async fn broker_node(&self) -> Option<String> {
+        let text = self.metrics().await;
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix("hookrelay_broker_connected{node=\"")?;
+            let (node, value) = rest.split_once("\"} ")?;
+            (value == "1").then(|| node.to_owned())
+        })
+    }
+
     /// Waits until the publisher reports a broker connection.
     pub async fn wait_broker_connected(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metric("hookrelay_broker_connected").await < 1.0 {
+        while self.broker_node().await.is_none() {
             assert!(
                 Instant::now() < deadline,
                 "relay never connected to the broker"
