@@ -21,6 +21,7 @@ mod check_config;
 mod clocks;
 mod compat;
 mod console;
+mod failover;
 mod faults;
 mod ops;
 mod otel;

@@ -10,8 +10,6 @@
 //!
 //! `HOOKRELAY_REPLICA_KILLS` (default 10) makes the kill run longer.
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,100 +21,6 @@ use crate::support::*;
 
 /// Short leases, so takeovers happen within the test's patience.
 const LEASE: &str = "2s";
-
-/// Each subject's statuses, in the order they were acked.
-type Acked = BTreeMap<String, Vec<String>>;
-
-/// The statuses acked per order (subject), in the order they were acked.
-async fn acked_by(load: Load) -> (Acked, usize) {
-    let (events, refusals) = load.finish().await;
-    let mut acked = Acked::new();
-    for event in events {
-        acked.entry(event.subject).or_default().push(event.status);
-    }
-    (acked, refusals)
-}
-
-/// Every delivery per subject, in arrival order.
-type Delivered = BTreeMap<String, Vec<String>>;
-
-/// Reads until every acked event was delivered, or `patience` passes without one.
-async fn drain(consumer: &mut Consumer, acked: &Acked, patience: Duration) -> Delivered {
-    let mut delivered = Delivered::new();
-    let missing = |delivered: &Delivered| {
-        acked.iter().any(|(subject, steps)| {
-            let got = delivered.get(subject);
-            steps.iter().any(|s| got.is_none_or(|g| !g.contains(s)))
-        })
-    };
-    loop {
-        let wait = if missing(&delivered) {
-            patience
-        } else {
-            Duration::from_millis(500)
-        };
-        let Some(delivery) = consumer.next(wait).await else {
-            return delivered;
-        };
-        let envelope: serde_json::Value =
-            serde_json::from_slice(&delivery.data).expect("JSON envelope");
-        delivered
-            .entry(envelope["subject"].as_str().expect("subject").to_owned())
-            .or_default()
-            .push(
-                envelope["data"]["provider_status"]
-                    .as_str()
-                    .expect("provider status")
-                    .to_owned(),
-            );
-    }
-}
-
-/// The oracle's verdict.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Verdict {
-    acked: usize,
-    lost: usize,
-    phantom: usize,
-    duplicated: usize,
-    out_of_order: usize,
-}
-
-fn judge(acked: &Acked, delivered: &Delivered) -> Verdict {
-    let mut v = Verdict::default();
-    for (subject, steps) in acked {
-        v.acked += steps.len();
-        let got = delivered.get(subject).cloned().unwrap_or_default();
-        let mut first: Vec<&String> = Vec::new();
-        for step in &got {
-            if first.contains(&step) {
-                v.duplicated += 1;
-            } else {
-                first.push(step);
-            }
-        }
-        v.lost += steps.iter().filter(|s| !got.contains(s)).count();
-        v.phantom += first.iter().filter(|s| !steps.contains(s)).count();
-        let in_order: Vec<&String> = first.into_iter().filter(|s| steps.contains(s)).collect();
-        if in_order != steps.iter().collect::<Vec<_>>() {
-            v.out_of_order += 1;
-        }
-    }
-    v.phantom += delivered.keys().filter(|s| !acked.contains_key(*s)).count();
-    v
-}
-
-fn report(class: &str, v: &Verdict, extra: &str) {
-    let _ = writeln!(
-        std::io::stderr(),
-        "replicas [{class}] acked={} lost={} phantom={} duplicated={} out_of_order_subjects={} {extra}",
-        v.acked,
-        v.lost,
-        v.phantom,
-        v.duplicated,
-        v.out_of_order
-    );
-}
 
 /// A config for replicas sharing `database`, with short leases.
 fn replica_config(exchange: &str, dir: &std::path::Path, database: Arc<Database>) -> RelayConfig {
@@ -214,10 +118,19 @@ async fn three_replicas_lose_nothing_and_keep_each_subjects_order_through_kill_9
         std::mem::replace(&mut relays[victim], fresh).kill9();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (acked, refusals) = acked_by(load).await;
-    let delivered = drain(&mut consumer, &acked, Duration::from_secs(30)).await;
+    let LoadOutcome {
+        acked, refusals, ..
+    } = acked_by(load).await;
+    let delivered = drain(
+        &mut consumer,
+        &acked,
+        Delivered::new(),
+        Duration::from_secs(30),
+    )
+    .await;
     let v = judge(&acked, &delivered);
     report(
+        "replicas",
         "kill -9",
         &v,
         &format!("replicas=3 kills={kills} refused_then_retried={refusals}"),
@@ -314,7 +227,7 @@ async fn a_replica_paused_past_its_lease_has_its_late_outcomes_refused() {
         b,
     } = BrokerSplit::start("paused").await;
     proxy.freeze();
-    let mut acked = Acked::new();
+    let mut acked = AckedSteps::new();
     for s in 0..32 {
         let subject = format!("paused-{s}-{}", uuid::Uuid::new_v4().simple());
         assert_eq!(
@@ -349,9 +262,16 @@ async fn a_replica_paused_past_its_lease_has_its_late_outcomes_refused() {
         async || a.metric("hookrelay_outbox_fenced_settles_total").await > 0.0,
     )
     .await;
-    let delivered = drain(&mut consumer, &acked, Duration::from_secs(20)).await;
+    let delivered = drain(
+        &mut consumer,
+        &acked,
+        Delivered::new(),
+        Duration::from_secs(20),
+    )
+    .await;
     let v = judge(&acked, &delivered);
     report(
+        "replicas",
         "paused past the lease",
         &v,
         &format!(
@@ -373,7 +293,7 @@ async fn a_replica_cut_off_the_broker_hands_its_subjects_to_the_others() {
     )
     .await;
     // It still takes webhooks, and the other replica publishes them.
-    let mut acked = Acked::new();
+    let mut acked = AckedSteps::new();
     for s in 0..20 {
         let subject = format!("handed-{s}-{}", uuid::Uuid::new_v4().simple());
         assert_eq!(
@@ -386,7 +306,13 @@ async fn a_replica_cut_off_the_broker_hands_its_subjects_to_the_others() {
         );
         acked.insert(subject, vec![ORDER_LIFE[0].to_owned()]);
     }
-    let delivered = drain(&mut split.consumer, &acked, Duration::from_secs(20)).await;
+    let delivered = drain(
+        &mut split.consumer,
+        &acked,
+        Delivered::new(),
+        Duration::from_secs(20),
+    )
+    .await;
     let v = judge(&acked, &delivered);
     assert_eq!(
         (v.lost, v.phantom),
@@ -425,7 +351,7 @@ async fn a_replica_cut_off_postgresql_answers_503_and_loses_nothing() {
     let mut unready = 0;
     // Webhooks refused during the cuts; like a provider, the test sends them again
     // until they are acked.
-    let mut probes = Acked::new();
+    let mut probes = AckedSteps::new();
     for cut in [Duration::from_secs(1), Duration::from_secs(6)] {
         tokio::time::sleep(Duration::from_secs(2)).await;
         proxy.cut();
@@ -453,11 +379,22 @@ async fn a_replica_cut_off_postgresql_answers_503_and_loses_nothing() {
         .await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (mut acked, refusals) = acked_by(load).await;
+    let LoadOutcome {
+        mut acked,
+        refusals,
+        ..
+    } = acked_by(load).await;
     acked.extend(probes);
-    let delivered = drain(&mut consumer, &acked, Duration::from_secs(30)).await;
+    let delivered = drain(
+        &mut consumer,
+        &acked,
+        Delivered::new(),
+        Duration::from_secs(30),
+    )
+    .await;
     let v = judge(&acked, &delivered);
     report(
+        "replicas",
         "cut off PostgreSQL",
         &v,
         &format!("refused_then_retried={refusals}"),
@@ -496,10 +433,19 @@ async fn postgresql_restarted_under_load_costs_503s_and_no_acked_webhook() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (acked, refusals) = acked_by(load).await;
-    let delivered = drain(&mut consumer, &acked, Duration::from_secs(30)).await;
+    let LoadOutcome {
+        acked, refusals, ..
+    } = acked_by(load).await;
+    let delivered = drain(
+        &mut consumer,
+        &acked,
+        Delivered::new(),
+        Duration::from_secs(30),
+    )
+    .await;
     let v = judge(&acked, &delivered);
     report(
+        "replicas",
         "PostgreSQL restarted (-m immediate)",
         &v,
         &format!("refused_then_retried={refusals}"),
@@ -782,7 +728,7 @@ async fn a_replica_whose_publisher_gets_nowhere_hands_its_subjects_to_the_others
     let config_b = replica_config(&exchange, dir.path(), database);
     let a = Relay::start(&config_a);
     let b = Relay::start(&config_b);
-    let mut acked = Acked::new();
+    let mut acked = AckedSteps::new();
     for s in 0..20 {
         let subject = format!("nowhere-{s}-{}", uuid::Uuid::new_v4().simple());
         assert_eq!(
@@ -797,6 +743,7 @@ async fn a_replica_whose_publisher_gets_nowhere_hands_its_subjects_to_the_others
     let delivered = drain(
         &mut consumer,
         &acked,
+        Delivered::new(),
         hookrelay::publisher::CONFIRM_TIMEOUT + Duration::from_secs(30),
     )
     .await;

@@ -31,6 +31,8 @@ pub struct Acked {
     pub status: String,
     /// The body, byte for byte.
     pub body: Vec<u8>,
+    /// When the 2xx came.
+    pub at: Instant,
 }
 
 /// Workers sending until [`Load::finish`].
@@ -106,6 +108,7 @@ impl Load {
                                 subject: subject.clone(),
                                 status: (*status).to_owned(),
                                 body,
+                                at: Instant::now(),
                             });
                             tokio::time::sleep(pause).await;
                         }

@@ -140,19 +140,33 @@ fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A temporary folder the server programs (run as `postgres`) may write.
+fn server_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    if nix_is_root() {
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown the data folder to postgres");
+    }
+    dir
+}
+
 impl PgServer {
     /// Initialises a cluster in a temporary folder and starts it on a free port.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = server_dir();
         let data = dir.path().join("data");
-        if nix_is_root() {
-            let chown = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown");
-            assert!(chown.success(), "chown the data folder to postgres");
-        }
         let bin = server_bin();
         let init = as_postgres(
             &bin.join("initdb"),
@@ -172,18 +186,74 @@ impl PgServer {
             "initdb: {}",
             String::from_utf8_lossy(&init.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let server = Self {
-            port,
+            port: free_port(),
             bin,
             data,
             _dir: dir,
         };
         server.start_again();
         server
+    }
+
+    /// A streaming standby of this server (`pg_basebackup -R`), started on a
+    /// free port. The primary's `initdb` allows replication from loopback.
+    pub fn standby(&self) -> Self {
+        let dir = server_dir();
+        let data = dir.path().join("data");
+        let backup = as_postgres(
+            &self.bin.join("pg_basebackup"),
+            &[
+                "-h",
+                SHARED.0,
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().expect("path"),
+                "-R",
+                "-X",
+                "stream",
+                // Not the default spread checkpoint: that waits most of
+                // checkpoint_timeout.
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            backup.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&backup.stderr)
+        );
+        let standby = Self {
+            port: free_port(),
+            bin: self.bin.clone(),
+            data,
+            _dir: dir,
+        };
+        standby.start_again();
+        standby
+    }
+
+    /// Promotes this standby to a primary and waits until it takes writes.
+    pub fn promote(&self) {
+        let out = self.pg_ctl(&["-w", "-t", "60", "promote"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while psql(self.port, "postgres", "SELECT pg_is_in_recovery()").as_deref() != Ok("f") {
+            assert!(Instant::now() < deadline, "the promoted server takes writes");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs SQL in this server's database `db`; returns what it printed.
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        psql(self.port, db, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
