@@ -181,6 +181,8 @@ enum Replaced {
     /// The broker blocked the connection (a memory or disk alarm) for longer
     /// than [`BLOCKED_LIMIT`].
     Blocked,
+    /// The broker nacked a publish on it.
+    Nacked,
 }
 
 impl Replaced {
@@ -189,6 +191,7 @@ impl Replaced {
             Self::Lost => "lost",
             Self::Timeout => "timeout",
             Self::Blocked => "blocked",
+            Self::Nacked => "nacked",
         }
     }
 }
@@ -400,6 +403,16 @@ impl BrokerLink {
             }
         }
         self.replace(reason).await;
+    }
+
+    /// Called after the broker nacked a publish: the channel is not used again
+    /// (see the publisher's `ChannelTrouble::Nacked`); the next
+    /// [`channel`](Self::channel) call builds a fresh one, on the next node if
+    /// there are several.
+    pub(crate) async fn renew_after_nack(&mut self) {
+        if self.connection.is_some() {
+            self.replace(Replaced::Nacked).await;
+        }
     }
 
     /// Drops the connection for `reason` and, with several nodes, moves on to the

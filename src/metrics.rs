@@ -172,11 +172,11 @@ impl Metrics {
         let broker_reconnects = IntCounterVec::new(
             Opts::new(
                 "hookrelay_broker_reconnects_total",
-                "Broker connections the publisher replaced, by why (lost, timeout, blocked)",
+                "Broker connections the publisher replaced, by why (lost, timeout, blocked, nacked)",
             ),
             &["reason"],
         )?;
-        for reason in ["lost", "timeout", "blocked"] {
+        for reason in ["lost", "timeout", "blocked", "nacked"] {
             broker_reconnects.with_label_values(&[reason]).inc_by(0);
         }
         let outbox_commit_batch_size = Histogram::with_opts(

@@ -145,6 +145,11 @@ impl Failure {
 enum ChannelTrouble {
     Error(lapin::Error),
     Timeout,
+    /// The broker nacked a publish. A quorum queue whose leader was lost nacks
+    /// every later publish of a channel that first published to it before a new
+    /// leader was elected (RabbitMQ 3.10, seen on a cluster's node loss), so the
+    /// channel is renewed rather than trusted again.
+    Nacked,
 }
 
 /// A batch whose messages went out and whose confirms are awaited.
@@ -349,6 +354,7 @@ impl Publisher {
         match trouble {
             ChannelTrouble::Error(e) => self.link.recover(Some(e), shutdown).await,
             ChannelTrouble::Timeout => self.link.recover(None, shutdown).await,
+            ChannelTrouble::Nacked => self.link.renew_after_nack().await,
         }
     }
 
@@ -506,6 +512,7 @@ impl Settler {
                         Failure::Nack,
                         "nacked by the broker".to_owned(),
                     ));
+                    trouble.get_or_insert(ChannelTrouble::Nacked);
                 }
                 Ok(Ok(Confirmation::NotRequested)) => {
                     confirmed(&span, "not_requested");

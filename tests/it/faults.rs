@@ -576,3 +576,78 @@ crate::on_both_backends!(
     a_broker_that_stops_confirming_never_gets_rows_marked_published,
     events_of_a_subject_are_first_delivered_in_received_order_through_faults,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_publish_renews_the_channel_and_is_published_later() {
+    let mut app = TestApp::spawn(Backend::Sqlite, "nack").await;
+    app.relay.wait_broker_connected().await;
+    // A queue that refuses everything: the broker nacks every publish routed to it.
+    let connection = broker_connection().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let refusing = format!("{}.refusing", &*app.exchange);
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(0),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(
+            refusing.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .expect("declare the refusing queue");
+    channel
+        .queue_bind(
+            refusing.as_str().into(),
+            (*app.exchange).into(),
+            "#".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("bind it");
+
+    assert_eq!(
+        app.relay.post_whitepay(&whitepay_order("nacked")).await.0,
+        200
+    );
+    wait_until(
+        "the nack renewed the channel",
+        Duration::from_secs(20),
+        async || {
+            app.relay
+                .metric(r#"hookrelay_broker_reconnects_total{reason="nacked"}"#)
+                .await
+                >= 1.0
+        },
+    )
+    .await;
+    assert!(
+        app.relay
+            .metric(r#"hookrelay_publish_failures_total{reason="nack"}"#)
+            .await
+            >= 1.0
+    );
+    // Once nothing refuses it, the row is published on the new channel.
+    channel
+        .queue_delete(
+            refusing.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the refusing queue");
+    let delivered = app
+        .consumer
+        .next(Duration::from_secs(30))
+        .await
+        .expect("the nacked webhook, published again");
+    let event: serde_json::Value = serde_json::from_slice(&delivered.data).expect("JSON");
+    assert_eq!(event["subject"], "nacked");
+    app.relay.wait_broker_connected().await;
+}

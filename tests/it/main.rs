@@ -19,6 +19,7 @@ mod architecture;
 mod bad_input;
 mod check_config;
 mod clocks;
+mod cluster;
 mod compat;
 mod console;
 mod failover;

@@ -107,6 +107,47 @@ impl Consumer {
         Self::consume(connection, channel, queue.name().as_str()).await
     }
 
+    /// A consumer on a durable quorum queue of its own, declared through the node
+    /// at `url` (so its leader is on that node) and bound to `exchange` with
+    /// `pattern`: for a cluster, where an exclusive queue would die with its node.
+    pub async fn bind_quorum(url: &str, exchange: &str, pattern: &str) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        let channel = connection.create_channel().await.expect("channel");
+        hookrelay::amqp::declare_topology(&channel, exchange)
+            .await
+            .expect("declare topology");
+        let queue = format!("{exchange}.consumer");
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .expect("quorum queue");
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+        Self::consume(connection, channel, &queue).await
+    }
+
     /// Consumes an existing queue (e.g. `{exchange}.unrouted`).
     pub async fn existing(queue: &str) -> Self {
         let connection = broker_connection().await;

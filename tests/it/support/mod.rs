@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod broker;
+pub mod cluster;
 pub mod fixtures;
 pub mod load;
 pub mod oracle;
@@ -19,6 +20,7 @@ pub mod schema;
 
 pub use app::*;
 pub use broker::*;
+pub use cluster::*;
 pub use fixtures::*;
 pub use load::*;
 pub use oracle::*;

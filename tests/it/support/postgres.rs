@@ -246,7 +246,10 @@ impl PgServer {
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         while psql(self.port, "postgres", "SELECT pg_is_in_recovery()").as_deref() != Ok("f") {
-            assert!(Instant::now() < deadline, "the promoted server takes writes");
+            assert!(
+                Instant::now() < deadline,
+                "the promoted server takes writes"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
