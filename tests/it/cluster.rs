@@ -65,6 +65,7 @@ async fn a_relay_on_a_cluster_loses_nothing_when_its_node_is_killed_or_cut_off()
         Duration::from_millis(10),
         Walk::OrderLives,
     );
+    let loaded = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 1. The node the relay publishes through dies.
@@ -105,9 +106,10 @@ async fn a_relay_on_a_cluster_loses_nothing_when_its_node_is_killed_or_cut_off()
         "node killed, restarted; node cut off",
         &v,
         &format!(
-            "moved_after_kill={:.1}s no_publish_after_kill={:.1}s published_per_s_while_killed={:.0} restart_took={:.1}s \
+            "published_per_s_before={:.0} moved_after_kill={:.1}s no_publish_after_kill={:.1}s published_per_s_while_killed={:.0} restart_took={:.1}s \
              moved_after_cut={:.1}s no_publish_after_cut={:.1}s published_per_s_while_cut={:.0} \
              reconnects_lost={lost_reconnects} reconnects_timeout={timeout_reconnects} no_2xx_for={:.1}s refused_then_retried={}",
+            rate(&delivered_at, loaded, killed),
             moved_after_kill.as_secs_f64(),
             longest_pause(&delivered_at, killed, restarting).as_secs_f64(),
             rate(&delivered_at, killed, restarting),
