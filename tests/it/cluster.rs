@@ -88,16 +88,7 @@ async fn a_relay_on_a_cluster_loses_nothing_when_its_node_is_killed_or_cut_off()
     let restored = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let outcome = acked_by(load).await;
-    let (mut consumer, delivered, delivered_at) = recorder.stop().await;
-    let delivered = drain(
-        &mut consumer,
-        &outcome.acked,
-        delivered,
-        Duration::from_secs(30),
-    )
-    .await;
-    let v = judge(&outcome.acked, &delivered);
+    let (v, outcome, delivered_at) = judged_recorded(load, recorder, Duration::from_secs(30)).await;
     let reconnects = r#"hookrelay_broker_reconnects_total{reason="#;
     let lost_reconnects = relay.metric(&format!(r#"{reconnects}"lost"}}"#)).await;
     let timeout_reconnects = relay.metric(&format!(r#"{reconnects}"timeout"}}"#)).await;

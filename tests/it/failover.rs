@@ -105,17 +105,10 @@ async fn fail_over(synchronous: bool) -> Failover {
     let leased_after = promoted.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stopped = Instant::now();
-    let outcome = acked_by(load).await;
-    let (mut consumer, delivered, delivered_at) = recorder.stop().await;
-    let delivered = drain(
-        &mut consumer,
-        &outcome.acked,
-        delivered,
-        Duration::from_secs(20),
-    )
-    .await;
+    let (verdict, outcome, delivered_at) =
+        judged_recorded(load, recorder, Duration::from_secs(20)).await;
     Failover {
-        verdict: judge(&outcome.acked, &delivered),
+        verdict,
         refusals: outcome.refusals,
         no_ack_for: longest_pause(&outcome.ack_times, killed, stopped),
         no_publish_for: longest_pause(&delivered_at, killed, stopped),

@@ -118,17 +118,8 @@ async fn three_replicas_lose_nothing_and_keep_each_subjects_order_through_kill_9
         std::mem::replace(&mut relays[victim], fresh).kill9();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let LoadOutcome {
-        acked, refusals, ..
-    } = acked_by(load).await;
-    let delivered = drain(
-        &mut consumer,
-        &acked,
-        Delivered::new(),
-        Duration::from_secs(30),
-    )
-    .await;
-    let v = judge(&acked, &delivered);
+    let (v, LoadOutcome { refusals, .. }) =
+        judged(load, &mut consumer, Duration::from_secs(30)).await;
     report(
         "replicas",
         "kill -9",
@@ -433,17 +424,8 @@ async fn postgresql_restarted_under_load_costs_503s_and_no_acked_webhook() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let LoadOutcome {
-        acked, refusals, ..
-    } = acked_by(load).await;
-    let delivered = drain(
-        &mut consumer,
-        &acked,
-        Delivered::new(),
-        Duration::from_secs(30),
-    )
-    .await;
-    let v = judge(&acked, &delivered);
+    let (v, LoadOutcome { refusals, .. }) =
+        judged(load, &mut consumer, Duration::from_secs(30)).await;
     report(
         "replicas",
         "PostgreSQL restarted (-m immediate)",

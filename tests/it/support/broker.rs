@@ -77,21 +77,59 @@ impl Consumer {
     /// Declares the relay's topology (same arguments as the relay) and binds a new
     /// queue with `pattern`.
     pub async fn bind(exchange: &str, pattern: &str) -> Self {
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
         let connection = broker_connection().await;
+        Self::declare_and_bind(
+            connection,
+            exchange,
+            pattern,
+            "",
+            options,
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// A consumer on a durable quorum queue of its own, declared through the node
+    /// at `url` (so its leader is on that node) and bound to `exchange` with
+    /// `pattern`: for a cluster, where an exclusive queue would die with its node.
+    pub async fn bind_quorum(url: &str, exchange: &str, pattern: &str) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = format!("{exchange}.consumer");
+        Self::declare_and_bind(connection, exchange, pattern, &queue, options, arguments).await
+    }
+
+    /// Declares the relay's topology and the queue `name` (the broker names it
+    /// when empty), binds it with `pattern`, and consumes it.
+    async fn declare_and_bind(
+        connection: Connection,
+        exchange: &str,
+        pattern: &str,
+        name: &str,
+        options: QueueDeclareOptions,
+        arguments: FieldTable,
+    ) -> Self {
         let channel = connection.create_channel().await.expect("channel");
         hookrelay::amqp::declare_topology(&channel, exchange)
             .await
             .expect("declare topology");
         let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+            .queue_declare(name.into(), options, arguments)
             .await
             .expect("queue");
         channel
@@ -105,47 +143,6 @@ impl Consumer {
             .await
             .expect("bind");
         Self::consume(connection, channel, queue.name().as_str()).await
-    }
-
-    /// A consumer on a durable quorum queue of its own, declared through the node
-    /// at `url` (so its leader is on that node) and bound to `exchange` with
-    /// `pattern`: for a cluster, where an exclusive queue would die with its node.
-    pub async fn bind_quorum(url: &str, exchange: &str, pattern: &str) -> Self {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-        let channel = connection.create_channel().await.expect("channel");
-        hookrelay::amqp::declare_topology(&channel, exchange)
-            .await
-            .expect("declare topology");
-        let queue = format!("{exchange}.consumer");
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-queue-type".into(),
-            lapin::types::AMQPValue::LongString("quorum".into()),
-        );
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                arguments,
-            )
-            .await
-            .expect("quorum queue");
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.into(),
-                pattern.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
-        Self::consume(connection, channel, &queue).await
     }
 
     /// Consumes an existing queue (e.g. `{exchange}.unrouted`).

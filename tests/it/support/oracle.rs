@@ -121,6 +121,31 @@ impl Recorder {
     }
 }
 
+/// Stops the load, reads `consumer` until everything acked arrived (or `patience`
+/// passed without a delivery), and judges: the verdict and what the load got.
+pub async fn judged(
+    load: Load,
+    consumer: &mut Consumer,
+    patience: Duration,
+) -> (Verdict, LoadOutcome) {
+    let outcome = acked_by(load).await;
+    let delivered = drain(consumer, &outcome.acked, Delivered::new(), patience).await;
+    (judge(&outcome.acked, &delivered), outcome)
+}
+
+/// The same for a consumer a [`Recorder`] read during the load; also when each
+/// of the recorded deliveries arrived.
+pub async fn judged_recorded(
+    load: Load,
+    recorder: Recorder,
+    patience: Duration,
+) -> (Verdict, LoadOutcome, Vec<Instant>) {
+    let outcome = acked_by(load).await;
+    let (mut consumer, delivered, delivered_at) = recorder.stop().await;
+    let delivered = drain(&mut consumer, &outcome.acked, delivered, patience).await;
+    (judge(&outcome.acked, &delivered), outcome, delivered_at)
+}
+
 /// The longest pause between consecutive `times` (sorted) inside `from..to`,
 /// counting from `from` and up to `to`.
 pub fn longest_pause(times: &[Instant], from: Instant, to: Instant) -> Duration {
