@@ -305,3 +305,43 @@ fn topology_declare_refuses_bad_arguments_before_reaching_the_broker() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_unrouted_queue_of_an_older_release_is_kept_with_a_warning() {
+    let exchange = TestExchange::new("classicunrouted");
+    let unrouted = hookrelay::amqp::unrouted_name(&exchange);
+    // What a release before quorum queues declared: a durable classic queue.
+    let connection = broker_connection().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            unrouted.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("a classic queue");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&RelayConfig::new(&exchange, dir.path()));
+    relay.wait_broker_connected().await;
+    assert!(
+        relay
+            .logs()
+            .iter()
+            .any(|line| line.contains("the unrouted queue exists as a classic queue")),
+        "the relay says what it kept and how to move it"
+    );
+    // Nothing is bound to the exchange: the webhook lands in the kept queue.
+    let mut unrouted_consumer = Consumer::existing(&unrouted).await;
+    let (code, _) = relay.post_whitepay(&whitepay_order("unrouted")).await;
+    assert_eq!(code, 200);
+    let kept = unrouted_consumer
+        .next(Duration::from_secs(20))
+        .await
+        .expect("the event, in the classic unrouted queue");
+    let event: serde_json::Value = serde_json::from_slice(&kept.data).expect("JSON");
+    assert_eq!(event["subject"], "unrouted");
+}
