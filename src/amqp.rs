@@ -424,7 +424,9 @@ impl BrokerLink {
             .broker_reconnects
             .with_label_values(&[reason.as_str()])
             .inc();
-        self.disconnect().await;
+        // A connection given up on may not answer its close either (a silent
+        // node): the next one is not kept waiting for it.
+        self.close_within(Duration::from_millis(250)).await;
         self.at = (self.at + 1) % self.nodes.len();
     }
 
@@ -435,13 +437,18 @@ impl BrokerLink {
         })
     }
 
-    /// Closes the connection (bounded), e.g. at shutdown.
+    /// Closes the connection (waiting at most 2 s for the broker), e.g. at
+    /// shutdown.
     pub(crate) async fn disconnect(&mut self) {
+        self.close_within(Duration::from_secs(2)).await;
+    }
+
+    async fn close_within(&mut self, bound: Duration) {
         self.metrics.broker.on(None);
         if let Some(link) = self.connection.take() {
             link.watcher.abort();
             let _ = tokio::time::timeout(
-                Duration::from_secs(2),
+                bound,
                 link.connection.close(200, "hookrelay closing".into()),
             )
             .await;
