@@ -177,6 +177,12 @@ fn check(config: &Config) -> (String, Vec<String>) {
     );
     let _ = writeln!(out, "exchange        {}", config.exchange);
     let _ = writeln!(out, "outbox_url      {outbox}");
+    if config.outbox_require_sync_standby {
+        let _ = writeln!(
+            out,
+            "                a synchronous standby required (checked with --connect and at start)"
+        );
+    }
     let _ = writeln!(
         out,
         "retention       {}",
