@@ -90,7 +90,8 @@ impl Pace {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A publish was confirmed: the publisher gets somewhere.
+    /// A publish was confirmed, or a row failed for good (it would on any
+    /// replica): the publisher gets somewhere.
     pub(crate) fn progressed(&self) {
         *self.failing_since() = None;
     }

@@ -181,6 +181,9 @@ struct BatchDone {
     published: usize,
     /// How many failed (to be tried again, or dead).
     failed: usize,
+    /// Of those, how many failed for good (over the size limit, unencodable):
+    /// an outcome for the row, not a broker that takes nothing.
+    permanent: usize,
     trouble: Option<ChannelTrouble>,
 }
 
@@ -317,7 +320,9 @@ impl Publisher {
                 for id in &done.ids {
                     in_flight.remove(id);
                 }
-                if done.published > 0 {
+                // A row that failed for good would fail on any replica: handing
+                // the partitions on would only stop the others' rows behind it.
+                if done.published > 0 || done.permanent > 0 {
                     self.pace.progressed();
                 } else if done.failed > 0 {
                     self.pace.failed();
@@ -549,6 +554,19 @@ impl Settler {
             .filter(|s| matches!(s, Settlement::Published { .. }))
             .count();
         let failed = settled.len() - published;
+        let permanent = settled
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    Settlement::Dead { .. }
+                        | Settlement::Retry {
+                            permanent: true,
+                            ..
+                        }
+                )
+            })
+            .count();
         // Rows never sent stay due as they are; their claims go now, so that a
         // partition being handed on does not wait for them.
         self.outbox.unclaim(&unsent);
@@ -558,6 +576,7 @@ impl Settler {
             ids,
             published,
             failed,
+            permanent,
             trouble,
         }
     }
