@@ -241,8 +241,7 @@ impl BrokerLink {
                 label: node_label(url),
             })
             .collect();
-        let labels: Vec<String> = nodes.iter().map(|n| n.label.clone()).collect();
-        metrics.broker.nodes(&labels);
+        metrics.broker.nodes(nodes.iter().map(|n| n.label.as_str()));
         Self {
             at: rand::random_range(0..nodes.len().max(1)),
             nodes,

@@ -335,9 +335,9 @@ pub(crate) struct BrokerNow {
 
 impl BrokerGauges {
     /// Exports every configured node at 0, so a dashboard lists them all.
-    pub(crate) fn nodes(&self, nodes: &[String]) {
+    pub(crate) fn nodes<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
         for node in nodes {
-            self.connected.with_label_values(&[node.as_str()]).set(0);
+            self.connected.with_label_values(&[node]).set(0);
         }
     }
 

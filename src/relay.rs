@@ -174,14 +174,15 @@ async fn shutdown_signal() {
 async fn check_replication(outbox: &dyn outbox::Operate, required: bool) -> Result<(), RelayError> {
     let replication = outbox.replication().await.map_err(RelayError::Outbox)?;
     let found = replication.describe();
-    match (replication.synchronous(), replication) {
-        (true, _) => tracing::info!(replication = %found, "outbox replication"),
-        (false, _) if required => return Err(RelayError::NoSyncStandby { found }),
-        // One file on one disk: what that means is the deployment's choice
+    if replication.synchronous() {
+        tracing::info!(replication = %found, "outbox replication");
+    } else if required {
+        return Err(RelayError::NoSyncStandby { found });
+    } else if replication != outbox::Replication::Local {
+        // One file on one disk is the deployment's choice
         // (docs/high-availability.md), not news at every start.
-        (false, outbox::Replication::Local) => {}
-        (false, _) => tracing::warn!(replication = %found,
-            "the outbox's commits do not wait for a synchronous standby: if its server fails over, webhooks acknowledged in the last moments can be lost (docs/high-availability.md); set HOOKRELAY_OUTBOX_REQUIRE_SYNC_STANDBY=true to refuse to start so"),
+        tracing::warn!(replication = %found,
+            "the outbox's commits do not wait for a synchronous standby: if its server fails over, webhooks acknowledged in the last moments can be lost (docs/high-availability.md); set HOOKRELAY_OUTBOX_REQUIRE_SYNC_STANDBY=true to refuse to start so");
     }
     Ok(())
 }

@@ -59,14 +59,8 @@ pub(crate) async fn connect(config: &Config) -> Vec<Reached> {
     let require_sync = config.outbox_require_sync_standby;
     let outbox = async {
         let target = crate::outbox::describe_url(outbox_url).ok()?;
-        let version = crate::outbox::schema_version(outbox_url).await;
-        // Asked only of an outbox that answered, so a failure is reported once.
-        let replication = match &version {
-            Ok(_) => Some(crate::outbox::replication(outbox_url).await),
-            Err(_) => None,
-        };
-        let outcome = match (version, replication) {
-            (Err(e), _) | (Ok(_), Some(Err(e))) => Err(match e.reason() {
+        let outcome = match crate::outbox::inspect(outbox_url).await {
+            Err(e) => Err(match e.reason() {
                 // The database's own words (a database that does not exist, a
                 // role it refuses) carry no advice of their own.
                 "other" => format!(
@@ -74,21 +68,18 @@ pub(crate) async fn connect(config: &Config) -> Vec<Reached> {
                 ),
                 _ => e.to_string(),
             }),
-            (Ok(version), replication) => {
+            Ok((_, replication)) if require_sync && !replication.synchronous() => Err(format!(
+                "the outbox's commits do not wait for a synchronous standby ({}), and HOOKRELAY_OUTBOX_REQUIRE_SYNC_STANDBY=true: `serve` would refuse to start; set synchronous_standby_names on the primary, or unset the requirement",
+                replication.describe()
+            )),
+            Ok((version, replication)) => {
                 let version = match version {
                     0 => {
                         "schema version 0 (empty: `hookrelay serve` creates its tables)".to_owned()
                     }
                     n => format!("schema version {n}"),
                 };
-                match replication.and_then(Result::ok) {
-                    Some(r) if require_sync && !r.synchronous() => Err(format!(
-                        "the outbox's commits do not wait for a synchronous standby ({}), and HOOKRELAY_OUTBOX_REQUIRE_SYNC_STANDBY=true: `serve` would refuse to start; set synchronous_standby_names on the primary, or unset the requirement",
-                        r.describe()
-                    )),
-                    Some(r) => Ok(format!("{version}; {}", r.describe())),
-                    None => Ok(version),
-                }
+                Ok(format!("{version}; {}", replication.describe()))
             }
         };
         Some(Reached {

@@ -82,26 +82,22 @@ pub(crate) fn describe_url(url: &str) -> Result<String, OutboxError> {
     }
 }
 
-/// The schema version of the existing outbox the URL names, as `check-config
-/// --connect` reports it: the outbox must exist, as for the `outbox` commands,
-/// and is read without being created, migrated or locked.
-pub(crate) async fn schema_version(url: &str) -> Result<i64, OutboxError> {
+/// The schema version of the existing outbox the URL names, and what stands
+/// behind its commits, as `check-config --connect` reports them: the outbox
+/// must exist, as for the `outbox` commands, and is read without being created,
+/// migrated or locked.
+pub(crate) async fn inspect(url: &str) -> Result<(i64, Replication), OutboxError> {
     match Location::parse(url)? {
         Location::Sqlite(path) => {
-            tokio::task::spawn_blocking(move || sqlite::schema::schema_version(&path))
-                .await
-                .map_err(|e| OutboxError::Storage(Fault::new(FaultKind::Other, e.to_string())))?
+            let version =
+                tokio::task::spawn_blocking(move || sqlite::schema::schema_version(&path))
+                    .await
+                    .map_err(|e| {
+                        OutboxError::Storage(Fault::new(FaultKind::Other, e.to_string()))
+                    })??;
+            Ok((version, Replication::Local))
         }
-        Location::Postgres(url) => postgres::schema::schema_version(&url).await,
-    }
-}
-
-/// What stands behind the existing outbox the URL names, as `check-config
-/// --connect` reports it (nothing is created or changed).
-pub(crate) async fn replication(url: &str) -> Result<Replication, OutboxError> {
-    match Location::parse(url)? {
-        Location::Sqlite(_) => Ok(Replication::Local),
-        Location::Postgres(url) => postgres::replication_of(&url).await,
+        Location::Postgres(url) => postgres::schema::inspect(&url).await,
     }
 }
 

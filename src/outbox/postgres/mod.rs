@@ -80,19 +80,6 @@ pub(crate) fn describe_url(url: &str) -> Result<String, OutboxError> {
     Ok(Target::parse(url)?.describe())
 }
 
-/// What stands behind the existing outbox at `url` (`check-config --connect`).
-pub(crate) async fn replication_of(url: &str) -> Result<Replication, OutboxError> {
-    let target = Target::parse(url)?;
-    let tls = target.connector()?;
-    bounded(STATEMENT_TIMEOUT, async {
-        let (client, connection) = target.config.connect(tls).await.map_err(pg_error)?;
-        // Driven beside the query; it ends when the client is dropped.
-        tokio::spawn(connection);
-        replication(&client).await
-    })
-    .await
-}
-
 /// What a commit of `client`'s session waits for.
 async fn replication(client: &tokio_postgres::Client) -> Result<Replication, OutboxError> {
     let row = client

@@ -11,8 +11,8 @@ use tokio_postgres::Client;
 
 use super::error::{STATEMENT_TIMEOUT, bounded, pg_error};
 use super::sql;
-use crate::outbox::OutboxError;
 use crate::outbox::migrate::{self, Step, Version};
+use crate::outbox::{OutboxError, Replication};
 
 /// `pg_advisory_lock` key of the migrations ("hookrelay" in ASCII, truncated).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
@@ -111,10 +111,11 @@ pub(super) async fn record(
         .map(|_| ())
 }
 
-/// The schema version of the existing outbox at `url`, on a connection of its
-/// own with the settings and the existence check of the `outbox` commands;
-/// nothing is created or migrated (`check-config --connect`).
-pub(in crate::outbox) async fn schema_version(url: &str) -> Result<i64, OutboxError> {
+/// The schema version of the existing outbox at `url`, and what its commits wait
+/// for, on one connection of its own with the settings and the existence check
+/// of the `outbox` commands; nothing is created or migrated (`check-config
+/// --connect`).
+pub(in crate::outbox) async fn inspect(url: &str) -> Result<(i64, Replication), OutboxError> {
     let target = super::connect::Target::parse(url)?;
     let tls = target.connector()?;
     bounded(STATEMENT_TIMEOUT, async {
@@ -129,7 +130,8 @@ pub(in crate::outbox) async fn schema_version(url: &str) -> Result<i64, OutboxEr
             .query_one(sql::SCHEMA_VERSION, &[])
             .await
             .map_err(pg_error)?;
-        row.try_get(0).map_err(pg_error)
+        let version = row.try_get(0).map_err(pg_error)?;
+        Ok((version, super::replication(&client).await?))
     })
     .await
 }

@@ -125,8 +125,6 @@ pub(super) const VERSION: &str = "
 SELECT version::int8, coalesce(readable_by, version)::int8 FROM hr_schema
 ORDER BY version DESC LIMIT 1";
 
-/// The newest version recorded, read by `check-config --connect` without
-/// migrating: it names only the column every release's `hr_schema` has.
 /// What a commit of this session waits for, and the synchronous standbys
 /// streaming now (counted only where the role may see `sync_state`: otherwise
 /// the column is null for every row and the count is null too).
@@ -137,6 +135,8 @@ pub(super) const REPLICATION: &str = "
                 ELSE count(*) FILTER (WHERE sync_state IN ('sync', 'quorum')) END
     FROM pg_stat_replication";
 
+/// The newest version recorded, read by `check-config --connect` without
+/// migrating: it names only the column every release's `hr_schema` has.
 pub(super) const SCHEMA_VERSION: &str = "SELECT coalesce(max(version), 0)::int8 FROM hr_schema";
 
 /// Records version `$1`, readable by releases of `$2` and later.
