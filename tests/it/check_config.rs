@@ -37,14 +37,6 @@ fn check_config(args: &[&str], env: &[(&str, String)]) -> Checked {
     }
 }
 
-/// A loopback port nothing listens on.
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// A `postgres://` URL with a password in it (the tests' server trusts
 /// loopback, so any password connects): the one the output must not show.
 fn with_password(url: &str) -> String {
@@ -136,7 +128,7 @@ on_both_backends!(check_config_connect_reports_the_broker_and_the_outbox_schema_
 fn check_config_connect_names_each_cause_once_with_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("typo").join("outbox.db");
-    let port = dead_port();
+    let port = free_port();
     let env = [
         (
             "HOOKRELAY_AMQP_URL",
@@ -211,7 +203,7 @@ fn check_config_connect_on_postgres_names_a_missing_outbox_and_an_unreachable_se
         "no table was created"
     );
 
-    let port = dead_port();
+    let port = free_port();
     let checked = check_config(
         &["--connect"],
         &[
@@ -241,7 +233,7 @@ fn check_config_connect_on_postgres_names_a_missing_outbox_and_an_unreachable_se
 
 #[test]
 fn check_config_reaches_every_broker_node_and_masks_each_password() {
-    let port = dead_port();
+    let port = free_port();
     let env = [
         (
             "HOOKRELAY_AMQP_URL",

@@ -7,7 +7,6 @@
 //! Screenshots of each step go to `target/tmp/console/` for a person to look
 //! at.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,10 +34,7 @@ impl Driver {
             binary.is_some() || std::env::var_os("CI").is_none(),
             "CI must install chromium-driver"
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let child = Command::new(binary?)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

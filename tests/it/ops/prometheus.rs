@@ -21,13 +21,6 @@ fn find_on_path(binary: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free loopback port")
-        .port()
-}
-
 /// A Prometheus server on a loopback port with a throwaway TSDB; killed on drop.
 struct Prometheus {
     child: Child,

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use super::free_port;
 use std::time::{Duration, Instant};
 
 /// Where Debian's package keeps the server's own scripts: the ones in
@@ -35,13 +37,6 @@ struct Node {
 pub struct RabbitCluster {
     nodes: Vec<Node>,
     home: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// The plugins folder of the installed release.

@@ -54,6 +54,14 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
+/// A loopback port free now (nothing listens on it until someone binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free loopback port")
+        .port()
+}
+
 /// Waits until `done` says so, checking every 100 ms; fails the test, naming
 /// `what`, after `within`.
 pub async fn wait_until(

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 /// The machine's server.
 const SHARED: (&str, u16) = ("127.0.0.1", 5432);
 
@@ -138,14 +140,6 @@ fn as_postgres(program: &Path, args: &[&str]) -> std::process::Output {
 fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A temporary folder the server programs (run as `postgres`) may write.
