@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::builder::PossibleValuesParser;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::broker::QueueKind;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "hookrelay-bench",
@@ -70,6 +72,20 @@ pub struct Args {
     /// Outstanding confirms of the broker ceiling's publisher (the relay's window is 256).
     #[arg(long, default_value_t = 256)]
     pub confirm_window: usize,
+    /// broker-ceiling-max: publishers, each on a connection of its own.
+    #[arg(long, default_value_t = 4)]
+    pub ceiling_publishers: usize,
+    /// broker-ceiling-max: outstanding confirms of each publisher.
+    #[arg(long, default_value_t = 1024)]
+    pub ceiling_window: usize,
+    /// The type of the queue every scenario's consumer reads.
+    #[arg(long, value_enum, default_value_t = QueueKind::Quorum)]
+    pub queue_type: QueueKind,
+    /// A Svix Bridge binary for the `peer` scenario (built with the anchors'
+    /// build kit; the repository does not depend on it); without it `peer` is
+    /// skipped.
+    #[arg(long, value_name = "PATH")]
+    pub svix_bridge: Option<PathBuf>,
     /// Per-request bound, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub request_timeout: f64,

@@ -29,6 +29,29 @@ const ACK_EVERY: u64 = 128;
 /// Routing key the relay gives a completed Whitepay order.
 pub const ROUTING_KEY: &str = "whitepay.order.succeeded";
 
+/// The type of the bench's queue (`--queue-type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueKind {
+    /// Replicated (Raft), what a production consumer declares on a cluster; the
+    /// queue of the side-by-side comparison with Svix Bridge.
+    Quorum,
+    /// A single-node classic queue, the bench's queue before round 3.
+    Classic,
+}
+
+impl QueueKind {
+    fn arguments(self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self == Self::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        arguments
+    }
+}
+
 /// Exchanges declared by this process, deleted (with their queues) by
 /// [`cleanup_all`] even when a scenario fails.
 static DECLARED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
@@ -55,9 +78,13 @@ pub fn queue_name(exchange: &str) -> String {
 }
 
 /// Declares the relay's topology (`hookrelay::amqp::declare_topology`, the same
-/// arguments as the relay) and a durable queue bound with `#`, so it receives every
-/// event, as a production consumer's queue would.
-pub async fn declare(connection: &Connection, exchange: &str) -> anyhow::Result<String> {
+/// arguments as the relay) and a durable queue of type `kind` bound with `#`, so it
+/// receives every event, as a production consumer's queue would.
+pub async fn declare(
+    connection: &Connection,
+    exchange: &str,
+    kind: QueueKind,
+) -> anyhow::Result<String> {
     let queue = queue_name(exchange);
     DECLARED
         .lock()
@@ -72,7 +99,7 @@ pub async fn declare(connection: &Connection, exchange: &str) -> anyhow::Result<
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
+            kind.arguments(),
         )
         .await?;
     channel
@@ -376,13 +403,20 @@ async fn ack_up_to(channel: &lapin::Channel, tag: Option<u64>) -> Result<(), lap
     }
 }
 
-/// The `subject` of a CloudEvent.
+/// The `subject` of a CloudEvent, or the order id of a raw Whitepay body (what
+/// the `peer` scenario's Svix Bridge publishes).
 fn subject(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Order {
+        id: String,
+    }
     #[derive(serde::Deserialize)]
     struct Envelope {
         subject: Option<String>,
+        order: Option<Order>,
     }
-    serde_json::from_slice::<Envelope>(body).ok()?.subject
+    let envelope = serde_json::from_slice::<Envelope>(body).ok()?;
+    envelope.subject.or(envelope.order.map(|o| o.id))
 }
 
 /// A CloudEvent shaped like the relay's for a completed Whitepay order (same
@@ -433,24 +467,73 @@ pub struct CeilingRun {
     pub confirm_latency: Histogram<u64>,
 }
 
-/// Publishes relay-shaped persistent messages with up to `window` confirms
-/// outstanding (a sliding window), for `warmup + duration`.
+/// Publishes relay-shaped persistent messages for `warmup + duration` from
+/// `publishers` tasks, each on a connection of its own with up to `window`
+/// confirms outstanding (a sliding window); what they measured, merged.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_ceiling(
     broker: &str,
     exchange: &str,
     tag: &str,
     epoch: Instant,
+    publishers: usize,
     window: usize,
     warmup: Duration,
     duration: Duration,
+) -> anyhow::Result<CeilingRun> {
+    let start = Instant::now();
+    let (from, end) = (start + warmup, start + warmup + duration);
+    let publishers = publishers.max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for first in 0..publishers {
+        let (broker, exchange, tag) = (broker.to_owned(), exchange.to_owned(), tag.to_owned());
+        let stride = Stride {
+            first: first as u64,
+            step: publishers as u64,
+        };
+        tasks.spawn(async move {
+            publish_one(&broker, &exchange, &tag, epoch, window, (from, end), stride).await
+        });
+    }
+    let runs = tasks.join_all().await;
+    let mut merged = CeilingRun {
+        confirmed: 0,
+        refused: 0,
+        acked: Vec::new(),
+        window: (from, end),
+        confirm_latency: histogram(),
+    };
+    for run in runs {
+        let run = run?;
+        merged.confirmed += run.confirmed;
+        merged.refused += run.refused;
+        merged.acked.extend(run.acked);
+        merged.confirm_latency.add(&run.confirm_latency)?;
+    }
+    Ok(merged)
+}
+
+/// The sequence numbers one publisher of several uses: `first`, `first + step` …
+struct Stride {
+    first: u64,
+    step: u64,
+}
+
+/// One publisher of [`publish_ceiling`], on its own connection and channel.
+async fn publish_one(
+    broker: &str,
+    exchange: &str,
+    tag: &str,
+    epoch: Instant,
+    window: usize,
+    (from, end): (Instant, Instant),
+    stride: Stride,
 ) -> anyhow::Result<CeilingRun> {
     let connection = connect(broker, "hookrelay-bench ceiling publisher").await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let start = Instant::now();
-    let (from, end) = (start + warmup, start + warmup + duration);
     let mut run = CeilingRun {
         confirmed: 0,
         refused: 0,
@@ -460,7 +543,7 @@ pub async fn publish_ceiling(
     };
     let mut outstanding: VecDeque<(u64, Instant, lapin::PublisherConfirm)> =
         VecDeque::with_capacity(window);
-    let mut seq = 0u64;
+    let mut seq = stride.first;
     let settle = |run: &mut CeilingRun,
                   seq: u64,
                   sent: Instant,
@@ -504,7 +587,7 @@ pub async fn publish_ceiling(
             )
             .await?;
         outstanding.push_back((seq, sent, confirm));
-        seq += 1;
+        seq += stride.step;
     }
     while let Some((seq, sent, confirm)) = outstanding.pop_front() {
         let confirmation = tokio::time::timeout(Duration::from_secs(10), confirm)
@@ -531,6 +614,13 @@ mod tests {
         assert_eq!(subject(body.as_bytes()).as_deref(), Some(id.as_str()));
         let value: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         assert_eq!(value["data"]["payload"]["order"]["id"], id.as_str());
+    }
+
+    #[test]
+    fn a_raw_whitepay_body_is_matched_by_its_order_id() {
+        let id = load::order_id("t", 8, 100);
+        let body = load::whitepay_order(&id);
+        assert_eq!(subject(body.as_bytes()).as_deref(), Some(id.as_str()));
     }
 
     #[test]

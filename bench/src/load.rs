@@ -436,7 +436,8 @@ async fn worker(run: Arc<Run>, addr: SocketAddr) -> Worker {
         if !matches!(outcome, Outcome::Status(_)) {
             connection = None;
         }
-        if let Outcome::Status(200) = outcome {
+        // Any 2xx is an ack: the relay answers 200, Svix Bridge (the `peer`) 204.
+        if let Outcome::Status(200..=299) = outcome {
             w.acked.push(seq);
         }
         if !measured {
@@ -451,7 +452,7 @@ async fn worker(run: Arc<Run>, addr: SocketAddr) -> Worker {
             w.over_1s_service += 1;
         }
         match outcome {
-            Outcome::Status(200) => {
+            Outcome::Status(200..=299) => {
                 w.ok += 1;
                 let mut hists = run.hists.lock().expect("histograms");
                 if matches!(spec.mode, Mode::Open { .. }) {

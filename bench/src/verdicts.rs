@@ -125,18 +125,87 @@ pub fn checks(r: &Reference<'_>) -> Vec<Check> {
             met: Some(o.unavailable_503 > 0 && o.relay_survived == Some(true)),
         });
     }
+    out.extend(round3_checks(all));
     out.extend(postgres_checks(all));
     out.extend(console_checks(all));
-    let lost: u64 = all.iter().filter_map(|s| s.lost).sum();
-    let dup: u64 = all.iter().filter_map(|s| s.duplicated).sum();
-    let undrained = all.iter().filter(|s| s.drained == Some(false)).count();
+    // The peer's losses are its own figure (its row), not the relay's.
+    let ours = || all.iter().filter(|s| s.name != "peer");
+    let lost: u64 = ours().filter_map(|s| s.lost).sum();
+    let dup: u64 = ours().filter_map(|s| s.duplicated).sum();
+    let undrained = ours().filter(|s| s.drained == Some(false)).count();
     out.push(Check {
-        what: "lost (acked, never consumed), all scenarios".to_owned(),
+        what: "lost (acked, never consumed), every relay scenario".to_owned(),
         value: format!("{lost} lost, {dup} duplicated, {undrained} scenario(s) not drained"),
         target: "0 lost".to_owned(),
         met: Some(lost == 0 && undrained == 0),
     });
     out
+}
+
+/// The targets of speed round 3 (issue 25) that read rows: CPU per webhook,
+/// the peer, the confirmed ceiling, PostgreSQL against SQLite.
+fn round3_checks(all: &[Scenario]) -> Vec<Check> {
+    let find = |name: &str| all.iter().find(|s| s.name == name);
+    let mut out = Vec::new();
+    for (name, target) in [("steady", Some(25.0)), ("pg-steady", None)] {
+        let Some(s) = find(name) else { continue };
+        let Some(cpu) = cpu_per_webhook_us(s) else {
+            continue;
+        };
+        out.push(Check {
+            what: format!("relay CPU per acked webhook, {name}"),
+            value: format!("{cpu:.1} µs"),
+            target: target.map_or("reported".to_owned(), |t| format!("≤ {t:.0} µs")),
+            met: target.map(|t| cpu <= t),
+        });
+    }
+    if let (Some(steady), Some(peer)) = (find("steady"), find("peer")) {
+        let ratio = steady.acked_per_s / peer.acked_per_s.max(1e-9);
+        out.push(Check {
+            what: "steady acked/s ÷ peer (Svix Bridge) acked/s, same broker and queue".to_owned(),
+            value: format!(
+                "{:.0} ÷ {:.0} = {ratio:.2}; in the queue: {:.0}/s ÷ {:.0}/s; peer lost {}",
+                steady.acked_per_s,
+                peer.acked_per_s,
+                steady.published_per_s.unwrap_or(0.0),
+                peer.published_per_s.unwrap_or(0.0),
+                peer.lost.unwrap_or(0)
+            ),
+            target: "≥ 1.0 (or ≥ 0.9 × the confirmed ceiling when that is below the peer)"
+                .to_owned(),
+            met: Some(ratio >= 1.0),
+        });
+    }
+    if let Some(ceiling) = find("broker-ceiling-max") {
+        for name in ["steady", "pg-steady"] {
+            let Some(published) = find(name).and_then(|s| s.published_per_s) else {
+                continue;
+            };
+            out.push(Check {
+                what: format!("{name} published/s ÷ the confirmed ceiling (broker-ceiling-max)"),
+                value: pct(published / ceiling.acked_per_s.max(1e-9)),
+                target: "reported".to_owned(),
+                met: None,
+            });
+        }
+    }
+    if let (Some(pg), Some(lite)) = (find("pg-steady"), find("steady")) {
+        let ratio = pg.acked_per_s / lite.acked_per_s.max(1e-9);
+        out.push(Check {
+            what: "pg-steady ÷ steady acked/s".to_owned(),
+            value: pct(ratio),
+            target: "≥ 90 %".to_owned(),
+            met: Some(ratio >= 0.9),
+        });
+    }
+    out
+}
+
+/// The relay's CPU per acked webhook in the measured window, µs: % of one core
+/// × 10,000 ÷ acked/s.
+fn cpu_per_webhook_us(s: &Scenario) -> Option<f64> {
+    let cpu = s.resources.server_cpu_pct?;
+    (s.acked_per_s > 0.0).then(|| cpu * 10_000.0 / s.acked_per_s)
 }
 
 /// PostgreSQL against the SQLite reference of the same run, and three replicas

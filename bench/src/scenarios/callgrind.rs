@@ -67,7 +67,7 @@ async fn one(ctx: &Ctx, publish: bool, webhooks: u64) -> anyhow::Result<u64> {
     let exchange = ctx.exchange(&tag);
     let broker = if publish {
         let connection = broker::connect(&ctx.args.broker, "hookrelay-bench topology").await?;
-        broker::declare(&connection, &exchange).await?;
+        broker::declare(&connection, &exchange, ctx.args.queue_type).await?;
         let _ = connection.close(200, "declared".into()).await;
         ctx.args.broker.clone()
     } else {

@@ -179,17 +179,32 @@ pub fn serve_http() -> anyhow::Result<()> {
     })
 }
 
-/// `broker-ceiling`: a lapin publisher with `--confirm-window` confirms in flight,
-/// relay-shaped persistent messages, consumed as in the relay scenarios.
-pub async fn broker_ceiling(ctx: &Ctx) -> anyhow::Result<Scenario> {
-    let exchange = ctx.exchange("broker");
-    let tag = ctx.tag("broker");
+/// How many publishers a broker ceiling runs, and the confirms each keeps in flight.
+#[derive(Clone, Copy)]
+pub enum Publishers {
+    /// `broker-ceiling`: one lapin channel with `--confirm-window` confirms in
+    /// flight, the shape of the relay's publisher.
+    One,
+    /// `broker-ceiling-max`: `--ceiling-publishers`, each on a connection of its
+    /// own with `--ceiling-window` confirms in flight: the most this broker
+    /// confirms, whoever publishes.
+    Max,
+}
+
+/// `broker-ceiling` and `broker-ceiling-max`: relay-shaped persistent messages,
+/// published with confirms and consumed as in the relay scenarios.
+pub async fn broker_ceiling(ctx: &Ctx, name: &str, shape: Publishers) -> anyhow::Result<Scenario> {
+    let (publishers, in_flight) = match shape {
+        Publishers::One => (1, ctx.args.confirm_window),
+        Publishers::Max => (ctx.args.ceiling_publishers, ctx.args.ceiling_window),
+    };
+    let exchange = ctx.exchange(name);
+    let tag = ctx.tag(name);
     let connection = broker::connect(&ctx.args.broker, "hookrelay-bench topology").await?;
-    let queue = broker::declare(&connection, &exchange).await?;
+    let queue = broker::declare(&connection, &exchange, ctx.args.queue_type).await?;
     let consumer = Consumer::start(&ctx.args.broker, &queue, &tag, ctx.epoch).await?;
     progress(format!(
-        "broker-ceiling: lapin publisher, {} confirms outstanding, to {exchange}",
-        ctx.args.confirm_window
+        "{name}: {publishers} lapin publisher(s), {in_flight} confirms outstanding each, to {exchange}"
     ));
     let broker_pids = ctx.broker_pids();
     let rss_pid = broker_pids.first().copied().unwrap_or(ctx.bench_pid);
@@ -200,7 +215,8 @@ pub async fn broker_ceiling(ctx: &Ctx) -> anyhow::Result<Scenario> {
             &exchange,
             &tag,
             ctx.epoch,
-            ctx.args.confirm_window,
+            publishers,
+            in_flight,
             ctx.warmup,
             ctx.duration,
         ),
@@ -214,9 +230,16 @@ pub async fn broker_ceiling(ctx: &Ctx) -> anyhow::Result<Scenario> {
     let window = published.window;
     let secs = (window.1 - window.0).as_secs_f64();
     let mut s = Scenario {
-        name: "broker-ceiling".to_owned(),
-        description: "lapin publisher, sliding window of outstanding confirms, persistent relay-shaped messages".to_owned(),
-        load: format!("{} confirms in flight", ctx.args.confirm_window),
+        name: name.to_owned(),
+        description: format!(
+            "{publishers} lapin publisher(s) on connections of their own, sliding windows of outstanding confirms, persistent relay-shaped messages, {:?} queue",
+            ctx.args.queue_type
+        ),
+        load: if publishers == 1 {
+            format!("{in_flight} confirms in flight")
+        } else {
+            format!("{publishers} × {in_flight} confirms in flight")
+        },
         window_s: secs,
         acked_per_s: published.confirmed as f64 / secs,
         ok: published.confirmed,

@@ -249,7 +249,7 @@ pub async fn scenario(ctx: &Ctx, name: &str, backend: Backend) -> anyhow::Result
     anyhow::ensure!(rows >= 1000, "--console-rows must be at least 1000");
     let exchange = ctx.exchange(name);
     let connection = broker::connect(&ctx.args.broker, "hookrelay-bench topology").await?;
-    let queue = broker::declare(&connection, &exchange).await?;
+    let queue = broker::declare(&connection, &exchange, ctx.args.queue_type).await?;
     let _ = connection.close(200, "declared".into()).await;
     let home = ctx.outbox_home(backend, name).await?;
     let result = run(ctx, name, backend, &exchange, &queue, &home).await;

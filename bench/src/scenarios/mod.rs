@@ -1,7 +1,9 @@
 //! Every scenario of the bench, one row each in [`TABLE`], in the order they run;
 //! one file per family:
 //!
-//! - [`ceilings`]: `fsync-probe`, `http-ceiling`, `broker-ceiling`;
+//! - [`ceilings`]: `fsync-probe`, `http-ceiling`, `broker-ceiling`,
+//!   `broker-ceiling-max`;
+//! - [`peer`]: `peer`, Svix Bridge under `steady`'s load;
 //! - [`relay_load`]: `steady`, `half-rate`, `overload` and their PostgreSQL
 //!   counterparts, `pg-steady-3` (rows of data: a backend, relays, a pace);
 //! - [`backlog`]: `backlog`, `pg-backlog`;
@@ -20,6 +22,7 @@ pub mod backlog;
 pub mod callgrind;
 pub mod ceilings;
 pub mod console;
+pub mod peer;
 pub mod relay_load;
 pub mod setup;
 
@@ -28,6 +31,7 @@ use std::sync::LazyLock;
 use crate::context::Ctx;
 use crate::relay::Backend;
 use crate::report::{InstructionCount, Scenario};
+use ceilings::Publishers;
 use relay_load::{Load, Pace};
 
 /// One row of the scenario table.
@@ -43,8 +47,10 @@ pub struct Entry {
 pub enum Family {
     FsyncProbe,
     HttpCeiling,
-    BrokerCeiling,
+    BrokerCeiling(Publishers),
     Load(Load),
+    /// `peer`: Svix Bridge under `steady`'s load (skipped without `--svix-bridge`).
+    Peer,
     /// `tag`: the order-id prefix of its webhooks.
     Backlog {
         tag: &'static str,
@@ -78,7 +84,12 @@ pub const TABLE: &[Entry] = &[
     Entry {
         name: "broker-ceiling",
         by_default: true,
-        family: Family::BrokerCeiling,
+        family: Family::BrokerCeiling(Publishers::One),
+    },
+    Entry {
+        name: "broker-ceiling-max",
+        by_default: true,
+        family: Family::BrokerCeiling(Publishers::Max),
     },
     Entry {
         name: "steady",
@@ -90,6 +101,11 @@ pub const TABLE: &[Entry] = &[
             relays: 1,
             pace: Pace::Closed,
         }),
+    },
+    Entry {
+        name: "peer",
+        by_default: true,
+        family: Family::Peer,
     },
     Entry {
         name: "half-rate",
@@ -202,7 +218,7 @@ impl Family {
     pub fn needs_relay(&self) -> bool {
         !matches!(
             self,
-            Self::FsyncProbe | Self::HttpCeiling | Self::BrokerCeiling
+            Self::FsyncProbe | Self::HttpCeiling | Self::BrokerCeiling(_) | Self::Peer
         )
     }
 
@@ -222,7 +238,10 @@ pub async fn run(ctx: &Ctx, entry: &Entry, done: &[Scenario]) -> anyhow::Result<
     let rows = match &entry.family {
         Family::FsyncProbe => vec![ceilings::fsync_probe(ctx).await?],
         Family::HttpCeiling => vec![ceilings::http_ceiling(ctx).await?],
-        Family::BrokerCeiling => vec![ceilings::broker_ceiling(ctx).await?],
+        Family::BrokerCeiling(shape) => {
+            vec![ceilings::broker_ceiling(ctx, entry.name, *shape).await?]
+        }
+        Family::Peer => peer::run(ctx).await?,
         Family::Load(load) => vec![relay_load::run(ctx, entry.name, load, done).await?],
         Family::Backlog { tag, backend } => {
             vec![backlog::run(ctx, entry.name, tag, *backend).await?]
@@ -263,7 +282,7 @@ mod tests {
     fn the_default_list_is_the_one_the_readme_documents() {
         assert_eq!(
             default_list(),
-            "fsync-probe,http-ceiling,broker-ceiling,steady,half-rate,overload,backlog,pg-steady,pg-overload,pg-backlog,pg-steady-3"
+            "fsync-probe,http-ceiling,broker-ceiling,broker-ceiling-max,steady,peer,half-rate,overload,backlog,pg-steady,pg-overload,pg-backlog,pg-steady-3"
         );
     }
 }

@@ -46,7 +46,7 @@ pub async fn start_relay_run(
 ) -> anyhow::Result<RelayRun> {
     let exchange = ctx.exchange(scenario);
     let connection = broker::connect(&ctx.args.broker, "hookrelay-bench topology").await?;
-    let queue = broker::declare(&connection, &exchange).await?;
+    let queue = broker::declare(&connection, &exchange, ctx.args.queue_type).await?;
     let _ = connection.close(200, "declared".into()).await;
     let consumer = Consumer::start(&ctx.args.broker, &queue, &ctx.tag(tag), ctx.epoch).await?;
     let home = ctx.outbox_home(backend, scenario).await?;
