@@ -8,6 +8,8 @@
 //!   [`sql::tables`]), copied from the one table of an older outbox.
 //! - 3: the failed-attempts log and the subject index.
 //! - 4: the per-subject sequence ([`sql::SEQUENCES`]).
+//! - 5: `deliveries` rebuilt with a state check SQLite evaluates without a
+//!   temporary b-tree ([`sql::STATE_CHECK_WITHOUT_IN`]).
 
 use std::path::Path;
 
@@ -21,7 +23,7 @@ use crate::outbox::migrate::{self, Step, Version};
 type Apply = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Every step, in order.
-const STEPS: [Step<Apply>; 4] = [
+const STEPS: [Step<Apply>; 5] = [
     Step {
         what: "permanent failures counted apart; releases recorded",
         compatible: false,
@@ -43,6 +45,16 @@ const STEPS: [Step<Apply>; 4] = [
         what: "per-subject sequence numbers",
         compatible: true,
         how: |tx| tx.execute_batch(sql::SEQUENCES),
+    },
+    // Compatible: the same columns and indexes; only the check is spelled
+    // differently. The copy rewrites the small `deliveries` rows, never a body.
+    Step {
+        what: "state check without a temporary b-tree",
+        compatible: true,
+        how: |tx| {
+            tx.execute_batch(sql::STATE_CHECK_WITHOUT_IN)?;
+            tx.execute_batch(&sql::delivery_indexes())
+        },
     },
 ];
 

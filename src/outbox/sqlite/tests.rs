@@ -741,3 +741,38 @@ async fn a_subject_is_forgotten_only_once_no_row_is_left() {
     let (_dir, _path, outbox) = served().await;
     crate::outbox::fake::a_subject_is_forgotten_only_once_no_row_is_left(&outbox).await;
 }
+
+#[tokio::test]
+async fn the_writes_of_every_webhook_build_no_temporary_btree_and_the_state_is_still_checked() {
+    let (_dir, path, outbox) = served().await;
+    outbox.insert(event("one")).await.expect("insert");
+    drop(outbox);
+    let conn = Connection::open(&path).expect("open");
+    for (name, statement) in [
+        ("insert event", super::sql::INSERT_EVENT),
+        ("insert delivery", super::sql::INSERT_DELIVERY),
+        ("settle", super::sql::SETTLE),
+        ("number subject", super::sql::NUMBER_SUBJECT),
+    ] {
+        let mut explain = conn
+            .prepare(&format!("EXPLAIN {statement}"))
+            .expect("explain");
+        // Unbound parameters are NULL: EXPLAIN only lists the program.
+        let mut rows = explain.raw_query();
+        let mut opcodes = Vec::new();
+        while let Some(row) = rows.next().expect("row") {
+            opcodes.push(row.get::<_, String>(1).expect("opcode"));
+        }
+        assert!(
+            !opcodes.iter().any(|op| op == "OpenEphemeral"),
+            "{name} builds a temporary b-tree for every webhook"
+        );
+    }
+    let refused = conn.execute("UPDATE deliveries SET state = 'lost' WHERE id = 1", []);
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("CHECK constraint failed")),
+        "{refused:?}"
+    );
+    conn.execute("UPDATE deliveries SET state = 'dead' WHERE id = 1", [])
+        .expect("a known state is accepted");
+}
