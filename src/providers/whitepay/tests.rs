@@ -173,3 +173,39 @@ fn an_empty_entity_id_is_unrecognized_not_a_shared_subject() {
         );
     }
 }
+
+#[test]
+fn values_are_read_as_the_provider_wrote_them_whatever_else_the_body_holds() {
+    // Escapes are undone, null and "null" are absent, members the mapping does not
+    // read (of any type) are skipped, and an `order` that is not an object gives
+    // way to the `transaction`.
+    let body = br#" {"extra":[1,{"a":null}],"order":null,"transaction":{"id":"t\/1\u00e9","order_id":null,"external_order_id":"null","value":"0.10","currency":"USDT","status":"COMPLETE","created_at":"2024-01-02 03:04:05","completed_at":null,"nested":{"id":"x"}},"event_type":"transaction::completed"}"#;
+    let Parsed::Event(event) = provider(&[]).parse(&WebhookRequest::body_only(body)) else {
+        panic!("recognized");
+    };
+    assert_eq!(event.subject, "t/1é");
+    assert_eq!(event.order_id.as_deref(), Some("t/1é"));
+    assert_eq!(event.merchant_order_id, None);
+    assert_eq!(event.amount.as_deref(), Some("0.10"));
+    assert_eq!(event.currency.as_deref(), Some("USDT"));
+    assert_eq!(event.kind, Kind::Transaction);
+    assert_eq!(
+        event.event_time.map(|t| t.unix_timestamp()),
+        Some(1_704_164_645)
+    );
+    assert_eq!(
+        event.idempotency_key,
+        "transaction::completed:t/1é:COMPLETE"
+    );
+}
+
+#[test]
+fn an_entity_that_names_a_member_twice_is_unrecognized_not_guessed() {
+    let body =
+        br#"{"order":{"id":"o1","id":"o2","status":"COMPLETE"},"event_type":"order::completed"}"#;
+    let parsed = provider(&[]).parse(&WebhookRequest::body_only(body));
+    assert!(
+        matches!(&parsed, Parsed::Unrecognized { reason, .. } if reason.contains("duplicate field `id`")),
+        "{parsed:?}"
+    );
+}
