@@ -366,7 +366,7 @@ impl Publisher {
     /// Publishes a batch back to back and returns it with its confirms to await.
     ///
     /// Every message is handed to lapin before the first one's write is awaited
-    /// ([`in_order`]): awaiting each write in turn cost two thread switches per
+    /// ([`in_order`]); awaiting each write in turn cost two thread switches per
     /// message (to lapin's I/O thread and back), the largest share of the relay's
     /// CPU on a small machine. A batch holds at most one row per subject (a
     /// subject's next row is due only once this one is settled), so the order
@@ -490,10 +490,13 @@ impl Publisher {
     }
 }
 
-/// Runs `futures` to completion together and returns their outputs in order.
-/// Each pass polls every unfinished one in order, so the first pass starts them
-/// in order: lapin queues a message's frames and registers its confirm (its
-/// delivery tag) in the first poll of `basic_publish`, before its first await.
+/// Runs `futures` to completion and returns their outputs in order: first one
+/// pass that polls each in order (which starts them in order: lapin queues a
+/// message's frames and registers its confirm, its delivery tag, in the first
+/// poll of `basic_publish`, before its first await), then each awaited in turn.
+/// By the time the first write is done, lapin's I/O thread has usually written
+/// the rest, so the later awaits find them ready; polling every unfinished one on
+/// every wake-up instead would cost a pass over the batch per wake-up.
 async fn in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     enum Slot<F: Future> {
         Running(std::pin::Pin<Box<F>>),
@@ -504,30 +507,24 @@ async fn in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         .map(|f| Slot::Running(Box::pin(f)))
         .collect();
     std::future::poll_fn(|cx| {
-        let mut running = false;
         for slot in &mut slots {
-            if let Slot::Running(future) = slot {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(output) => *slot = Slot::Done(output),
-                    std::task::Poll::Pending => running = true,
-                }
+            if let Slot::Running(future) = slot
+                && let std::task::Poll::Ready(output) = future.as_mut().poll(cx)
+            {
+                *slot = Slot::Done(output);
             }
         }
-        if running {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
+        std::task::Poll::Ready(())
     })
     .await;
-    // Every slot is done once the poll above is ready.
-    slots
-        .into_iter()
-        .filter_map(|slot| match slot {
-            Slot::Done(output) => Some(output),
-            Slot::Running(_) => None,
-        })
-        .collect()
+    let mut outputs = Vec::with_capacity(slots.len());
+    for slot in slots {
+        outputs.push(match slot {
+            Slot::Done(output) => output,
+            Slot::Running(future) => future.await,
+        });
+    }
+    outputs
 }
 
 impl Settler {
