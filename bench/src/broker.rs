@@ -467,6 +467,19 @@ pub struct CeilingRun {
     pub confirm_latency: Histogram<u64>,
 }
 
+impl CeilingRun {
+    /// A run over `window` that has confirmed nothing yet.
+    fn nothing_yet(window: (Instant, Instant)) -> Self {
+        Self {
+            confirmed: 0,
+            refused: 0,
+            acked: Vec::new(),
+            window,
+            confirm_latency: histogram(),
+        }
+    }
+}
+
 /// Publishes relay-shaped persistent messages for `warmup + duration` from
 /// `publishers` tasks, each on a connection of its own with up to `window`
 /// confirms outstanding (a sliding window); what they measured, merged.
@@ -496,13 +509,7 @@ pub async fn publish_ceiling(
         });
     }
     let runs = tasks.join_all().await;
-    let mut merged = CeilingRun {
-        confirmed: 0,
-        refused: 0,
-        acked: Vec::new(),
-        window: (from, end),
-        confirm_latency: histogram(),
-    };
+    let mut merged = CeilingRun::nothing_yet((from, end));
     for run in runs {
         let run = run?;
         merged.confirmed += run.confirmed;
@@ -534,13 +541,7 @@ async fn publish_one(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut run = CeilingRun {
-        confirmed: 0,
-        refused: 0,
-        acked: Vec::new(),
-        window: (from, end),
-        confirm_latency: histogram(),
-    };
+    let mut run = CeilingRun::nothing_yet((from, end));
     let mut outstanding: VecDeque<(u64, Instant, lapin::PublisherConfirm)> =
         VecDeque::with_capacity(window);
     let mut seq = stride.first;
