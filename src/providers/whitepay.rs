@@ -110,6 +110,11 @@ impl Provider for Whitepay {
         }
         let root: Root<'_> = match serde_json::from_slice(request.body) {
             Ok(root) => root,
+            // Valid JSON that does not fit: a mapped member named twice (which
+            // copy would Whitepay mean?).
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                return Parsed::unrecognized(format!("the body is not understood: {e}"), None);
+            }
             Err(e) => return Parsed::unrecognized(format!("body is not JSON: {e}"), None),
         };
         let Some(event_type) = string(root.event_type) else {
@@ -137,6 +142,8 @@ impl Provider for Whitepay {
             _ if entity_key == "order" => Kind::Order,
             _ => Kind::Transaction,
         };
+        // An empty id would make unrelated events share the subject `""` and hold
+        // each other back.
         let Some(id) = string(entity.id).filter(|id| !id.trim().is_empty()) else {
             return unrecognized("the entity has no non-empty string `id`");
         };

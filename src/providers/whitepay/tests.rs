@@ -209,3 +209,15 @@ fn an_entity_that_names_a_member_twice_is_unrecognized_not_guessed() {
         "{parsed:?}"
     );
 }
+
+#[test]
+fn a_body_that_names_its_event_type_twice_is_not_understood_rather_than_not_json() {
+    let body =
+        br#"{"event_type":"order::completed","order":{"id":"o1"},"event_type":"order::declined"}"#;
+    let parsed = provider(&[]).parse(&WebhookRequest::body_only(body));
+    assert!(
+        matches!(&parsed, Parsed::Unrecognized { reason, .. }
+            if reason.starts_with("the body is not understood") && reason.contains("duplicate field `event_type`")),
+        "{parsed:?}"
+    );
+}
