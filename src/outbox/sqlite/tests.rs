@@ -776,3 +776,29 @@ async fn the_writes_of_every_webhook_build_no_temporary_btree_and_the_state_is_s
     conn.execute("UPDATE deliveries SET state = 'dead' WHERE id = 1", [])
         .expect("a known state is accepted");
 }
+
+#[tokio::test]
+async fn the_fetch_keeps_its_prepared_plan_whatever_limit_it_is_asked_for() {
+    let (_dir, path, outbox) = served().await;
+    for body in ["a", "b", "c"] {
+        outbox.insert(event(body)).await.expect("insert");
+    }
+    drop(outbox);
+    let conn = Connection::open(&path).expect("open");
+    let mut due = conn.prepare(&super::sql::fetch_due()).expect("prepare");
+    for limit in [1_i64, 2, 3, 1] {
+        let mut rows = due
+            .query(params![now_micros(), limit, "[]", i64::MAX / 2])
+            .expect("query");
+        let mut n = 0;
+        while rows.next().expect("row").is_some() {
+            n += 1;
+        }
+        assert_eq!(n, limit.min(3), "the fetch honours its limit");
+    }
+    assert_eq!(
+        due.get_status(rusqlite::StatementStatus::RePrepare),
+        0,
+        "a new limit made SQLite plan the fetch again"
+    );
+}
