@@ -880,4 +880,38 @@ mod tests {
         assert!(later >= Duration::from_secs(32), "{later:?}");
         assert!(retry_delay(60) <= Duration::from_secs(600));
     }
+
+    #[tokio::test]
+    async fn in_order_starts_every_future_before_awaiting_any_and_keeps_their_order() {
+        let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let gate = Arc::new(Notify::new());
+        let futures: Vec<_> = (0..5)
+            .map(|i| {
+                let (started, gate) = (Arc::clone(&started), Arc::clone(&gate));
+                async move {
+                    // What lapin does on the first poll: queue the message.
+                    started.lock().expect("started").push(i);
+                    gate.notified().await;
+                    i * 10
+                }
+            })
+            .collect();
+        let all = tokio::spawn(in_order(futures));
+        // Every one is started, in order, while the first still waits.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while started.lock().expect("started").len() < 5 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("all five started before any finished");
+        assert_eq!(*started.lock().expect("started"), vec![0, 1, 2, 3, 4]);
+        assert!(!all.is_finished());
+        gate.notify_waiters();
+        let outputs = tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .expect("finished")
+            .expect("joined");
+        assert_eq!(outputs, vec![0, 10, 20, 30, 40]);
+    }
 }
