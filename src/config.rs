@@ -197,6 +197,17 @@ pub struct SourceConfig {
     pub allow_ips: Vec<IpNet>,
     /// JSON paths redacted in published payloads; `None` means the provider default.
     pub redact: Option<Vec<String>>,
+    /// Whether the relay recovers this source's missed webhooks from the provider's
+    /// API (`recover`); `None`: `auto` when the provider has a recovery API and the
+    /// source its credentials, else `off` (`docs/recovery.md`).
+    pub recover: Option<RecoverMode>,
+    /// Gaps shorter than this are left to the provider's own retries.
+    pub recover_after: Duration,
+    /// How long a subject may stay at a status that is not final before its
+    /// provider is asked where it stands.
+    pub stuck_after: Duration,
+    /// The provider API's base URL; `None`: the provider's production host.
+    pub api_url: Option<String>,
     /// Every key of the source as text (lists comma-joined), for the provider to read
     /// its own credential keys from. Values are [`Secret`]s: which keys are
     /// credentials is the provider's to say, so none is printed by accident.
@@ -231,6 +242,46 @@ fn split_list(value: &str) -> Vec<String> {
 /// otherwise: it catches a dead integration without paging for a quiet one.
 const DEFAULT_SILENCE_THRESHOLD: &str = "24h";
 
+/// A provider that keeps retrying covers a minute's outage on its own.
+const DEFAULT_RECOVER_AFTER: &str = "60s";
+
+/// A day at a status that is not final makes a subject worth asking about.
+const DEFAULT_STUCK_AFTER: &str = "24h";
+
+/// What a source's `recover` setting asks of the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoverMode {
+    /// Gaps and stuck subjects are recovered by the relay on its own.
+    Auto,
+    /// Only `hookrelay recover` and `POST /api/v1/recover` ask the provider.
+    Manual,
+    /// The provider is never asked; gaps are recorded and alerted on.
+    Off,
+}
+
+impl RecoverMode {
+    fn parse(key: &str, value: &str) -> Result<Self, ConfigError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "manual" => Ok(Self::Manual),
+            "off" => Ok(Self::Off),
+            other => Err(invalid(
+                key,
+                format!("expected `auto`, `manual` or `off`, got `{other}`"),
+            )),
+        }
+    }
+
+    /// The setting's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Manual => "manual",
+            Self::Off => "off",
+        }
+    }
+}
+
 /// Keys every source may set, whatever its provider (contract §6).
 const COMMON_SOURCE_KEYS: &[&str] = &[
     "provider",
@@ -239,6 +290,10 @@ const COMMON_SOURCE_KEYS: &[&str] = &[
     "silence_threshold",
     "allow_ips",
     "redact",
+    "recover",
+    "recover_after",
+    "stuck_after",
+    "api_url",
 ];
 
 impl Config {
@@ -566,6 +621,28 @@ impl SourceConfig {
             settings.get("allow_ips").map_or("", String::as_str),
         )?;
         let redact = settings.get("redact").map(|v| split_list(v));
+        let recover = settings
+            .get("recover")
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| RecoverMode::parse(&key("recover"), v))
+            .transpose()?;
+        let duration_or = |k: &str, default: &str| {
+            parse_duration(&key(k), settings.get(k).map_or(default, String::as_str))
+        };
+        let recover_after = duration_or("recover_after", DEFAULT_RECOVER_AFTER)?;
+        let stuck_after = duration_or("stuck_after", DEFAULT_STUCK_AFTER)?;
+        let api_url = settings
+            .get("api_url")
+            .map(|v| v.trim().trim_end_matches('/').to_owned())
+            .filter(|v| !v.is_empty());
+        if let Some(url) = &api_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid(
+                key("api_url"),
+                "expected an http:// or https:// base URL",
+            ));
+        }
         Ok(Self {
             name: name.to_owned(),
             provider,
@@ -574,6 +651,10 @@ impl SourceConfig {
             silence_threshold,
             allow_ips,
             redact,
+            recover,
+            recover_after,
+            stuck_after,
+            api_url,
             settings: settings
                 .into_iter()
                 .map(|(key, value)| (key, Secret(value)))

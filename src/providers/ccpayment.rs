@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use super::api::{NoRecovery, RecoveryApi};
 use super::{
     Ack, BuildError, Provider, ProviderSpec, SampleContext, SampleError, TimeUnit, VerifyError,
     WebhookRequest, text,
@@ -86,6 +87,7 @@ fn build(source: &SourceConfig) -> Result<Box<dyn Provider>, BuildError> {
         app_secret: setting(source, "app_secret"),
         api_version,
         tolerance: source.timestamp_tolerance.unwrap_or(DEFAULT_TOLERANCE),
+        api_url: source.api_url.clone(),
     }))
 }
 
@@ -185,6 +187,8 @@ pub(crate) struct Ccpayment {
     app_secret: Option<String>,
     api_version: ApiVersion,
     tolerance: Duration,
+    /// The API host (`api_url`); `None`: CCPayment's own for the API version.
+    api_url: Option<String>,
 }
 
 impl Provider for Ccpayment {
@@ -270,6 +274,15 @@ impl Provider for Ccpayment {
             status: StatusCode::OK,
             content_type: Some("text/plain; charset=utf-8"),
             body: Bytes::from_static(b"success"),
+        }
+    }
+
+    fn recovery(&self) -> Result<&dyn RecoveryApi, NoRecovery> {
+        let missing = self.missing_credentials();
+        if missing.is_empty() {
+            Ok(self)
+        } else {
+            Err(NoRecovery::MissingCredentials(missing))
         }
     }
 }
@@ -429,3 +442,5 @@ fn parse_risky_address(root: &Map<String, Value>) -> Parsed {
 
 #[cfg(test)]
 mod tests;
+
+mod api;

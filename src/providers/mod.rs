@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::event::Parsed;
 
+pub mod api;
 mod ccpayment;
 mod oslpay;
 mod standard;
@@ -234,6 +235,14 @@ pub trait Provider: Send + Sync {
     /// body with it, and only `allow_ips` keeps strangers out.
     fn signs_body(&self) -> bool {
         true
+    }
+
+    /// The provider's API to recover missed webhooks with, bound to this source's
+    /// credentials, or why the source has none (`docs/recovery.md`).
+    fn recovery(&self) -> Result<&dyn api::RecoveryApi, api::NoRecovery> {
+        Err(api::NoRecovery::NoApi(
+            "the provider has no API to resend webhooks or query a status",
+        ))
     }
 }
 

@@ -225,6 +225,12 @@ impl OslPay {
 }
 
 impl Provider for OslPay {
+    fn recovery(&self) -> Result<&dyn super::api::RecoveryApi, super::api::NoRecovery> {
+        Err(super::api::NoRecovery::NoApi(
+            "OSL Pay has no resend API, and this release does not query its orders yet: its OpenAPI needs the merchant's RSA private key and an IP allow-listing at OSL (docs/recovery.md)",
+        ))
+    }
+
     fn signs_body(&self) -> bool {
         false
     }

@@ -134,6 +134,12 @@ pub(crate) struct WCheckout {
 }
 
 impl Provider for WCheckout {
+    fn recovery(&self) -> Result<&dyn super::api::RecoveryApi, super::api::NoRecovery> {
+        Err(super::api::NoRecovery::NoApi(
+            "W Checkout has no resend API, and this release does not query its orders yet: its access-token API is not documented and its query signing is ambiguous until settled against the sandbox (docs/recovery.md)",
+        ))
+    }
+
     fn missing_credentials(&self) -> Vec<&'static str> {
         if self.sign_keys.is_empty() {
             vec![SIGN_KEY]

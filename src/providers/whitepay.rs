@@ -13,6 +13,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::Sha256;
 
+use super::api::{NoRecovery, RecoveryApi};
 use super::{
     Ack, BuildError, Provider, ProviderSpec, SampleContext, SampleError, VerifyError,
     WebhookRequest,
@@ -23,8 +24,8 @@ use crate::event::{Kind, Normalized, Parsed, Status};
 /// Registry entry.
 pub(crate) const SPEC: ProviderSpec = ProviderSpec {
     name: "whitepay",
-    keys: &["webhook_token"],
-    secret_keys: &["webhook_token"],
+    keys: &["webhook_token", "api_token", "slug"],
+    secret_keys: &["webhook_token", "api_token"],
     // Its signature is a MAC of the body: it authenticates that body alone.
     credential_headers: &[],
     default_redact: &[],
@@ -38,6 +39,7 @@ const SIGNATURE_HEADER: &str = "signature";
 fn build(source: &SourceConfig) -> Result<Box<dyn Provider>, BuildError> {
     Ok(Box::new(Whitepay {
         tokens: source.get_list("webhook_token"),
+        api: api::Api::new(source),
     }))
 }
 
@@ -73,6 +75,8 @@ fn sign(ctx: &SampleContext<'_>, body: &[u8]) -> Result<Vec<(String, String)>, S
 /// A Whitepay source.
 pub(crate) struct Whitepay {
     tokens: Vec<String>,
+    /// The Private API, for status queries.
+    api: api::Api,
 }
 
 impl Provider for Whitepay {
@@ -193,6 +197,10 @@ impl Provider for Whitepay {
             body: Bytes::new(),
         }
     }
+
+    fn recovery(&self) -> Result<&dyn RecoveryApi, NoRecovery> {
+        self.api.usable()
+    }
 }
 
 /// The top level of a Whitepay webhook: only what the mapping reads, each value
@@ -288,3 +296,5 @@ fn status_from_suffix(suffix: &str) -> Option<Status> {
 
 #[cfg(test)]
 mod tests;
+
+mod api;

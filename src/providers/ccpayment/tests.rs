@@ -23,6 +23,7 @@ fn provider(api_version: ApiVersion) -> Ccpayment {
         app_secret: Some(APP_SECRET.to_owned()),
         api_version,
         tolerance: DEFAULT_TOLERANCE,
+        api_url: None,
     }
 }
 

@@ -12,6 +12,11 @@ const VECTOR_SIGNATURE: &str = "4bf8ac70f3943766651b2b565a13a567e8d3962884075729
 fn provider(tokens: &[&str]) -> Whitepay {
     Whitepay {
         tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+        api: super::api::Api::new(&crate::providers::test_support::source(
+            "whitepay",
+            "whitepay",
+            &[],
+        )),
     }
 }
 
