@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::recall::Ledger;
 use super::row::{FullRow, Row};
 use super::{
     Due, EventFilter, InsertOutcome, Inventory, NewEvent, OutboxError, Replication, Settlement,
@@ -57,9 +58,10 @@ pub(crate) trait Pipe: Send + Sync {
 }
 
 /// The operator's half: counts, probes, finding rows, and the changes a person
-/// asks for.
+/// asks for; and the recovery ledger ([`Ledger`], read and written through
+/// [`Recall`](super::recall::Recall)).
 #[async_trait]
-pub(crate) trait Operate: Send + Sync {
+pub(crate) trait Operate: Ledger + Send + Sync {
     /// Counts by state and the oldest pending receive time.
     async fn stats(&self) -> Result<Stats, OutboxError>;
 

@@ -37,6 +37,20 @@ impl Pipe for Hanging {
 }
 
 #[async_trait]
+impl crate::outbox::recall::Ledger for Hanging {
+    fn dialect(&self) -> crate::outbox::sql::Dialect {
+        crate::outbox::sql::Dialect::Sqlite
+    }
+
+    async fn transact(
+        &self,
+        _statements: Vec<crate::outbox::recall::Statement>,
+    ) -> Result<crate::outbox::recall::Results, OutboxError> {
+        Err(OutboxError::Closed)
+    }
+}
+
+#[async_trait]
 impl Operate for Hanging {
     async fn stats(&self) -> Result<Stats, OutboxError> {
         self.counted

@@ -25,6 +25,7 @@ mod migrate;
 mod model;
 mod postgres;
 pub(crate) mod query;
+pub(crate) mod recall;
 pub(crate) mod retention;
 pub(crate) mod row;
 pub(crate) mod select;

@@ -193,6 +193,20 @@ mod tests {
     }
 
     #[async_trait]
+    impl crate::outbox::recall::Ledger for Matching {
+        fn dialect(&self) -> crate::outbox::sql::Dialect {
+            crate::outbox::sql::Dialect::Sqlite
+        }
+
+        async fn transact(
+            &self,
+            _statements: Vec<crate::outbox::recall::Statement>,
+        ) -> Result<crate::outbox::recall::Results, OutboxError> {
+            Err(OutboxError::Closed)
+        }
+    }
+
+    #[async_trait]
     impl Operate for Matching {
         async fn id_range(&self) -> Result<Option<(i64, i64)>, OutboxError> {
             Ok(Some((1, 100)))

@@ -22,6 +22,7 @@ use tokio_postgres::types::ToSql;
 use super::driver::{Operate, Pipe};
 use super::ingest::{self, Intake};
 use super::model::count;
+use super::recall::{Cell, Ledger, Results, Statement};
 use super::row::{FullRow, Row};
 use super::sql::{Dialect, Value};
 use super::{
@@ -424,4 +425,74 @@ impl Operate for PostgresOutbox {
     async fn forget_subjects(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
         self.purge(sql::FORGET_SUBJECTS, cutoff_us, limit).await
     }
+}
+
+#[async_trait]
+impl Ledger for PostgresOutbox {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn transact(&self, statements: Vec<Statement>) -> Result<Results, OutboxError> {
+        bounded(STATEMENT_TIMEOUT, async {
+            let mut client = pooled(&self.pool).await?;
+            let tx = client.transaction().await.map_err(pg_error)?;
+            let mut results = Vec::with_capacity(statements.len());
+            for statement in statements {
+                let text = postgres_placeholders(&statement.sql);
+                let values: Vec<Box<dyn ToSql + Sync + Send>> = statement
+                    .values
+                    .into_iter()
+                    .map(|value| -> Box<dyn ToSql + Sync + Send> {
+                        match value {
+                            Value::Text(text) => Box::new(text),
+                            Value::Int(n) => Box::new(n),
+                            Value::Bytes(bytes) => Box::new(bytes),
+                        }
+                    })
+                    .collect();
+                let params: Vec<&(dyn ToSql + Sync)> = values
+                    .iter()
+                    .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                let rows = tx.query(&text, &params).await.map_err(pg_error)?;
+                results.push(rows.iter().map(cells).collect());
+            }
+            tx.commit().await.map_err(pg_error)?;
+            Ok(results)
+        })
+        .await
+    }
+}
+
+/// `?N` placeholders as PostgreSQL spells them.
+fn postgres_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A ledger row's columns: bigint and text, or `NULL`.
+fn cells(row: &tokio_postgres::Row) -> Vec<Cell> {
+    (0..row.len())
+        .map(|i| {
+            if let Ok(n) = row.try_get::<_, Option<i64>>(i) {
+                n.map_or(Cell::Null, Cell::Int)
+            } else if let Ok(n) = row.try_get::<_, Option<i32>>(i) {
+                n.map_or(Cell::Null, |n| Cell::Int(i64::from(n)))
+            } else {
+                row.try_get::<_, Option<String>>(i)
+                    .ok()
+                    .flatten()
+                    .map_or(Cell::Null, Cell::Text)
+            }
+        })
+        .collect()
 }

@@ -6,6 +6,8 @@
 //! - 1: events, deliveries, partitions, members ([`sql::tables`]).
 //! - 2: failed attempts (`hr_attempt`, for the console) and the subject index
 //!   (timelines and the `subject` filter).
+//! - 3: the per-subject sequence (`hr_subject`).
+//! - 4: the recovery ledger ([`sql::ledger`]).
 
 use tokio_postgres::Client;
 
@@ -22,7 +24,7 @@ const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
 pub(super) const PARTITIONS: i16 = 256;
 
 /// Every step, in order, as SQL.
-fn steps() -> [Step<String>; 3] {
+fn steps() -> [Step<String>; 4] {
     [
         Step {
             what: "events, deliveries, partitions, members",
@@ -40,6 +42,12 @@ fn steps() -> [Step<String>; 3] {
             what: "per-subject sequence numbers",
             compatible: true,
             how: sql::SEQUENCES.to_owned(),
+        },
+        // Compatible: tables and an index no older release reads.
+        Step {
+            what: "recovery ledger: heartbeat, gaps, provider calls",
+            compatible: true,
+            how: sql::ledger(),
         },
     ]
 }

@@ -504,3 +504,49 @@ pub(super) const UNDO_SEQUENCES: &str = "
 ALTER TABLE hr_delivery DROP COLUMN seq, DROP COLUMN stale;
 DROP TABLE hr_subject;
 DELETE FROM hr_schema WHERE version = 3;";
+
+/// The recovery ledger (`outbox/recall.rs`): the heartbeat, the gaps, the calls
+/// made to providers and the lead of recovery, with the index of unfinished
+/// subjects its stuck-subject query reads.
+pub(super) fn ledger() -> String {
+    format!(
+        "CREATE TABLE hr_heartbeat (
+    id      bigint PRIMARY KEY CHECK (id = 1),
+    at_us   bigint NOT NULL,
+    prev_us bigint NOT NULL
+);
+CREATE TABLE hr_gap (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source        text NOT NULL,
+    reason        text NOT NULL,
+    from_us       bigint NOT NULL,
+    until_us      bigint NOT NULL,
+    state         text NOT NULL,
+    done_until_us bigint NOT NULL,
+    attempts      bigint NOT NULL DEFAULT 0,
+    next_try_us   bigint NOT NULL DEFAULT 0,
+    detail        text NOT NULL DEFAULT '',
+    updated_us    bigint NOT NULL,
+    UNIQUE (source, reason, from_us)
+);
+CREATE INDEX hr_gap_until ON hr_gap (until_us);
+CREATE TABLE hr_call (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source    text NOT NULL,
+    kind      text NOT NULL,
+    subject   text NOT NULL,
+    called_us bigint NOT NULL,
+    outcome   text NOT NULL,
+    detail    text NOT NULL
+);
+CREATE INDEX hr_call_limit ON hr_call (source, kind, called_us);
+CREATE INDEX hr_call_subject ON hr_call (source, subject, called_us);
+CREATE TABLE hr_lead (
+    name     text PRIMARY KEY,
+    owner    text NOT NULL,
+    until_us bigint NOT NULL
+);
+CREATE INDEX hr_subject_unfinished ON hr_subject (source, at) WHERE {unfinished};",
+        unfinished = crate::outbox::sql::UNFINISHED
+    )
+}

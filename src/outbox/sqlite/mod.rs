@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::driver::{Operate, Pipe};
 use super::ingest::{self, Intake};
 use super::model::count;
+use super::recall::{Cell, Ledger, Results, Statement};
 use super::row::{FullRow, Row};
 use super::sql::{Dialect, Value};
 use super::{
@@ -386,5 +387,61 @@ impl Operate for SqliteOutbox {
 
     async fn forget_subjects(&self, cutoff_us: i64, limit: usize) -> Result<u64, OutboxError> {
         self.purge(Purged::Subjects, cutoff_us, limit).await
+    }
+}
+
+#[async_trait]
+impl Ledger for SqliteOutbox {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    /// On the browser's connection: a ledger transaction is a few small rows a
+    /// few times a minute, and the writer's busy wait covers its lock.
+    async fn transact(&self, statements: Vec<Statement>) -> Result<Results, OutboxError> {
+        self.browser
+            .browse(move |conn| {
+                conn.execute_batch(sql::BEGIN_IMMEDIATE)?;
+                let run = || -> rusqlite::Result<Results> {
+                    let mut results = Vec::with_capacity(statements.len());
+                    for statement in &statements {
+                        let mut prepared = conn.prepare_cached(&statement.sql)?;
+                        let values = statement.values.iter().map(|value| match value {
+                            Value::Text(text) => rusqlite::types::Value::Text(text.clone()),
+                            Value::Int(n) => rusqlite::types::Value::Integer(*n),
+                            Value::Bytes(bytes) => rusqlite::types::Value::Blob(bytes.clone()),
+                        });
+                        let columns = prepared.column_count();
+                        let mut rows = prepared.query(rusqlite::params_from_iter(values))?;
+                        let mut read = Vec::new();
+                        while let Some(row) = rows.next()? {
+                            read.push(
+                                (0..columns)
+                                    .map(|i| {
+                                        Ok(match row.get::<_, rusqlite::types::Value>(i)? {
+                                            rusqlite::types::Value::Integer(n) => Cell::Int(n),
+                                            rusqlite::types::Value::Text(text) => Cell::Text(text),
+                                            _ => Cell::Null,
+                                        })
+                                    })
+                                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                            );
+                        }
+                        results.push(read);
+                    }
+                    Ok(results)
+                };
+                match run() {
+                    Ok(results) => {
+                        conn.execute_batch(sql::COMMIT)?;
+                        Ok(results)
+                    }
+                    Err(e) => {
+                        let _ = conn.execute_batch(sql::ROLLBACK);
+                        Err(e.into())
+                    }
+                }
+            })
+            .await
     }
 }

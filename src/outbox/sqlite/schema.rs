@@ -10,6 +10,7 @@
 //! - 4: the per-subject sequence ([`sql::SEQUENCES`]).
 //! - 5: `deliveries` rebuilt with a state check SQLite evaluates without a
 //!   temporary b-tree ([`sql::STATE_CHECK_WITHOUT_IN`]).
+//! - 6: the recovery ledger ([`sql::ledger`]).
 
 use std::path::Path;
 
@@ -23,7 +24,7 @@ use crate::outbox::migrate::{self, Step, Version};
 type Apply = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Every step, in order.
-const STEPS: [Step<Apply>; 5] = [
+const STEPS: [Step<Apply>; 6] = [
     Step {
         what: "permanent failures counted apart; releases recorded",
         compatible: false,
@@ -55,6 +56,12 @@ const STEPS: [Step<Apply>; 5] = [
             tx.execute_batch(sql::STATE_CHECK_WITHOUT_IN)?;
             tx.execute_batch(&sql::delivery_indexes())
         },
+    },
+    // Compatible: tables and an index no older release reads.
+    Step {
+        what: "recovery ledger: heartbeat, gaps, provider calls",
+        compatible: true,
+        how: |tx| tx.execute_batch(&sql::ledger()),
     },
 ];
 

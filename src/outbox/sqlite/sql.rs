@@ -397,8 +397,7 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 #[cfg(feature = "testing")]
 pub(super) const LOCK_FOR_WRITING: &str = "BEGIN IMMEDIATE";
 
-/// Gives it back.
-#[cfg(feature = "testing")]
+/// Gives it back (a ledger transaction that failed, or the tests' write lock).
 pub(super) const ROLLBACK: &str = "ROLLBACK";
 
 /// Row `?1`'s metadata becomes `?2` (a newer release's, in tests).
@@ -414,3 +413,54 @@ ALTER TABLE deliveries DROP COLUMN stale;
 DROP TABLE subjects;
 DELETE FROM schema_versions WHERE version = 4;
 PRAGMA user_version = 3;";
+
+/// The recovery ledger (`outbox/recall.rs`): the heartbeat, the gaps, the calls
+/// made to providers and the lead of recovery, with the index of unfinished
+/// subjects its stuck-subject query reads.
+pub(super) fn ledger() -> String {
+    format!(
+        "CREATE TABLE hr_heartbeat (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    at_us   INTEGER NOT NULL,
+    prev_us INTEGER NOT NULL
+);
+CREATE TABLE hr_gap (
+    id            INTEGER PRIMARY KEY,
+    source        TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    from_us       INTEGER NOT NULL,
+    until_us      INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    done_until_us INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_try_us   INTEGER NOT NULL DEFAULT 0,
+    detail        TEXT NOT NULL DEFAULT '',
+    updated_us    INTEGER NOT NULL,
+    UNIQUE (source, reason, from_us)
+);
+CREATE INDEX hr_gap_until ON hr_gap (until_us);
+CREATE TABLE hr_call (
+    id        INTEGER PRIMARY KEY,
+    source    TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    subject   TEXT NOT NULL,
+    called_us INTEGER NOT NULL,
+    outcome   TEXT NOT NULL,
+    detail    TEXT NOT NULL
+);
+CREATE INDEX hr_call_limit ON hr_call (source, kind, called_us);
+CREATE INDEX hr_call_subject ON hr_call (source, subject, called_us);
+CREATE TABLE hr_lead (
+    name     TEXT PRIMARY KEY,
+    owner    TEXT NOT NULL,
+    until_us INTEGER NOT NULL
+);
+CREATE INDEX subjects_unfinished ON subjects (source, at) WHERE {unfinished};",
+        unfinished = crate::outbox::sql::UNFINISHED
+    )
+}
+
+/// The ledger's transactions take the write lock at once, as the writer's do.
+pub(super) const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
+/// Ends a ledger transaction.
+pub(super) const COMMIT: &str = "COMMIT";
