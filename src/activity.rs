@@ -26,6 +26,11 @@ pub(crate) const OUTCOMES: [&str; 9] = [
 /// Outcomes that mean the webhook was acked (stored, or already stored).
 const ACKED: [&str; 3] = ["accepted", "duplicate", "unrecognized"];
 
+/// Outcomes that mean the relay turned a webhook of the provider away: a
+/// signature it could not check (a rotated secret) or an outbox that could not
+/// store. A run of them is a gap recovery may fill (`recovery`).
+const REFUSED: [&str; 2] = ["unauthorized", "unavailable"];
+
 /// Minutes kept: one day.
 const MINUTES: usize = 24 * 60;
 
@@ -42,6 +47,8 @@ struct Ring {
     minutes: Box<[Minute]>,
     last_received: Option<i64>,
     last_accepted: Option<i64>,
+    /// The first and last refusal since the last acked webhook.
+    refusing: Option<(i64, i64)>,
 }
 
 /// A source's activity as the console shows it.
@@ -55,6 +62,17 @@ pub(crate) struct Summary {
     pub(crate) last_hour: HashMap<&'static str, u64>,
     /// Counts by outcome over the last day.
     pub(crate) last_day: HashMap<&'static str, u64>,
+}
+
+/// What [`Activity::take_refusals`] hands the ledger for one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusing {
+    /// The source.
+    pub(crate) source: String,
+    /// Its first and last refusal since its last acked webhook, Unix seconds.
+    pub(crate) window: Option<(i64, i64)>,
+    /// Its last acked webhook, Unix seconds.
+    pub(crate) last_accepted: Option<i64>,
 }
 
 /// Per-source activity; cheap to record into from every request.
@@ -81,6 +99,7 @@ impl Activity {
                     minutes: vec![Minute::default(); MINUTES].into_boxed_slice(),
                     last_received: None,
                     last_accepted: None,
+                    refusing: None,
                 },
             );
         }
@@ -100,7 +119,36 @@ impl Activity {
         ring.last_received = Some(now);
         if ACKED.contains(&outcome) {
             ring.last_accepted = Some(now);
+        } else if REFUSED.contains(&outcome) {
+            let first = ring.refusing.map_or(now, |(first, _)| first);
+            ring.refusing = Some((first, now));
         }
+    }
+
+    /// Each source's refusal window (first and last refusal, Unix seconds) and
+    /// last acked webhook, for the ledger; a window an acked webhook has closed
+    /// is handed over one last time and forgotten.
+    pub(crate) fn take_refusals(&self) -> Vec<Refusing> {
+        let mut sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sources
+            .iter_mut()
+            .map(|(source, ring)| {
+                let window = ring.refusing;
+                if let (Some((_, last)), Some(accepted)) = (window, ring.last_accepted)
+                    && accepted >= last
+                {
+                    ring.refusing = None;
+                }
+                Refusing {
+                    source: source.clone(),
+                    window,
+                    last_accepted: ring.last_accepted,
+                }
+            })
+            .collect()
     }
 
     /// The source's summary at `now` (Unix seconds); every outcome is present,
@@ -169,6 +217,28 @@ mod tests {
         activity.record("cc", "accepted", start + MINUTES as i64 * 60);
         let summary = activity.summary("cc", start + MINUTES as i64 * 60);
         assert_eq!(summary.last_hour["accepted"], 1);
+    }
+
+    #[test]
+    fn refusals_make_one_window_until_a_webhook_is_acked_again() {
+        let activity = Activity::default();
+        activity.record("cc", "accepted", 10);
+        activity.record("cc", "unauthorized", 20);
+        activity.record("cc", "unavailable", 25);
+        activity.record("cc", "too_large", 26);
+        let taken = activity.take_refusals();
+        assert_eq!(taken[0].window, Some((20, 25)));
+        assert_eq!(taken[0].last_accepted, Some(10));
+        assert_eq!(
+            activity.take_refusals()[0].window,
+            Some((20, 25)),
+            "still open"
+        );
+        activity.record("cc", "accepted", 30);
+        let closed = activity.take_refusals();
+        assert_eq!(closed[0].window, Some((20, 25)), "handed over once more");
+        assert_eq!(closed[0].last_accepted, Some(30));
+        assert_eq!(activity.take_refusals()[0].window, None);
     }
 
     #[test]

@@ -232,6 +232,10 @@ pub(crate) struct EventMeta {
     /// `allow_unsigned`); `None` in rows stored before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) verified: Option<bool>,
+    /// Built by the relay from the provider's API, not received as a webhook
+    /// (`docs/recovery.md`); absent on every received webhook.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) recovered: bool,
 }
 
 impl EventMeta {
@@ -283,6 +287,7 @@ impl EventMeta {
                     routing_prefix,
                     redact,
                     verified: None,
+                    recovered: false,
                 }
             }
             Parsed::Unrecognized {
@@ -310,6 +315,7 @@ impl EventMeta {
                     routing_prefix,
                     redact,
                     verified: None,
+                    recovered: false,
                 }
             }
         }
@@ -394,6 +400,8 @@ struct CloudEvent<'a> {
     sequence: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stale: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    recovered: bool,
     data: Data<'a>,
 }
 
@@ -455,6 +463,7 @@ pub(crate) fn cloudevent_json(
         partitionkey: partition_key(meta),
         sequence: sequence.map(Sequence::attribute),
         stale: sequence.is_some_and(|s| s.stale),
+        recovered: meta.recovered,
         data: Data {
             provider: &meta.provider,
             source: &meta.source,

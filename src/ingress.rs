@@ -24,8 +24,8 @@ use tracing::Instrument;
 
 use crate::activity::Activity;
 use crate::budget::{BodyBudget, Refusal, Reservation};
+use crate::event::EventMeta;
 use crate::event::Parsed;
-use crate::event::{EventMeta, Origin};
 use crate::metrics::Metrics;
 use crate::outbox::counts::{Counted, Counts};
 use crate::outbox::{InsertOutcome, NewEvent, OutboxError, Pipe};
@@ -44,7 +44,7 @@ const SECRET_HEADERS: &[&str] = &[
 /// Shared state of the ingress handlers.
 pub(crate) struct Ingress {
     /// Sources by name.
-    pub(crate) sources: BTreeMap<String, Source>,
+    pub(crate) sources: Arc<BTreeMap<String, Source>>,
     /// Where webhooks are stored.
     pub(crate) outbox: Arc<dyn Pipe>,
     /// Metrics.
@@ -578,7 +578,6 @@ async fn store(
     traceparent: String,
 ) -> Response {
     let name = source.config.name.as_str();
-    let provider_name = source.config.provider.as_str();
     let count = |outcome: &str| count(ingress, source, outcome);
     if let Some(took) = admitted.verified_in {
         // The check ran before the request's span began; its span says how long.
@@ -611,13 +610,7 @@ async fn store(
         tracing::warn!(%reason, provider_event_type = provider_event_type.as_deref().unwrap_or(""), left_out,
             "authentic webhook not understood; stored and published as unrecognized (one line a second at most)");
     }
-    let origin = Origin {
-        provider: provider_name,
-        source: name,
-        routing_prefix: source.provider.routing_prefix().unwrap_or(provider_name),
-        redact: &source.redact,
-    };
-    let mut meta = EventMeta::new(&origin, &parsed, &body, received);
+    let mut meta = EventMeta::new(&source.origin(), &parsed, &body, received);
     meta.verified = Some(!source.config.allow_unsigned);
     let event_id = meta.id.clone();
     let event = NewEvent {

@@ -23,6 +23,7 @@ mod outbox;
 mod pace;
 pub mod providers;
 pub mod publisher;
+mod recovery;
 mod relay;
 mod telemetry;
 

@@ -20,6 +20,18 @@ pub(crate) struct Metrics {
     pub(crate) events_stale: IntCounterVec,
     /// `hookrelay_publish_failures_total{reason}`.
     pub(crate) publish_failures: IntCounterVec,
+    /// `hookrelay_source_gap_seconds{source}`: seconds of the source's gaps of
+    /// the last day that are not recovered (open, pending, manual, unrecovered).
+    pub(crate) source_gap_seconds: prometheus::GaugeVec,
+    /// `hookrelay_recovery_gaps_total{source, outcome}`: gaps settled as
+    /// recovered, short, manual or unrecovered.
+    pub(crate) recovery_gaps: IntCounterVec,
+    /// `hookrelay_recovery_requests_total{source, kind, outcome}`: calls to a
+    /// provider's API.
+    pub(crate) recovery_requests: IntCounterVec,
+    /// `hookrelay_recovered_events_total{source}`: events stored from a
+    /// provider's answer.
+    pub(crate) recovered_events: IntCounterVec,
     /// `hookrelay_publish_duration_seconds`: publish to broker confirm.
     pub(crate) publish_duration: Histogram,
     /// `hookrelay_delivery_lag_seconds`: receive to broker confirm.
@@ -107,6 +119,34 @@ impl Metrics {
             Opts::new(
                 "hookrelay_events_stale_total",
                 "Events published with stale=true: their status is behind one already published for their subject and kind",
+            ),
+            &["source"],
+        )?;
+        let source_gap_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "hookrelay_source_gap_seconds",
+                "Seconds of the source's gaps of the last day (no relay up, or its webhooks refused) that are not recovered",
+            ),
+            &["source"],
+        )?;
+        let recovery_gaps = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_recovery_gaps_total",
+                "Gaps settled, by outcome: recovered, short (left to the provider's retries), manual, unrecovered",
+            ),
+            &["source", "outcome"],
+        )?;
+        let recovery_requests = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_recovery_requests_total",
+                "Calls to a provider's API to recover webhooks, by kind (resend, status) and outcome",
+            ),
+            &["source", "kind", "outcome"],
+        )?;
+        let recovered_events = IntCounterVec::new(
+            Opts::new(
+                "hookrelay_recovered_events_total",
+                "Events stored from a provider's status answer (recovered=true)",
             ),
             &["source"],
         )?;
@@ -246,6 +286,10 @@ impl Metrics {
         registry.register(Box::new(events_published.clone()))?;
         registry.register(Box::new(events_stale.clone()))?;
         registry.register(Box::new(publish_failures.clone()))?;
+        registry.register(Box::new(source_gap_seconds.clone()))?;
+        registry.register(Box::new(recovery_gaps.clone()))?;
+        registry.register(Box::new(recovery_requests.clone()))?;
+        registry.register(Box::new(recovered_events.clone()))?;
         registry.register(Box::new(publish_duration.clone()))?;
         registry.register(Box::new(delivery_lag.clone()))?;
         registry.register(Box::new(outbox_events.clone()))?;
@@ -281,6 +325,10 @@ impl Metrics {
             events_published,
             events_stale,
             publish_failures,
+            source_gap_seconds,
+            recovery_gaps,
+            recovery_requests,
+            recovered_events,
             publish_duration,
             delivery_lag,
             outbox_events,

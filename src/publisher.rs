@@ -790,6 +790,9 @@ fn properties(row: &PendingEvent, traceparent: &str) -> BasicProperties {
     if row.place.stale {
         headers.insert("stale".into(), AMQPValue::Boolean(true));
     }
+    if row.meta.recovered {
+        headers.insert("recovered".into(), AMQPValue::Boolean(true));
+    }
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/cloudevents+json".into())

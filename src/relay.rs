@@ -13,9 +13,11 @@ use crate::amqp::BrokerLink;
 use crate::config::{Config, ConfigError};
 use crate::ingress::{self, Backlog, Ingress};
 use crate::metrics::Metrics;
+use crate::outbox::recall::Recall;
 use crate::outbox::{self, OutboxError};
 use crate::providers;
 use crate::publisher::{CONFIRM_TIMEOUT, Publisher};
+use crate::recovery::{self, Recovery};
 
 /// Longest wait for buffered spans at shutdown.
 const TRACE_FLUSH: Duration = Duration::from_secs(5);
@@ -48,6 +50,9 @@ pub enum RelayError {
     /// The sources do not build.
     #[error("invalid configuration: {0}")]
     Config(ConfigError),
+    /// Recovery's HTTP client could not be made (its TLS settings).
+    #[error("cannot make the HTTP client that asks providers for missed webhooks: {0}")]
+    Recovery(String),
     /// Metrics registration failed (a bug).
     #[error("cannot register metrics: {0}")]
     Metrics(prometheus::Error),
@@ -191,7 +196,7 @@ async fn check_replication(outbox: &dyn outbox::Operate, required: bool) -> Resu
 /// in flight, lets the publisher finish its batch (bounded), and returns.
 pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     let metrics = Arc::new(Metrics::new().map_err(RelayError::Metrics)?);
-    let sources = providers::build_sources(&config).map_err(RelayError::Config)?;
+    let sources = Arc::new(providers::build_sources(&config).map_err(RelayError::Config)?);
     // Woken by ingress on every stored webhook, and by a shared outbox when another
     // replica committed some.
     let wake = Arc::new(Notify::new());
@@ -287,6 +292,20 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         .map(|s| (s.config.name.clone(), s.config.provider.clone()))
         .collect();
     let activity = Arc::new(crate::activity::Activity::default());
+    let recovery = Arc::new(
+        Recovery::new(
+            Arc::clone(&sources),
+            Recall::new(operate.clone()),
+            Some(recovery::Store {
+                pipe: Arc::clone(&pipe),
+                wake: Arc::clone(&wake),
+            }),
+            Arc::clone(&metrics),
+        )
+        .map_err(RelayError::Recovery)?,
+    );
+    let recovery_task =
+        tokio::spawn(Arc::clone(&recovery).run(Arc::clone(&activity), stop_rx.clone()));
     let ingress = Arc::new(Ingress {
         sources,
         outbox: Arc::clone(&pipe),
@@ -331,6 +350,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
         searches: tokio::sync::Semaphore::new(1),
         pace: Arc::clone(&pace),
         failed_logins: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),
+        recovery,
     });
     let mut admin_stop = stop_rx.clone();
     let admin_server = axum::serve(
@@ -367,6 +387,7 @@ pub(crate) async fn serve(config: Config) -> Result<(), RelayError> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), retention_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), recovery_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), backlog_task).await;
     pipe.close().await;
     // Spans still buffered go out now, bounded: a collector that is down costs

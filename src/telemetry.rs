@@ -111,6 +111,17 @@ fn otlp_provider() -> Result<Option<SdkTracerProvider>, String> {
     ))
 }
 
+/// For a command whose standard output is its answer: the `hookrelay::audit`
+/// lines and warnings go to standard error.
+pub(crate) fn init_audit_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "warn,hookrelay::audit=info",
+        ))
+        .try_init();
+}
+
 /// Exports the spans still buffered, waiting at most `within`. Blocking: call it
 /// from a blocking thread.
 pub(crate) fn flush_traces(within: std::time::Duration) {

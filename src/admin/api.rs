@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::Admin;
-use super::views::{self, ListParams, ReplayRequest, Replayed, ViewError};
+use super::views::{self, ListParams, RecoverRequest, ReplayRequest, Replayed, ViewError};
 
 /// `/api/v1/…`
 pub(crate) fn router() -> Router<Arc<Admin>> {
@@ -21,6 +21,7 @@ pub(crate) fn router() -> Router<Arc<Admin>> {
         .route("/api/v1/replay", post(replay))
         .route("/api/v1/subjects/{source}/{subject}", get(subject))
         .route("/api/v1/sources", get(sources))
+        .route("/api/v1/recover", post(recover))
 }
 
 impl IntoResponse for ViewError {
@@ -79,6 +80,19 @@ async fn replay(
         Replayed::Replayed(n) => serde_json::json!({ "replayed": n }),
     };
     Ok(Json(body).into_response())
+}
+
+async fn recover(
+    State(admin): State<Arc<Admin>>,
+    request: Result<Json<RecoverRequest>, JsonRejection>,
+) -> Result<Response, ViewError> {
+    let Json(request) = request.map_err(|e| {
+        ViewError::Invalid(format!(
+            "the body must be a JSON object with `source`, and optionally `since`, `until` and `dry_run`: {}",
+            e.body_text()
+        ))
+    })?;
+    Ok(Json(views::recover(&admin, &request, "api").await?).into_response())
 }
 
 async fn subject(

@@ -46,6 +46,8 @@ pub(crate) struct Admin {
     pub(crate) pace: Arc<crate::pace::Pace>,
     /// Console logins with a wrong token, logged once a second at most.
     pub(crate) failed_logins: crate::telemetry::Throttle,
+    /// Recovery from providers, for `POST /api/v1/recover` and the sources page.
+    pub(crate) recovery: Arc<crate::recovery::Recovery>,
 }
 
 /// The admin router. Serve it with `ConnectInfo<SocketAddr>`: replays are logged
@@ -194,6 +196,17 @@ mod tests {
             searches: tokio::sync::Semaphore::new(1),
             pace: Arc::default(),
             failed_logins: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),
+            recovery: Arc::new(
+                crate::recovery::Recovery::new(
+                    Arc::default(),
+                    crate::outbox::recall::Recall::new(Arc::new(
+                        crate::outbox::fake::Hanging::default(),
+                    )),
+                    None,
+                    Arc::new(Metrics::new().expect("metrics")),
+                )
+                .expect("recovery"),
+            ),
         });
         tokio::time::pause();
         let ready = readyz(State(Arc::clone(&admin))).await;

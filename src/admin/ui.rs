@@ -29,6 +29,7 @@ pub(crate) fn router() -> Router<Arc<Admin>> {
         .route("/ui/dead", get(dead))
         .route("/ui/outbox", get(outbox))
         .route("/ui/replay", post(replay))
+        .route("/ui/recover", post(recover))
         .route("/ui/logout", post(logout))
 }
 
@@ -359,11 +360,17 @@ async fn sources(
     Extension(caller): Extension<Caller>,
 ) -> Response {
     let sources = views::sources(&admin);
+    let (gaps, calls) = match admin.recovery.recent(100).await {
+        Ok(recent) => recent,
+        Err(e) => return problem(&caller, &admin, &ViewError::Outbox(e)),
+    };
+    let csrf = admin.access.csrf(&caller);
+    let time = |us: i64| view::shown_time(us);
     let body = html! {
         p.note { "Counts are this relay's, since it started (each replica counts its own)." }
         table {
             thead { tr { th { "source" } th { "provider" } th { "last received" } th { "last acked" }
-                th { "last hour" } th { "last day" } } }
+                th { "last hour" } th { "last day" } th { "recover" } th {} } }
             tbody {
                 @for s in &sources {
                     tr {
@@ -373,8 +380,37 @@ async fn sources(
                         td { (when(s.activity.last_accepted)) }
                         td { (counts(&s.activity.last_hour)) }
                         td { (counts(&s.activity.last_day)) }
+                        td title=[s.recovery_unavailable.as_deref()] { (s.recover) }
+                        td {
+                            form method="post" action="/ui/recover" {
+                                input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                                input type="hidden" name="source" value=(s.name);
+                                button type="submit" id={ "recover-" (s.name) } { "Recovery…" }
+                            }
+                        }
                     }
                 }
+            }
+        }
+        h2 { "Gaps of the last day" }
+        p.note { "Times no relay was up, or a source's webhooks were refused (401, 503); see docs/recovery.md." }
+        @if gaps.is_empty() { p.note { "None." } } @else {
+            table id="gaps" {
+                thead { tr { th { "source" } th { "why" } th { "from" } th { "until" } th { "state" } th { "detail" } } }
+                tbody { @for gap in &gaps { tr {
+                    td { (gap.source) } td { (gap.reason) } td { (time(gap.from_us)) }
+                    td { (time(gap.until_us)) } td class={ "gap-" (gap.state) } { (gap.state) } td { (gap.detail) }
+                } } }
+            }
+        }
+        h2 { "Calls to providers of the last day" }
+        @if calls.is_empty() { p.note { "None." } } @else {
+            table id="calls" {
+                thead { tr { th { "at" } th { "source" } th { "kind" } th { "subject" } th { "outcome" } th { "detail" } } }
+                tbody { @for call in &calls { tr {
+                    td { (time(call.called_us)) } td { (call.source) } td { (call.kind) }
+                    td { (call.subject) } td { (call.outcome) } td { (call.detail) }
+                } } }
             }
         }
     };
@@ -550,6 +586,81 @@ async fn replay(
         },
     };
     page("Replay", &caller, &admin, body).into_response()
+}
+
+/// Recovery in two steps: the first POST is a dry run that says what would be
+/// asked; the confirmed one asks.
+async fn recover(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let fields: Vec<(String, String)> = match serde_urlencoded::from_bytes(&body) {
+        Ok(fields) => fields,
+        Err(e) => {
+            return problem(
+                &caller,
+                &admin,
+                &ViewError::Invalid(format!("cannot read the form: {e}")),
+            );
+        }
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let confirmed = field("confirm").is_some();
+    let request = views::RecoverRequest {
+        source: field("source").unwrap_or_default(),
+        since: field("since").filter(|v| !v.is_empty()),
+        until: None,
+        dry_run: !confirmed,
+    };
+    let report = match views::recover(&admin, &request, "console").await {
+        Ok(report) => report,
+        Err(e) => return problem(&caller, &admin, &e),
+    };
+    let csrf = admin.access.csrf(&caller);
+    let asks = report.gaps.iter().any(|gap| !gap.windows.is_empty())
+        || report.stuck.iter().any(|s| s.outcome == "would ask");
+    let body = html! {
+        p role="status" id={ @if confirmed { "recovered" } @else { "dry-run" } } {
+            @if confirmed { "Asked the provider of " } @else { "Dry run for " }
+            strong { (report.source) } " (" (report.provider) ", recover = " (report.recover) ")."
+        }
+        @if let Some(why) = &report.no_api { p.error { (why) } }
+        @if let Some(at) = &report.next_resend_at { p.note { "The provider's limits allow the next resend at " (at) "." } }
+        h2 { "Gaps" }
+        @if report.gaps.is_empty() { p.note { "None in the range." } } @else {
+            table id="report-gaps" {
+                thead { tr { th { "why" } th { "from" } th { "until" } th { "state" } th { "windows to ask for" } th { "detail" } } }
+                tbody { @for gap in &report.gaps { tr {
+                    td { (gap.reason) } td { (gap.from) } td { (gap.until) } td { (gap.state) }
+                    td { (gap.windows.len()) } td { (gap.detail) }
+                } } }
+            }
+        }
+        h2 { "Stuck subjects" }
+        @if report.stuck.is_empty() { p.note { "None in the range." } } @else {
+            table id="report-stuck" {
+                thead { tr { th { "subject" } th { "last status" } th { "outcome" } } }
+                tbody { @for s in &report.stuck { tr { td { (s.subject) } td { (s.status) } td { (s.outcome) } } } }
+            }
+        }
+        @if !confirmed && asks {
+            form method="post" action="/ui/recover" {
+                input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                input type="hidden" name="source" value=(report.source);
+                input type="hidden" name="confirm" value="yes";
+                @if let Some(since) = &request.since { input type="hidden" name="since" value=(since); }
+                button type="submit" id="confirm-recover" autofocus { "Ask the provider now" }
+                " " a href="/ui/sources" { "Cancel" }
+            }
+        }
+    };
+    page("Recovery", &caller, &admin, body).into_response()
 }
 
 async fn logout() -> Response {

@@ -11,6 +11,7 @@ use crate::outbox::query::{self, FilterError};
 use crate::outbox::select::{self, SelectError, Selection};
 use crate::outbox::view::{Body, RowView};
 use crate::outbox::{EventFilter, OutboxError, State};
+use crate::recovery::{Demand, RecoveryError, Report};
 
 /// Rows a list page holds unless asked otherwise.
 pub(crate) const DEFAULT_LIMIT: usize = 50;
@@ -308,6 +309,10 @@ pub(crate) struct SourceView {
     /// Last request and last acked, outcomes over the last hour and day.
     #[serde(flatten)]
     pub(crate) activity: Summary,
+    /// Its `recover` as it applies (`docs/recovery.md`).
+    pub(crate) recover: &'static str,
+    /// Why its provider cannot be asked for missed webhooks, if it cannot.
+    pub(crate) recovery_unavailable: Option<String>,
 }
 
 /// Every configured source with its activity.
@@ -316,12 +321,58 @@ pub(crate) fn sources(admin: &Admin) -> Vec<SourceView> {
     admin
         .sources
         .iter()
-        .map(|(name, provider)| SourceView {
-            name: name.clone(),
-            provider: provider.clone(),
-            activity: admin.activity.summary(name, now),
+        .map(|(name, provider)| {
+            let (recover, recovery_unavailable) =
+                admin.recovery.describe(name).unwrap_or(("off", None));
+            SourceView {
+                name: name.clone(),
+                provider: provider.clone(),
+                activity: admin.activity.summary(name, now),
+                recover,
+                recovery_unavailable,
+            }
         })
         .collect()
+}
+
+/// A recovery request (`POST /api/v1/recover`, the sources page).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct RecoverRequest {
+    /// The source.
+    pub(crate) source: String,
+    /// Gaps and stuck subjects from TIME (RFC 3339, or a duration ago such as
+    /// `2h`); default 7 days ago.
+    #[serde(default)]
+    pub(crate) since: Option<String>,
+    /// Up to TIME; default now.
+    #[serde(default)]
+    pub(crate) until: Option<String>,
+    /// Say what would be asked; ask nothing.
+    #[serde(default)]
+    pub(crate) dry_run: bool,
+}
+
+/// Runs recovery of a source now, or says what it would ask (`dry_run`).
+pub(crate) async fn recover(
+    admin: &Admin,
+    request: &RecoverRequest,
+    by: &'static str,
+) -> Result<Report, ViewError> {
+    let demand = Demand::new(
+        &request.source,
+        request.since.as_deref(),
+        request.until.as_deref(),
+        request.dry_run,
+        by,
+    )?;
+    admin
+        .recovery
+        .on_demand(&demand)
+        .await
+        .map_err(|e| match e {
+            RecoveryError::UnknownSource(_) => ViewError::Invalid(e.to_string()),
+            RecoveryError::Outbox(e) => ViewError::Outbox(e),
+        })
 }
 
 /// A replay request: ids, filters, or both (the named rows that match), and
@@ -413,6 +464,7 @@ mod tests {
             routing_prefix: "whitepay".to_owned(),
             redact: Vec::new(),
             verified: Some(true),
+            recovered: false,
         };
         RowView::of(Row {
             id,

@@ -5,6 +5,7 @@
 
 mod check_config;
 mod outbox;
+mod recover;
 mod sample;
 mod topology;
 
@@ -56,6 +57,9 @@ enum Command {
     /// is changed when something conflicts).
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// List a source's gaps and stuck subjects and ask its provider for what
+    /// they missed (docs/recovery.md); --dry-run asks nothing.
+    Recover(recover::RecoverArgs),
 }
 
 /// Why a command failed. Each variant names its cause once (its message includes
@@ -80,6 +84,9 @@ pub enum CliError {
     /// A `topology` command failed.
     #[error("{0}")]
     Topology(crate::amqp::topology::TopologyError),
+    /// `recover` failed.
+    #[error("{0}")]
+    Recover(recover::RecoverCommandError),
 }
 
 /// Runs the parsed command line; the exit code says whether it succeeded.
@@ -117,6 +124,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let out = runtime()?
                 .block_on(topology::run(&config, command))
                 .map_err(CliError::Topology)?;
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Recover(args) => {
+            let out = runtime()?
+                .block_on(recover::run(&config, args))
+                .map_err(CliError::Recover)?;
             println!("{out}");
             Ok(ExitCode::SUCCESS)
         }

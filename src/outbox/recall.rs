@@ -67,11 +67,6 @@ pub(crate) trait Ledger: Send + Sync {
     async fn transact(&self, statements: Vec<Statement>) -> Result<Results, OutboxError>;
 }
 
-/// Why a gap was recorded.
-pub(crate) const DOWN: &str = "down";
-/// A gap in which the relay answered a source with 401 or 503.
-pub(crate) const REFUSED: &str = "refused";
-
 /// The states of a gap, in the order they are passed through.
 pub(crate) mod gap_state {
     /// Refusals still go on: the gap may grow.
@@ -96,7 +91,7 @@ pub(crate) struct Gap {
     pub(crate) id: i64,
     /// The source.
     pub(crate) source: String,
-    /// [`DOWN`] or [`REFUSED`].
+    /// `down` (no relay was up) or `refused` (the relay answered 401 or 503).
     pub(crate) reason: String,
     /// Start, Unix microseconds (one heartbeat before the last sign of life).
     pub(crate) from_us: i64,
@@ -180,6 +175,37 @@ fn statement(sql: impl Into<String>, values: Vec<Value>) -> Statement {
 
 fn text(value: &str) -> Value {
     Value::Text(value.to_owned())
+}
+
+/// Per limit, the call that has to leave its window before another fits in it.
+fn in_the_way(source: &str, kind: &str, limits: &[(i64, u32)], now_us: i64) -> Vec<Statement> {
+    limits
+        .iter()
+        .map(|(per_us, calls)| {
+            statement(
+                sql::CALL_IN_THE_WAY,
+                vec![
+                    text(source),
+                    text(kind),
+                    Value::Int(now_us - per_us),
+                    Value::Int(i64::from(*calls) - 1),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// When the calls [`in_the_way`] found have left their windows.
+fn next_free(limits: &[(i64, u32)], found: &[Vec<Vec<Cell>>]) -> Option<i64> {
+    limits
+        .iter()
+        .zip(found)
+        .filter_map(|((per_us, _), rows)| {
+            rows.first()
+                .and_then(|row| row.first())
+                .map(|at| at.int() + per_us)
+        })
+        .max()
 }
 
 impl Recall {
@@ -318,33 +344,30 @@ impl Recall {
         }
         statements.push(statement(sql::reserve(limits.len()), values));
         let granted_at = statements.len() - 1;
-        for (per_us, calls) in limits {
-            // The call that has to leave the window before another fits in it.
-            statements.push(statement(
-                sql::CALL_IN_THE_WAY,
-                vec![
-                    text(source),
-                    text(kind),
-                    Value::Int(now_us - per_us),
-                    Value::Int(i64::from(*calls) - 1),
-                ],
-            ));
-        }
+        statements.extend(in_the_way(source, kind, limits, now_us));
         let results = self.ledger.transact(statements).await?;
         if let Some(id) = results[granted_at].first().and_then(|row| row.first()) {
             return Ok(Reservation::Granted(id.int()));
         }
-        let wait = limits
-            .iter()
-            .zip(&results[granted_at + 1..])
-            .filter_map(|((per_us, _), rows)| {
-                rows.first()
-                    .and_then(|row| row.first())
-                    .map(|at| at.int() + per_us)
-            })
-            .max()
-            .unwrap_or(now_us);
-        Ok(Reservation::Wait(wait))
+        Ok(Reservation::Wait(
+            next_free(limits, &results[granted_at + 1..]).unwrap_or(now_us),
+        ))
+    }
+
+    /// When `limits` allow the next call of `kind` to `source`'s provider, if
+    /// not at `now_us`.
+    pub(crate) async fn next_allowed(
+        &self,
+        source: &str,
+        kind: &str,
+        limits: &[(i64, u32)],
+        now_us: i64,
+    ) -> Result<Option<i64>, OutboxError> {
+        let results = self
+            .ledger
+            .transact(in_the_way(source, kind, limits, now_us))
+            .await?;
+        Ok(next_free(limits, &results).filter(|at| *at > now_us))
     }
 
     /// Records the outcome of call `id`.
@@ -502,7 +525,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(gaps.len(), 2);
         for gap in &gaps {
-            assert_eq!(gap.reason, DOWN);
+            assert_eq!(gap.reason, "down");
             assert_eq!(gap.state, gap_state::PENDING);
             assert_eq!((gap.from_us, gap.until_us), (MINUTE, back));
         }

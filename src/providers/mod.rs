@@ -180,6 +180,21 @@ fn build_source(source: &SourceConfig) -> Result<Source, ConfigError> {
     })
 }
 
+impl Source {
+    /// Where this source's events come from and how they are published.
+    pub(crate) fn origin(&self) -> crate::event::Origin<'_> {
+        crate::event::Origin {
+            provider: &self.config.provider,
+            source: &self.config.name,
+            routing_prefix: self
+                .provider
+                .routing_prefix()
+                .unwrap_or(&self.config.provider),
+            redact: &self.redact,
+        }
+    }
+}
+
 /// One inbound webhook as the verifier sees it.
 pub struct WebhookRequest<'a> {
     /// Request headers (names are lower case).

@@ -21,9 +21,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("amqp", 3),
     ("ingress", 4),
     ("publisher", 4),
-    ("admin", 4),
-    ("relay", 5),
-    ("cli", 6),
+    ("recovery", 4),
+    ("admin", 5),
+    ("relay", 6),
+    ("cli", 7),
 ];
 
 fn src() -> PathBuf {
