@@ -47,8 +47,11 @@ struct Ring {
     minutes: Box<[Minute]>,
     last_received: Option<i64>,
     last_accepted: Option<i64>,
-    /// The first and last refusal since the last acked webhook.
+    /// The first and last refusal since the last acked webhook, Unix
+    /// microseconds (seconds cannot order a refusal and an ack of one second).
     refusing: Option<(i64, i64)>,
+    /// The last acked webhook, Unix microseconds.
+    last_accepted_us: Option<i64>,
 }
 
 /// A source's activity as the console shows it.
@@ -69,9 +72,10 @@ pub(crate) struct Summary {
 pub(crate) struct Refusing {
     /// The source.
     pub(crate) source: String,
-    /// Its first and last refusal since its last acked webhook, Unix seconds.
+    /// Its first and last refusal since its last acked webhook, Unix
+    /// microseconds.
     pub(crate) window: Option<(i64, i64)>,
-    /// Its last acked webhook, Unix seconds.
+    /// Its last acked webhook, Unix microseconds.
     pub(crate) last_accepted: Option<i64>,
 }
 
@@ -82,9 +86,10 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
-    /// Counts one request of `source` with `outcome` at `now` (Unix seconds).
-    /// Outcomes not in [`OUTCOMES`] are ignored.
-    pub(crate) fn record(&self, source: &str, outcome: &str, now: i64) {
+    /// Counts one request of `source` with `outcome` at `now_us` (Unix
+    /// microseconds). Outcomes not in [`OUTCOMES`] are ignored.
+    pub(crate) fn record(&self, source: &str, outcome: &str, now_us: i64) {
+        let now = now_us.div_euclid(1_000_000);
         let Some(index) = OUTCOMES.iter().position(|o| *o == outcome) else {
             return;
         };
@@ -100,6 +105,7 @@ impl Activity {
                     last_received: None,
                     last_accepted: None,
                     refusing: None,
+                    last_accepted_us: None,
                 },
             );
         }
@@ -119,13 +125,14 @@ impl Activity {
         ring.last_received = Some(now);
         if ACKED.contains(&outcome) {
             ring.last_accepted = Some(now);
+            ring.last_accepted_us = Some(now_us);
         } else if REFUSED.contains(&outcome) {
-            let first = ring.refusing.map_or(now, |(first, _)| first);
-            ring.refusing = Some((first, now));
+            let first = ring.refusing.map_or(now_us, |(first, _)| first);
+            ring.refusing = Some((first, now_us));
         }
     }
 
-    /// Each source's refusal window (first and last refusal, Unix seconds) and
+    /// Each source's refusal window (first and last refusal) and
     /// last acked webhook, for the ledger; a window an acked webhook has closed
     /// is handed over one last time and forgotten.
     pub(crate) fn take_refusals(&self) -> Vec<Refusing> {
@@ -137,15 +144,15 @@ impl Activity {
             .iter_mut()
             .map(|(source, ring)| {
                 let window = ring.refusing;
-                if let (Some((_, last)), Some(accepted)) = (window, ring.last_accepted)
-                    && accepted >= last
+                if let (Some((_, last)), Some(accepted)) = (window, ring.last_accepted_us)
+                    && accepted > last
                 {
                     ring.refusing = None;
                 }
                 Refusing {
                     source: source.clone(),
                     window,
-                    last_accepted: ring.last_accepted,
+                    last_accepted: ring.last_accepted_us,
                 }
             })
             .collect()
@@ -198,9 +205,9 @@ mod tests {
     fn counts_fall_out_of_the_hour_and_the_day_as_time_passes() {
         let activity = Activity::default();
         let start = 1_800_000_000;
-        activity.record("cc", "accepted", start);
-        activity.record("cc", "unauthorized", start + 30 * 60);
-        activity.record("cc", "unauthorized", start + 90 * 60);
+        activity.record("cc", "accepted", (start) * 1_000_000);
+        activity.record("cc", "unauthorized", (start + 30 * 60) * 1_000_000);
+        activity.record("cc", "unauthorized", (start + 90 * 60) * 1_000_000);
 
         let now = start + 100 * 60;
         let summary = activity.summary("cc", now);
@@ -214,7 +221,7 @@ mod tests {
         let next_day = activity.summary("cc", start + MINUTES as i64 * 60 + 60);
         assert_eq!(next_day.last_day["accepted"], 0, "a day later it is gone");
         // A slot reused a day later starts from zero.
-        activity.record("cc", "accepted", start + MINUTES as i64 * 60);
+        activity.record("cc", "accepted", (start + MINUTES as i64 * 60) * 1_000_000);
         let summary = activity.summary("cc", start + MINUTES as i64 * 60);
         assert_eq!(summary.last_hour["accepted"], 1);
     }
@@ -222,22 +229,26 @@ mod tests {
     #[test]
     fn refusals_make_one_window_until_a_webhook_is_acked_again() {
         let activity = Activity::default();
-        activity.record("cc", "accepted", 10);
-        activity.record("cc", "unauthorized", 20);
-        activity.record("cc", "unavailable", 25);
-        activity.record("cc", "too_large", 26);
+        activity.record("cc", "accepted", (10) * 1_000_000);
+        activity.record("cc", "unauthorized", (20) * 1_000_000);
+        activity.record("cc", "unavailable", (25) * 1_000_000);
+        activity.record("cc", "too_large", (26) * 1_000_000);
         let taken = activity.take_refusals();
-        assert_eq!(taken[0].window, Some((20, 25)));
-        assert_eq!(taken[0].last_accepted, Some(10));
+        assert_eq!(taken[0].window, Some((20_000_000, 25_000_000)));
+        assert_eq!(taken[0].last_accepted, Some(10_000_000));
         assert_eq!(
             activity.take_refusals()[0].window,
-            Some((20, 25)),
+            Some((20_000_000, 25_000_000)),
             "still open"
         );
-        activity.record("cc", "accepted", 30);
+        activity.record("cc", "accepted", (30) * 1_000_000);
         let closed = activity.take_refusals();
-        assert_eq!(closed[0].window, Some((20, 25)), "handed over once more");
-        assert_eq!(closed[0].last_accepted, Some(30));
+        assert_eq!(
+            closed[0].window,
+            Some((20_000_000, 25_000_000)),
+            "handed over once more"
+        );
+        assert_eq!(closed[0].last_accepted, Some(30_000_000));
         assert_eq!(activity.take_refusals()[0].window, None);
     }
 

@@ -404,7 +404,7 @@ fn count(ingress: &Ingress, source: &Source, outcome: &str) {
         .inc();
     ingress
         .activity
-        .record(name, outcome, crate::clock::now_micros() / 1_000_000);
+        .record(name, outcome, crate::clock::now_micros());
 }
 
 /// A request that passed the checks that come before storing it: from an

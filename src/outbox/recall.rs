@@ -440,6 +440,14 @@ impl Recall {
         Ok(!rows.is_empty())
     }
 
+    /// Gives the lead of `name` up, if `owner` holds it: another relay takes it
+    /// at its next beat instead of when the lead would have passed.
+    pub(crate) async fn release(&self, name: &str, owner: &str) -> Result<(), OutboxError> {
+        self.one(statement(sql::RELEASE_LEAD, vec![text(name), text(owner)]))
+            .await
+            .map(|_| ())
+    }
+
     /// At most `limit` subjects of `source` whose last published event is older
     /// than `before_us` (and not older than `since_us`) with no final status,
     /// that were not asked about since `asked_since_us`; longest stuck first.

@@ -248,3 +248,17 @@ impl Drop for WriteLock {
         }
     }
 }
+
+/// Records a relay's beat at `at_us` in the outbox's recovery ledger, creating
+/// the outbox if need be: a relay started after it sees the time since as a gap.
+pub async fn beat_at(config: &Config, at_us: i64) -> Result<(), OutboxError> {
+    let metrics = Arc::new(crate::metrics::Metrics::new().map_err(|e| {
+        OutboxError::Storage(super::Fault::new(super::FaultKind::Other, e.to_string()))
+    })?);
+    let outbox = super::serve(config.outbox_url.expose(), metrics, super::Options::default()).await?;
+    super::recall::Recall::new(outbox.operate)
+        .beat(at_us, 5_000_000, 15_000_000, &[], &[], &[])
+        .await?;
+    outbox.pipe.close().await;
+    Ok(())
+}

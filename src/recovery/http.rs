@@ -1,11 +1,21 @@
 //! Sends a provider's [`ApiRequest`] and reads its answer, bounded: one request
 //! takes at most [`TIMEOUT`], an answer at most [`MAX_ANSWER`] bytes, and no
 //! redirect is followed (it would carry the credentials elsewhere).
+//!
+//! hyper's client with hyper-rustls rather than reqwest: reqwest's TLS needs a
+//! process-wide rustls provider (or aws-lc), and the relay's other reqwest uses
+//! (`hookrelay sample`, OTLP export) would then need one installed too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client as Hyper;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 use crate::providers::api::{ApiError, ApiRequest};
 
@@ -22,13 +32,13 @@ pub(crate) struct Answer {
     /// Headers.
     pub(crate) headers: HeaderMap,
     /// Body, at most [`MAX_ANSWER`] bytes.
-    pub(crate) body: Vec<u8>,
+    pub(crate) body: Bytes,
 }
 
 /// The HTTP client of recovery: TLS with the system's roots, on rustls' ring
 /// provider (the one the broker and PostgreSQL links use).
 #[derive(Clone)]
-pub(crate) struct Client(reqwest::Client);
+pub(crate) struct Client(Hyper<HttpsConnector<HttpConnector>, Full<Bytes>>);
 
 impl Client {
     /// A client, or why none could be made.
@@ -45,15 +55,15 @@ impl Client {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("hookrelay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map(Self)
-            .map_err(|e| e.to_string())
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Self(Hyper::builder(TokioExecutor::new()).build(connector)))
     }
 
     /// Sends `request` to `base_url`; a failure to get an answer is transient.
@@ -63,36 +73,51 @@ impl Client {
         request: &ApiRequest,
     ) -> Result<Answer, ApiError> {
         let url = format!("{base_url}{}", request.path);
-        let method = match request.method {
-            "GET" => reqwest::Method::GET,
-            _ => reqwest::Method::POST,
+        let unreachable =
+            |e: &dyn std::fmt::Display| ApiError::Transient(format!("cannot reach the provider at {url}: {e}"));
+        let method = if request.method == "GET" {
+            Method::GET
+        } else {
+            Method::POST
         };
-        let mut builder = self.0.request(method, &url);
+        let mut built = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("user-agent", concat!("hookrelay/", env!("CARGO_PKG_VERSION")));
         for (name, value) in &request.headers {
-            builder = builder.header(*name, value);
+            let name = HeaderName::from_static(name);
+            let value = HeaderValue::from_str(value).map_err(|e| unreachable(&e))?;
+            built = built.header(name, value);
         }
-        if !request.body.is_empty() {
-            builder = builder.body(request.body.clone());
-        }
-        let unreachable = |e: reqwest::Error| {
-            ApiError::Transient(format!("cannot reach the provider at {url}: {e}"))
+        let built = built
+            .body(Full::new(Bytes::from(request.body.clone())))
+            .map_err(|e| unreachable(&e))?;
+        let exchange = async {
+            let response = self.0.request(built).await.map_err(|e| unreachable(&e))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| {
+                    ApiError::Transient(format!(
+                        "cannot read the provider's answer from {url} (at most {MAX_ANSWER} bytes): {e}"
+                    ))
+                })?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
         };
-        let mut response = builder.send().await.map_err(unreachable)?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(ApiError::Transient(format!(
-                    "the provider's answer from {url} is larger than {MAX_ANSWER} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                ApiError::Transient(format!(
+                    "the provider at {url} did not answer within {} s",
+                    TIMEOUT.as_secs()
+                ))
+            })?
     }
 }

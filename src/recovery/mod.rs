@@ -45,10 +45,15 @@ pub(crate) const BEAT: Duration = Duration::from_secs(5);
 /// of a busy relay is no gap).
 const STALE: Duration = Duration::from_secs(15);
 
-/// How long a lead lasts unless renewed.
+/// The name of recovery's lead in the ledger.
+const LEAD: &str = "recovery";
+
+/// How long a lead lasts unless renewed (a relay killed while leading holds
+/// recovery up this long).
 const LEAD_FOR: Duration = Duration::from_secs(30);
 
-/// How often the leader looks for stuck subjects.
+/// How often the leader looks for stuck subjects, at most (a source whose
+/// `stuck_after` is shorter is looked at as often, down to every beat).
 const STUCK_EVERY: Duration = Duration::from_secs(60);
 
 /// Failed attempts after which a gap is given up on (about half a day with the
@@ -280,13 +285,32 @@ impl Recovery {
         let mut ticks = tokio::time::interval(BEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_stuck_round = None::<tokio::time::Instant>;
+        let stuck_every = self
+            .sources
+            .values()
+            .map(|source| source.config.stuck_after)
+            .min()
+            .unwrap_or(STUCK_EVERY)
+            .clamp(BEAT, STUCK_EVERY);
         let failures = crate::telemetry::Throttle::new(Duration::from_secs(60));
         loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+            let stopping = tokio::select! {
+                _ = ticks.tick() => false,
+                _ = stop.wait_for(|stop| *stop) => true,
+            };
+            if stopping {
+                // The refusal windows seen since the last beat are recorded
+                // before the relay goes: a restart (a rotated secret) is often
+                // what ends them.
+                if let Err(e) = self.beat(&activity, now_micros()).await {
+                    tracing::warn!(error = %e, "the last beat before stopping was not recorded");
+                }
+                if let Err(e) = self.recall.release(LEAD, &self.owner).await {
+                    tracing::warn!(error = %e, "the lead of recovery was not given up: another relay takes it when it passes");
+                }
+                return;
             }
-            let stuck_due = last_stuck_round.is_none_or(|at| at.elapsed() >= STUCK_EVERY);
+            let stuck_due = last_stuck_round.is_none_or(|at| at.elapsed() >= stuck_every);
             if let Err(e) = self.tick(&activity, stuck_due).await {
                 if let Some(left_out) = failures.allow() {
                     tracing::warn!(error = %e, left_out,
@@ -300,26 +324,50 @@ impl Recovery {
 
     async fn tick(&self, activity: &Activity, stuck_due: bool) -> Result<(), OutboxError> {
         let now_us = now_micros();
+        self.beat(activity, now_us).await?;
+        let gaps = self.recall.gaps(None, now_us - DAY_US, GAPS_READ).await?;
+        self.export_gap_seconds(&gaps, now_us);
+        if !self
+            .recall
+            .lead(LEAD, &self.owner, now_us, micros(LEAD_FOR))
+            .await?
+        {
+            return Ok(());
+        }
+        for gap in gaps {
+            if gap.state == gap_state::PENDING && gap.next_try_us <= now_us {
+                self.settle(gap, false).await?;
+            }
+        }
+        if stuck_due && self.store.is_some() {
+            for source in self.sources.values() {
+                if mode(source).0 == RecoverMode::Auto {
+                    self.ask_stuck(source, 0, now_us, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records this relay's beat and the refusal windows it saw.
+    async fn beat(&self, activity: &Activity, now_us: i64) -> Result<(), OutboxError> {
         let taken = activity.take_refusals();
         let refusals: Vec<Refusals> = taken
             .iter()
             .filter_map(|refusing| {
-                let (first, last) = refusing.window?;
+                let (first_us, last_us) = refusing.window?;
                 Some(Refusals {
                     source: refusing.source.clone(),
                     // One beat before the first refusal, as for a `down` gap.
-                    first_us: first * 1_000_000 - micros(BEAT),
-                    last_us: last * 1_000_000 + 999_999,
+                    first_us: first_us - micros(BEAT),
+                    last_us,
                 })
             })
             .collect();
         let accepted: Vec<(String, i64)> = taken
             .iter()
             .filter_map(|refusing| {
-                Some((
-                    refusing.source.clone(),
-                    refusing.last_accepted? * 1_000_000 + 999_999,
-                ))
+                Some((refusing.source.clone(), refusing.last_accepted?))
             })
             .collect();
         let names: Vec<String> = self.sources.keys().cloned().collect();
@@ -340,27 +388,6 @@ impl Recovery {
                 seconds = (now_us - last) / 1_000_000,
                 "no relay was up since the last beat: a gap is recorded for every source (docs/recovery.md)"
             );
-        }
-        let gaps = self.recall.gaps(None, now_us - DAY_US, GAPS_READ).await?;
-        self.export_gap_seconds(&gaps, now_us);
-        if !self
-            .recall
-            .lead("recovery", &self.owner, now_us, micros(LEAD_FOR))
-            .await?
-        {
-            return Ok(());
-        }
-        for gap in gaps {
-            if gap.state == gap_state::PENDING && gap.next_try_us <= now_us {
-                self.settle(gap, false).await?;
-            }
-        }
-        if stuck_due && self.store.is_some() {
-            for source in self.sources.values() {
-                if mode(source).0 == RecoverMode::Auto {
-                    self.ask_stuck(source, 0, now_us, false).await?;
-                }
-            }
         }
         Ok(())
     }

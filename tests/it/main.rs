@@ -31,5 +31,6 @@ mod pipe;
 mod provider_fuzz;
 mod providers;
 mod replicas;
+mod recovery;
 mod sequence;
 mod topology;

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod broker;
+pub mod ccpayment;
 pub mod cluster;
 pub mod fixtures;
 pub mod load;
@@ -20,6 +21,7 @@ pub mod schema;
 
 pub use app::*;
 pub use broker::*;
+pub use ccpayment::*;
 pub use cluster::*;
 pub use fixtures::*;
 pub use load::*;
