@@ -195,7 +195,8 @@ pub(crate) const LEAD: &str = "INSERT INTO hr_lead (name, owner, until_us) VALUE
      WHERE hr_lead.owner = excluded.owner OR hr_lead.until_us < ?4 RETURNING owner";
 
 /// Gives lead `?1` up, if owner `?2` holds it.
-pub(crate) const RELEASE_LEAD: &str = "UPDATE hr_lead SET until_us = 0 WHERE name = ?1 AND owner = ?2";
+pub(crate) const RELEASE_LEAD: &str =
+    "UPDATE hr_lead SET until_us = 0 WHERE name = ?1 AND owner = ?2";
 
 /// The subjects of source `?1` last published before `?2` (and at `?5` or
 /// later) with no final status, not asked about since `?3`; at most `?4`.

@@ -255,7 +255,12 @@ pub async fn beat_at(config: &Config, at_us: i64) -> Result<(), OutboxError> {
     let metrics = Arc::new(crate::metrics::Metrics::new().map_err(|e| {
         OutboxError::Storage(super::Fault::new(super::FaultKind::Other, e.to_string()))
     })?);
-    let outbox = super::serve(config.outbox_url.expose(), metrics, super::Options::default()).await?;
+    let outbox = super::serve(
+        config.outbox_url.expose(),
+        metrics,
+        super::Options::default(),
+    )
+    .await?;
     super::recall::Recall::new(outbox.operate)
         .beat(at_us, 5_000_000, 15_000_000, &[], &[], &[])
         .await?;

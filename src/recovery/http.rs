@@ -73,17 +73,18 @@ impl Client {
         request: &ApiRequest,
     ) -> Result<Answer, ApiError> {
         let url = format!("{base_url}{}", request.path);
-        let unreachable =
-            |e: &dyn std::fmt::Display| ApiError::Transient(format!("cannot reach the provider at {url}: {e}"));
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ApiError::Transient(format!("cannot reach the provider at {url}: {e}"))
+        };
         let method = if request.method == "GET" {
             Method::GET
         } else {
             Method::POST
         };
-        let mut built = Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("user-agent", concat!("hookrelay/", env!("CARGO_PKG_VERSION")));
+        let mut built = Request::builder().method(method).uri(&url).header(
+            "user-agent",
+            concat!("hookrelay/", env!("CARGO_PKG_VERSION")),
+        );
         for (name, value) in &request.headers {
             let name = HeaderName::from_static(name);
             let value = HeaderValue::from_str(value).map_err(|e| unreachable(&e))?;
@@ -111,13 +112,11 @@ impl Client {
                 body,
             })
         };
-        tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .map_err(|_| {
-                ApiError::Transient(format!(
-                    "the provider at {url} did not answer within {} s",
-                    TIMEOUT.as_secs()
-                ))
-            })?
+        tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| {
+            ApiError::Transient(format!(
+                "the provider at {url} did not answer within {} s",
+                TIMEOUT.as_secs()
+            ))
+        })?
     }
 }

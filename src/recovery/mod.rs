@@ -366,9 +366,7 @@ impl Recovery {
             .collect();
         let accepted: Vec<(String, i64)> = taken
             .iter()
-            .filter_map(|refusing| {
-                Some((refusing.source.clone(), refusing.last_accepted?))
-            })
+            .filter_map(|refusing| Some((refusing.source.clone(), refusing.last_accepted?)))
             .collect();
         let names: Vec<String> = self.sources.keys().cloned().collect();
         if let Some(last) = self

@@ -30,7 +30,7 @@ mod outbox_cli;
 mod pipe;
 mod provider_fuzz;
 mod providers;
-mod replicas;
 mod recovery;
+mod replicas;
 mod sequence;
 mod topology;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::admin::Admin;
 use crate::support::*;
 
 const SECRET: &str = "cc_recovery_secret";
@@ -104,7 +105,9 @@ async fn a_relay_down_longer_than_recover_after_has_the_missed_webhooks_resent_o
         .await;
     fake.deliver_to(&app.relay.url("cc"));
     for n in 1..=3 {
-        let status = fake.send(cc_deposit(&format!("before-{n}"), "Success")).await;
+        let status = fake
+            .send(cc_deposit(&format!("before-{n}"), "Success"))
+            .await;
         assert_eq!(status, Some(200));
     }
     app.relay.kill9();
@@ -116,9 +119,11 @@ async fn a_relay_down_longer_than_recover_after_has_the_missed_webhooks_resent_o
     tokio::time::sleep(Duration::from_secs(17)).await;
     // The relay listens on the port it had: the provider keeps its URL.
     app.relay = Relay::start(&app.config);
-    wait_until("the missed webhooks are resent and acked", Duration::from_secs(30), async || {
-        fake.sent().iter().all(|sent| sent.delivered)
-    })
+    wait_until(
+        "the missed webhooks are resent and acked",
+        Duration::from_secs(30),
+        async || fake.sent().iter().all(|sent| sent.delivered),
+    )
     .await;
     let delivered = records(&app.consumer.collect(7, Duration::from_secs(3)).await);
     let counts = count_by_subject(&delivered);
@@ -126,12 +131,19 @@ async fn a_relay_down_longer_than_recover_after_has_the_missed_webhooks_resent_o
         assert_eq!(counts.get(&format!("down-{n}")), Some(&1), "{delivered:?}");
         assert!(counts.contains_key(&format!("before-{n}")), "{delivered:?}");
     }
-    assert!(delivered.iter().all(|(_, _, recovered)| !recovered), "resent webhooks are webhooks");
+    assert!(
+        delivered.iter().all(|(_, _, recovered)| !recovered),
+        "resent webhooks are webhooks"
+    );
     let resends = fake.resends();
     assert_eq!(resends.len(), 1, "{resends:?}");
     assert_eq!(resends[0].code, 10000);
     let report = recover(&app.config, &["--source", "cc", "--dry-run"]);
-    assert_eq!(report["gaps"], serde_json::json!([]), "nothing is left to ask for: {report}");
+    assert_eq!(
+        report["gaps"],
+        serde_json::json!([]),
+        "nothing is left to ask for: {report}"
+    );
     let recovered = app
         .relay
         .metric(r#"hookrelay_recovery_gaps_total{outcome="recovered",source="cc"}"#)
@@ -153,8 +165,14 @@ async fn a_refused_window_after_a_secret_rotation_is_recovered_once_the_new_secr
     assert_eq!(fake.send(cc_deposit("kept-1", "Success")).await, Some(200));
     fake.rotate_secret(ROTATED);
     for n in 1..=2 {
-        let status = fake.send(cc_deposit(&format!("rotated-{n}"), "Success")).await;
-        assert_eq!(status, Some(401), "signed with a secret the relay does not know");
+        let status = fake
+            .send(cc_deposit(&format!("rotated-{n}"), "Success"))
+            .await;
+        assert_eq!(
+            status,
+            Some(401),
+            "signed with a secret the relay does not know"
+        );
     }
     // The operator sets the new secret and restarts the relay: its last beat
     // records the refusals.
@@ -167,9 +185,11 @@ async fn a_refused_window_after_a_secret_rotation_is_recovered_once_the_new_secr
     app.relay = Relay::start(&app.config);
     // The first webhook the relay acks again closes the refusal window.
     assert_eq!(fake.send(cc_deposit("after-1", "Success")).await, Some(200));
-    wait_until("the refused webhooks are resent and acked", Duration::from_secs(30), async || {
-        fake.sent().iter().all(|sent| sent.delivered)
-    })
+    wait_until(
+        "the refused webhooks are resent and acked",
+        Duration::from_secs(30),
+        async || fake.sent().iter().all(|sent| sent.delivered),
+    )
     .await;
     let delivered = records(&app.consumer.collect(5, Duration::from_secs(3)).await);
     let counts = count_by_subject(&delivered);
@@ -178,7 +198,251 @@ async fn a_refused_window_after_a_secret_rotation_is_recovered_once_the_new_secr
     assert_eq!(fake.resends().len(), 1, "{:?}", fake.resends());
 }
 
+/// A relay config of the test's own (its folder, exchange and outbox) with a
+/// CCPayment source on `fake`, whose outbox last saw a relay `ago`: a relay
+/// started on it sees a `down` gap that long.
+async fn after_silence(
+    backend: Backend,
+    test: &str,
+    fake: &FakeCcpayment,
+    extra: &[(&str, &str)],
+    ago: Duration,
+) -> (RelayConfig, TestExchange, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = TestExchange::new(test);
+    let mut config = RelayConfig::on(backend, &exchange, dir.path());
+    config.env.extend(cc_source(fake, SECRET, extra));
+    let last_beat = unix_micros() - i64::try_from(ago.as_micros()).expect("micros");
+    hookrelay::testing::beat_at(&config.relay_config(), last_beat)
+        .await
+        .expect("a beat in the ledger");
+    (config, exchange, dir)
+}
+
+async fn a_gap_longer_than_the_providers_window_is_split_and_paced(backend: Backend) {
+    let fake = FakeCcpayment::start(SECRET).await;
+    let two_and_a_half_hours = Duration::from_secs(9000);
+    let (config, _exchange, _dir) =
+        after_silence(backend, "recovery_split", &fake, &[], two_and_a_half_hours).await;
+    let _relay = Relay::start(&config);
+    wait_until(
+        "the first window is asked for",
+        Duration::from_secs(15),
+        async || !fake.resends().is_empty(),
+    )
+    .await;
+    // One call a minute: the next windows wait.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let resends = fake.resends();
+    assert_eq!(resends.len(), 1, "paced: {resends:?}");
+    let (from, until) = resends[0].window;
+    assert_eq!(until - from, 3600, "the provider's longest window");
+    let report = recover(&config, &["--source", "cc", "--dry-run"]);
+    let gap = &report["gaps"][0];
+    assert_eq!(gap["state"], "pending", "{report}");
+    let windows = gap["windows"].as_array().expect("windows");
+    assert_eq!(windows.len(), 2, "the rest of the gap: {report}");
+    assert_eq!(
+        windows[0][0], until,
+        "the next window starts where the first ended"
+    );
+    assert!(report["next_resend_at"].is_string(), "when: {report}");
+    assert_eq!(fake.resends().len(), 1, "a dry run asks nothing");
+}
+
+async fn a_stuck_subject_is_asked_about_once_and_its_recovered_event_dedupes_with_the_webhook(
+    backend: Backend,
+) {
+    let fake = FakeCcpayment::start(SECRET).await;
+    let app = TestApp::build(backend, "recovery_stuck")
+        .binding("ccpayment.#")
+        .envs(cc_source(&fake, SECRET, &[("STUCK_AFTER", "2s")]))
+        .start()
+        .await;
+    fake.deliver_to(&app.relay.url("cc"));
+    let record = |id: &str| {
+        format!(
+            r#"{{"recordId":"{id}","orderId":"o-{id}","coinId":1280,"coinSymbol":"USDT","amount":"10.000000000000000001","status":"Success","isFlaggedAsRisky":false,"txId":"0xabc"}}"#
+        )
+    };
+    let mut consumer = app.consumer;
+
+    // The recovered event first, the late webhook second.
+    fake.set_record("early", &record("early"));
+    assert_eq!(
+        fake.send(cc_deposit("early", "Processing")).await,
+        Some(200)
+    );
+    let first = records(&consumer.collect(2, Duration::from_secs(20)).await);
+    assert_eq!(
+        first,
+        [
+            ("early".to_owned(), "processing".to_owned(), false),
+            ("early".to_owned(), "succeeded".to_owned(), true),
+        ]
+    );
+    assert_eq!(fake.send(cc_deposit("early", "Success")).await, Some(200));
+    assert!(
+        consumer.next(Duration::from_secs(3)).await.is_none(),
+        "the late webhook is a duplicate of the recovered event"
+    );
+
+    // The webhook first, the recovered event second: the answer comes late.
+    fake.set_record("late", &record("late"));
+    fake.delay_lookups(Duration::from_secs(4));
+    assert_eq!(fake.send(cc_deposit("late", "Processing")).await, Some(200));
+    assert!(consumer.next(Duration::from_secs(5)).await.is_some());
+    wait_until(
+        "the stuck subject is asked about",
+        Duration::from_secs(20),
+        async || fake.lookups("late") == 1,
+    )
+    .await;
+    assert_eq!(fake.send(cc_deposit("late", "Success")).await, Some(200));
+    let late = records(&consumer.collect(2, Duration::from_secs(8)).await);
+    assert_eq!(late, [("late".to_owned(), "succeeded".to_owned(), false)]);
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(fake.lookups("early"), 1, "asked once");
+    assert_eq!(fake.lookups("late"), 1, "asked once");
+    assert_eq!(
+        app.relay
+            .metric(r#"hookrelay_recovered_events_total{source="cc"}"#)
+            .await,
+        1.0
+    );
+}
+
+async fn an_answer_with_a_bad_signature_or_an_error_is_never_trusted_and_is_asked_again_later(
+    backend: Backend,
+) {
+    for (answers, outcome) in [
+        (Answers::BadSignature, "untrusted"),
+        (Answers::ServerError, "failed"),
+    ] {
+        let fake = FakeCcpayment::start(SECRET).await;
+        fake.answer(answers);
+        fake.deliver_to("http://127.0.0.1:9/unused");
+        let (config, _exchange, _dir) = after_silence(
+            backend,
+            "recovery_untrusted",
+            &fake,
+            &[],
+            Duration::from_secs(600),
+        )
+        .await;
+        let relay = Relay::start(&config);
+        let counted = format!(
+            r#"hookrelay_recovery_requests_total{{kind="resend",outcome="{outcome}",source="cc"}}"#
+        );
+        wait_until(
+            "the failed answer is counted",
+            Duration::from_secs(15),
+            async || relay.metric(&counted).await == 1.0,
+        )
+        .await;
+        let report = recover(&config, &["--source", "cc", "--dry-run"]);
+        let gap = &report["gaps"][0];
+        assert_eq!(gap["state"], "pending", "asked again later: {report}");
+        assert_eq!(gap["windows"].as_array().map(Vec::len), Some(1), "{report}");
+        assert!(
+            gap["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("resend of")),
+            "{report}"
+        );
+        assert_eq!(
+            relay
+                .metric(r#"hookrelay_source_gap_seconds{source="cc"}"#)
+                .await
+                .round(),
+            605.0,
+            "the gap is still missing"
+        );
+    }
+}
+
+async fn a_dry_run_asks_nothing_and_the_real_run_asks_once(backend: Backend) {
+    let fake = FakeCcpayment::start(SECRET).await;
+    fake.deliver_to("http://127.0.0.1:9/unused");
+    let (config, _exchange, _dir) = after_silence(
+        backend,
+        "recovery_manual",
+        &fake,
+        &[("RECOVER", "manual")],
+        Duration::from_secs(600),
+    )
+    .await;
+    let relay = Relay::start(&config);
+    wait_until(
+        "the gap waits for an operator",
+        Duration::from_secs(15),
+        async || recover(&config, &["--source", "cc", "--dry-run"])["gaps"][0]["state"] == "manual",
+    )
+    .await;
+    let api = Admin::of(&relay)
+        .post_json(
+            "/api/v1/recover",
+            &serde_json::json!({ "source": "cc", "dry_run": true }),
+        )
+        .await;
+    assert_eq!(api.status, 200, "{}", api.body);
+    let report = api.json();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["recover"], "manual");
+    assert_eq!(
+        report["gaps"][0]["windows"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert!(fake.resends().is_empty(), "a dry run asks nothing");
+    let asked = recover(&config, &["--source", "cc"]);
+    assert_eq!(asked["gaps"][0]["state"], "recovered", "{asked}");
+    assert_eq!(fake.resends().len(), 1);
+    let again = recover(&config, &["--source", "cc"]);
+    assert_eq!(
+        again["gaps"],
+        serde_json::json!([]),
+        "nothing left: {again}"
+    );
+    assert_eq!(fake.resends().len(), 1, "asked once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgresql_outbox_make_one_call() {
+    let fake = FakeCcpayment::start(SECRET).await;
+    fake.deliver_to("http://127.0.0.1:9/unused");
+    let (config, _exchange, _dir) = after_silence(
+        Backend::Postgres,
+        "recovery_replicas",
+        &fake,
+        &[],
+        Duration::from_secs(600),
+    )
+    .await;
+    let one = Relay::start(&config);
+    let two = Relay::start(&config);
+    wait_until(
+        "the gap is asked for",
+        Duration::from_secs(15),
+        async || !fake.resends().is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(fake.resends().len(), 1, "{:?}", fake.resends());
+    let gaps = one
+        .metric(r#"hookrelay_recovery_gaps_total{outcome="recovered",source="cc"}"#)
+        .await
+        + two
+            .metric(r#"hookrelay_recovery_gaps_total{outcome="recovered",source="cc"}"#)
+            .await;
+    assert_eq!(gaps, 1.0, "one replica settled the gap");
+}
+
 crate::on_both_backends!(
     a_relay_down_longer_than_recover_after_has_the_missed_webhooks_resent_once,
     a_refused_window_after_a_secret_rotation_is_recovered_once_the_new_secret_is_set,
+    a_gap_longer_than_the_providers_window_is_split_and_paced,
+    a_stuck_subject_is_asked_about_once_and_its_recovered_event_dedupes_with_the_webhook,
+    an_answer_with_a_bad_signature_or_an_error_is_never_trusted_and_is_asked_again_later,
+    a_dry_run_asks_nothing_and_the_real_run_asks_once,
 );

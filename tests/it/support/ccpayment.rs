@@ -212,18 +212,23 @@ async fn deliver(relay: &str, secret: &str, body: &str) -> Option<u16> {
     Some(response.status().as_u16())
 }
 
-/// Checks a call's signature and timestamp as CCPayment does; the error answer
-/// when they fail.
-fn check(state: &FakeState, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
-    let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+/// Checks a call's signature and timestamp as CCPayment does; the error code
+/// and name when they fail.
+fn check(state: &FakeState, headers: &HeaderMap, body: &[u8]) -> Result<(), (i64, &'static str)> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
     if header("appid") != CC_APP_ID
         || header("sign") != sign(&state.secret, header("timestamp"), body)
     {
-        return Err(envelope(state, 11005, "VerifySignFailed", "null"));
+        return Err((11005, "VerifySignFailed"));
     }
     match header("timestamp").parse::<i64>() {
         Ok(at) if (now() - at).abs() <= 120 => Ok(()),
-        _ => Err(envelope(state, 11006, "ReqExpired", "null")),
+        _ => Err((11006, "ReqExpired")),
     }
 }
 
@@ -257,8 +262,8 @@ async fn resend(
 ) -> Response {
     let (response, resent, relay, secret) = {
         let mut fake = state.lock().expect("fake state");
-        if let Err(refused) = check(&fake, &headers, &body) {
-            return refused;
+        if let Err((code, name)) = check(&fake, &headers, &body) {
+            return envelope(&fake, code, name, "null");
         }
         let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let window = (
@@ -317,8 +322,8 @@ async fn record(
 ) -> Response {
     let delay = {
         let mut fake = state.lock().expect("fake state");
-        if let Err(refused) = check(&fake, &headers, &body) {
-            return refused;
+        if let Err((code, name)) = check(&fake, &headers, &body) {
+            return envelope(&fake, code, name, "null");
         }
         let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let id = asked["recordId"].as_str().unwrap_or("").to_owned();
@@ -329,7 +334,12 @@ async fn record(
     let fake = state.lock().expect("fake state");
     let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     match fake.records.get(asked["recordId"].as_str().unwrap_or("")) {
-        Some(record) => envelope(&fake, 10000, "success", &format!(r#"{{"record":{record}}}"#)),
+        Some(record) => envelope(
+            &fake,
+            10000,
+            "success",
+            &format!(r#"{{"record":{record}}}"#),
+        ),
         None => envelope(&fake, 11003, "NotFound", "null"),
     }
 }

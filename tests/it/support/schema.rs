@@ -145,6 +145,13 @@ pub fn message_errors(delivery: &Delivery) -> Vec<String> {
             "header stale is {got:?}, the attribute stale is {stale}"
         )),
     }
+    let recovered = envelope.get("recovered") == Some(&Value::Bool(true));
+    match (headers.get("recovered"), recovered) {
+        (None, false) | (Some(AMQPValue::Boolean(true)), true) => {}
+        (got, _) => errors.push(format!(
+            "header recovered is {got:?}, the attribute recovered is {recovered}"
+        )),
+    }
     let traceparent = header(delivery, "traceparent").unwrap_or_default();
     if !is_traceparent(&traceparent) {
         errors.push(format!(
