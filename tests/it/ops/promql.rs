@@ -268,6 +268,14 @@ fn alert_rules_cover_the_failure_modes_the_issue_lists() {
             "HookrelayOutboxFenceHeld",
             "hookrelay_outbox_fence_wait_seconds",
         ),
+        (
+            "HookrelayGapUnrecovered",
+            "hookrelay_recovery_gaps_total{outcome=~\"unrecovered|manual\"}",
+        ),
+        (
+            "HookrelayRecoveryFailing",
+            "hookrelay_recovery_requests_total{outcome=~\"refused|untrusted\"}",
+        ),
     ] {
         let rule = by_name
             .get(alert)
