@@ -440,6 +440,19 @@ impl Recall {
         Ok(!rows.is_empty())
     }
 
+    /// Forgets the calls and the settled gaps older than `before_us`; how many
+    /// rows went.
+    pub(crate) async fn forget(&self, before_us: i64) -> Result<usize, OutboxError> {
+        let results = self
+            .ledger
+            .transact(vec![
+                statement(sql::FORGET_CALLS, vec![Value::Int(before_us)]),
+                statement(sql::FORGET_GAPS, vec![Value::Int(before_us)]),
+            ])
+            .await?;
+        Ok(results.iter().map(Vec::len).sum())
+    }
+
     /// Gives the lead of `name` up, if `owner` holds it: another relay takes it
     /// at its next beat instead of when the lead would have passed.
     pub(crate) async fn release(&self, name: &str, owner: &str) -> Result<(), OutboxError> {
@@ -599,6 +612,31 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(calls.len(), 2);
         assert!(calls.iter().all(|call| call.outcome == "sent"));
+    }
+
+    #[tokio::test]
+    async fn old_calls_and_settled_gaps_are_forgotten_open_gaps_are_not() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let recall = recall(&dir).await;
+        let refusals = [Refusals {
+            source: "a".to_owned(),
+            first_us: 1,
+            last_us: 2,
+        }];
+        recall
+            .beat(MINUTE, 5_000_000, 15_000_000, &[], &refusals, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = recall.reserve("a", "resend", "", &[], 3).await;
+        assert_eq!(
+            recall.forget(MINUTE).await.ok(),
+            Some(1),
+            "the call, not the open gap"
+        );
+        assert_eq!(
+            recall.gaps(None, 0, 10).await.map(|g| g.len()).ok(),
+            Some(1)
+        );
     }
 
     #[tokio::test]

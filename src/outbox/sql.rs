@@ -194,6 +194,13 @@ pub(crate) const LEAD: &str = "INSERT INTO hr_lead (name, owner, until_us) VALUE
      ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_us = excluded.until_us \
      WHERE hr_lead.owner = excluded.owner OR hr_lead.until_us < ?4 RETURNING owner";
 
+/// Forgets the calls made before `?1`.
+pub(crate) const FORGET_CALLS: &str = "DELETE FROM hr_call WHERE called_us < ?1 RETURNING id";
+
+/// Forgets the gaps that ended before `?1` and are not open.
+pub(crate) const FORGET_GAPS: &str =
+    "DELETE FROM hr_gap WHERE until_us < ?1 AND state <> 'open' RETURNING id";
+
 /// Gives lead `?1` up, if owner `?2` holds it.
 pub(crate) const RELEASE_LEAD: &str =
     "UPDATE hr_lead SET until_us = 0 WHERE name = ?1 AND owner = ?2";

@@ -60,6 +60,12 @@ const STUCK_EVERY: Duration = Duration::from_secs(60);
 /// backoff below).
 const MAX_ATTEMPTS: i64 = 16;
 
+/// How long calls and settled gaps are kept in the ledger.
+const KEEP_LEDGER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How often the leader forgets what is older.
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
+
 /// How far back the gaps are looked at.
 const DAY_US: i64 = 24 * 3600 * 1_000_000;
 
@@ -285,6 +291,7 @@ impl Recovery {
         let mut ticks = tokio::time::interval(BEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_stuck_round = None::<tokio::time::Instant>;
+        let mut last_forget = None::<tokio::time::Instant>;
         let stuck_every = self
             .sources
             .values()
@@ -318,6 +325,19 @@ impl Recovery {
                 }
             } else if stuck_due {
                 last_stuck_round = Some(tokio::time::Instant::now());
+            }
+            if last_forget.is_none_or(|at| at.elapsed() >= FORGET_EVERY) {
+                last_forget = Some(tokio::time::Instant::now());
+                match self.recall.forget(now_micros() - micros(KEEP_LEDGER)).await {
+                    Ok(0) => {}
+                    Ok(rows) => tracing::info!(
+                        rows,
+                        "forgot the recovery ledger's calls and gaps older than 30 days"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot forget the recovery ledger's old rows; tried again in an hour")
+                    }
+                }
             }
         }
     }

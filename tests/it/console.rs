@@ -300,7 +300,58 @@ async fn an_operator_bulk_replays_dead_events_after_the_dry_run_count(backend: B
     browser.close().await.expect("close browser");
 }
 
+async fn an_operator_sees_a_gap_and_asks_the_provider_after_the_dry_run(backend: Backend) {
+    use crate::recovery::{after_silence, recover};
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let fake = FakeCcpayment::start(crate::recovery::SECRET).await;
+    fake.deliver_to("http://127.0.0.1:9/unused");
+    let (mut config, _exchange, _dir) = after_silence(
+        backend,
+        "console_recovery",
+        &fake,
+        &[("RECOVER", "manual")],
+        Duration::from_secs(600),
+    )
+    .await;
+    config
+        .env
+        .push(("HOOKRELAY_ADMIN_TOKEN".to_owned(), TOKEN.to_owned()));
+    let relay = Relay::start(&config);
+    wait_until(
+        "the gap waits for an operator",
+        Duration::from_secs(15),
+        async || recover(&config, &["--source", "cc", "--dry-run"])["gaps"][0]["state"] == "manual",
+    )
+    .await;
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = logged_in(&driver, profile.path(), &relay).await;
+    click(&browser, Locator::LinkText("Sources"), "open sources").await;
+    heading(&browser, |h| h == "Sources").await;
+    let gaps = text_of(&browser, "#gaps").await;
+    assert!(gaps.contains("cc") && gaps.contains("manual"), "{gaps}");
+    screenshot(&browser, "07-gaps").await;
+    click(&browser, Locator::Id("recover-cc"), "dry run").await;
+    let dry = text_of(&browser, "#dry-run").await;
+    assert!(dry.starts_with("Dry run for cc"), "{dry}");
+    let windows = text_of(&browser, "#report-gaps tbody tr").await;
+    assert!(windows.contains("manual"), "{windows}");
+    assert!(fake.resends().is_empty(), "the dry run asked nothing");
+    screenshot(&browser, "08-recovery-dry-run").await;
+    click(&browser, Locator::Id("confirm-recover"), "ask the provider").await;
+    let asked = text_of(&browser, "#recovered").await;
+    assert!(asked.starts_with("Asked the provider of cc"), "{asked}");
+    let settled = text_of(&browser, "#report-gaps tbody tr").await;
+    assert!(settled.contains("recovered"), "{settled}");
+    assert_eq!(fake.resends().len(), 1, "asked once");
+    screenshot(&browser, "09-recovered").await;
+    browser.close().await.expect("close browser");
+}
+
 on_both_backends!(
     an_operator_finds_an_order_from_the_keyboard_and_sees_its_late_status_flagged,
     an_operator_bulk_replays_dead_events_after_the_dry_run_count,
+    an_operator_sees_a_gap_and_asks_the_provider_after_the_dry_run,
 );

@@ -11,11 +11,15 @@ use std::time::Duration;
 use crate::support::admin::Admin;
 use crate::support::*;
 
-const SECRET: &str = "cc_recovery_secret";
+pub(crate) const SECRET: &str = "cc_recovery_secret";
 const ROTATED: &str = "cc_recovery_secret_rotated";
 
 /// A CCPayment source `cc` whose API is `fake`.
-fn cc_source(fake: &FakeCcpayment, secret: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn cc_source(
+    fake: &FakeCcpayment,
+    secret: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let mut env = vec![
         ("PROVIDER", "ccpayment"),
         ("APP_ID", CC_APP_ID),
@@ -31,7 +35,7 @@ fn cc_source(fake: &FakeCcpayment, secret: &str, extra: &[(&str, &str)]) -> Vec<
 }
 
 /// `hookrelay recover ARGS --json` on `config`'s outbox and sources.
-fn recover(config: &RelayConfig, args: &[&str]) -> serde_json::Value {
+pub(crate) fn recover(config: &RelayConfig, args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
         .arg("recover")
         .args(args)
@@ -201,7 +205,7 @@ async fn a_refused_window_after_a_secret_rotation_is_recovered_once_the_new_secr
 /// A relay config of the test's own (its folder, exchange and outbox) with a
 /// CCPayment source on `fake`, whose outbox last saw a relay `ago`: a relay
 /// started on it sees a `down` gap that long.
-async fn after_silence(
+pub(crate) async fn after_silence(
     backend: Backend,
     test: &str,
     fake: &FakeCcpayment,
