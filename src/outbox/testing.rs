@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::migrate::Version;
 use super::{Location, NewEvent, OutboxError, State};
 use crate::config::{Config, ConfigError};
-use crate::event::{EventMeta, Origin};
+use crate::event::EventMeta;
 use crate::providers::{Source, WebhookRequest};
 
 /// One webhook to store, with the state it should have reached.
@@ -125,14 +125,7 @@ fn seeded(sources: &BTreeMap<String, Source>, seed: Seed) -> Result<Seeded, Seed
         body: &seed.body,
         now: received,
     });
-    let provider = source.config.provider.as_str();
-    let origin = Origin {
-        provider,
-        source: &seed.source,
-        routing_prefix: source.provider.routing_prefix().unwrap_or(provider),
-        redact: &source.redact,
-    };
-    let mut meta = EventMeta::new(&origin, &parsed, &seed.body, received);
+    let mut meta = EventMeta::new(&source.origin(), &parsed, &seed.body, received);
     meta.verified = Some(true);
     let (state, attempts, permanent_attempts, last_error, published_at_us) = match seed.state {
         SeedState::Pending => (State::Pending, 0, 0, None, None),

@@ -172,7 +172,7 @@ fn replicas_starting_together_on_an_empty_database_migrate_it_once() {
     migrated.sort_by_key(|(_, version)| *version);
     assert_eq!(
         migrated.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
-        [1, 2, 3],
+        [1, 2, 3, 4],
         "each migration applied once: {migrated:?}"
     );
     assert!(

@@ -497,13 +497,14 @@ pub(super) const REWRITE_META: &str = "UPDATE hr_event SET meta = $2 WHERE id = 
 pub(super) const LOCK_TABLES: &str =
     "BEGIN; LOCK TABLE hr_event, hr_delivery IN ACCESS EXCLUSIVE MODE";
 
-/// Takes step 3 back out, leaving the outbox as the release before it left it
-/// (tests of its migration).
+/// Takes step 3 and the later ones back out, leaving the outbox as the release
+/// before the sequence left it (tests of its migration).
 #[cfg(feature = "testing")]
 pub(super) const UNDO_SEQUENCES: &str = "
 ALTER TABLE hr_delivery DROP COLUMN seq, DROP COLUMN stale;
 DROP TABLE hr_subject;
-DELETE FROM hr_schema WHERE version = 3;";
+DROP TABLE hr_heartbeat, hr_gap, hr_call, hr_lead;
+DELETE FROM hr_schema WHERE version >= 3;";
 
 /// The recovery ledger (`outbox/recall.rs`): the heartbeat, the gaps, the calls
 /// made to providers and the lead of recovery, with the index of unfinished

@@ -404,14 +404,18 @@ pub(super) const ROLLBACK: &str = "ROLLBACK";
 #[cfg(feature = "testing")]
 pub(super) const REWRITE_META: &str = "UPDATE events SET meta = ?2 WHERE id = ?1";
 
-/// Takes version 4 back out, leaving the outbox as the release before it left
-/// it (tests of its migration).
+/// Takes version 4 and the later ones back out, leaving the outbox as the
+/// release before the sequence left it (tests of its migration).
 #[cfg(feature = "testing")]
 pub(super) const UNDO_SEQUENCES: &str = "
 ALTER TABLE deliveries DROP COLUMN seq;
 ALTER TABLE deliveries DROP COLUMN stale;
 DROP TABLE subjects;
-DELETE FROM schema_versions WHERE version = 4;
+DROP TABLE hr_heartbeat;
+DROP TABLE hr_gap;
+DROP TABLE hr_call;
+DROP TABLE hr_lead;
+DELETE FROM schema_versions WHERE version >= 4;
 PRAGMA user_version = 3;";
 
 /// The recovery ledger (`outbox/recall.rs`): the heartbeat, the gaps, the calls

@@ -48,6 +48,8 @@ pub struct ResendCall {
     pub window: (i64, i64),
     /// The code it answered.
     pub code: i64,
+    /// When it came.
+    pub at: Instant,
 }
 
 struct FakeState {
@@ -60,6 +62,7 @@ struct FakeState {
     lookups: HashMap<String, u32>,
     lookup_delay: Duration,
     answers: Answers,
+    last_resent_ack: Option<Instant>,
 }
 
 /// The fake, serving on loopback until dropped.
@@ -108,6 +111,7 @@ impl FakeCcpayment {
             lookups: HashMap::new(),
             lookup_delay: Duration::ZERO,
             answers: Answers::Good,
+            last_resent_ack: None,
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -181,6 +185,11 @@ impl FakeCcpayment {
     /// The webhooks sent so far.
     pub fn sent(&self) -> Vec<Sent> {
         self.state().sent.clone()
+    }
+
+    /// When the relay last acked a resent webhook.
+    pub fn last_resent_ack(&self) -> Option<Instant> {
+        self.state().last_resent_ack
     }
 
     /// How often `record_id` was looked up.
@@ -280,7 +289,11 @@ async fn resend(
         } else {
             10000
         };
-        fake.resends.push(ResendCall { window, code });
+        fake.resends.push(ResendCall {
+            window,
+            code,
+            at: Instant::now(),
+        });
         if code != 10000 {
             return envelope(&fake, code, "refused", "null");
         }
@@ -309,6 +322,7 @@ async fn resend(
             let status = deliver(&relay, &secret, &body).await;
             if status.is_some_and(|s| (200..300).contains(&s)) {
                 mark_delivered(&state, &body);
+                state.lock().expect("fake state").last_resent_ack = Some(Instant::now());
             }
         }
     });
