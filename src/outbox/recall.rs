@@ -277,16 +277,7 @@ impl Recall {
         since_us: i64,
         limit: usize,
     ) -> Result<Vec<Gap>, OutboxError> {
-        let rows = self
-            .one(statement(
-                sql::GAPS,
-                vec![
-                    text(source.unwrap_or_default()),
-                    Value::Int(since_us),
-                    Value::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
-                ],
-            ))
-            .await?;
+        let rows = self.recent(sql::GAPS, source, since_us, limit).await?;
         Ok(rows
             .iter()
             .map(|row| Gap {
@@ -393,16 +384,7 @@ impl Recall {
         since_us: i64,
         limit: usize,
     ) -> Result<Vec<Call>, OutboxError> {
-        let rows = self
-            .one(statement(
-                sql::CALLS,
-                vec![
-                    text(source.unwrap_or_default()),
-                    Value::Int(since_us),
-                    Value::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
-                ],
-            ))
-            .await?;
+        let rows = self.recent(sql::CALLS, source, since_us, limit).await?;
         Ok(rows
             .iter()
             .map(|row| Call {
@@ -495,6 +477,26 @@ impl Recall {
                 },
             })
             .collect())
+    }
+
+    /// The rows of `query` (`?1` a source or empty for all, `?2` since, `?3` a
+    /// limit).
+    async fn recent(
+        &self,
+        query: &str,
+        source: Option<&str>,
+        since_us: i64,
+        limit: usize,
+    ) -> Result<Vec<Vec<Cell>>, OutboxError> {
+        self.one(statement(
+            query,
+            vec![
+                text(source.unwrap_or_default()),
+                Value::Int(since_us),
+                Value::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
+        ))
+        .await
     }
 
     async fn one(&self, statement: Statement) -> Result<Vec<Vec<Cell>>, OutboxError> {

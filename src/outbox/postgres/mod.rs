@@ -380,16 +380,7 @@ impl Operate for PostgresOutbox {
     ) -> Result<Vec<Row>, OutboxError> {
         let (conditions, values) = filter.sql(Dialect::Postgres, 4);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let values: Vec<Box<dyn ToSql + Sync + Send>> = values
-            .into_iter()
-            .map(|value| -> Box<dyn ToSql + Sync + Send> {
-                match value {
-                    Value::Text(text) => Box::new(text),
-                    Value::Int(n) => Box::new(n),
-                    Value::Bytes(bytes) => Box::new(bytes),
-                }
-            })
-            .collect();
+        let values = boxed(values);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&window.above, &window.below, &limit];
         params.extend(values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)));
         let rows = self
@@ -440,17 +431,7 @@ impl Ledger for PostgresOutbox {
             let mut results = Vec::with_capacity(statements.len());
             for statement in statements {
                 let text = postgres_placeholders(&statement.sql);
-                let values: Vec<Box<dyn ToSql + Sync + Send>> = statement
-                    .values
-                    .into_iter()
-                    .map(|value| -> Box<dyn ToSql + Sync + Send> {
-                        match value {
-                            Value::Text(text) => Box::new(text),
-                            Value::Int(n) => Box::new(n),
-                            Value::Bytes(bytes) => Box::new(bytes),
-                        }
-                    })
-                    .collect();
+                let values = boxed(statement.values);
                 let params: Vec<&(dyn ToSql + Sync)> = values
                     .iter()
                     .map(|v| v.as_ref() as &(dyn ToSql + Sync))
@@ -463,6 +444,20 @@ impl Ledger for PostgresOutbox {
         })
         .await
     }
+}
+
+/// Values as tokio-postgres binds them.
+fn boxed(values: Vec<Value>) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    values
+        .into_iter()
+        .map(|value| -> Box<dyn ToSql + Sync + Send> {
+            match value {
+                Value::Text(text) => Box::new(text),
+                Value::Int(n) => Box::new(n),
+                Value::Bytes(bytes) => Box::new(bytes),
+            }
+        })
+        .collect()
 }
 
 /// `?N` placeholders as PostgreSQL spells them.

@@ -336,11 +336,7 @@ impl Operate for SqliteOutbox {
         ];
         let (conditions, values) = filter.sql(Dialect::Sqlite, 4);
         let statement = sql::find(&conditions, filter.subject.is_some(), window.oldest_first);
-        bound.extend(values.into_iter().map(|value| match value {
-            Value::Text(text) => rusqlite::types::Value::Text(text),
-            Value::Int(n) => rusqlite::types::Value::Integer(n),
-            Value::Bytes(bytes) => rusqlite::types::Value::Blob(bytes),
-        }));
+        bound.extend(values.into_iter().map(sqlite_value));
         self.browser
             .browse(move |conn| {
                 let mut stmt = conn.prepare_cached(&statement)?;
@@ -406,11 +402,7 @@ impl Ledger for SqliteOutbox {
                     let mut results = Vec::with_capacity(statements.len());
                     for statement in &statements {
                         let mut prepared = conn.prepare_cached(&statement.sql)?;
-                        let values = statement.values.iter().map(|value| match value {
-                            Value::Text(text) => rusqlite::types::Value::Text(text.clone()),
-                            Value::Int(n) => rusqlite::types::Value::Integer(*n),
-                            Value::Bytes(bytes) => rusqlite::types::Value::Blob(bytes.clone()),
-                        });
+                        let values = statement.values.iter().cloned().map(sqlite_value);
                         let columns = prepared.column_count();
                         let mut rows = prepared.query(rusqlite::params_from_iter(values))?;
                         let mut read = Vec::new();
@@ -443,5 +435,14 @@ impl Ledger for SqliteOutbox {
                 }
             })
             .await
+    }
+}
+
+/// A value as rusqlite binds it.
+fn sqlite_value(value: Value) -> rusqlite::types::Value {
+    match value {
+        Value::Text(text) => rusqlite::types::Value::Text(text),
+        Value::Int(n) => rusqlite::types::Value::Integer(n),
+        Value::Bytes(bytes) => rusqlite::types::Value::Blob(bytes),
     }
 }
