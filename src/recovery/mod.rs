@@ -267,6 +267,15 @@ impl Recovery {
                 .with_label_values(&[name])
                 .set(0.0);
             metrics.recovered_events.with_label_values(&[name]);
+            // The outcomes the alerts watch, from 0: `increase()` misses a
+            // series whose first sample is already 1.
+            for kind in ["resend", "status"] {
+                for outcome in ["ok", "failed", "refused", "untrusted"] {
+                    metrics
+                        .recovery_requests
+                        .with_label_values(&[name, kind, outcome]);
+                }
+            }
         }
         Ok(Self {
             sources,

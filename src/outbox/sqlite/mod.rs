@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::driver::{Operate, Pipe};
 use super::ingest::{self, Intake};
 use super::model::count;
-use super::recall::{Cell, Ledger, Results, Statement};
+use super::recall::{Ledger, Results, Statement};
 use super::row::{FullRow, Row};
 use super::sql::{Dialect, Value};
 use super::{
@@ -392,54 +392,15 @@ impl Ledger for SqliteOutbox {
         Dialect::Sqlite
     }
 
-    /// On the browser's connection: a ledger transaction is a few small rows a
-    /// few times a minute, and the writer's busy wait covers its lock.
+    /// Through the writer thread, in a transaction of its own beside its
+    /// batches: no second connection contends for the write lock.
     async fn transact(&self, statements: Vec<Statement>) -> Result<Results, OutboxError> {
-        self.browser
-            .browse(move |conn| {
-                conn.execute_batch(sql::BEGIN_IMMEDIATE)?;
-                let run = || -> rusqlite::Result<Results> {
-                    let mut results = Vec::with_capacity(statements.len());
-                    for statement in &statements {
-                        let mut prepared = conn.prepare_cached(&statement.sql)?;
-                        let values = statement.values.iter().cloned().map(sqlite_value);
-                        let columns = prepared.column_count();
-                        let mut rows = prepared.query(rusqlite::params_from_iter(values))?;
-                        let mut read = Vec::new();
-                        while let Some(row) = rows.next()? {
-                            read.push(
-                                (0..columns)
-                                    .map(|i| {
-                                        Ok(match row.get::<_, rusqlite::types::Value>(i)? {
-                                            rusqlite::types::Value::Integer(n) => Cell::Int(n),
-                                            rusqlite::types::Value::Text(text) => Cell::Text(text),
-                                            _ => Cell::Null,
-                                        })
-                                    })
-                                    .collect::<rusqlite::Result<Vec<_>>>()?,
-                            );
-                        }
-                        results.push(read);
-                    }
-                    Ok(results)
-                };
-                match run() {
-                    Ok(results) => {
-                        conn.execute_batch(sql::COMMIT)?;
-                        Ok(results)
-                    }
-                    Err(e) => {
-                        let _ = conn.execute_batch(sql::ROLLBACK);
-                        Err(e.into())
-                    }
-                }
-            })
-            .await
+        self.write(|reply| Control::Ledger(statements, reply)).await
     }
 }
 
 /// A value as rusqlite binds it.
-fn sqlite_value(value: Value) -> rusqlite::types::Value {
+pub(super) fn sqlite_value(value: Value) -> rusqlite::types::Value {
     match value {
         Value::Text(text) => rusqlite::types::Value::Text(text),
         Value::Int(n) => rusqlite::types::Value::Integer(n),

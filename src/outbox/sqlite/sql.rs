@@ -397,7 +397,8 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 #[cfg(feature = "testing")]
 pub(super) const LOCK_FOR_WRITING: &str = "BEGIN IMMEDIATE";
 
-/// Gives it back (a ledger transaction that failed, or the tests' write lock).
+/// Gives it back.
+#[cfg(feature = "testing")]
 pub(super) const ROLLBACK: &str = "ROLLBACK";
 
 /// Row `?1`'s metadata becomes `?2` (a newer release's, in tests).
@@ -463,8 +464,3 @@ CREATE INDEX subjects_unfinished ON subjects (source, at) WHERE {unfinished};",
         unfinished = crate::outbox::sql::UNFINISHED
     )
 }
-
-/// The ledger's transactions take the write lock at once, as the writer's do.
-pub(super) const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
-/// Ends a ledger transaction.
-pub(super) const COMMIT: &str = "COMMIT";

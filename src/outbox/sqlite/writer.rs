@@ -18,6 +18,7 @@ use super::sql;
 use crate::clock::now_micros;
 use crate::metrics::Metrics;
 use crate::outbox::ingest::{self, Batch, InsertHealth, Limits, Queue};
+use crate::outbox::recall::{Cell, Results, Statement};
 use crate::outbox::row::Encoded;
 use crate::outbox::{ATTEMPTS_KEPT, InsertOutcome, NewEvent, OutboxError, Settlement};
 
@@ -44,6 +45,9 @@ pub(super) enum Control {
     Replay(Vec<i64>, Reply<u64>),
     /// An operator's release.
     Release(Vec<i64>, Reply<u64>),
+    /// The recovery ledger's statements, run in a transaction of their own
+    /// (never in a batch of webhooks, which a failing one would fail).
+    Ledger(Vec<Statement>, Reply<Results>),
     /// Retention or an operator's purge.
     Purge {
         /// What goes: published rows, or subjects' sequences.
@@ -73,6 +77,9 @@ impl Control {
             }
             Self::Replay(_, reply) | Self::Release(_, reply) | Self::Purge { reply, .. } => {
                 let _ = reply.send(result);
+            }
+            Self::Ledger(_, reply) => {
+                let _ = reply.send(result.map(|_| Vec::new()));
             }
         }
     }
@@ -109,6 +116,17 @@ pub(super) fn run(
                 Ok(control) => commands.push(control),
                 Err(_) => break,
             }
+        }
+        let (ledgers, commands): (Vec<_>, Vec<_>) = commands
+            .into_iter()
+            .partition(|command| matches!(command, Control::Ledger(..)));
+        for command in ledgers {
+            if let Control::Ledger(statements, reply) = command {
+                let _ = reply.send(ledger(&mut conn, &statements).map_err(OutboxError::from));
+            }
+        }
+        if commands.is_empty() && first.is_none() {
+            continue;
         }
         let batch = queue.take(first, LIMITS);
         match apply(&mut conn, &commands, batch.as_ref()) {
@@ -172,6 +190,8 @@ fn apply(
                 }
                 n
             }
+            // Taken out of the batch by `run`, into a transaction of its own.
+            Control::Ledger(..) => 0,
             Control::Purge {
                 what,
                 cutoff_us,
@@ -193,6 +213,36 @@ fn apply(
     };
     tx.commit()?;
     Ok((changed, stored))
+}
+
+/// Runs the recovery ledger's statements in one transaction; the rows each
+/// returned.
+fn ledger(conn: &mut Connection, statements: &[Statement]) -> rusqlite::Result<Results> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(statements.len());
+    for statement in statements {
+        let mut prepared = tx.prepare_cached(&statement.sql)?;
+        let columns = prepared.column_count();
+        let values = statement.values.iter().cloned().map(super::sqlite_value);
+        let mut rows = prepared.query(rusqlite::params_from_iter(values))?;
+        let mut read = Vec::new();
+        while let Some(row) = rows.next()? {
+            read.push(
+                (0..columns)
+                    .map(|i| {
+                        Ok(match row.get::<_, rusqlite::types::Value>(i)? {
+                            rusqlite::types::Value::Integer(n) => Cell::Int(n),
+                            rusqlite::types::Value::Text(text) => Cell::Text(text),
+                            _ => Cell::Null,
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            );
+        }
+        results.push(read);
+    }
+    tx.commit()?;
+    Ok(results)
 }
 
 /// Stores the batch's webhooks; each one's outcome in order.
