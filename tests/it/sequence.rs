@@ -306,7 +306,12 @@ async fn a_replay_keeps_its_number_and_a_late_status_is_marked_stale(backend: Ba
 
     // Replayed: the same number, and the same mark, as first published.
     let opened = row_of(&app.relay, "r-1", "pending");
-    // Operators see the number and the mark too.
+    // Operators see the number and the mark too, once the confirm's settle
+    // has committed (it follows the counter).
+    wait_until("the number recorded", Duration::from_secs(10), async || {
+        app.relay.outbox_command(&["show", &opened])["sequence"] == 3
+    })
+    .await;
     let shown = app.relay.outbox_command(&["show", &opened]);
     assert_eq!(
         (&shown["sequence"], &shown["stale"]),
