@@ -33,10 +33,11 @@ use crate::event::{Kind, Normalized, Parsed, Status};
 /// Registry entry.
 pub(crate) const SPEC: ProviderSpec = ProviderSpec {
     name: "oslpay",
-    keys: &["app_id", "public_key"],
-    // The app id travels in clear in every webhook header and the key is public:
-    // masking them would only hide from the operator which key is configured.
-    secret_keys: &[],
+    keys: &["app_id", "public_key", "api_private_key"],
+    // The app id travels in clear in every webhook header and the public key is
+    // public: masking them would only hide from the operator which key is
+    // configured. The merchant's OpenAPI private key (recovery) is a secret.
+    secret_keys: &["api_private_key"],
     // OSL signs `appId` and `timestamp`, not the body: within the timestamp's
     // window the signature authenticates any body, as a password would.
     credential_headers: &["signature"],
@@ -75,6 +76,7 @@ fn build(source: &SourceConfig) -> Result<Box<dyn Provider>, BuildError> {
         app_id: source.get("app_id").map(|id| id.trim().to_owned()),
         key: key.map(VerifyingKey::new),
         tolerance: source.timestamp_tolerance.unwrap_or(DEFAULT_TOLERANCE),
+        api: api::Api::new(source)?,
     }))
 }
 
@@ -155,6 +157,16 @@ fn sample_body(ctx: &SampleContext<'_>) -> Vec<u8> {
     .into_bytes()
 }
 
+/// An RSA private key in PEM, PKCS#1 (`RSA PRIVATE KEY`) or PKCS#8.
+fn parse_private_key(pem: &str) -> Result<RsaPrivateKey, String> {
+    if pem.contains("BEGIN RSA PRIVATE KEY") {
+        RsaPrivateKey::from_pkcs1_pem(pem).map_err(|e| e.to_string())
+    } else {
+        RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())
+    }
+    .map_err(|e| format!("cannot read the RSA private key PEM: {e}"))
+}
+
 fn sign(ctx: &SampleContext<'_>, _body: &[u8]) -> Result<Vec<(String, String)>, SampleError> {
     // OSL signs only the app id and the timestamp, so the body plays no part here.
     let app_id = ctx
@@ -165,12 +177,7 @@ fn sign(ctx: &SampleContext<'_>, _body: &[u8]) -> Result<Vec<(String, String)>, 
     let pem = ctx.private_key_pem.ok_or(SampleError::MissingSetting(
         "private key (--private-key FILE)",
     ))?;
-    let key = if pem.contains("BEGIN RSA PRIVATE KEY") {
-        RsaPrivateKey::from_pkcs1_pem(pem).map_err(|e| e.to_string())
-    } else {
-        RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())
-    }
-    .map_err(|e| SampleError::Invalid(format!("cannot read the RSA private key PEM: {e}")))?;
+    let key = parse_private_key(pem).map_err(SampleError::Invalid)?;
     let timestamp = unix_millis(ctx.now).to_string();
     let signature = SigningKey::<Sha256>::new(key)
         .try_sign(signed_message(app_id, &timestamp).as_bytes())
@@ -188,6 +195,8 @@ pub(crate) struct OslPay {
     app_id: Option<String>,
     key: Option<VerifyingKey<Sha256>>,
     tolerance: Duration,
+    /// The OpenAPI, for status queries.
+    api: api::Api,
 }
 
 /// A header OSL always sends; `display` is OSL's spelling, for the 401 body.
@@ -226,9 +235,7 @@ impl OslPay {
 
 impl Provider for OslPay {
     fn recovery(&self) -> Result<&dyn super::api::RecoveryApi, super::api::NoRecovery> {
-        Err(super::api::NoRecovery::NoApi(
-            "OSL Pay has no resend API, and this release does not query its orders yet: its OpenAPI needs the merchant's RSA private key and an IP allow-listing at OSL (docs/recovery.md)",
-        ))
+        self.api.usable()
     }
 
     fn signs_body(&self) -> bool {
@@ -402,3 +409,5 @@ fn event_time(text: &str) -> Option<OffsetDateTime> {
 
 #[cfg(test)]
 mod tests;
+
+mod api;

@@ -136,7 +136,7 @@ pub(crate) struct WCheckout {
 impl Provider for WCheckout {
     fn recovery(&self) -> Result<&dyn super::api::RecoveryApi, super::api::NoRecovery> {
         Err(super::api::NoRecovery::NoApi(
-            "W Checkout has no resend API, and this release does not query its orders yet: its access-token API is not documented and its query signing is ambiguous until settled against the sandbox (docs/recovery.md)",
+            "W Checkout has no resend API, and this release does not query its orders: its access-token API is not documented and its query signing is ambiguous until settled against the sandbox (docs/recovery.md)",
         ))
     }
 

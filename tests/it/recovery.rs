@@ -562,3 +562,112 @@ async fn a_minute_down_while_the_provider_sends() {
     );
     assert_eq!(counts.len(), sent.len(), "every webhook published");
 }
+
+/// OSL Pay: a stuck order asked about with the merchant's private key, against a
+/// fake OpenAPI that checks the signature with the matching public key and
+/// answers the order's detail as OSL documents it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oslpay_order_stuck_in_processing_is_asked_about_with_the_merchants_key() {
+    use rsa::pkcs1v15::{Signature, VerifyingKey};
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::signature::Verifier;
+
+    const APP_ID: &str = "me114702259781634";
+    let public_pem = String::from_utf8(fixture("oslpay", "test_public_key.pem")).expect("PEM");
+    let private_pem = String::from_utf8(fixture("oslpay", "test_private_key.pem")).expect("PEM");
+    let public = rsa::RsaPublicKey::from_public_key_pem(&public_pem).expect("public key");
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = std::sync::Arc::clone(&asked);
+    let answer = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let public = public.clone();
+        let seen = std::sync::Arc::clone(&seen);
+        async move {
+            let header = |name| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+            };
+            let signed = format!(
+                "appId={}&timestamp={}",
+                header("appid"),
+                header("timestamp")
+            );
+            let valid = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                header("signature"),
+            )
+            .ok()
+            .and_then(|bytes| Signature::try_from(bytes.as_slice()).ok())
+            .is_some_and(|signature| {
+                VerifyingKey::<sha2::Sha256>::new(public)
+                    .verify(signed.as_bytes(), &signature)
+                    .is_ok()
+            });
+            if !valid {
+                return r#"{"code":"00001","msg":"authorization failed","data":null}"#.to_owned();
+            }
+            let order: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let id = order["orderId"].as_str().unwrap_or("").to_owned();
+            seen.lock().expect("asked").push(id.clone());
+            format!(
+                r#"{{"code":"00000","msg":"success","data":{{"orderId":"{id}","merchantOrder":"m-{id}","fiatAmount":"100.10","fiatCurrency":"EUR","state":"COMPLETED","subState":"WITHDRAWAL_SUCCESS"}},"requestTime":"1"}}"#
+            )
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let api_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/api/v1/order/query-order-detail",
+            axum::routing::post(answer),
+        );
+        let _ = axum::serve(listener, app).await;
+    });
+    let env: Vec<(String, String)> = [
+        ("PROVIDER", "oslpay"),
+        ("APP_ID", APP_ID),
+        ("PUBLIC_KEY", public_pem.as_str()),
+        ("API_PRIVATE_KEY", private_pem.as_str()),
+        ("API_URL", api_url.as_str()),
+        ("STUCK_AFTER", "2s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("HOOKRELAY_SOURCES__OSL__{k}"), v.to_owned()))
+    .collect();
+    let mut app = TestApp::build(Backend::Sqlite, "recovery_osl")
+        .binding("oslpay.#")
+        .envs(env.clone())
+        .start()
+        .await;
+    let config = hookrelay::config::Config::load_from(None, &env).expect("config");
+    let body = br#"{"type":"order_status_change","data":{"orderId":"OR-7","merchantOrderId":"m-OR-7","fiatAmount":"100.10","fiatCurrency":"EUR","state":"PROCESSING"}}"#;
+    let signed = (hookrelay::providers::find("oslpay").expect("oslpay").sign)(
+        &hookrelay::providers::SampleContext {
+            source: &config.sources["osl"],
+            now: time::OffsetDateTime::now_utc(),
+            unique: "OR-7",
+            private_key_pem: Some(&private_pem),
+        },
+        body,
+    )
+    .expect("signed");
+    let headers: Vec<(&str, String)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let (status, _) = post(&app.relay.url("osl"), body.to_vec(), &headers).await;
+    assert_eq!(status, 200);
+    let events = records(&app.consumer.collect(2, Duration::from_secs(20)).await);
+    assert_eq!(
+        events,
+        [
+            ("OR-7".to_owned(), "pending".to_owned(), false),
+            ("OR-7".to_owned(), "succeeded".to_owned(), true),
+        ]
+    );
+    assert_eq!(*asked.lock().expect("asked"), ["OR-7"], "asked once");
+    server.abort();
+}
