@@ -80,6 +80,25 @@ pub struct Limit {
     pub calls: u32,
 }
 
+/// The status queries recovery makes of a source at most: a stuck subject is
+/// no emergency, and no provider documents a lower limit.
+pub(crate) const STATUS_QUERIES: &[Limit] = &[Limit {
+    per: Duration::from_secs(60),
+    calls: 30,
+}];
+
+/// `api`, when none of its credentials is missing; else which are.
+pub(crate) fn usable<'a>(
+    api: &'a dyn RecoveryApi,
+    missing: Vec<&'static str>,
+) -> Result<&'a dyn RecoveryApi, NoRecovery> {
+    if missing.is_empty() {
+        Ok(api)
+    } else {
+        Err(NoRecovery::MissingCredentials(missing))
+    }
+}
+
 /// A provider's resend API.
 #[derive(Debug, Clone, Copy)]
 pub struct Resend {

@@ -278,12 +278,7 @@ impl Provider for Ccpayment {
     }
 
     fn recovery(&self) -> Result<&dyn RecoveryApi, NoRecovery> {
-        let missing = self.missing_credentials();
-        if missing.is_empty() {
-            Ok(self)
-        } else {
-            Err(NoRecovery::MissingCredentials(missing))
-        }
+        super::api::usable(self, self.missing_credentials())
     }
 }
 

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use super::{ApiVersion, Ccpayment, v1_digest, v2_mac};
 use crate::event::Kind;
 use crate::providers::api::{
-    ApiAnswer, ApiError, ApiRequest, Asked, Limit, RecoveryApi, Resend, http_status,
+    ApiAnswer, ApiError, ApiRequest, Asked, Limit, RecoveryApi, Resend, STATUS_QUERIES, http_status,
 };
 
 /// v1's documented limits for the resend ("once per minute, 25 calls per day").
@@ -27,13 +27,6 @@ const RESEND_LIMITS: &[Limit] = &[
         calls: 25,
     },
 ];
-
-/// v2's record lookups have no documented limit; v1's 100 requests a second
-/// per IP is far above this, and a stuck subject is no emergency.
-const STATUS_LIMITS: &[Limit] = &[Limit {
-    per: Duration::from_secs(60),
-    calls: 30,
-}];
 
 /// Success in CCPayment's envelope.
 const SUCCESS: i64 = 10000;
@@ -209,7 +202,8 @@ impl RecoveryApi for Ccpayment {
     }
 
     fn status_limits(&self) -> Option<&'static [Limit]> {
-        (!self.calls_v1()).then_some(STATUS_LIMITS)
+        // v2's record lookups have no documented limit.
+        (!self.calls_v1()).then_some(STATUS_QUERIES)
     }
 
     fn status_requests(&self, asked: &Asked<'_>, now: OffsetDateTime) -> Vec<ApiRequest> {

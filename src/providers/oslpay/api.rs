@@ -6,8 +6,6 @@
 //! key. OSL documents no answer signature: an answer is trusted as far as TLS to
 //! its host goes. OSL serves only addresses it has allow-listed.
 
-use std::time::Duration;
-
 use rsa::pkcs1v15::SigningKey;
 use rsa::signature::{SignatureEncoding, Signer};
 use serde::Deserialize;
@@ -19,15 +17,10 @@ use super::{BASE64, signed_message};
 use crate::config::SourceConfig;
 use crate::event::Kind;
 use crate::providers::api::{
-    ApiAnswer, ApiError, ApiRequest, Asked, Limit, NoRecovery, RecoveryApi, http_status,
+    ApiAnswer, ApiError, ApiRequest, Asked, Limit, NoRecovery, RecoveryApi, STATUS_QUERIES,
+    http_status, usable,
 };
 use crate::providers::{BuildError, unix_millis};
-
-/// OSL allows 10 requests a second; a stuck order is no emergency.
-const STATUS_LIMITS: &[Limit] = &[Limit {
-    per: Duration::from_secs(60),
-    calls: 30,
-}];
 
 /// The OpenAPI of one merchant (`app_id`, `api_private_key`).
 pub(super) struct Api {
@@ -74,11 +67,7 @@ impl Api {
         if self.key.is_none() {
             missing.push("api_private_key");
         }
-        if missing.is_empty() {
-            Ok(self)
-        } else {
-            Err(NoRecovery::MissingCredentials(missing))
-        }
+        usable(self, missing)
     }
 }
 
@@ -88,7 +77,8 @@ impl RecoveryApi for Api {
     }
 
     fn status_limits(&self) -> Option<&'static [Limit]> {
-        Some(STATUS_LIMITS)
+        // Well under OSL's 10 requests a second.
+        Some(STATUS_QUERIES)
     }
 
     fn status_requests(&self, asked: &Asked<'_>, now: OffsetDateTime) -> Vec<ApiRequest> {

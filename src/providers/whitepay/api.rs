@@ -3,8 +3,6 @@
 //! Private API token (`Authorization: Bearer`); Whitepay signs no answer, so an
 //! answer is trusted as far as TLS to its host goes.
 
-use std::time::Duration;
-
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -13,14 +11,9 @@ use time::OffsetDateTime;
 use crate::config::SourceConfig;
 use crate::event::Kind;
 use crate::providers::api::{
-    ApiAnswer, ApiError, ApiRequest, Asked, Limit, NoRecovery, RecoveryApi, http_status,
+    ApiAnswer, ApiError, ApiRequest, Asked, Limit, NoRecovery, RecoveryApi, STATUS_QUERIES,
+    http_status, usable,
 };
-
-/// Whitepay documents no limit; a stuck order is no emergency.
-const STATUS_LIMITS: &[Limit] = &[Limit {
-    per: Duration::from_secs(60),
-    calls: 30,
-}];
 
 /// The Private API of one payment page (`api_token`, `slug`).
 pub(super) struct Api {
@@ -54,16 +47,12 @@ impl Api {
 
     /// Itself, once the token and the slug are set.
     pub(super) fn usable(&self) -> Result<&dyn RecoveryApi, NoRecovery> {
-        let missing: Vec<_> = [("api_token", &self.token), ("slug", &self.slug)]
+        let missing = [("api_token", &self.token), ("slug", &self.slug)]
             .into_iter()
             .filter(|(_, value)| value.is_none())
             .map(|(key, _)| key)
             .collect();
-        if missing.is_empty() {
-            Ok(self)
-        } else {
-            Err(NoRecovery::MissingCredentials(missing))
-        }
+        usable(self, missing)
     }
 }
 
@@ -81,7 +70,8 @@ impl RecoveryApi for Api {
     }
 
     fn status_limits(&self) -> Option<&'static [Limit]> {
-        Some(STATUS_LIMITS)
+        // Whitepay documents no limit.
+        Some(STATUS_QUERIES)
     }
 
     fn status_requests(&self, asked: &Asked<'_>, _now: OffsetDateTime) -> Vec<ApiRequest> {
