@@ -812,3 +812,24 @@ async fn the_fetch_keeps_its_prepared_plan_whatever_limit_it_is_asked_for() {
         "a new limit made SQLite plan the fetch again"
     );
 }
+
+#[tokio::test]
+async fn stuck_subjects_are_found_through_the_index_of_unfinished_ones() {
+    let (_dir, path, outbox) = served().await;
+    drop(outbox);
+    let conn = Connection::open(&path).expect("open");
+    let statement = crate::outbox::sql::stuck(crate::outbox::sql::Dialect::Sqlite);
+    let mut explain = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+        .expect("explain");
+    let mut rows = explain.raw_query();
+    let mut plan = Vec::new();
+    while let Some(row) = rows.next().expect("row") {
+        plan.push(row.get::<_, String>(3).expect("detail"));
+    }
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("USING INDEX subjects_unfinished")),
+        "the finished subjects are read too: {plan:?}"
+    );
+}
