@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client as Hyper;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::providers::api::{ApiError, ApiRequest};
+use crate::providers::api::{ApiAnswer, ApiError, ApiRequest};
 
 /// The longest a provider's answer may take.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(15);
@@ -33,6 +33,17 @@ pub(crate) struct Answer {
     pub(crate) headers: HeaderMap,
     /// Body, at most [`MAX_ANSWER`] bytes.
     pub(crate) body: Bytes,
+}
+
+impl Answer {
+    /// The answer as a provider reads it.
+    pub(crate) fn as_api(&self) -> ApiAnswer<'_> {
+        ApiAnswer {
+            status: self.status,
+            headers: &self.headers,
+            body: &self.body,
+        }
+    }
 }
 
 /// The HTTP client of recovery: TLS with the system's roots, on rustls' ring

@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::outbox::query::{FilterError, parse_time};
 use crate::outbox::recall::{Call, Gap, Recall, Refusals, Reservation, gap_state};
 use crate::outbox::{InsertOutcome, NewEvent, OutboxError, Pipe};
-use crate::providers::api::{ApiAnswer, ApiError, Asked, NoRecovery, RecoveryApi};
+use crate::providers::api::{ApiError, Asked, Limit, NoRecovery, RecoveryApi};
 use crate::providers::{Source, WebhookRequest};
 
 pub(crate) mod http;
@@ -235,6 +235,15 @@ fn retry_after(attempts: i64) -> Duration {
         .build()
         .nth(usize::try_from(attempts.max(1) - 1).unwrap_or(0))
         .unwrap_or(Duration::from_secs(3600))
+}
+
+/// A provider's limits as the ledger counts them: each window in microseconds
+/// and the calls it allows.
+fn ledger_limits(limits: &[Limit]) -> Vec<(i64, u32)> {
+    limits
+        .iter()
+        .map(|limit| (micros(limit.per), limit.calls))
+        .collect()
 }
 
 fn micros(duration: Duration) -> i64 {
@@ -464,12 +473,8 @@ impl Recovery {
                 return self.close(gap, state, detail, now_us).await;
             }
         };
+        let limits = ledger_limits(resend.limits);
         for (from, until) in windows(gap.done_until_us, gap.until_us, resend.max_window) {
-            let limits: Vec<(i64, u32)> = resend
-                .limits
-                .iter()
-                .map(|limit| (micros(limit.per), limit.calls))
-                .collect();
             let call = match self
                 .recall
                 .reserve(&gap.source, "resend", "", &limits, now_micros())
@@ -494,11 +499,7 @@ impl Recovery {
             );
             let outcome = match api.resend_request(from, until, time::OffsetDateTime::now_utc()) {
                 Some(request) => match self.client.send(api.base_url(), &request).await {
-                    Ok(answer) => api.read_resend(&ApiAnswer {
-                        status: answer.status,
-                        headers: &answer.headers,
-                        body: &answer.body,
-                    }),
+                    Ok(answer) => api.read_resend(&answer.as_api()),
                     Err(e) => Err(e),
                 },
                 None => Err(ApiError::Refused(
@@ -511,11 +512,8 @@ impl Recovery {
                 Ok(None) => format!("{asked}: the provider accepted it"),
                 Err(e) => format!("{asked}: {e}"),
             };
-            self.recall.finish(call, label, &detail).await?;
-            self.count_request(&gap.source, "resend", label);
-            tracing::info!(target: "hookrelay::audit", source = %gap.source,
-                provider = %source.config.provider, kind = "resend", outcome = label, %detail,
-                "asked the provider to resend webhooks");
+            self.record_call(source, "resend", call, label, &detail)
+                .await?;
             gap.detail = detail;
             if outcome.is_err() {
                 gap.attempts += 1;
@@ -624,11 +622,26 @@ impl Recovery {
         Ok(gap)
     }
 
-    fn count_request(&self, source: &str, kind: &str, outcome: &str) {
+    /// Records the outcome of call `call` (of `kind`) to `source`'s provider:
+    /// in the ledger, the metrics and the audit log.
+    async fn record_call(
+        &self,
+        source: &Source,
+        kind: &'static str,
+        call: i64,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<(), OutboxError> {
+        let name = &source.config.name;
+        self.recall.finish(call, outcome, detail).await?;
         self.metrics
             .recovery_requests
-            .with_label_values(&[source, kind, outcome])
+            .with_label_values(&[name, kind, outcome])
             .inc();
+        tracing::info!(target: "hookrelay::audit", source = %name,
+            provider = %source.config.provider, kind, outcome, %detail,
+            "called the provider's API to recover webhooks");
+        Ok(())
     }
 
     /// Asks the provider about the subjects of `source` stuck in `[since_us,
@@ -660,10 +673,7 @@ impl Recovery {
                 usize::try_from(budget).unwrap_or(0),
             )
             .await?;
-        let limits: Vec<(i64, u32)> = limits
-            .iter()
-            .map(|limit| (micros(limit.per), limit.calls))
-            .collect();
+        let limits = ledger_limits(limits);
         let mut reports = Vec::new();
         for subject in stuck {
             let meta = subject
@@ -715,11 +725,8 @@ impl Recovery {
             } else {
                 self.ask_status(source, api, &asked, status, requests).await
             };
-            self.recall.finish(call, label, &detail).await?;
-            self.count_request(name, "status", label);
-            tracing::info!(target: "hookrelay::audit", source = %name,
-                provider = %source.config.provider, kind = "status", outcome = label, %detail,
-                "asked the provider for a stuck subject's status");
+            self.record_call(source, "status", call, label, &detail)
+                .await?;
             report.outcome = detail;
             reports.push(report);
         }
@@ -745,14 +752,7 @@ impl Recovery {
                 Ok(answer) => answer,
                 Err(e) => return (e.outcome(), e.to_string()),
             };
-            let body = match api.read_status(
-                asked,
-                &ApiAnswer {
-                    status: answer.status,
-                    headers: &answer.headers,
-                    body: &answer.body,
-                },
-            ) {
+            let body = match api.read_status(asked, &answer.as_api()) {
                 Ok(body) => body,
                 Err(e @ ApiError::NotFound(_)) => {
                     outcome = (e.outcome(), e.to_string());
@@ -909,17 +909,16 @@ impl Recovery {
             });
         }
         let next_resend_at = match resend {
-            Some(resend) => {
-                let limits: Vec<(i64, u32)> = resend
-                    .limits
-                    .iter()
-                    .map(|limit| (micros(limit.per), limit.calls))
-                    .collect();
-                self.recall
-                    .next_allowed(&demand.source, "resend", &limits, now_micros())
-                    .await?
-                    .map(time)
-            }
+            Some(resend) => self
+                .recall
+                .next_allowed(
+                    &demand.source,
+                    "resend",
+                    &ledger_limits(resend.limits),
+                    now_micros(),
+                )
+                .await?
+                .map(time),
             None => None,
         };
         let stuck = self
