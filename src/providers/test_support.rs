@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use time::OffsetDateTime;
 
+use super::api::{ApiAnswer, Asked};
 use super::{Provider, VerifyError, WebhookRequest};
 use crate::config::SourceConfig;
 use crate::event::{Normalized, Parsed};
@@ -54,4 +55,24 @@ pub(super) fn verify_at(
         body,
         now,
     })
+}
+
+/// An answer of the provider's API with `status` and `body`, without headers.
+pub(super) fn answer(status: u16, body: &[u8]) -> ApiAnswer<'_> {
+    ApiAnswer {
+        status,
+        headers: &super::NO_HEADERS,
+        body,
+    }
+}
+
+/// The event `provider` makes of its API's 200 answer `body` about `asked`, read
+/// into a webhook as recovery reads it; panics, naming the reason, when either
+/// step fails.
+pub(super) fn recovered(provider: &dyn Provider, asked: &Asked<'_>, body: &[u8]) -> Normalized {
+    let api = provider.recovery().unwrap_or_else(|e| panic!("{e}"));
+    let webhook = api
+        .read_status(asked, &answer(200, body))
+        .unwrap_or_else(|e| panic!("{e}"));
+    event(provider, &String::from_utf8_lossy(&webhook))
 }

@@ -244,7 +244,7 @@ mod tests {
 
     use super::*;
     use crate::providers::Provider;
-    use crate::providers::test_support::source;
+    use crate::providers::test_support::{answer, recovered, source};
 
     const APP_ID: &str = "202302010636261620672405236006912";
 
@@ -396,11 +396,7 @@ mod tests {
         let v1 = ccpayment("v1");
         let v1 = v1.recovery().unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
-            v1.read_resend(&ApiAnswer {
-                status: 200,
-                headers: &HeaderMap::new(),
-                body,
-            }),
+            v1.read_resend(&answer(200, body)),
             Err(ApiError::Untrusted(_))
         ));
     }
@@ -419,20 +415,7 @@ mod tests {
         assert_eq!(requests[0].path, "/ccpayment/v2/getAppDepositRecord");
         assert_eq!(requests[0].body, br#"{"recordId":"2025011607"}"#);
         let body = br#"{"code":10000,"msg":"success","data":{"record":{"recordId":"2025011607","orderId":"o-1","coinSymbol":"USDT","amount":"10.000001","status":"Success","isFlaggedAsRisky":false}}}"#;
-        let webhook = api
-            .read_status(
-                &asked,
-                &ApiAnswer {
-                    status: 200,
-                    headers: &HeaderMap::new(),
-                    body,
-                },
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        let parsed = provider.parse(&crate::providers::WebhookRequest::body_only(&webhook));
-        let crate::event::Parsed::Event(event) = parsed else {
-            panic!("not recognized: {parsed:?}");
-        };
+        let event = recovered(provider.as_ref(), &asked, body);
         assert_eq!(event.idempotency_key, "ApiDeposit:2025011607:Success");
         assert_eq!(event.amount.as_deref(), Some("10.000001"));
         let missing = ccpayment("v2");

@@ -138,13 +138,12 @@ impl RecoveryApi for Api {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderMap;
     use rsa::pkcs1v15::{Signature, VerifyingKey};
     use rsa::signature::Verifier;
 
     use super::*;
-    use crate::providers::test_support::source;
-    use crate::providers::{Provider, WebhookRequest};
+    use crate::providers::Provider;
+    use crate::providers::test_support::{answer, recovered, source};
 
     const PRIVATE_PEM: &str = include_str!("../../../tests/fixtures/oslpay/test_private_key.pem");
 
@@ -205,23 +204,12 @@ mod tests {
             kind: Kind::Order,
             provider_event_type: Some("order_status_change"),
         };
-        let read = |body: &[u8]| {
-            api.read_status(
-                &asked,
-                &ApiAnswer {
-                    status: 200,
-                    headers: &HeaderMap::new(),
-                    body,
-                },
-            )
-        };
-        let webhook = read(br#"{"code":"00000","msg":"success","data":{"orderId":"OR-1","merchantOrder":"m-1","fiatAmount":"100.10","fiatCurrency":"EUR","state":"COMPLETED","subState":"WITHDRAWAL_SUCCESS"},"requestTime":"1"}"#)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let crate::event::Parsed::Event(event) =
-            provider.parse(&WebhookRequest::body_only(&webhook))
-        else {
-            panic!("not recognized");
-        };
+        let read = |body: &[u8]| api.read_status(&asked, &answer(200, body));
+        let event = recovered(
+            provider.as_ref(),
+            &asked,
+            br#"{"code":"00000","msg":"success","data":{"orderId":"OR-1","merchantOrder":"m-1","fiatAmount":"100.10","fiatCurrency":"EUR","state":"COMPLETED","subState":"WITHDRAWAL_SUCCESS"},"requestTime":"1"}"#,
+        );
         assert_eq!(event.idempotency_key, "order_status_change:OR-1:COMPLETED");
         assert_eq!(event.merchant_order_id.as_deref(), Some("m-1"));
         assert_eq!(event.amount.as_deref(), Some("100.10"));

@@ -119,11 +119,10 @@ impl RecoveryApi for Api {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderMap;
 
     use super::*;
-    use crate::providers::test_support::source;
-    use crate::providers::{Provider, WebhookRequest};
+    use crate::providers::Provider;
+    use crate::providers::test_support::{answer, recovered, source};
 
     fn whitepay(settings: &[(&str, &str)]) -> Box<dyn Provider> {
         (super::super::SPEC.build)(&source("wp", "whitepay", settings))
@@ -174,31 +173,10 @@ mod tests {
             provider_event_type: Some("order::partially_fulfilled"),
         };
         let body = br#"{"order":{"id":"o-1","currency":"USDT","value":"100.000000000000000001","status":"COMPLETE","external_order_id":"INV-1"}}"#;
-        let webhook = api
-            .read_status(
-                &asked,
-                &ApiAnswer {
-                    status: 200,
-                    headers: &HeaderMap::new(),
-                    body,
-                },
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        let crate::event::Parsed::Event(event) =
-            provider.parse(&WebhookRequest::body_only(&webhook))
-        else {
-            panic!("not recognized");
-        };
+        let event = recovered(provider.as_ref(), &asked, body);
         assert_eq!(event.idempotency_key, "order::completed:o-1:COMPLETE");
         assert_eq!(event.amount.as_deref(), Some("100.000000000000000001"));
-        let missing = api.read_status(
-            &asked,
-            &ApiAnswer {
-                status: 404,
-                headers: &HeaderMap::new(),
-                body: b"{}",
-            },
-        );
+        let missing = api.read_status(&asked, &answer(404, b"{}"));
         assert!(matches!(missing, Err(ApiError::NotFound(_))));
     }
 
