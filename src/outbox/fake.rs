@@ -36,19 +36,28 @@ impl Pipe for Hanging {
     }
 }
 
-#[async_trait]
-impl crate::outbox::recall::Ledger for Hanging {
-    fn dialect(&self) -> crate::outbox::sql::Dialect {
-        crate::outbox::sql::Dialect::Sqlite
-    }
+/// A recovery ledger that is closed, for a fake `Operate` (of which `Ledger` is
+/// a part) whose tests do not recover.
+macro_rules! closed_ledger {
+    ($fake:ty) => {
+        #[async_trait::async_trait]
+        impl crate::outbox::recall::Ledger for $fake {
+            fn dialect(&self) -> crate::outbox::sql::Dialect {
+                crate::outbox::sql::Dialect::Sqlite
+            }
 
-    async fn transact(
-        &self,
-        _statements: Vec<crate::outbox::recall::Statement>,
-    ) -> Result<crate::outbox::recall::Results, OutboxError> {
-        Err(OutboxError::Closed)
-    }
+            async fn transact(
+                &self,
+                _statements: Vec<crate::outbox::recall::Statement>,
+            ) -> Result<crate::outbox::recall::Results, crate::outbox::OutboxError> {
+                Err(crate::outbox::OutboxError::Closed)
+            }
+        }
+    };
 }
+pub(crate) use closed_ledger;
+
+closed_ledger!(Hanging);
 
 #[async_trait]
 impl Operate for Hanging {

@@ -192,19 +192,7 @@ mod tests {
         }
     }
 
-    #[async_trait]
-    impl crate::outbox::recall::Ledger for Matching {
-        fn dialect(&self) -> crate::outbox::sql::Dialect {
-            crate::outbox::sql::Dialect::Sqlite
-        }
-
-        async fn transact(
-            &self,
-            _statements: Vec<crate::outbox::recall::Statement>,
-        ) -> Result<crate::outbox::recall::Results, OutboxError> {
-            Err(OutboxError::Closed)
-        }
-    }
+    crate::outbox::fake::closed_ledger!(Matching);
 
     #[async_trait]
     impl Operate for Matching {
