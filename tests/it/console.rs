@@ -301,7 +301,7 @@ async fn an_operator_bulk_replays_dead_events_after_the_dry_run_count(backend: B
 }
 
 async fn an_operator_sees_a_gap_and_asks_the_provider_after_the_dry_run(backend: Backend) {
-    use crate::recovery::{after_silence, recover};
+    use crate::recovery::{after_silence, wait_for_a_manual_gap};
     let Some(driver) = Driver::start() else {
         return;
     };
@@ -319,12 +319,7 @@ async fn an_operator_sees_a_gap_and_asks_the_provider_after_the_dry_run(backend:
         .env
         .push(("HOOKRELAY_ADMIN_TOKEN".to_owned(), TOKEN.to_owned()));
     let relay = Relay::start(&config);
-    wait_until(
-        "the gap waits for an operator",
-        Duration::from_secs(15),
-        async || recover(&config, &["--source", "cc", "--dry-run"])["gaps"][0]["state"] == "manual",
-    )
-    .await;
+    wait_for_a_manual_gap(&config).await;
 
     let profile = tempfile::tempdir().expect("profile");
     let browser = logged_in(&driver, profile.path(), &relay).await;

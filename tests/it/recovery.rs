@@ -34,6 +34,36 @@ pub(crate) fn cc_source(
         .collect()
 }
 
+/// A relay on `backend` with the source `cc` on `fake`, which delivers to it,
+/// and a consumer bound to `ccpayment.#`. It listens on a port it keeps when
+/// started again from its config: the provider keeps its URL.
+async fn cc_app(
+    backend: Backend,
+    test: &str,
+    fake: &FakeCcpayment,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    let app = TestApp::build(backend, test)
+        .binding("ccpayment.#")
+        .envs(cc_source(fake, SECRET, extra))
+        .env("HOOKRELAY_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .start()
+        .await;
+    fake.deliver_to(&app.relay.url("cc"));
+    app
+}
+
+/// Waits until the source `cc` of `config`'s outbox has a gap that waits for an
+/// operator (`recover = manual`).
+pub(crate) async fn wait_for_a_manual_gap(config: &RelayConfig) {
+    wait_until(
+        "the gap waits for an operator",
+        Duration::from_secs(15),
+        async || recover(config, &["--source", "cc", "--dry-run"])["gaps"][0]["state"] == "manual",
+    )
+    .await;
+}
+
 /// `hookrelay recover ARGS --json` on `config`'s outbox and sources.
 pub(crate) fn recover(config: &RelayConfig, args: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
@@ -101,13 +131,7 @@ async fn a_relay_down_longer_than_recover_after_has_the_missed_webhooks_resent_o
     backend: Backend,
 ) {
     let fake = FakeCcpayment::start(SECRET).await;
-    let mut app = TestApp::build(backend, "recovery_down")
-        .binding("ccpayment.#")
-        .envs(cc_source(&fake, SECRET, &[]))
-        .env("HOOKRELAY_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .start()
-        .await;
-    fake.deliver_to(&app.relay.url("cc"));
+    let mut app = cc_app(backend, "recovery_down", &fake, &[]).await;
     for n in 1..=3 {
         let status = fake
             .send(cc_deposit(&format!("before-{n}"), "Success"))
@@ -159,13 +183,7 @@ async fn a_refused_window_after_a_secret_rotation_is_recovered_once_the_new_secr
     backend: Backend,
 ) {
     let fake = FakeCcpayment::start(SECRET).await;
-    let mut app = TestApp::build(backend, "recovery_refused")
-        .binding("ccpayment.#")
-        .envs(cc_source(&fake, SECRET, &[]))
-        .env("HOOKRELAY_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .start()
-        .await;
-    fake.deliver_to(&app.relay.url("cc"));
+    let mut app = cc_app(backend, "recovery_refused", &fake, &[]).await;
     assert_eq!(fake.send(cc_deposit("kept-1", "Success")).await, Some(200));
     fake.rotate_secret(ROTATED);
     for n in 1..=2 {
@@ -258,12 +276,7 @@ async fn a_stuck_subject_is_asked_about_once_and_its_recovered_event_dedupes_wit
     backend: Backend,
 ) {
     let fake = FakeCcpayment::start(SECRET).await;
-    let app = TestApp::build(backend, "recovery_stuck")
-        .binding("ccpayment.#")
-        .envs(cc_source(&fake, SECRET, &[("STUCK_AFTER", "2s")]))
-        .start()
-        .await;
-    fake.deliver_to(&app.relay.url("cc"));
+    let app = cc_app(backend, "recovery_stuck", &fake, &[("STUCK_AFTER", "2s")]).await;
     let record = |id: &str| {
         format!(
             r#"{{"recordId":"{id}","orderId":"o-{id}","coinId":1280,"coinSymbol":"USDT","amount":"10.000000000000000001","status":"Success","isFlaggedAsRisky":false,"txId":"0xabc"}}"#
@@ -378,12 +391,7 @@ async fn a_dry_run_asks_nothing_and_the_real_run_asks_once(backend: Backend) {
     )
     .await;
     let relay = Relay::start(&config);
-    wait_until(
-        "the gap waits for an operator",
-        Duration::from_secs(15),
-        async || recover(&config, &["--source", "cc", "--dry-run"])["gaps"][0]["state"] == "manual",
-    )
-    .await;
+    wait_for_a_manual_gap(&config).await;
     let api = Admin::of(&relay)
         .post_json(
             "/api/v1/recover",
@@ -461,13 +469,7 @@ crate::on_both_backends!(
 #[ignore = "a measured run for the record, about three minutes"]
 async fn a_minute_down_while_the_provider_sends() {
     let fake = FakeCcpayment::start(SECRET).await;
-    let mut app = TestApp::build(Backend::Sqlite, "recovery_minute")
-        .binding("ccpayment.#")
-        .envs(cc_source(&fake, SECRET, &[]))
-        .env("HOOKRELAY_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .start()
-        .await;
-    fake.deliver_to(&app.relay.url("cc"));
+    let mut app = cc_app(Backend::Sqlite, "recovery_minute", &fake, &[]).await;
     let started = std::time::Instant::now();
     let mut restarted_at = None;
     let mut killed = false;
