@@ -146,17 +146,7 @@ async fn each_orders_events_are_numbered_in_received_order_through_kills_and_a_c
         .start()
         .await;
     let partitions = Partitions::new(&app.exchange, 4);
-    let declared = topology_declare(
-        &app.exchange,
-        &[
-            "--partitions",
-            "4",
-            "--pattern",
-            "*.order.*",
-            "--name",
-            &partitions.name,
-        ],
-    );
+    let declared = partitions.declare(&app.exchange, &[]);
     assert!(declared.ok, "topology declare: {}", declared.stderr);
     let mut consumers = Vec::new();
     for i in 0..partitions.count {

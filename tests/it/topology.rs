@@ -7,11 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures_lite::StreamExt;
-
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ExchangeKind};
@@ -63,55 +60,18 @@ fn partition_args() -> FieldTable {
     args
 }
 
-/// Every message in `queue` (consumed until none came for half a second;
-/// a queue with a single active consumer refuses `basic.get`), acknowledged:
-/// their bodies.
-async fn drain(connection: &Connection, queue: &str) -> Vec<String> {
-    let channel = connection.create_channel().await.expect("channel");
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    let mut bodies = Vec::new();
-    while let Ok(Some(delivery)) =
-        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
-    {
-        let delivery = delivery.expect("delivery");
-        bodies.push(String::from_utf8_lossy(&delivery.data).into_owned());
-    }
-    let _ = channel.close(200, "drained".into()).await;
-    bodies
-}
-
 #[tokio::test]
 async fn topology_declare_routes_each_partition_key_to_one_queue_and_runs_again_as_a_no_op() {
     let exchange = TestExchange::new("topology");
     let partitions = Partitions::new(&exchange, 4);
-    let args = [
-        "--partitions",
-        "4",
-        "--pattern",
-        "*.order.*",
-        "--name",
-        &partitions.name,
-    ];
-
-    let first = topology_declare(&exchange, &args);
+    let first = partitions.declare(&exchange, &[]);
     assert!(first.ok, "{}{}", first.stdout, first.stderr);
     assert!(
         first.stdout.contains("8 exchange(s) and queue(s) created"),
         "{}",
         first.stdout
     );
-    let second = topology_declare(&exchange, &args);
+    let second = partitions.declare(&exchange, &[]);
     assert!(second.ok, "{}{}", second.stdout, second.stderr);
     assert!(
         second
@@ -175,7 +135,7 @@ async fn topology_declare_routes_each_partition_key_to_one_queue_and_runs_again_
     let mut copies: BTreeMap<String, usize> = BTreeMap::new();
     let mut used = BTreeSet::new();
     for i in 0..4 {
-        for body in drain(&connection, &partitions.queue(i)).await {
+        for body in partitions.drain(&connection, i).await {
             queue_of.entry(body.clone()).or_default().insert(i);
             *copies.entry(body).or_default() += 1;
             used.insert(i);
@@ -213,17 +173,7 @@ async fn topology_declare_names_a_conflicting_queue_and_declares_nothing() {
         .await
     );
 
-    let declared = topology_declare(
-        &exchange,
-        &[
-            "--partitions",
-            "3",
-            "--pattern",
-            "*.order.*",
-            "--name",
-            &partitions.name,
-        ],
-    );
+    let declared = partitions.declare(&exchange, &[]);
     assert!(!declared.ok, "{}", declared.stdout);
     let queue = partitions.queue(1);
     assert!(
@@ -246,18 +196,7 @@ async fn topology_declare_names_a_conflicting_queue_and_declares_nothing() {
 async fn topology_declare_dry_run_declares_nothing() {
     let exchange = TestExchange::new("topology-dry");
     let partitions = Partitions::new(&exchange, 2);
-    let declared = topology_declare(
-        &exchange,
-        &[
-            "--partitions",
-            "2",
-            "--pattern",
-            "*.order.*",
-            "--name",
-            &partitions.name,
-            "--dry-run",
-        ],
-    );
+    let declared = partitions.declare(&exchange, &["--dry-run"]);
     assert!(declared.ok, "{}{}", declared.stdout, declared.stderr);
     assert!(
         declared

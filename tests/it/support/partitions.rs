@@ -1,9 +1,13 @@
 //! The partitioned consumer topology `hookrelay topology declare` makes, as the
-//! tests run it on the tests' broker, and a guard that deletes it.
+//! tests run it on the tests' broker, a guard that deletes it, and what is in its queues.
 
 use std::process::Command;
+use std::time::Duration;
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use futures_lite::StreamExt;
+use lapin::Connection;
+use lapin::options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
 
 use super::broker::{BROKER, broker_connection};
 
@@ -60,6 +64,51 @@ impl Partitions {
     /// Queue `i`.
     pub fn queue(&self, i: u16) -> String {
         format!("{}.{i}", self.name)
+    }
+
+    /// `hookrelay topology declare` of these queues for the order events of the
+    /// relay's `exchange` (`--pattern '*.order.*'`), with `more` arguments.
+    pub fn declare(&self, exchange: &str, more: &[&str]) -> Declared {
+        let count = self.count.to_string();
+        let mut args = vec![
+            "--partitions",
+            &count,
+            "--pattern",
+            "*.order.*",
+            "--name",
+            &self.name,
+        ];
+        args.extend_from_slice(more);
+        topology_declare(exchange, &args)
+    }
+
+    /// Every message in queue `i` (consumed until none came for half a second;
+    /// a queue with a single active consumer refuses `basic.get`), acknowledged:
+    /// their bodies.
+    pub async fn drain(&self, connection: &Connection, i: u16) -> Vec<String> {
+        let queue = self.queue(i);
+        let channel = connection.create_channel().await.expect("channel");
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut bodies = Vec::new();
+        while let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+        {
+            let delivery = delivery.expect("delivery");
+            bodies.push(String::from_utf8_lossy(&delivery.data).into_owned());
+        }
+        let _ = channel.close(200, "drained".into()).await;
+        bodies
     }
 }
 
