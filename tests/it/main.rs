@@ -22,6 +22,7 @@ mod clocks;
 mod cluster;
 mod compat;
 mod console;
+mod consumer_example;
 mod failover;
 mod faults;
 mod ops;
